@@ -1,0 +1,223 @@
+//! The response body of the negotiated service.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use crate::error::{BoxError, InvalidBinary};
+use crate::transcode::Transcoder;
+
+pin_project! {
+    /// The response body of [`BinaryNegotiation`](crate::BinaryNegotiation).
+    ///
+    /// Depending on the response it is the inner body untouched, the raw document decoded as
+    /// the inner body streams in, or a complete body the layer made (an OperationOutcome, a
+    /// small document read whole, nothing for `HEAD`).
+    ///
+    /// Errors are boxed: the inner body's own errors as they are, and
+    /// [`InvalidBinary`] when the inner body turns out not to be a valid Binary after the
+    /// response head has gone out. The client then sees a broken transfer, never a document
+    /// silently cut short.
+    pub struct NegotiatedBody<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B> {
+        Inner {
+            #[pin]
+            body: B,
+        },
+        Full {
+            data: Option<Bytes>,
+        },
+        Replay {
+            held: VecDeque<Bytes>,
+            body: Option<Pin<Box<B>>>,
+        },
+        Transcode {
+            body: Option<Pin<Box<B>>>,
+            transcoder: Transcoder,
+        },
+    }
+}
+
+impl<B> NegotiatedBody<B> {
+    /// The inner body, untouched.
+    pub(crate) fn inner(body: B) -> Self {
+        NegotiatedBody {
+            kind: Kind::Inner { body },
+        }
+    }
+
+    /// A complete body.
+    pub(crate) fn full(data: Bytes) -> Self {
+        NegotiatedBody {
+            kind: Kind::Full {
+                data: (!data.is_empty()).then_some(data),
+            },
+        }
+    }
+
+    /// No body (`HEAD`).
+    pub(crate) fn empty() -> Self {
+        NegotiatedBody {
+            kind: Kind::Full { data: None },
+        }
+    }
+
+    /// Frames already read from the inner body, then the rest of it, untouched.
+    pub(crate) fn replay(held: VecDeque<Bytes>, body: Option<Pin<Box<B>>>) -> Self {
+        NegotiatedBody {
+            kind: Kind::Replay { held, body },
+        }
+    }
+
+    /// The rest of the inner body, turned into output by `transcoder`.
+    pub(crate) fn transcode(body: Pin<Box<B>>, transcoder: Transcoder) -> Self {
+        NegotiatedBody {
+            kind: Kind::Transcode {
+                body: Some(body),
+                transcoder,
+            },
+        }
+    }
+}
+
+impl<B> fmt::Debug for NegotiatedBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            Kind::Inner { .. } => "Inner",
+            Kind::Full { .. } => "Full",
+            Kind::Replay { .. } => "Replay",
+            Kind::Transcode { .. } => "Transcode",
+        };
+        f.debug_struct("NegotiatedBody").field("kind", &kind).finish()
+    }
+}
+
+impl<B> Body for NegotiatedBody<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        match self.project().kind.project() {
+            KindProj::Inner { body } => poll_inner(body, cx),
+            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Replay { held, body } => match held.pop_front() {
+                Some(frame) => Poll::Ready(Some(Ok(Frame::data(frame)))),
+                None => match body {
+                    Some(body) => poll_inner(body.as_mut(), cx),
+                    None => Poll::Ready(None),
+                },
+            },
+            KindProj::Transcode { body, transcoder } => poll_transcode(body, transcoder, cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Inner { body } => body.is_end_stream(),
+            Kind::Full { data } => data.is_none(),
+            Kind::Replay { held, body } => {
+                held.is_empty() && body.as_ref().is_none_or(|b| b.is_end_stream())
+            }
+            Kind::Transcode { transcoder, .. } => transcoder.is_done(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Inner { body } => body.size_hint(),
+            Kind::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::Replay { held, body } => {
+                let held: u64 = held.iter().map(|f| f.len() as u64).sum();
+                let rest = body
+                    .as_ref()
+                    .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint());
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + held);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + held);
+                }
+                hint
+            }
+            Kind::Transcode { .. } => SizeHint::default(),
+        }
+    }
+}
+
+fn poll_transcode<B>(
+    body: &mut Option<Pin<Box<B>>>,
+    transcoder: &mut Transcoder,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    loop {
+        let Some(inner) = body.as_mut() else {
+            // The inner body has ended: drain what is left, then check the document is whole.
+            return Poll::Ready(match transcoder.finish() {
+                Ok(frame) => frame.map(|f| Ok(Frame::data(f))),
+                Err(e) => Some(Err(InvalidBinary::from(e).into())),
+            });
+        };
+        match transcoder.pull() {
+            Ok(Some(frame)) => return Poll::Ready(Some(Ok(Frame::data(frame)))),
+            Ok(None) => {}
+            Err(e) => {
+                *body = None;
+                return Poll::Ready(Some(Err(InvalidBinary::from(e).into())));
+            }
+        }
+        match std::task::ready!(inner.as_mut().poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                // Trailers of a JSON body carry nothing the document needs.
+                if let Ok(mut data) = frame.into_data() {
+                    transcoder.push(data.copy_to_bytes(data.remaining()));
+                }
+            }
+            Some(Err(e)) => {
+                *body = None;
+                transcoder.abort();
+                return Poll::Ready(Some(Err(e.into())));
+            }
+            None => *body = None,
+        }
+    }
+}
+
+/// A frame of the inner body, as `Bytes` (without a copy when it already is `Bytes`).
+fn poll_inner<B>(
+    body: Pin<&mut B>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    body.poll_frame(cx).map(|frame| {
+        frame.map(|frame| {
+            frame
+                .map(|frame| frame.map_data(|mut data| data.copy_to_bytes(data.remaining())))
+                .map_err(Into::into)
+        })
+    })
+}

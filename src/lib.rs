@@ -1,0 +1,120 @@
+//! Serve FHIR `Binary` resources the way the FHIR spec asks, in front of a server that can only
+//! answer with Binary JSON.
+//!
+//! `GET [base]/Binary/[id]` should return the document itself (a PDF, a JPEG, a CDA document)
+//! with its own `Content-Type`, unless the client explicitly asks for the FHIR resource, and
+//! `_format` overrides `Accept`. [`BinaryNegotiationLayer`] wraps an inner service that always
+//! answers with FHIR Binary JSON and, on the way back, passes the JSON through, renders FHIR
+//! XML, or decodes the base64 payload and streams the raw bytes, without ever holding the whole
+//! document in memory.
+//!
+//! # Example
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::{BodyExt, Full};
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_fhir_binary::BinaryNegotiationLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! // A legacy FHIR server: Binary JSON, whatever the client asked for.
+//! let legacy = service_fn(|_request: Request<Full<Bytes>>| async {
+//!     let json = r#"{"resourceType":"Binary","id":"1","contentType":"text/plain","data":"SGVsbG8="}"#;
+//!     Ok::<_, std::convert::Infallible>(
+//!         Response::builder()
+//!             .header("content-type", "application/fhir+json")
+//!             .body(Full::new(Bytes::from(json)))
+//!             .unwrap(),
+//!     )
+//! });
+//! let service = ServiceBuilder::new()
+//!     .layer(BinaryNegotiationLayer::new())
+//!     .service(legacy);
+//!
+//! // A client that asks for nothing in particular gets the document.
+//! let request = Request::get("/Binary/1").body(Full::default())?;
+//! let response = service.clone().oneshot(request).await?;
+//! assert_eq!(response.headers()["content-type"], "text/plain");
+//! assert_eq!(response.headers()["vary"], "Accept");
+//! assert_eq!(response.into_body().collect().await?.to_bytes(), "Hello");
+//!
+//! // A client that asks for FHIR JSON gets the resource, untouched.
+//! let request = Request::get("/Binary/1?_format=json").body(Full::default())?;
+//! let response = service.oneshot(request).await?;
+//! assert_eq!(response.headers()["content-type"], "application/fhir+json");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Choosing the representation
+//!
+//! Only `GET` and `HEAD` are negotiated; every other request passes through untouched.
+//!
+//! 1. `_format` wins over `Accept`. `json`, `application/json`, `application/fhir+json`,
+//!    `application/json+fhir` and `text/json` mean FHIR JSON; `xml`, `application/xml`,
+//!    `application/fhir+xml`, `application/xml+fhir` and `text/xml` mean FHIR XML. The value is
+//!    percent-decoded, a space stands for an unescaped `+`, parameters are ignored. Anything
+//!    else is answered with 406 Not Acceptable.
+//! 2. Otherwise `Accept` (every line, with q-values): an explicit FHIR media type
+//!    (`application/fhir+json`, `application/fhir+xml` and the DSTU2 spellings) that weighs at
+//!    least as much as the Binary's own content type chooses FHIR; else the Binary's content
+//!    type, matched by its most specific range (`image/jpeg`, `image/*`, `*/*`), chooses the
+//!    document; else 406. Wildcards and plain `application/json` or `application/xml` never
+//!    ask for FHIR, so a browser's navigation gets the document.
+//! 3. No `_format` and no `Accept`: the document.
+//!
+//! # What goes to the inner service
+//!
+//! For negotiated requests the inner service is asked plainly: `Accept: application/fhir+json`
+//! (`application/json+fhir` with [`FhirVersion::Dstu2`]), `_format` removed from the query
+//! (the rest kept byte for byte), `HEAD` sent as `GET`. `Range` and `If-Range` are removed: a
+//! range of the JSON is not a range of the document. Every other header goes on.
+//!
+//! # What comes back
+//!
+//! Only a 2xx FHIR JSON response (`application/fhir+json`, `application/json+fhir` or
+//! `application/json`, without `Content-Encoding`) whose `resourceType` is `Binary` is changed.
+//! Anything else, a 404 OperationOutcome, a search Bundle, a compressed body, passes through
+//! untouched, with `Vary: Accept` added. A Binary without `data` is answered with its FHIR JSON.
+//!
+//! The raw document carries the Binary's `contentType` (checked to be a media type and a valid
+//! header value), `X-Content-Type-Options: nosniff` and `Vary: Accept`. Small bodies (see
+//! [`BinaryNegotiationLayer::read_whole_limit`]) and `HEAD` get a `Content-Length`; larger ones
+//! stream as the inner body arrives.
+//!
+//! # Errors
+//!
+//! When the inner service's body is not a valid Binary (invalid JSON, bad base64, junk after
+//! the padding, a missing or invalid `contentType`, duplicate members) the client gets 502 Bad
+//! Gateway with an OperationOutcome that says what was wrong, if the response head has not gone
+//! out yet; after that, the body fails with [`InvalidBinary`] so that the client sees a broken
+//! transfer, never a document silently cut short. Errors of the inner service itself are
+//! returned as they are (`Error = S::Error`).
+//!
+//! The memory the layer uses is bounded by its options: the frame size, the reorder buffer
+//! (for Binaries that write `contentType` after `data`), the metadata cap and the depth cap.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+mod body;
+mod decode;
+mod error;
+mod future;
+mod head;
+mod layer;
+mod negotiate;
+mod outcome;
+mod scan;
+mod service;
+mod transcode;
+mod version;
+
+pub use body::NegotiatedBody;
+pub use error::{BoxError, InvalidBinary};
+pub use future::ResponseFuture;
+pub use layer::BinaryNegotiationLayer;
+pub use negotiate::Representation;
+pub use service::BinaryNegotiation;
+pub use version::FhirVersion;

@@ -1,0 +1,1015 @@
+//! The streaming Binary reader: an incremental JSON scanner specialised for one FHIR Binary.
+//!
+//! The scanner is fed the inner body's frames as they come, split anywhere, and walks the
+//! top-level object. Every member except the payload (`data` in R4+, `content` in DSTU2/STU3) is
+//! either captured (the Binary's own elements, bounded by a cap, then parsed with serde_json) or
+//! skipped after full validation. The payload string is never held: its text goes, piece by
+//! piece, to the streaming base64 decoder, to an output buffer as unescaped text (for FHIR XML),
+//! or is skipped. The caller chooses which when the scanner pauses at the start of the payload.
+//!
+//! The scanner is a full JSON validator for what it reads (strings, escapes, surrogates, UTF-8,
+//! numbers, literals, nesting with a depth cap) so that an invalid body never yields a valid-
+//! looking document. It keeps no recursion: nesting is an explicit, capped stack.
+
+use std::fmt;
+
+use bytes::BytesMut;
+use memchr::memchr2;
+use serde_json::{Map, Value};
+
+use crate::decode::Base64Decoder;
+
+/// Which member carries the base64 payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PayloadKey {
+    /// `data`, R4 and later.
+    Data,
+    /// `content`, DSTU2 and STU3.
+    Content,
+}
+
+impl PayloadKey {
+    /// The JSON member name.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            PayloadKey::Data => "data",
+            PayloadKey::Content => "content",
+        }
+    }
+}
+
+/// What the scanner does with the payload string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PayloadMode {
+    /// Stop at the start of the payload and report [`Event::PayloadStart`]; the caller then picks
+    /// another mode.
+    Pause,
+    /// Find the end of the string without looking at its content (probing before a decision; the
+    /// content is validated when the held frames are read again).
+    Skip,
+    /// Decode the base64 into the output buffer.
+    Decode,
+    /// Validate the base64 and count the decoded bytes, writing nothing.
+    Validate,
+    /// Write the base64 text, JSON escapes undone, into the output buffer, and validate it.
+    Text,
+}
+
+/// What a call to [`Scanner::feed`] stopped at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Event {
+    /// The whole input was consumed; more is needed.
+    NeedMore,
+    /// A top-level member was completed (its value is now available).
+    Member,
+    /// The payload string starts right after the consumed input, and the mode is
+    /// [`PayloadMode::Pause`].
+    PayloadStart,
+    /// The top-level object is closed. Only whitespace may follow.
+    End,
+}
+
+/// Bounds on what the scanner keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ScanLimits {
+    /// Deepest nesting of objects and arrays, the top-level object included.
+    pub(crate) max_depth: usize,
+    /// Largest total size, in bytes of JSON text, of the captured members (id, meta, ...).
+    pub(crate) max_metadata: usize,
+}
+
+/// The body is not a valid FHIR Binary JSON document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ScanError {
+    message: String,
+    offset: u64,
+}
+
+impl ScanError {
+    /// An error found at `offset` of the body.
+    pub(crate) fn new(message: impl Into<String>, offset: u64) -> Self {
+        ScanError {
+            message: message.into(),
+            offset,
+        }
+    }
+
+    /// What was wrong, without the position.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Offset in the body of the byte where the problem was found.
+    pub(crate) fn offset(&self) -> u64 {
+        self.offset
+    }
+}
+
+impl fmt::Display for ScanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (at byte {} of the body)", self.message, self.offset)
+    }
+}
+
+impl std::error::Error for ScanError {}
+
+/// Top-level members the scanner captures: the elements of Binary in every FHIR release, and
+/// their primitive extensions. Anything else is validated and dropped.
+const CAPTURED: &[&str] = &[
+    "resourceType",
+    "id",
+    "meta",
+    "implicitRules",
+    "language",
+    "contentType",
+    "securityContext",
+    "_id",
+    "_implicitRules",
+    "_language",
+    "_contentType",
+    "_data",
+    "_content",
+];
+
+/// Longest member name worth collecting; longer names are none of the above.
+const MAX_KEY: usize = 32;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    Skip,
+    Capture,
+    Payload,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum St {
+    Start,
+    KeyOrEnd,
+    Key,
+    InKey,
+    Colon,
+    Value,
+    Nested,
+    Payload,
+    AfterMember,
+    End,
+}
+
+/// The state of the generic value machine used for captured and skipped values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum G {
+    Value,
+    ArrValueOrEnd,
+    Str { key: bool },
+    Num(Num),
+    Lit { word: &'static [u8], at: u8 },
+    AfterValue,
+    ObjKeyOrEnd,
+    ObjKey,
+    Colon,
+}
+
+/// Where a number stands in the JSON number grammar.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Num {
+    Minus,
+    Zero,
+    Int,
+    Dot,
+    Frac,
+    Exp,
+    ExpSign,
+    ExpDigits,
+}
+
+impl Num {
+    fn is_complete(self) -> bool {
+        matches!(self, Num::Zero | Num::Int | Num::Frac | Num::ExpDigits)
+    }
+
+    /// The state after `b`, or None when `b` does not continue the number.
+    fn next(self, b: u8) -> Option<Num> {
+        let digit = b.is_ascii_digit();
+        match (self, b) {
+            (Num::Minus, b'0') => Some(Num::Zero),
+            (Num::Minus, _) if digit => Some(Num::Int),
+            (Num::Int, _) if digit => Some(Num::Int),
+            (Num::Zero | Num::Int, b'.') => Some(Num::Dot),
+            (Num::Dot | Num::Frac, _) if digit => Some(Num::Frac),
+            (Num::Zero | Num::Int | Num::Frac, b'e' | b'E') => Some(Num::Exp),
+            (Num::Exp, b'+' | b'-') => Some(Num::ExpSign),
+            (Num::Exp | Num::ExpSign | Num::ExpDigits, _) if digit => Some(Num::ExpDigits),
+            _ => None,
+        }
+    }
+}
+
+/// Escape-sequence state inside a string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Esc {
+    None,
+    Backslash,
+    Hex { n: u8, cp: u32 },
+}
+
+/// Incremental UTF-8 validation across frame boundaries.
+#[derive(Clone, Copy, Debug, Default)]
+struct Utf8Carry {
+    buf: [u8; 4],
+    len: u8,
+}
+
+impl Utf8Carry {
+    fn feed(&mut self, mut seg: &[u8]) -> Result<(), ()> {
+        if self.len > 0 {
+            let need = match self.buf[0] {
+                0xC2..=0xDF => 2,
+                0xE0..=0xEF => 3,
+                0xF0..=0xF4 => 4,
+                _ => return Err(()),
+            };
+            while usize::from(self.len) < need && !seg.is_empty() {
+                self.buf[usize::from(self.len)] = seg[0];
+                self.len += 1;
+                seg = &seg[1..];
+            }
+            match std::str::from_utf8(&self.buf[..usize::from(self.len)]) {
+                Ok(_) => self.len = 0,
+                Err(e) if e.error_len().is_none() && seg.is_empty() => return Ok(()),
+                Err(_) => return Err(()),
+            }
+        }
+        match std::str::from_utf8(seg) {
+            Ok(_) => Ok(()),
+            Err(e) if e.error_len().is_none() => {
+                let tail = &seg[e.valid_up_to()..];
+                self.buf[..tail.len()].copy_from_slice(tail);
+                self.len = tail.len() as u8;
+                Ok(())
+            }
+            Err(_) => Err(()),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// The incremental scanner. See the module docs.
+#[derive(Debug)]
+pub(crate) struct Scanner {
+    limits: ScanLimits,
+    st: St,
+    /// Offset of the next byte to be consumed, for error messages.
+    pos: u64,
+
+    // Strings (keys, captured and skipped values).
+    esc: Esc,
+    high_surrogate: Option<u32>,
+    utf8: Utf8Carry,
+
+    // The member being read.
+    key: Vec<u8>,
+    key_too_long: bool,
+    route: Route,
+    capture: Vec<u8>,
+    captured_total: usize,
+
+    // The generic value machine.
+    g: G,
+    stack: Vec<u8>,
+
+    // What was found.
+    members: Map<String, Value>,
+    seen: Vec<&'static str>,
+    payload_key: Option<PayloadKey>,
+    payload_done: bool,
+    mode: PayloadMode,
+    decoder: Base64Decoder,
+}
+
+impl Scanner {
+    /// A scanner at the start of a body.
+    pub(crate) fn new(limits: ScanLimits) -> Self {
+        Scanner {
+            limits,
+            st: St::Start,
+            pos: 0,
+            esc: Esc::None,
+            high_surrogate: None,
+            utf8: Utf8Carry::default(),
+            key: Vec::new(),
+            key_too_long: false,
+            route: Route::Skip,
+            capture: Vec::new(),
+            captured_total: 0,
+            g: G::Value,
+            stack: Vec::new(),
+            members: Map::new(),
+            seen: Vec::new(),
+            payload_key: None,
+            payload_done: false,
+            mode: PayloadMode::Pause,
+            decoder: Base64Decoder::new(),
+        }
+    }
+
+    /// Chooses what happens to the payload from here on.
+    pub(crate) fn set_payload_mode(&mut self, mode: PayloadMode) {
+        self.mode = mode;
+    }
+
+    /// The `resourceType` member, once read, when it is a string.
+    pub(crate) fn resource_type(&self) -> Option<&str> {
+        self.members.get("resourceType").and_then(Value::as_str)
+    }
+
+    /// The `contentType` member, once read (any JSON type).
+    pub(crate) fn content_type(&self) -> Option<&Value> {
+        self.members.get("contentType")
+    }
+
+    /// Every captured member, parsed.
+    pub(crate) fn members(&self) -> &Map<String, Value> {
+        &self.members
+    }
+
+    /// Which payload member was met, if any.
+    pub(crate) fn payload_key(&self) -> Option<PayloadKey> {
+        self.payload_key
+    }
+
+    /// Whether the scanner is past the end of the payload string.
+    pub(crate) fn payload_done(&self) -> bool {
+        self.payload_done
+    }
+
+    /// Whether the top-level object has been closed.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.st == St::End
+    }
+
+    /// Decoded (or validated) payload bytes so far.
+    pub(crate) fn decoded_len(&self) -> u64 {
+        self.decoder.decoded_len()
+    }
+
+    /// Bytes consumed so far.
+    pub(crate) fn position(&self) -> u64 {
+        self.pos
+    }
+
+    fn err(&self, at: usize, message: impl Into<String>) -> ScanError {
+        ScanError::new(message, self.pos + at as u64)
+    }
+
+    /// Consumes a prefix of `input` and says why it stopped. Payload output (decoded bytes or
+    /// text, depending on the mode) is appended to `out`. Call again with the rest of the input
+    /// after any event other than [`Event::NeedMore`].
+    pub(crate) fn feed(
+        &mut self,
+        input: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<(usize, Event), ScanError> {
+        let result = self.feed_inner(input, out);
+        match result {
+            Ok((n, _)) => self.pos += n as u64,
+            // A failed scanner stays failed: nothing after an error is read.
+            Err(_) => self.st = St::End,
+        }
+        result
+    }
+
+    fn feed_inner(
+        &mut self,
+        input: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<(usize, Event), ScanError> {
+        let mut i = 0;
+        while i < input.len() {
+            match self.st {
+                St::Nested => {
+                    let (n, done) = self.nested_step(&input[i..], i)?;
+                    if self.route == Route::Capture {
+                        self.capture_bytes(&input[i..i + n], i)?;
+                    }
+                    i += n;
+                    if done {
+                        self.finish_member(i)?;
+                        return Ok((i, Event::Member));
+                    }
+                    continue;
+                }
+                St::Payload => {
+                    let (n, done) = self.payload_step(&input[i..], i, out)?;
+                    i += n;
+                    if done {
+                        self.payload_done = true;
+                        self.st = St::AfterMember;
+                        return Ok((i, Event::Member));
+                    }
+                    continue;
+                }
+                St::InKey => {
+                    let (n, done) = self.string_step(&input[i..], i, true)?;
+                    i += n;
+                    if done {
+                        self.route_member(i)?;
+                        self.st = St::Colon;
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let b = input[i];
+            if is_ws(b) {
+                i += 1;
+                continue;
+            }
+            match (self.st, b) {
+                (St::Start, b'{') => {
+                    self.st = St::KeyOrEnd;
+                    i += 1;
+                }
+                (St::Start, _) => {
+                    return Err(self.err(i, "the body is not a JSON object"));
+                }
+                (St::KeyOrEnd | St::Key, b'"') => {
+                    self.key.clear();
+                    self.key_too_long = false;
+                    self.st = St::InKey;
+                    i += 1;
+                }
+                (St::KeyOrEnd | St::AfterMember, b'}') => {
+                    self.st = St::End;
+                    return Ok((i + 1, Event::End));
+                }
+                (St::Colon, b':') => {
+                    self.st = St::Value;
+                    i += 1;
+                }
+                (St::Value, _) if self.route == Route::Payload => {
+                    if b != b'"' {
+                        let name = self.payload_key.map_or("data", PayloadKey::name);
+                        return Err(self.err(i, format!("`{name}` is not a JSON string")));
+                    }
+                    self.st = St::Payload;
+                    i += 1;
+                    if self.mode == PayloadMode::Pause {
+                        return Ok((i, Event::PayloadStart));
+                    }
+                }
+                (St::Value, _) => {
+                    self.st = St::Nested;
+                    self.g = G::Value;
+                    self.capture.clear();
+                }
+                (St::AfterMember, b',') => {
+                    self.st = St::Key;
+                    i += 1;
+                }
+                (St::End, _) => {
+                    return Err(self.err(i, "data after the end of the JSON object"));
+                }
+                (st, _) => {
+                    let expected = match st {
+                        St::KeyOrEnd => "a member name or '}'",
+                        St::Key => "a member name",
+                        St::Colon => "':'",
+                        _ => "',' or '}'",
+                    };
+                    return Err(self.err(
+                        i,
+                        format!("invalid JSON: expected {expected}, found {}", show(b)),
+                    ));
+                }
+            }
+        }
+        Ok((i, Event::NeedMore))
+    }
+
+    /// Checks, at the end of the body, that the document was complete.
+    pub(crate) fn finish(&mut self) -> Result<(), ScanError> {
+        if self.st == St::End {
+            return Ok(());
+        }
+        let message = match self.st {
+            St::Start => "the body is empty".to_string(),
+            St::Payload => {
+                let name = self.payload_key.map_or("data", PayloadKey::name);
+                format!("the body ends inside `{name}`")
+            }
+            _ => "the body ends before the JSON object is closed".to_string(),
+        };
+        self.st = St::End;
+        Err(ScanError::new(message, self.pos))
+    }
+
+    fn capture_bytes(&mut self, bytes: &[u8], at: usize) -> Result<(), ScanError> {
+        self.captured_total += bytes.len();
+        if self.captured_total > self.limits.max_metadata {
+            return Err(self.err(
+                at,
+                format!(
+                    "the Binary's elements other than its payload exceed the limit of {} bytes",
+                    self.limits.max_metadata
+                ),
+            ));
+        }
+        self.capture.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    /// Decides what to do with the member whose name was just read.
+    fn route_member(&mut self, at: usize) -> Result<(), ScanError> {
+        let name = if self.key_too_long {
+            None
+        } else {
+            std::str::from_utf8(&self.key).ok()
+        };
+        let known = match name {
+            Some("data") => Some(("data", Route::Payload)),
+            Some("content") => Some(("content", Route::Payload)),
+            Some(name) => CAPTURED
+                .iter()
+                .find(|k| **k == name)
+                .map(|k| (*k, Route::Capture)),
+            None => None,
+        };
+        let Some((name, route)) = known else {
+            self.route = Route::Skip;
+            return Ok(());
+        };
+        if self.seen.contains(&name) {
+            return Err(self.err(at, format!("duplicate member `{name}`")));
+        }
+        self.seen.push(name);
+        if route == Route::Payload {
+            let key = if name == "data" {
+                PayloadKey::Data
+            } else {
+                PayloadKey::Content
+            };
+            if self.payload_key.is_some() {
+                return Err(self.err(at, "the Binary has both `data` and `content`"));
+            }
+            self.payload_key = Some(key);
+        }
+        self.route = route;
+        Ok(())
+    }
+
+    fn finish_member(&mut self, at: usize) -> Result<(), ScanError> {
+        self.st = St::AfterMember;
+        if self.route != Route::Capture {
+            return Ok(());
+        }
+        let value: Value = serde_json::from_slice(&self.capture)
+            .map_err(|e| self.err(at, format!("invalid JSON: {e}")))?;
+        // The key was checked against CAPTURED, so it is UTF-8.
+        let name = String::from_utf8_lossy(&self.key).into_owned();
+        self.members.insert(name, value);
+        self.capture.clear();
+        Ok(())
+    }
+
+    /// Advances through the content of a string that is not the payload. Returns how much was
+    /// consumed and whether the closing quote was reached.
+    fn string_step(
+        &mut self,
+        input: &[u8],
+        base: usize,
+        collect_key: bool,
+    ) -> Result<(usize, bool), ScanError> {
+        let mut i = 0;
+        while i < input.len() {
+            match self.esc {
+                Esc::None => {
+                    if self.high_surrogate.is_some() && input[i] != b'\\' {
+                        return Err(self.err(base + i, "invalid JSON: lone surrogate in \\u escape"));
+                    }
+                    let rest = &input[i..];
+                    let end = memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
+                    let seg = &rest[..end];
+                    if let Some(c) = seg.iter().position(|&b| b < 0x20) {
+                        return Err(self.err(
+                            base + i + c,
+                            format!(
+                                "invalid JSON: control character 0x{:02x} inside a string",
+                                seg[c]
+                            ),
+                        ));
+                    }
+                    if self.utf8.feed(seg).is_err() {
+                        return Err(self.err(base + i, "invalid UTF-8 inside a JSON string"));
+                    }
+                    if collect_key {
+                        self.push_key(seg);
+                    }
+                    i += end;
+                    if end == rest.len() {
+                        break;
+                    }
+                    if !self.utf8.is_empty() {
+                        return Err(self.err(base + i, "invalid UTF-8 inside a JSON string"));
+                    }
+                    i += 1;
+                    if rest[end] == b'"' {
+                        return Ok((i, true));
+                    }
+                    self.esc = Esc::Backslash;
+                }
+                Esc::Backslash => {
+                    let b = input[i];
+                    i += 1;
+                    if b == b'u' {
+                        self.esc = Esc::Hex { n: 0, cp: 0 };
+                        continue;
+                    }
+                    let Some(ch) = simple_escape(b) else {
+                        return Err(self.err(
+                            base + i - 1,
+                            format!("invalid JSON: invalid escape \\{}", show(b)),
+                        ));
+                    };
+                    if self.high_surrogate.is_some() {
+                        return Err(self.err(base + i, "invalid JSON: lone surrogate in \\u escape"));
+                    }
+                    self.esc = Esc::None;
+                    if collect_key {
+                        self.push_key_char(ch);
+                    }
+                }
+                Esc::Hex { n, cp } => {
+                    let Some(d) = (input[i] as char).to_digit(16) else {
+                        return Err(self.err(
+                            base + i,
+                            format!("invalid JSON: {} in a \\u escape", show(input[i])),
+                        ));
+                    };
+                    i += 1;
+                    let cp = cp * 16 + d;
+                    if n < 3 {
+                        self.esc = Esc::Hex { n: n + 1, cp };
+                        continue;
+                    }
+                    self.esc = Esc::None;
+                    let ch = match (self.high_surrogate.take(), cp) {
+                        (None, 0xD800..=0xDBFF) => {
+                            self.high_surrogate = Some(cp);
+                            continue;
+                        }
+                        (Some(high), 0xDC00..=0xDFFF) => {
+                            char::from_u32(0x10000 + ((high - 0xD800) << 10) + (cp - 0xDC00))
+                        }
+                        (Some(_), _) | (None, 0xDC00..=0xDFFF) => None,
+                        (None, cp) => char::from_u32(cp),
+                    };
+                    let Some(ch) = ch else {
+                        return Err(self.err(base + i, "invalid JSON: lone surrogate in \\u escape"));
+                    };
+                    if collect_key {
+                        self.push_key_char(ch);
+                    }
+                }
+            }
+        }
+        Ok((i, false))
+    }
+
+    fn push_key(&mut self, seg: &[u8]) {
+        if self.key.len() + seg.len() > MAX_KEY {
+            self.key_too_long = true;
+        } else {
+            self.key.extend_from_slice(seg);
+        }
+    }
+
+    fn push_key_char(&mut self, ch: char) {
+        let mut buf = [0; 4];
+        self.push_key(ch.encode_utf8(&mut buf).as_bytes());
+    }
+
+    /// Advances the generic value machine (a captured or skipped member value). Returns how much
+    /// was consumed and whether the value is complete.
+    fn nested_step(&mut self, input: &[u8], base: usize) -> Result<(usize, bool), ScanError> {
+        let mut i = 0;
+        while i < input.len() {
+            if let G::Str { key } = self.g {
+                let (n, closed) = self.string_step(&input[i..], base + i, false)?;
+                i += n;
+                if closed {
+                    if key {
+                        self.g = G::Colon;
+                    } else if self.after_value() {
+                        return Ok((i, true));
+                    }
+                }
+                continue;
+            }
+            let b = input[i];
+            match self.g {
+                G::Num(num) => {
+                    if let Some(next) = num.next(b) {
+                        self.g = G::Num(next);
+                        i += 1;
+                        continue;
+                    }
+                    if !num.is_complete() {
+                        return Err(self.err(
+                            base + i,
+                            format!("invalid JSON: {} inside a number", show(b)),
+                        ));
+                    }
+                    // The byte that ends a number belongs to what follows it.
+                    if self.after_value() {
+                        return Ok((i, true));
+                    }
+                    continue;
+                }
+                G::Lit { word, at } => {
+                    if b != word[usize::from(at)] {
+                        return Err(self.err(
+                            base + i,
+                            format!("invalid JSON: unexpected {}", show(b)),
+                        ));
+                    }
+                    i += 1;
+                    if usize::from(at) + 1 < word.len() {
+                        self.g = G::Lit { word, at: at + 1 };
+                    } else if self.after_value() {
+                        return Ok((i, true));
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            if is_ws(b) {
+                i += 1;
+                continue;
+            }
+            i += 1;
+            match (self.g, b) {
+                (G::Value | G::ArrValueOrEnd, b'{') => {
+                    self.push(b'{', base + i)?;
+                    self.g = G::ObjKeyOrEnd;
+                }
+                (G::Value | G::ArrValueOrEnd, b'[') => {
+                    self.push(b'[', base + i)?;
+                    self.g = G::ArrValueOrEnd;
+                }
+                (G::Value | G::ArrValueOrEnd, b'"') => self.g = G::Str { key: false },
+                (G::Value | G::ArrValueOrEnd, b'-') => self.g = G::Num(Num::Minus),
+                (G::Value | G::ArrValueOrEnd, b'0') => self.g = G::Num(Num::Zero),
+                (G::Value | G::ArrValueOrEnd, b'1'..=b'9') => self.g = G::Num(Num::Int),
+                (G::Value | G::ArrValueOrEnd, b't') => self.g = G::Lit { word: b"true", at: 1 },
+                (G::Value | G::ArrValueOrEnd, b'f') => {
+                    self.g = G::Lit {
+                        word: b"false",
+                        at: 1,
+                    }
+                }
+                (G::Value | G::ArrValueOrEnd, b'n') => self.g = G::Lit { word: b"null", at: 1 },
+                (G::ArrValueOrEnd, b']') | (G::ObjKeyOrEnd, b'}') => {
+                    self.stack.pop();
+                    if self.after_value() {
+                        return Ok((i, true));
+                    }
+                }
+                (G::ObjKeyOrEnd | G::ObjKey, b'"') => self.g = G::Str { key: true },
+                (G::Colon, b':') => self.g = G::Value,
+                (G::AfterValue, b',') => {
+                    self.g = if self.stack.last() == Some(&b'{') {
+                        G::ObjKey
+                    } else {
+                        G::Value
+                    };
+                }
+                (G::AfterValue, b'}' | b']') => {
+                    let open = if b == b'}' { b'{' } else { b'[' };
+                    if self.stack.last() != Some(&open) {
+                        return Err(self.err(
+                            base + i - 1,
+                            format!("invalid JSON: unexpected {}", show(b)),
+                        ));
+                    }
+                    self.stack.pop();
+                    if self.after_value() {
+                        return Ok((i, true));
+                    }
+                }
+                _ => {
+                    return Err(self.err(
+                        base + i - 1,
+                        format!("invalid JSON: unexpected {}", show(b)),
+                    ));
+                }
+            }
+        }
+        Ok((i, false))
+    }
+
+    fn push(&mut self, open: u8, at: usize) -> Result<(), ScanError> {
+        // The top-level object counts as one level.
+        if self.stack.len() + 1 >= self.limits.max_depth {
+            return Err(self.err(
+                at,
+                format!(
+                    "JSON nested deeper than the limit of {} levels",
+                    self.limits.max_depth
+                ),
+            ));
+        }
+        self.stack.push(open);
+        Ok(())
+    }
+
+    /// Moves past a complete value; true when it was the member's whole value.
+    fn after_value(&mut self) -> bool {
+        if self.stack.is_empty() {
+            true
+        } else {
+            self.g = G::AfterValue;
+            false
+        }
+    }
+
+    /// Advances through the payload string according to the mode.
+    fn payload_step(
+        &mut self,
+        input: &[u8],
+        base: usize,
+        out: &mut BytesMut,
+    ) -> Result<(usize, bool), ScanError> {
+        let mode = self.mode;
+        let mut i = 0;
+        while i < input.len() {
+            match self.esc {
+                Esc::None => {
+                    let rest = &input[i..];
+                    let end = memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
+                    self.payload_raw(&rest[..end], base + i, mode, out)?;
+                    i += end;
+                    if end == rest.len() {
+                        break;
+                    }
+                    i += 1;
+                    if rest[end] == b'"' {
+                        if mode != PayloadMode::Skip && mode != PayloadMode::Pause {
+                            let sink = if mode == PayloadMode::Decode {
+                                Some(&mut *out)
+                            } else {
+                                None
+                            };
+                            let pos = self.pos + (base + i) as u64;
+                            self.decoder
+                                .finish(sink)
+                                .map_err(|e| payload_error(self.payload_key, e, pos))?;
+                        }
+                        return Ok((i, true));
+                    }
+                    self.esc = Esc::Backslash;
+                }
+                Esc::Backslash => {
+                    let b = input[i];
+                    i += 1;
+                    if b == b'u' {
+                        self.esc = Esc::Hex { n: 0, cp: 0 };
+                        continue;
+                    }
+                    self.esc = Esc::None;
+                    if matches!(mode, PayloadMode::Skip | PayloadMode::Pause) {
+                        continue;
+                    }
+                    let Some(ch) = simple_escape(b) else {
+                        return Err(self.err(
+                            base + i - 1,
+                            format!("invalid JSON: invalid escape \\{}", show(b)),
+                        ));
+                    };
+                    self.payload_char(ch, base + i, mode, out)?;
+                }
+                Esc::Hex { n, cp } => {
+                    let digit = (input[i] as char).to_digit(16);
+                    i += 1;
+                    if matches!(mode, PayloadMode::Skip | PayloadMode::Pause) {
+                        // A \u escape holds no quote or backslash; the string end is found all
+                        // the same, and the content is checked when read again.
+                        self.esc = if n < 3 {
+                            Esc::Hex { n: n + 1, cp }
+                        } else {
+                            Esc::None
+                        };
+                        continue;
+                    }
+                    let Some(d) = digit else {
+                        return Err(self.err(
+                            base + i - 1,
+                            format!("invalid JSON: {} in a \\u escape", show(input[i - 1])),
+                        ));
+                    };
+                    let cp = cp * 16 + d;
+                    if n < 3 {
+                        self.esc = Esc::Hex { n: n + 1, cp };
+                        continue;
+                    }
+                    self.esc = Esc::None;
+                    let Some(ch) = char::from_u32(cp) else {
+                        return Err(self.err(
+                            base + i,
+                            format!(
+                                "the escape \\u{cp:04x} in `{}` is not a base64 character",
+                                self.payload_key.map_or("data", PayloadKey::name)
+                            ),
+                        ));
+                    };
+                    self.payload_char(ch, base + i, mode, out)?;
+                }
+            }
+        }
+        Ok((i, false))
+    }
+
+    fn payload_raw(
+        &mut self,
+        seg: &[u8],
+        at: usize,
+        mode: PayloadMode,
+        out: &mut BytesMut,
+    ) -> Result<(), ScanError> {
+        if seg.is_empty() {
+            return Ok(());
+        }
+        let pos = self.pos + at as u64;
+        let result = match mode {
+            PayloadMode::Skip | PayloadMode::Pause => Ok(()),
+            PayloadMode::Decode => self.decoder.feed_raw(seg, Some(out)),
+            PayloadMode::Validate => self.decoder.feed_raw(seg, None),
+            PayloadMode::Text => {
+                let r = self.decoder.feed_raw(seg, None);
+                if r.is_ok() {
+                    out.extend_from_slice(seg);
+                }
+                r
+            }
+        };
+        result.map_err(|e| payload_error(self.payload_key, e, pos))
+    }
+
+    fn payload_char(
+        &mut self,
+        ch: char,
+        at: usize,
+        mode: PayloadMode,
+        out: &mut BytesMut,
+    ) -> Result<(), ScanError> {
+        let pos = self.pos + at as u64;
+        let result = match mode {
+            PayloadMode::Skip | PayloadMode::Pause => Ok(()),
+            PayloadMode::Decode => self.decoder.feed_escaped(ch, Some(out)),
+            PayloadMode::Validate => self.decoder.feed_escaped(ch, None),
+            PayloadMode::Text => {
+                let r = self.decoder.feed_escaped(ch, None);
+                if r.is_ok() {
+                    let mut buf = [0; 4];
+                    out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+                }
+                r
+            }
+        };
+        result.map_err(|e| payload_error(self.payload_key, e, pos))
+    }
+}
+
+fn payload_error(key: Option<PayloadKey>, e: crate::decode::Base64Error, pos: u64) -> ScanError {
+    let name = key.map_or("data", PayloadKey::name);
+    ScanError::new(format!("`{name}` is not valid base64: {e}"), pos)
+}
+
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+fn simple_escape(b: u8) -> Option<char> {
+    Some(match b {
+        b'"' => '"',
+        b'\\' => '\\',
+        b'/' => '/',
+        b'b' => '\u{8}',
+        b'f' => '\u{c}',
+        b'n' => '\n',
+        b'r' => '\r',
+        b't' => '\t',
+        _ => return None,
+    })
+}
+
+/// A byte, shown for an error message.
+fn show(b: u8) -> String {
+    if b.is_ascii_graphic() {
+        format!("'{}'", b as char)
+    } else {
+        format!("byte 0x{b:02x}")
+    }
+}

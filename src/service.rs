@@ -1,0 +1,180 @@
+//! The middleware service.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::{HeaderValue, ACCEPT, IF_RANGE, RANGE};
+use http::uri::{PathAndQuery, Uri};
+use http::{Method, Request, Response};
+use http_body::Body;
+use tower_service::Service;
+
+use crate::body::NegotiatedBody;
+use crate::error::BoxError;
+use crate::future::{Negotiated, ResponseFuture};
+use crate::layer::Config;
+use crate::negotiate::{strip_format, Decision, Preference};
+
+/// Middleware that serves FHIR Binary resources natively, as FHIR JSON or as FHIR XML, in front
+/// of a service that answers with Binary JSON. Made by
+/// [`BinaryNegotiationLayer`](crate::BinaryNegotiationLayer).
+#[derive(Clone, Debug)]
+pub struct BinaryNegotiation<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S> BinaryNegotiation<S> {
+    /// Wraps `inner` with the default options.
+    pub fn new(inner: S) -> Self {
+        Self::from_config(inner, Arc::default())
+    }
+
+    pub(crate) fn from_config(inner: S, config: Arc<Config>) -> Self {
+        BinaryNegotiation { inner, config }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, taking it out of the middleware.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for BinaryNegotiation<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<NegotiatedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let is_head = request.method() == Method::HEAD;
+        if !is_head && request.method() != Method::GET {
+            return ResponseFuture::pass_through(self.inner.call(request));
+        }
+        let preference = Preference::from_request(request.uri().query(), request.headers());
+        let negotiated = Negotiated {
+            fixed: preference.fixed(),
+            preference,
+            is_head,
+            config: Arc::clone(&self.config),
+        };
+        if negotiated.fixed == Some(Decision::NotAcceptable)
+            && (!negotiated.config.native_when_not_acceptable || negotiated.preference.is_format())
+        {
+            return ResponseFuture::not_acceptable(negotiated);
+        }
+        rewrite_request(&mut request, &self.config);
+        ResponseFuture::negotiated(self.inner.call(request), negotiated)
+    }
+}
+
+/// Asks the inner service plainly for FHIR JSON: it may not know `_format`, misread `Accept`
+/// or not implement `HEAD`.
+fn rewrite_request<B>(request: &mut Request<B>, config: &Config) {
+    if request.method() == Method::HEAD {
+        *request.method_mut() = Method::GET;
+    }
+    let headers = request.headers_mut();
+    headers.insert(
+        ACCEPT,
+        HeaderValue::from_static(config.fhir_version.json_media_type()),
+    );
+    // A range of the JSON is no range of the document: ranges are the layer's to serve.
+    headers.remove(RANGE);
+    headers.remove(IF_RANGE);
+    if let Some(uri) = uri_without_format(request.uri()) {
+        *request.uri_mut() = uri;
+    }
+}
+
+/// The URI without its `_format` parameters, or None when it has none.
+fn uri_without_format(uri: &Uri) -> Option<Uri> {
+    let query = uri.query()?;
+    let stripped = strip_format(query);
+    if stripped.as_deref() == Some(query) {
+        return None;
+    }
+    let path_and_query = match stripped {
+        Some(rest) => format!("{}?{rest}", uri.path()),
+        None => uri.path().to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(PathAndQuery::try_from(path_and_query).ok()?);
+    Uri::from_parts(parts).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewritten(method: Method, uri: &str, accept: Option<&str>) -> Request<()> {
+        let mut builder = Request::builder().method(method).uri(uri);
+        if let Some(accept) = accept {
+            builder = builder.header(ACCEPT, accept);
+        }
+        let mut request = builder
+            .header("authorization", "Bearer t")
+            .header(RANGE, "bytes=0-1")
+            .body(())
+            .unwrap();
+        rewrite_request(&mut request, &Config::default());
+        request
+    }
+
+    #[test]
+    fn inner_is_asked_for_fhir_json_without_format() {
+        let request = rewritten(
+            Method::GET,
+            "http://h/fhir/Binary/1?a=1&_format=xml&b=%20x",
+            Some("application/fhir+xml"),
+        );
+        assert_eq!(request.uri(), "http://h/fhir/Binary/1?a=1&b=%20x");
+        assert_eq!(request.headers()[ACCEPT], "application/fhir+json");
+        assert_eq!(request.headers().get_all(ACCEPT).iter().count(), 1);
+        assert_eq!(request.headers()["authorization"], "Bearer t");
+        assert!(request.headers().get(RANGE).is_none());
+        assert_eq!(request.method(), Method::GET);
+    }
+
+    #[test]
+    fn head_goes_on_as_get_and_a_lone_format_leaves_no_question_mark() {
+        let request = rewritten(Method::HEAD, "/Binary/1?_format=json", None);
+        assert_eq!(request.method(), Method::GET);
+        assert_eq!(request.uri(), "/Binary/1");
+    }
+
+    #[test]
+    fn query_without_format_is_kept_as_is() {
+        let request = rewritten(Method::GET, "/Binary/1?x=%2B&y", None);
+        assert_eq!(request.uri(), "/Binary/1?x=%2B&y");
+    }
+
+    #[test]
+    fn dstu2_asks_with_the_dstu2_spelling() {
+        let mut request = Request::get("/Binary/1").body(()).unwrap();
+        let config = Config {
+            fhir_version: crate::FhirVersion::Dstu2,
+            ..Config::default()
+        };
+        rewrite_request(&mut request, &config);
+        assert_eq!(request.headers()[ACCEPT], "application/json+fhir");
+    }
+}

@@ -1,0 +1,394 @@
+//! The response-path driver: plain synchronous code that takes the inner body's frames, decides
+//! the representation as soon as the Binary shows enough of itself, and then turns the rest of
+//! the frames into output frames. The Tower types only move frames in and out of it.
+//!
+//! Until the decision every frame is also held (reference-counted, not copied), so that it can
+//! be passed through untouched (FHIR JSON, not a Binary) or read again from the start when the
+//! deciding member came after the payload. The usual order (`contentType` before `data`)
+//! decides at the first byte of the payload, and nothing is read twice.
+
+use std::collections::VecDeque;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::HeaderValue;
+use serde_json::{Map, Value};
+
+use crate::negotiate::{Decision, Preference, Representation, Spelling};
+use crate::scan::{Event, PayloadKey, PayloadMode, ScanError, ScanLimits, Scanner};
+
+/// What the response head should be, once decided.
+#[derive(Debug)]
+pub(crate) enum Head {
+    /// Not a Binary, a Binary without payload, or FHIR JSON chosen: the inner body goes out as
+    /// it came, starting with these frames.
+    PassThrough(VecDeque<Bytes>),
+    /// The client accepts neither FHIR nor this Binary's content type.
+    NotAcceptable {
+        /// The Binary's content type.
+        content_type: String,
+    },
+    /// The document itself.
+    Native {
+        /// The Binary's content type, checked to be a media type and a header value.
+        content_type: HeaderValue,
+    },
+    /// FHIR XML.
+    Xml {
+        /// How the client spelled the XML media type.
+        spelling: Spelling,
+        /// Which member carried the payload.
+        payload: Option<PayloadKey>,
+    },
+    /// The body is not a valid Binary.
+    Invalid(ScanError),
+}
+
+/// What the driver is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Reading until the representation can be decided.
+    Deciding,
+    /// XML was chosen; reading on to the end of the object (within the reorder limit) so that
+    /// every element that precedes the payload in XML is known.
+    AwaitingElements,
+    /// Producing output.
+    Streaming,
+}
+
+/// The driver. See the module docs.
+#[derive(Debug)]
+pub(crate) struct Transcoder {
+    preference: Preference,
+    limits: ScanLimits,
+    reorder_limit: usize,
+    frame_size: usize,
+    native_when_not_acceptable: bool,
+    /// Whether the output is only counted (HEAD), not produced.
+    count_only: bool,
+    phase: Phase,
+    scanner: Scanner,
+    /// Input the scanner has not consumed yet.
+    pending: VecDeque<Bytes>,
+    /// Every frame received while deciding.
+    held: VecDeque<Bytes>,
+    held_len: usize,
+    /// The members known at the decision (a replay starts a fresh scanner).
+    members: Map<String, Value>,
+    /// Set once the output is complete or broken off: nothing more comes out.
+    done: bool,
+    /// How the client spelled the XML media type, once XML is chosen.
+    xml_spelling: Option<Spelling>,
+    out: BytesMut,
+}
+
+/// Options of a [`Transcoder`].
+#[derive(Clone, Debug)]
+pub(crate) struct TranscodeOptions {
+    pub(crate) limits: ScanLimits,
+    pub(crate) reorder_limit: usize,
+    pub(crate) frame_size: usize,
+    pub(crate) native_when_not_acceptable: bool,
+    pub(crate) count_only: bool,
+}
+
+impl Transcoder {
+    /// A driver for one response to a client with this preference.
+    pub(crate) fn new(preference: Preference, options: TranscodeOptions) -> Self {
+        Transcoder {
+            preference,
+            limits: options.limits,
+            reorder_limit: options.reorder_limit,
+            frame_size: options.frame_size,
+            native_when_not_acceptable: options.native_when_not_acceptable,
+            count_only: options.count_only,
+            phase: Phase::Deciding,
+            scanner: Scanner::new(options.limits),
+            pending: VecDeque::new(),
+            held: VecDeque::new(),
+            held_len: 0,
+            members: Map::new(),
+            done: false,
+            xml_spelling: None,
+            out: BytesMut::new(),
+        }
+    }
+
+    /// The Binary's members other than the payload, as known when the head was decided.
+    pub(crate) fn members(&self) -> &Map<String, Value> {
+        &self.members
+    }
+
+    /// Decoded (or counted) payload bytes so far.
+    pub(crate) fn decoded_len(&self) -> u64 {
+        self.scanner.decoded_len()
+    }
+
+    /// Takes a frame while deciding; returns the head once it is decided.
+    pub(crate) fn push_head(&mut self, frame: Bytes) -> Option<Head> {
+        if frame.is_empty() {
+            return None;
+        }
+        self.held_len += frame.len();
+        self.held.push_back(frame.clone());
+        self.pending.push_back(frame);
+        self.advance_head()
+    }
+
+    /// The inner body ended while deciding.
+    pub(crate) fn end_head(&mut self) -> Head {
+        if let Err(e) = self.scanner.finish() {
+            return Head::Invalid(e);
+        }
+        self.decide(Event::End).unwrap_or_else(|| {
+            Head::Invalid(ScanError::new(
+                "the Binary has no contentType",
+                self.scanner.position(),
+            ))
+        })
+    }
+
+    fn advance_head(&mut self) -> Option<Head> {
+        while let Some(front) = self.pending.front_mut() {
+            let (n, event) = match self.scanner.feed(front, &mut self.out) {
+                Ok(step) => step,
+                Err(e) => return Some(Head::Invalid(e)),
+            };
+            front.advance(n);
+            if front.is_empty() {
+                self.pending.pop_front();
+            }
+            if event == Event::NeedMore {
+                continue;
+            }
+            if let Some(head) = self.decide(event) {
+                return Some(head);
+            }
+            if event == Event::PayloadStart {
+                self.scanner.set_payload_mode(PayloadMode::Skip);
+            }
+        }
+        if self.held_len > self.reorder_limit {
+            let message = if self.phase == Phase::AwaitingElements {
+                format!(
+                    "the Binary's elements could not be put in FHIR XML order within the first {} bytes",
+                    self.reorder_limit
+                )
+            } else {
+                format!(
+                    "the Binary's resourceType and contentType were not found within the first {} bytes",
+                    self.reorder_limit
+                )
+            };
+            return Some(Head::Invalid(ScanError::new(
+                message,
+                self.scanner.position(),
+            )));
+        }
+        None
+    }
+
+    /// Tries to decide after `event`; None when more must be read.
+    fn decide(&mut self, event: Event) -> Option<Head> {
+        let closed = event == Event::End;
+        match self.scanner.members().get("resourceType") {
+            Some(Value::String(rt)) if rt == "Binary" => {}
+            // Some other resource, or not a FHIR resource at all: not ours to change.
+            Some(_) => return Some(self.pass_through()),
+            None if closed => return Some(self.pass_through()),
+            None => return None,
+        }
+        if self.phase == Phase::AwaitingElements {
+            return closed.then(|| self.start_xml());
+        }
+        if closed && self.scanner.payload_key().is_none() {
+            // No document to serve: the resource is the answer.
+            return Some(self.pass_through());
+        }
+        // The payload may yet turn out to be missing, so the raw document can only be chosen
+        // at (or after) the payload.
+        if event != Event::PayloadStart && !self.scanner.payload_done() {
+            return None;
+        }
+        let content_type = match self.scanner.content_type() {
+            None if closed => {
+                return Some(Head::Invalid(ScanError::new(
+                    "the Binary has no contentType",
+                    self.scanner.position(),
+                )))
+            }
+            None => return None,
+            Some(value) => match checked_content_type(value) {
+                Ok(content_type) => content_type,
+                Err(message) => {
+                    return Some(Head::Invalid(ScanError::new(
+                        message,
+                        self.scanner.position(),
+                    )))
+                }
+            },
+        };
+        let text = content_type.to_str().unwrap_or_default();
+        let decision = match self.preference.resolve(text) {
+            Decision::NotAcceptable if self.native_when_not_acceptable => Decision::Serve {
+                representation: Representation::Native,
+                spelling: Spelling::Unspecified,
+            },
+            decision => decision,
+        };
+        match decision {
+            Decision::NotAcceptable => Some(Head::NotAcceptable {
+                content_type: text.to_owned(),
+            }),
+            Decision::Serve {
+                representation: Representation::FhirJson,
+                ..
+            } => Some(self.pass_through()),
+            Decision::Serve {
+                representation: Representation::Native,
+                ..
+            } => {
+                let mode = if self.count_only {
+                    PayloadMode::Validate
+                } else {
+                    PayloadMode::Decode
+                };
+                self.members = self.scanner.members().clone();
+                if event == Event::PayloadStart {
+                    // Nothing of the payload has been read yet: go on from here.
+                    self.scanner.set_payload_mode(mode);
+                    self.held.clear();
+                    self.held_len = 0;
+                } else {
+                    self.replay(mode);
+                }
+                self.phase = Phase::Streaming;
+                Some(Head::Native { content_type })
+            }
+            Decision::Serve {
+                representation: Representation::FhirXml,
+                spelling,
+            } => {
+                self.phase = Phase::AwaitingElements;
+                self.xml_spelling = Some(spelling);
+                if closed {
+                    Some(self.start_xml())
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    fn start_xml(&mut self) -> Head {
+        self.members = self.scanner.members().clone();
+        let payload = self.scanner.payload_key();
+        self.replay(PayloadMode::Text);
+        self.phase = Phase::Streaming;
+        Head::Xml {
+            spelling: self.xml_spelling.unwrap_or(Spelling::Unspecified),
+            payload,
+        }
+    }
+
+    /// Reads everything held again from the start, with a fresh scanner in `mode`.
+    fn replay(&mut self, mode: PayloadMode) {
+        self.scanner = Scanner::new(self.limits);
+        self.scanner.set_payload_mode(mode);
+        self.pending = std::mem::take(&mut self.held);
+        self.held_len = 0;
+    }
+
+    fn pass_through(&mut self) -> Head {
+        self.pending.clear();
+        self.held_len = 0;
+        Head::PassThrough(std::mem::take(&mut self.held))
+    }
+
+    /// Takes a frame of the inner body after the head.
+    pub(crate) fn push(&mut self, frame: Bytes) {
+        if !frame.is_empty() {
+            self.pending.push_back(frame);
+        }
+    }
+
+    /// The next output frame made from the input at hand; None when more input is needed.
+    pub(crate) fn pull(&mut self) -> Result<Option<Bytes>, ScanError> {
+        if self.done {
+            return Ok(None);
+        }
+        let target = self.frame_size.div_ceil(2);
+        while self.out.len() < target {
+            let Some(front) = self.pending.front_mut() else {
+                break;
+            };
+            let take = front.len().min(self.frame_size);
+            let result = self.scanner.feed(&front[..take], &mut self.out);
+            let (n, _) = match result {
+                Ok(step) => step,
+                Err(e) => {
+                    self.abort();
+                    return Err(e);
+                }
+            };
+            front.advance(n);
+            if front.is_empty() {
+                self.pending.pop_front();
+            }
+        }
+        Ok(self.take_out())
+    }
+
+    /// The inner body ended: returns the output frames still to come, one a call, then
+    /// `Ok(None)` once the document is checked to be complete.
+    pub(crate) fn finish(&mut self) -> Result<Option<Bytes>, ScanError> {
+        if let Some(frame) = self.pull()? {
+            return Ok(Some(frame));
+        }
+        if self.done {
+            return Ok(None);
+        }
+        self.done = true;
+        self.scanner.finish()?;
+        Ok(None)
+    }
+
+    /// Whether the output is complete (or broken off).
+    pub(crate) fn is_done(&self) -> bool {
+        self.done
+    }
+
+    fn take_out(&mut self) -> Option<Bytes> {
+        if self.out.is_empty() || self.count_only {
+            self.out.clear();
+            None
+        } else {
+            Some(self.out.split().freeze())
+        }
+    }
+
+    /// Drops everything after an error: nothing more comes out.
+    pub(crate) fn abort(&mut self) {
+        self.done = true;
+        self.pending.clear();
+        self.out.clear();
+    }
+}
+
+/// The Binary's `contentType`, checked to be a media type that can stand in a header.
+fn checked_content_type(value: &Value) -> Result<HeaderValue, String> {
+    let Value::String(text) = value else {
+        return Err("the Binary's contentType is not a string".into());
+    };
+    if text.trim().is_empty() {
+        return Err("the Binary's contentType is empty".into());
+    }
+    let header = HeaderValue::from_str(text).map_err(|_| {
+        format!(
+            "the Binary's contentType {:?} cannot be sent as a header (control or non-ASCII characters)",
+            text
+        )
+    })?;
+    mediatype::MediaType::parse(text.trim())
+        .map_err(|e| format!("the Binary's contentType {text:?} is not a media type: {e}"))?;
+    Ok(header)
+}

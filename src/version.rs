@@ -1,0 +1,41 @@
+//! FHIR releases and the media types each one spells.
+
+/// A FHIR release.
+///
+/// The layer reads Binary JSON of every release without being told which (`content` in DSTU2
+/// and STU3, `data` from R4 on). The configured release decides what the layer writes where it
+/// must choose: the `Accept` it sends to the inner service, the media types of the FHIR
+/// responses it makes, and which elements FHIR XML may carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum FhirVersion {
+    /// DSTU2 (1.0): `application/json+fhir`, `application/xml+fhir`.
+    Dstu2,
+    /// STU3 (3.0).
+    Stu3,
+    /// R4 (4.0), the default.
+    #[default]
+    R4,
+    /// R4B (4.3).
+    R4B,
+    /// R5 (5.0).
+    R5,
+}
+
+impl FhirVersion {
+    /// The FHIR JSON media type of this release, as sent in `Accept` to the inner service and
+    /// on the OperationOutcomes the layer makes.
+    pub(crate) fn json_media_type(self) -> &'static str {
+        match self {
+            FhirVersion::Dstu2 => "application/json+fhir",
+            _ => "application/fhir+json",
+        }
+    }
+
+    /// The FHIR XML media type of this release.
+    pub(crate) fn xml_media_type(self) -> &'static str {
+        match self {
+            FhirVersion::Dstu2 => "application/xml+fhir",
+            _ => "application/fhir+xml",
+        }
+    }
+}
