@@ -27,7 +27,9 @@ pub(crate) mod sealed {
     use std::future::Future;
 
     /// A future that resolves to an HTTP response or an error.
-    pub trait ResponseFutureOf: Future<Output = Result<http::Response<Self::Body>, Self::Error>> {
+    pub trait ResponseFutureOf:
+        Future<Output = Result<http::Response<Self::Body>, Self::Error>>
+    {
         /// The response body.
         type Body;
         /// The error.
@@ -188,11 +190,10 @@ fn is_transformable(parts: &Parts) -> bool {
     {
         return false;
     }
-    let identity = parts
-        .headers
-        .get_all(CONTENT_ENCODING)
-        .iter()
-        .all(|v| v.to_str().is_ok_and(|v| v.trim().eq_ignore_ascii_case("identity")));
+    let identity = parts.headers.get_all(CONTENT_ENCODING).iter().all(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("identity"))
+    });
     identity
         && parts
             .headers
@@ -204,9 +205,13 @@ fn is_transformable(parts: &Parts) -> bool {
 /// `application/fhir+json`, `application/json+fhir` or `application/json`, any parameters.
 fn is_fhir_json(content_type: &str) -> bool {
     let essence = content_type.split(';').next().unwrap_or_default().trim();
-    ["application/fhir+json", "application/json+fhir", "application/json"]
-        .iter()
-        .any(|t| essence.eq_ignore_ascii_case(t))
+    [
+        "application/fhir+json",
+        "application/json+fhir",
+        "application/json",
+    ]
+    .iter()
+    .any(|t| essence.eq_ignore_ascii_case(t))
 }
 
 /// Handles the inner response: done at once, or a Binary to read.
@@ -441,7 +446,9 @@ mod tests {
     #[test]
     fn fhir_json_media_types() {
         assert!(is_fhir_json("application/fhir+json"));
-        assert!(is_fhir_json("application/fhir+json; charset=UTF-8; fhirVersion=4.0"));
+        assert!(is_fhir_json(
+            "application/fhir+json; charset=UTF-8; fhirVersion=4.0"
+        ));
         assert!(is_fhir_json("Application/JSON+FHIR"));
         assert!(is_fhir_json("application/json"));
         assert!(!is_fhir_json("application/fhir+xml"));
@@ -459,11 +466,31 @@ mod tests {
             builder.body(()).unwrap().into_parts().0
         };
         assert!(is_transformable(&parts(200, "application/fhir+json", None)));
-        assert!(is_transformable(&parts(200, "application/json", Some("identity"))));
-        assert!(!is_transformable(&parts(200, "application/fhir+json", Some("gzip"))));
-        assert!(!is_transformable(&parts(404, "application/fhir+json", None)));
-        assert!(!is_transformable(&parts(204, "application/fhir+json", None)));
-        assert!(!is_transformable(&parts(304, "application/fhir+json", None)));
+        assert!(is_transformable(&parts(
+            200,
+            "application/json",
+            Some("identity")
+        )));
+        assert!(!is_transformable(&parts(
+            200,
+            "application/fhir+json",
+            Some("gzip")
+        )));
+        assert!(!is_transformable(&parts(
+            404,
+            "application/fhir+json",
+            None
+        )));
+        assert!(!is_transformable(&parts(
+            204,
+            "application/fhir+json",
+            None
+        )));
+        assert!(!is_transformable(&parts(
+            304,
+            "application/fhir+json",
+            None
+        )));
         assert!(!is_transformable(&parts(200, "application/pdf", None)));
     }
 }

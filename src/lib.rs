@@ -118,3 +118,6 @@ pub use layer::BinaryNegotiationLayer;
 pub use negotiate::Representation;
 pub use service::BinaryNegotiation;
 pub use version::FhirVersion;
+
+#[cfg(feature = "proxy")]
+pub mod proxy;

@@ -63,7 +63,10 @@ pub enum Split {
     Whole,
     Every(usize),
     /// Cut at `cuts` random points.
-    Random { seed: u64, cuts: usize },
+    Random {
+        seed: u64,
+        cuts: usize,
+    },
 }
 
 pub fn split(bytes: &[u8], how: &Split) -> Vec<Bytes> {
@@ -78,17 +81,19 @@ pub fn split(bytes: &[u8], how: &Split) -> Vec<Bytes> {
             points.push(bytes.len());
             points.sort_unstable();
             points.dedup();
-            points
-                .windows(2)
-                .map(|w| bytes.slice(w[0]..w[1]))
-                .collect()
+            points.windows(2).map(|w| bytes.slice(w[0]..w[1])).collect()
         }
     }
 }
 
 /// The splits every Binary test runs with: whole, every byte, and random points.
 pub fn splits(len: usize) -> Vec<Split> {
-    let mut all = vec![Split::Whole, Split::Every(1), Split::Every(7), Split::Every(4096)];
+    let mut all = vec![
+        Split::Whole,
+        Split::Every(1),
+        Split::Every(7),
+        Split::Every(4096),
+    ];
     for seed in 1..=8 {
         all.push(Split::Random {
             seed,
@@ -152,7 +157,8 @@ impl Body for Frames {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.exact.map_or_else(SizeHint::default, SizeHint::with_exact)
+        self.exact
+            .map_or_else(SizeHint::default, SizeHint::with_exact)
     }
 }
 
