@@ -122,14 +122,15 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
-        let frame = ready!(this.body.poll_frame(cx));
+        let mut body = this.body;
+        let frame = ready!(body.as_mut().poll_frame(cx));
         match &frame {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     this.entry.bytes += data.remaining() as u64;
                 }
                 // Servers stop polling once the body says it has ended.
-                if this.body.is_end_stream() {
+                if body.is_end_stream() {
                     this.entry.complete = true;
                 }
             }
