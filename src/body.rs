@@ -100,7 +100,9 @@ impl<B> fmt::Debug for NegotiatedBody<B> {
             Kind::Replay { .. } => "Replay",
             Kind::Transcode { .. } => "Transcode",
         };
-        f.debug_struct("NegotiatedBody").field("kind", &kind).finish()
+        f.debug_struct("NegotiatedBody")
+            .field("kind", &kind)
+            .finish()
     }
 }
 
@@ -144,7 +146,9 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Inner { body } => body.size_hint(),
-            Kind::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
             Kind::Replay { held, body } => {
                 let held: u64 = held.iter().map(|f| f.len() as u64).sum();
                 let rest = body

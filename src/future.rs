@@ -28,7 +28,9 @@ pub(crate) mod sealed {
     use std::future::Future;
 
     /// A future that resolves to an HTTP response or an error.
-    pub trait ResponseFutureOf: Future<Output = Result<http::Response<Self::Body>, Self::Error>> {
+    pub trait ResponseFutureOf:
+        Future<Output = Result<http::Response<Self::Body>, Self::Error>>
+    {
         /// The response body.
         type Body;
         /// The error.
@@ -211,9 +213,13 @@ fn is_transformable(parts: &Parts) -> bool {
 /// `application/fhir+json`, `application/json+fhir` or `application/json`, any parameters.
 fn is_fhir_json(content_type: &str) -> bool {
     let essence = content_type.split(';').next().unwrap_or_default().trim();
-    ["application/fhir+json", "application/json+fhir", "application/json"]
-        .iter()
-        .any(|t| essence.eq_ignore_ascii_case(t))
+    [
+        "application/fhir+json",
+        "application/json+fhir",
+        "application/json",
+    ]
+    .iter()
+    .any(|t| essence.eq_ignore_ascii_case(t))
 }
 
 /// What to do after the inner response head.
@@ -225,11 +231,10 @@ enum Next<B> {
 
 /// Whether the response is FHIR JSON that is not encoded.
 fn is_plain_fhir_json(parts: &Parts) -> bool {
-    let identity = parts
-        .headers
-        .get_all(CONTENT_ENCODING)
-        .iter()
-        .all(|v| v.to_str().is_ok_and(|v| v.trim().eq_ignore_ascii_case("identity")));
+    let identity = parts.headers.get_all(CONTENT_ENCODING).iter().all(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("identity"))
+    });
     identity
         && parts
             .headers
@@ -346,13 +351,20 @@ where
     /// The outcome in XML, or, when it is none (too large, not an OperationOutcome, does not
     /// render), the inner response as it came.
     fn respond(&mut self, xml: Option<Bytes>) -> Response<NegotiatedBody<B>> {
-        let mut parts = self.parts.take().expect("ResponseFuture polled after completion");
+        let mut parts = self
+            .parts
+            .take()
+            .expect("ResponseFuture polled after completion");
         let collected = Bytes::from(std::mem::take(&mut self.collected));
         let body = match xml {
             Some(xml) => {
                 let version = self.negotiated.config.fhir_version;
                 let content_type = version.xml_content_type(self.negotiated.xml_spelling());
-                head::replace_body_headers(&mut parts.headers, content_type, Some(xml.len() as u64));
+                head::replace_body_headers(
+                    &mut parts.headers,
+                    content_type,
+                    Some(xml.len() as u64),
+                );
                 NegotiatedBody::full(xml)
             }
             None => {
@@ -586,7 +598,9 @@ where
         };
         let whole = self.whole.take()?;
         let mut parts = self.parts.take()?;
-        whole.made.head(&mut parts.headers, whole.content_type, Some(length));
+        whole
+            .made
+            .head(&mut parts.headers, whole.content_type, Some(length));
         let body = if self.negotiated.is_head {
             NegotiatedBody::empty()
         } else {
@@ -618,7 +632,9 @@ mod tests {
     #[test]
     fn fhir_json_media_types() {
         assert!(is_fhir_json("application/fhir+json"));
-        assert!(is_fhir_json("application/fhir+json; charset=UTF-8; fhirVersion=4.0"));
+        assert!(is_fhir_json(
+            "application/fhir+json; charset=UTF-8; fhirVersion=4.0"
+        ));
         assert!(is_fhir_json("Application/JSON+FHIR"));
         assert!(is_fhir_json("application/json"));
         assert!(!is_fhir_json("application/fhir+xml"));
@@ -636,11 +652,31 @@ mod tests {
             builder.body(()).unwrap().into_parts().0
         };
         assert!(is_transformable(&parts(200, "application/fhir+json", None)));
-        assert!(is_transformable(&parts(200, "application/json", Some("identity"))));
-        assert!(!is_transformable(&parts(200, "application/fhir+json", Some("gzip"))));
-        assert!(!is_transformable(&parts(404, "application/fhir+json", None)));
-        assert!(!is_transformable(&parts(204, "application/fhir+json", None)));
-        assert!(!is_transformable(&parts(304, "application/fhir+json", None)));
+        assert!(is_transformable(&parts(
+            200,
+            "application/json",
+            Some("identity")
+        )));
+        assert!(!is_transformable(&parts(
+            200,
+            "application/fhir+json",
+            Some("gzip")
+        )));
+        assert!(!is_transformable(&parts(
+            404,
+            "application/fhir+json",
+            None
+        )));
+        assert!(!is_transformable(&parts(
+            204,
+            "application/fhir+json",
+            None
+        )));
+        assert!(!is_transformable(&parts(
+            304,
+            "application/fhir+json",
+            None
+        )));
         assert!(!is_transformable(&parts(200, "application/pdf", None)));
     }
 }

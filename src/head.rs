@@ -84,10 +84,17 @@ mod tests {
     #[test]
     fn native_head_replaces_the_json_framing() {
         let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/fhir+json"));
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/fhir+json"),
+        );
         headers.insert(CONTENT_LENGTH, HeaderValue::from_static("1234"));
         headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-        native(&mut headers, HeaderValue::from_static("application/pdf"), Some(7));
+        native(
+            &mut headers,
+            HeaderValue::from_static("application/pdf"),
+            Some(7),
+        );
         assert_eq!(headers[CONTENT_TYPE], "application/pdf");
         assert_eq!(headers[CONTENT_LENGTH], "7");
         assert!(headers.get(TRANSFER_ENCODING).is_none());

@@ -598,7 +598,9 @@ impl Scanner {
             match self.esc {
                 Esc::None => {
                     if self.high_surrogate.is_some() && input[i] != b'\\' {
-                        return Err(self.err(base + i, "invalid JSON: lone surrogate in \\u escape"));
+                        return Err(
+                            self.err(base + i, "invalid JSON: lone surrogate in \\u escape")
+                        );
                     }
                     let rest = &input[i..];
                     let end = memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
@@ -645,7 +647,9 @@ impl Scanner {
                         ));
                     };
                     if self.high_surrogate.is_some() {
-                        return Err(self.err(base + i, "invalid JSON: lone surrogate in \\u escape"));
+                        return Err(
+                            self.err(base + i, "invalid JSON: lone surrogate in \\u escape")
+                        );
                     }
                     self.esc = Esc::None;
                     if collect_key {
@@ -678,7 +682,9 @@ impl Scanner {
                         (None, cp) => char::from_u32(cp),
                     };
                     let Some(ch) = ch else {
-                        return Err(self.err(base + i, "invalid JSON: lone surrogate in \\u escape"));
+                        return Err(
+                            self.err(base + i, "invalid JSON: lone surrogate in \\u escape")
+                        );
                     };
                     if collect_key {
                         self.push_key_char(ch);
@@ -741,10 +747,9 @@ impl Scanner {
                 }
                 G::Lit { word, at } => {
                     if b != word[usize::from(at)] {
-                        return Err(self.err(
-                            base + i,
-                            format!("invalid JSON: unexpected {}", show(b)),
-                        ));
+                        return Err(
+                            self.err(base + i, format!("invalid JSON: unexpected {}", show(b)))
+                        );
                     }
                     i += 1;
                     if usize::from(at) + 1 < word.len() {
@@ -774,14 +779,24 @@ impl Scanner {
                 (G::Value | G::ArrValueOrEnd, b'-') => self.g = G::Num(Num::Minus),
                 (G::Value | G::ArrValueOrEnd, b'0') => self.g = G::Num(Num::Zero),
                 (G::Value | G::ArrValueOrEnd, b'1'..=b'9') => self.g = G::Num(Num::Int),
-                (G::Value | G::ArrValueOrEnd, b't') => self.g = G::Lit { word: b"true", at: 1 },
+                (G::Value | G::ArrValueOrEnd, b't') => {
+                    self.g = G::Lit {
+                        word: b"true",
+                        at: 1,
+                    }
+                }
                 (G::Value | G::ArrValueOrEnd, b'f') => {
                     self.g = G::Lit {
                         word: b"false",
                         at: 1,
                     }
                 }
-                (G::Value | G::ArrValueOrEnd, b'n') => self.g = G::Lit { word: b"null", at: 1 },
+                (G::Value | G::ArrValueOrEnd, b'n') => {
+                    self.g = G::Lit {
+                        word: b"null",
+                        at: 1,
+                    }
+                }
                 (G::ArrValueOrEnd, b']') | (G::ObjKeyOrEnd, b'}') => {
                     self.stack.pop();
                     if self.after_value() {
@@ -1003,7 +1018,11 @@ impl Scanner {
     }
 }
 
-fn payload_error(key: Option<PayloadElement>, e: crate::decode::Base64Error, pos: u64) -> ScanError {
+fn payload_error(
+    key: Option<PayloadElement>,
+    e: crate::decode::Base64Error,
+    pos: u64,
+) -> ScanError {
     let name = key.map_or("data", PayloadElement::name);
     ScanError::new(format!("`{name}` is not valid base64: {e}"), pos)
 }

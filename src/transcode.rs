@@ -65,7 +65,7 @@ pub(crate) struct Transcoder {
     reorder_limit: usize,
     frame_size: usize,
     native_when_not_acceptable: bool,
-    /// Whether the output is only counted (HEAD), not produced.
+    /// Whether the raw document is only counted (HEAD), not produced.
     count_only: bool,
     phase: Phase,
     scanner: Scanner,
@@ -130,11 +130,6 @@ impl Transcoder {
         }
     }
 
-    /// The Binary's members other than the payload, as known when the head was decided.
-    pub(crate) fn members(&self) -> &Map<String, Value> {
-        &self.members
-    }
-
     /// Decoded (or counted) payload bytes so far.
     pub(crate) fn decoded_len(&self) -> u64 {
         self.scanner.decoded_len()
@@ -181,7 +176,15 @@ impl Transcoder {
                 return Some(head);
             }
             if event == Event::PayloadStart {
-                self.scanner.set_payload_mode(PayloadMode::Skip);
+                // Undecided: find the end of the payload and decide after it. For XML, which
+                // reads to the end of the object before writing, check the payload on the way
+                // so that bad base64 is a 502 rather than a broken transfer.
+                self.scanner
+                    .set_payload_mode(if self.phase == Phase::AwaitingElements {
+                        PayloadMode::Validate
+                    } else {
+                        PayloadMode::Skip
+                    });
             }
         }
         if self.held_len > self.reorder_limit {
@@ -440,8 +443,7 @@ impl Transcoder {
     }
 
     fn take_out(&mut self) -> Option<Bytes> {
-        if self.out.is_empty() || self.count_only {
-            self.out.clear();
+        if self.out.is_empty() {
             None
         } else {
             Some(self.out.split().freeze())

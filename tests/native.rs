@@ -183,9 +183,15 @@ async fn serializations_of_real_servers_decode_identically() {
                 vec![
                     ("resourceType", quoted("Binary")),
                     ("meta", meta.clone()),
-                    ("unknown", r#"{"data":"AAAA","content":[1,2.5e-3,true,null,{"a":[]}]}"#.into()),
+                    (
+                        "unknown",
+                        r#"{"data":"AAAA","content":[1,2.5e-3,true,null,{"a":[]}]}"#.into(),
+                    ),
                     ("contentType", ct.clone()),
-                    ("_contentType", r#"{"extension":[{"url":"u","valueCode":"x"}]}"#.into()),
+                    (
+                        "_contentType",
+                        r#"{"extension":[{"url":"u","valueCode":"x"}]}"#.into(),
+                    ),
                     ("other", r#"[[["\"data\": \u00e9 \ud83d\ude00"]]]"#.into()),
                     ("data", data.clone()),
                     ("trailing", "-0.5E+10".into()),
@@ -195,7 +201,11 @@ async fn serializations_of_real_servers_decode_identically() {
         for (order, items) in orders {
             for pretty in [false, true] {
                 let json = members(&items, pretty);
-                for how in [Split::Whole, Split::Every(1), Split::Random { seed: 7, cuts: 300 }] {
+                for how in [
+                    Split::Whole,
+                    Split::Every(1),
+                    Split::Random { seed: 7, cuts: 300 },
+                ] {
                     let got = get(&json, how.clone()).await;
                     assert_eq!(
                         got.status,
