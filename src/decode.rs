@@ -445,6 +445,7 @@ impl Base64Decoder {
         self.decoded
     }
 
+    #[cfg(test)]
     /// An upper bound on the bytes one [`Self::feed_raw`] call with `len` input bytes can append
     /// (up to three carried symbols may complete a group with it), for reserving.
     pub(crate) fn max_decoded_len(len: usize) -> usize {

@@ -17,9 +17,10 @@ use crate::body::NegotiatedBody;
 use crate::error::BoxError;
 use crate::head;
 use crate::layer::Config;
-use crate::negotiate::{Decision, Preference, Representation};
+use crate::negotiate::{Decision, Preference, Representation, Spelling};
 use crate::outcome::Outcome;
 use crate::transcode::{Head, TranscodeOptions, Transcoder};
+use crate::xml;
 
 /// Names the body type of the response an inner future resolves to, so that
 /// [`ResponseFuture`] needs only the future as type parameter.
@@ -56,6 +57,16 @@ pub(crate) struct Negotiated {
     pub(crate) config: Arc<Config>,
 }
 
+impl Negotiated {
+    /// How the client spelled FHIR XML, when it asked for it at request time.
+    fn xml_spelling(&self) -> Spelling {
+        match self.fixed {
+            Some(Decision::Serve { spelling, .. }) => spelling,
+            _ => Spelling::Unspecified,
+        }
+    }
+}
+
 pin_project! {
     /// The response future of [`BinaryNegotiation`](crate::BinaryNegotiation).
     ///
@@ -85,6 +96,9 @@ pin_project! {
         },
         Reading {
             reading: Reading<B>,
+        },
+        ReadingOutcome {
+            reading: ReadingOutcome<B>,
         },
         Ready {
             response: Option<Response<NegotiatedBody<B>>>,
@@ -131,6 +145,7 @@ impl<F: ResponseFutureOf> fmt::Debug for ResponseFuture<F> {
             State::PassThrough { .. } => "PassThrough",
             State::Negotiated { .. } => "Negotiated",
             State::Reading { .. } => "Reading",
+            State::ReadingOutcome { .. } => "ReadingOutcome",
             State::Ready { .. } => "Ready",
         };
         f.debug_struct("ResponseFuture")
@@ -160,11 +175,16 @@ where
                         .take()
                         .expect("ResponseFuture polled after completion");
                     match on_response(response, negotiated) {
-                        Ok(response) => return Poll::Ready(Ok(response)),
-                        Err(reading) => State::Reading { reading },
+                        Next::Done(response) => return Poll::Ready(Ok(response)),
+                        Next::Binary(reading) => State::Reading { reading },
+                        Next::Outcome(reading) => State::ReadingOutcome { reading },
                     }
                 }
                 StateProj::Reading { reading } => {
+                    let response = ready!(reading.poll(cx));
+                    return Poll::Ready(Ok(response));
+                }
+                StateProj::ReadingOutcome { reading } => {
                     let response = ready!(reading.poll(cx));
                     return Poll::Ready(Ok(response));
                 }
@@ -183,23 +203,11 @@ where
 /// Whether the inner response is FHIR JSON the layer may transform.
 fn is_transformable(parts: &Parts) -> bool {
     let status = parts.status;
-    if !status.is_success()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::RESET_CONTENT
-        || status == StatusCode::PARTIAL_CONTENT
-    {
-        return false;
-    }
-    let identity = parts.headers.get_all(CONTENT_ENCODING).iter().all(|v| {
-        v.to_str()
-            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("identity"))
-    });
-    identity
-        && parts
-            .headers
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(is_fhir_json)
+    status.is_success()
+        && status != StatusCode::NO_CONTENT
+        && status != StatusCode::RESET_CONTENT
+        && status != StatusCode::PARTIAL_CONTENT
+        && is_plain_fhir_json(parts)
 }
 
 /// `application/fhir+json`, `application/json+fhir` or `application/json`, any parameters.
@@ -214,11 +222,30 @@ fn is_fhir_json(content_type: &str) -> bool {
     .any(|t| essence.eq_ignore_ascii_case(t))
 }
 
-/// Handles the inner response: done at once, or a Binary to read.
-fn on_response<B>(
-    response: Response<B>,
-    negotiated: Negotiated,
-) -> Result<Response<NegotiatedBody<B>>, Reading<B>>
+/// What to do after the inner response head.
+enum Next<B> {
+    Done(Response<NegotiatedBody<B>>),
+    Binary(Reading<B>),
+    Outcome(ReadingOutcome<B>),
+}
+
+/// Whether the response is FHIR JSON that is not encoded.
+fn is_plain_fhir_json(parts: &Parts) -> bool {
+    let identity = parts.headers.get_all(CONTENT_ENCODING).iter().all(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("identity"))
+    });
+    identity
+        && parts
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(is_fhir_json)
+}
+
+/// Handles the inner response: done at once, a Binary to read, or an error outcome to render
+/// as XML.
+fn on_response<B>(response: Response<B>, negotiated: Negotiated) -> Next<B>
 where
     B: Body,
     B::Error: Into<BoxError>,
@@ -232,48 +259,154 @@ where
             ..
         })
     );
-    if json_chosen || !is_transformable(&parts) {
-        let body = if negotiated.is_head {
-            NegotiatedBody::empty()
-        } else {
-            NegotiatedBody::inner(body)
-        };
-        return Ok(Response::from_parts(parts, body));
+    if !json_chosen && is_transformable(&parts) {
+        let config = &negotiated.config;
+        let transcoder = Transcoder::new(
+            negotiated.preference.clone(),
+            TranscodeOptions {
+                limits: config.limits,
+                reorder_limit: config.reorder_buffer_limit,
+                frame_size: config.frame_size,
+                native_when_not_acceptable: config.native_when_not_acceptable,
+                count_only: negotiated.is_head,
+                fhir_version: config.fhir_version,
+            },
+        );
+        return Next::Binary(Reading {
+            parts: Some(parts),
+            body: Some(Box::pin(body)),
+            transcoder: Some(transcoder),
+            negotiated,
+            whole: None,
+        });
     }
-    let config = &negotiated.config;
-    let transcoder = Transcoder::new(
-        negotiated.preference.clone(),
-        TranscodeOptions {
-            limits: config.limits,
-            reorder_limit: config.reorder_buffer_limit,
-            frame_size: config.frame_size,
-            native_when_not_acceptable: config.native_when_not_acceptable,
-            count_only: negotiated.is_head,
-        },
-    );
-    Err(Reading {
-        parts: Some(parts),
-        body: Some(Box::pin(body)),
-        transcoder: Some(transcoder),
-        negotiated,
-        whole: None,
-    })
-}
-
-/// An OperationOutcome response made by the layer.
-fn outcome_response<B>(outcome: &Outcome, negotiated: &Negotiated) -> Response<NegotiatedBody<B>> {
-    let json = outcome.to_json();
-    let mut response = Response::new(if negotiated.is_head {
+    if !parts.status.is_success()
+        && negotiated.preference.prefers_xml()
+        && is_plain_fhir_json(&parts)
+    {
+        return Next::Outcome(ReadingOutcome {
+            parts: Some(parts),
+            body: Some(Box::pin(body)),
+            collected: Vec::new(),
+            negotiated,
+        });
+    }
+    let body = if negotiated.is_head {
         NegotiatedBody::empty()
     } else {
-        NegotiatedBody::full(json.clone())
-    });
+        NegotiatedBody::inner(body)
+    };
+    Next::Done(Response::from_parts(parts, body))
+}
+
+/// Reading an error response of the inner service (an OperationOutcome, usually) to give it
+/// in FHIR XML to a client that asked for XML.
+struct ReadingOutcome<B> {
+    parts: Option<Parts>,
+    body: Option<Pin<Box<B>>>,
+    collected: Vec<u8>,
+    negotiated: Negotiated,
+}
+
+impl<B> ReadingOutcome<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Response<NegotiatedBody<B>>> {
+        let limit = self.negotiated.config.reorder_buffer_limit;
+        loop {
+            let frame = match self.body.as_mut() {
+                Some(body) => ready!(body.as_mut().poll_frame(cx)),
+                None => None,
+            };
+            match frame {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.collected.extend_from_slice(data.chunk());
+                        if self.collected.len() > limit {
+                            return Poll::Ready(self.respond(None));
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    let e: BoxError = e.into();
+                    let outcome = Outcome::bad_gateway(format!(
+                        "the inner service's response body failed: {e}"
+                    ));
+                    return Poll::Ready(outcome_response(&outcome, &self.negotiated));
+                }
+                None => {
+                    self.body = None;
+                    let xml = serde_json::from_slice::<serde_json::Value>(&self.collected)
+                        .ok()
+                        .filter(|v| v["resourceType"] == "OperationOutcome")
+                        .and_then(|v| render_outcome_xml(&v, &self.negotiated));
+                    return Poll::Ready(self.respond(xml));
+                }
+            }
+        }
+    }
+
+    /// The outcome in XML, or, when it is none (too large, not an OperationOutcome, does not
+    /// render), the inner response as it came.
+    fn respond(&mut self, xml: Option<Bytes>) -> Response<NegotiatedBody<B>> {
+        let mut parts = self
+            .parts
+            .take()
+            .expect("ResponseFuture polled after completion");
+        let collected = Bytes::from(std::mem::take(&mut self.collected));
+        let body = match xml {
+            Some(xml) => {
+                let version = self.negotiated.config.fhir_version;
+                let content_type = version.xml_content_type(self.negotiated.xml_spelling());
+                head::replace_body_headers(
+                    &mut parts.headers,
+                    content_type,
+                    Some(xml.len() as u64),
+                );
+                NegotiatedBody::full(xml)
+            }
+            None => {
+                // Too large (or not rendered): what was read, then the rest, untouched.
+                NegotiatedBody::replay(std::iter::once(collected).collect(), self.body.take())
+            }
+        };
+        let body = if self.negotiated.is_head {
+            NegotiatedBody::empty()
+        } else {
+            body
+        };
+        Response::from_parts(parts, body)
+    }
+}
+
+/// An OperationOutcome response made by the layer, in FHIR XML when the client leans to XML.
+fn outcome_response<B>(outcome: &Outcome, negotiated: &Negotiated) -> Response<NegotiatedBody<B>> {
+    let version = negotiated.config.fhir_version;
+    let (content_type, body) = match render_outcome_xml(&outcome.resource(), negotiated) {
+        Some(xml) => (version.xml_content_type(negotiated.xml_spelling()), xml),
+        None => (version.json_content_type(), outcome.to_json()),
+    };
+    let mut response = Response::new(NegotiatedBody::empty());
     *response.status_mut() = outcome.status;
-    let content_type = HeaderValue::from_static(negotiated.config.fhir_version.json_media_type());
     let headers = response.headers_mut();
-    head::replace_body_headers(headers, content_type, Some(json.len() as u64));
+    head::replace_body_headers(headers, content_type, Some(body.len() as u64));
     head::vary_accept(headers);
+    if !negotiated.is_head {
+        *response.body_mut() = NegotiatedBody::full(body);
+    }
     response
+}
+
+/// An OperationOutcome as FHIR XML, when the client leans to XML and it renders.
+fn render_outcome_xml(resource: &serde_json::Value, negotiated: &Negotiated) -> Option<Bytes> {
+    if !negotiated.preference.prefers_xml() {
+        return None;
+    }
+    let mut xml = Vec::new();
+    xml::operation_outcome(resource, negotiated.config.fhir_version, &mut xml).ok()?;
+    Some(Bytes::from(xml))
 }
 
 /// Reading a Binary until the response head can be made.
@@ -285,9 +418,37 @@ struct Reading<B> {
     body: Option<Pin<Box<B>>>,
     transcoder: Option<Transcoder>,
     negotiated: Negotiated,
-    /// Set when the whole document is read before the head goes out: its content type and
-    /// the output so far.
-    whole: Option<(HeaderValue, Vec<Bytes>)>,
+    /// Set when the whole representation is made before the head goes out.
+    whole: Option<Whole>,
+}
+
+/// A representation made whole before the head goes out.
+struct Whole {
+    content_type: HeaderValue,
+    made: Made,
+    /// The output so far (none for `HEAD`).
+    frames: Vec<Bytes>,
+    /// Its length so far.
+    length: u64,
+}
+
+/// Which representation the layer makes from the Binary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Made {
+    Native,
+    Xml,
+}
+
+impl Made {
+    fn head(self, headers: &mut http::HeaderMap, content_type: HeaderValue, length: Option<u64>) {
+        match self {
+            Made::Native => head::native(headers, content_type, length),
+            Made::Xml => {
+                head::replace_body_headers(headers, content_type, length);
+                head::vary_accept(headers);
+            }
+        }
+    }
 }
 
 impl<B> Reading<B>
@@ -343,14 +504,13 @@ where
         }
     }
 
-    /// Makes the response for a decided head, or returns None to read the document whole
-    /// first.
+    /// Makes the response for a decided head, or returns None to read the representation
+    /// whole first.
     fn on_head(&mut self, head: Head) -> Option<Response<NegotiatedBody<B>>> {
-        let mut parts = self.parts.take().expect("head decided once");
-        let is_head = self.negotiated.is_head;
+        let parts = self.parts.take().expect("head decided once");
         match head {
             Head::PassThrough(held) => {
-                let body = match (is_head, self.body.take()) {
+                let body = match (self.negotiated.is_head, self.body.take()) {
                     (true, _) => NegotiatedBody::empty(),
                     (false, body) => NegotiatedBody::replay(held, body),
                 };
@@ -364,35 +524,50 @@ where
             Head::Invalid(e) => Some(self.outcome(Outcome::bad_gateway(format!(
                 "the inner service did not answer with a valid FHIR Binary: {e}"
             )))),
-            Head::Xml { .. } => Some(self.outcome(Outcome::bad_gateway(
-                "FHIR XML rendering is not available".into(),
-            ))),
-            Head::Native { content_type } => {
-                let known_small = self.body.as_ref().is_none_or(|body| {
-                    body.size_hint()
-                        .exact()
-                        .is_some_and(|len| len <= self.negotiated.config.read_whole_limit as u64)
-                });
-                if is_head || known_small {
-                    self.parts = Some(parts);
-                    self.whole = Some((content_type, Vec::new()));
-                    return self.read_whole();
-                }
-                head::native(&mut parts.headers, content_type, None);
-                let body = self.body.take().expect("streaming needs the inner body");
-                let transcoder = self.transcoder.take().expect("head decided once");
-                Some(Response::from_parts(
-                    parts,
-                    NegotiatedBody::transcode(body, transcoder),
-                ))
+            Head::Native { content_type } => self.serve(parts, content_type, Made::Native),
+            Head::Xml { spelling } => {
+                let content_type = self.negotiated.config.fhir_version.xml_content_type(spelling);
+                self.serve(parts, content_type, Made::Xml)
             }
         }
+    }
+
+    /// Streams the representation, or makes it whole first when the inner body is known to be
+    /// small, or for `HEAD`, so that the head carries its length.
+    fn serve(
+        &mut self,
+        mut parts: Parts,
+        content_type: HeaderValue,
+        made: Made,
+    ) -> Option<Response<NegotiatedBody<B>>> {
+        let limit = self.negotiated.config.read_whole_limit as u64;
+        let known_small = self
+            .body
+            .as_ref()
+            .is_none_or(|body| body.size_hint().exact().is_some_and(|len| len <= limit));
+        if self.negotiated.is_head || known_small {
+            self.parts = Some(parts);
+            self.whole = Some(Whole {
+                content_type,
+                made,
+                frames: Vec::new(),
+                length: 0,
+            });
+            return self.read_whole();
+        }
+        made.head(&mut parts.headers, content_type, None);
+        let body = self.body.take().expect("streaming needs the inner body");
+        let transcoder = self.transcoder.take().expect("head decided once");
+        Some(Response::from_parts(
+            parts,
+            NegotiatedBody::transcode(body, transcoder),
+        ))
     }
 
     /// Turns the input at hand into output; once the inner body has ended, makes the response.
     fn read_whole(&mut self) -> Option<Response<NegotiatedBody<B>>> {
         let transcoder = self.transcoder.as_mut()?;
-        let (_, frames) = self.whole.as_mut()?;
+        let whole = self.whole.as_mut()?;
         let result = loop {
             let step = if self.body.is_some() {
                 transcoder.pull()
@@ -400,7 +575,12 @@ where
                 transcoder.finish()
             };
             match step {
-                Ok(Some(frame)) => frames.push(frame),
+                Ok(Some(frame)) => {
+                    whole.length += frame.len() as u64;
+                    if !self.negotiated.is_head {
+                        whole.frames.push(frame);
+                    }
+                }
                 Ok(None) if self.body.is_some() => return None,
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(e),
@@ -411,14 +591,20 @@ where
                 "the inner service did not answer with a valid FHIR Binary: {e}"
             ))));
         }
-        let length = transcoder.decoded_len();
-        let (content_type, frames) = self.whole.take()?;
+        // A native `HEAD` only counts the decoded bytes; it makes none.
+        let length = match whole.made {
+            Made::Native => transcoder.decoded_len(),
+            Made::Xml => whole.length,
+        };
+        let whole = self.whole.take()?;
         let mut parts = self.parts.take()?;
-        head::native(&mut parts.headers, content_type, Some(length));
+        whole
+            .made
+            .head(&mut parts.headers, whole.content_type, Some(length));
         let body = if self.negotiated.is_head {
             NegotiatedBody::empty()
         } else {
-            NegotiatedBody::full(concat(frames))
+            NegotiatedBody::full(concat(whole.frames))
         };
         Some(Response::from_parts(parts, body))
     }

@@ -110,6 +110,7 @@ mod scan;
 mod service;
 mod transcode;
 mod version;
+mod xml;
 
 pub use body::NegotiatedBody;
 pub use error::{BoxError, InvalidBinary};

@@ -18,22 +18,42 @@ use memchr::memchr2;
 use serde_json::{Map, Value};
 
 use crate::decode::Base64Decoder;
+use crate::FhirVersion;
 
-/// Which member carries the base64 payload.
+/// Which element carries the payload.
+///
+/// The XML element name is the JSON key the payload came from: `data` (R4 and later) or
+/// `content` (DSTU2, STU3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum PayloadKey {
-    /// `data`, R4 and later.
+pub(crate) enum PayloadElement {
+    /// `Binary.data`, R4 and later.
     Data,
-    /// `content`, DSTU2 and STU3.
+    /// `Binary.content`, DSTU2 and STU3.
     Content,
 }
 
-impl PayloadKey {
-    /// The JSON member name.
+impl PayloadElement {
+    /// The element name, which is also the JSON key.
     pub(crate) fn name(self) -> &'static str {
         match self {
-            PayloadKey::Data => "data",
-            PayloadKey::Content => "content",
+            Self::Data => "data",
+            Self::Content => "content",
+        }
+    }
+
+    /// The JSON key of the payload's primitive extension (`_data` / `_content`).
+    pub(crate) fn extension_key(self) -> &'static str {
+        match self {
+            Self::Data => "_data",
+            Self::Content => "_content",
+        }
+    }
+
+    /// The element the schema of `version` names the payload with.
+    pub(crate) fn for_version(version: FhirVersion) -> Self {
+        match version {
+            FhirVersion::Dstu2 | FhirVersion::Stu3 => Self::Content,
+            FhirVersion::R4 | FhirVersion::R4B | FhirVersion::R5 => Self::Data,
         }
     }
 }
@@ -51,7 +71,8 @@ pub(crate) enum PayloadMode {
     Decode,
     /// Validate the base64 and count the decoded bytes, writing nothing.
     Validate,
-    /// Write the base64 text, JSON escapes undone, into the output buffer, and validate it.
+    /// Write the base64 text, JSON escapes undone, into the output buffer as it may stand in an
+    /// XML attribute value, and validate it.
     Text,
 }
 
@@ -283,7 +304,7 @@ pub(crate) struct Scanner {
     // What was found.
     members: Map<String, Value>,
     seen: Vec<&'static str>,
-    payload_key: Option<PayloadKey>,
+    payload_key: Option<PayloadElement>,
     payload_done: bool,
     mode: PayloadMode,
     decoder: Base64Decoder,
@@ -320,11 +341,6 @@ impl Scanner {
         self.mode = mode;
     }
 
-    /// The `resourceType` member, once read, when it is a string.
-    pub(crate) fn resource_type(&self) -> Option<&str> {
-        self.members.get("resourceType").and_then(Value::as_str)
-    }
-
     /// The `contentType` member, once read (any JSON type).
     pub(crate) fn content_type(&self) -> Option<&Value> {
         self.members.get("contentType")
@@ -336,18 +352,13 @@ impl Scanner {
     }
 
     /// Which payload member was met, if any.
-    pub(crate) fn payload_key(&self) -> Option<PayloadKey> {
+    pub(crate) fn payload_key(&self) -> Option<PayloadElement> {
         self.payload_key
     }
 
     /// Whether the scanner is past the end of the payload string.
     pub(crate) fn payload_done(&self) -> bool {
         self.payload_done
-    }
-
-    /// Whether the top-level object has been closed.
-    pub(crate) fn is_closed(&self) -> bool {
-        self.st == St::End
     }
 
     /// Decoded (or validated) payload bytes so far.
@@ -451,7 +462,7 @@ impl Scanner {
                 }
                 (St::Value, _) if self.route == Route::Payload => {
                     if b != b'"' {
-                        let name = self.payload_key.map_or("data", PayloadKey::name);
+                        let name = self.payload_key.map_or("data", PayloadElement::name);
                         return Err(self.err(i, format!("`{name}` is not a JSON string")));
                     }
                     self.st = St::Payload;
@@ -497,7 +508,7 @@ impl Scanner {
         let message = match self.st {
             St::Start => "the body is empty".to_string(),
             St::Payload => {
-                let name = self.payload_key.map_or("data", PayloadKey::name);
+                let name = self.payload_key.map_or("data", PayloadElement::name);
                 format!("the body ends inside `{name}`")
             }
             _ => "the body ends before the JSON object is closed".to_string(),
@@ -547,9 +558,9 @@ impl Scanner {
         self.seen.push(name);
         if route == Route::Payload {
             let key = if name == "data" {
-                PayloadKey::Data
+                PayloadElement::Data
             } else {
-                PayloadKey::Content
+                PayloadElement::Content
             };
             if self.payload_key.is_some() {
                 return Err(self.err(at, "the Binary has both `data` and `content`"));
@@ -935,7 +946,7 @@ impl Scanner {
                             base + i,
                             format!(
                                 "the escape \\u{cp:04x} in `{}` is not a base64 character",
-                                self.payload_key.map_or("data", PayloadKey::name)
+                                self.payload_key.map_or("data", PayloadElement::name)
                             ),
                         ));
                     };
@@ -987,8 +998,18 @@ impl Scanner {
             PayloadMode::Text => {
                 let r = self.decoder.feed_escaped(ch, None);
                 if r.is_ok() {
-                    let mut buf = [0; 4];
-                    out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+                    // The decoder only lets base64 characters and whitespace through. Tab, LF
+                    // and CR become character references, so that XML attribute-value
+                    // normalization keeps them; raw segments never hold them (JSON forbids it).
+                    match ch {
+                        '\t' => out.extend_from_slice(b"&#9;"),
+                        '\n' => out.extend_from_slice(b"&#10;"),
+                        '\r' => out.extend_from_slice(b"&#13;"),
+                        _ => {
+                            let mut buf = [0; 4];
+                            out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+                        }
+                    }
                 }
                 r
             }
@@ -997,8 +1018,12 @@ impl Scanner {
     }
 }
 
-fn payload_error(key: Option<PayloadKey>, e: crate::decode::Base64Error, pos: u64) -> ScanError {
-    let name = key.map_or("data", PayloadKey::name);
+fn payload_error(
+    key: Option<PayloadElement>,
+    e: crate::decode::Base64Error,
+    pos: u64,
+) -> ScanError {
+    let name = key.map_or("data", PayloadElement::name);
     ScanError::new(format!("`{name}` is not valid base64: {e}"), pos)
 }
 

@@ -14,7 +14,9 @@ use http::HeaderValue;
 use serde_json::{Map, Value};
 
 use crate::negotiate::{Decision, Preference, Representation, Spelling};
-use crate::scan::{Event, PayloadKey, PayloadMode, ScanError, ScanLimits, Scanner};
+use crate::scan::{Event, PayloadElement, PayloadMode, ScanError, ScanLimits, Scanner};
+use crate::xml;
+use crate::FhirVersion;
 
 /// What the response head should be, once decided.
 #[derive(Debug)]
@@ -32,12 +34,10 @@ pub(crate) enum Head {
         /// The Binary's content type, checked to be a media type and a header value.
         content_type: HeaderValue,
     },
-    /// FHIR XML.
+    /// FHIR XML; the output starts with the XML up to the payload text.
     Xml {
         /// How the client spelled the XML media type.
         spelling: Spelling,
-        /// Which member carried the payload.
-        payload: Option<PayloadKey>,
     },
     /// The body is not a valid Binary.
     Invalid(ScanError),
@@ -48,8 +48,8 @@ pub(crate) enum Head {
 enum Phase {
     /// Reading until the representation can be decided.
     Deciding,
-    /// XML was chosen; reading on to the end of the object (within the reorder limit) so that
-    /// every element that precedes the payload in XML is known.
+    /// XML was chosen; reading on to the end of the object, within the reorder limit, so that
+    /// every element that precedes the payload in XML is known before the payload is written.
     AwaitingElements,
     /// Producing output.
     Streaming,
@@ -59,11 +59,13 @@ enum Phase {
 #[derive(Debug)]
 pub(crate) struct Transcoder {
     preference: Preference,
+    /// The decision when it does not depend on the content type.
+    fixed: Option<Decision>,
     limits: ScanLimits,
     reorder_limit: usize,
     frame_size: usize,
     native_when_not_acceptable: bool,
-    /// Whether the output is only counted (HEAD), not produced.
+    /// Whether the raw document is only counted (HEAD), not produced.
     count_only: bool,
     phase: Phase,
     scanner: Scanner,
@@ -78,6 +80,9 @@ pub(crate) struct Transcoder {
     done: bool,
     /// How the client spelled the XML media type, once XML is chosen.
     xml_spelling: Option<Spelling>,
+    /// What the XML output needs after the prefix, once it has started.
+    xml: Option<XmlOutput>,
+    fhir_version: FhirVersion,
     out: BytesMut,
 }
 
@@ -89,12 +94,22 @@ pub(crate) struct TranscodeOptions {
     pub(crate) frame_size: usize,
     pub(crate) native_when_not_acceptable: bool,
     pub(crate) count_only: bool,
+    pub(crate) fhir_version: FhirVersion,
+}
+
+/// The state of an XML rendering in progress.
+#[derive(Debug)]
+struct XmlOutput {
+    version: FhirVersion,
+    /// The payload element, when there is one (its text and the suffix are still to come).
+    payload: Option<PayloadElement>,
 }
 
 impl Transcoder {
     /// A driver for one response to a client with this preference.
     pub(crate) fn new(preference: Preference, options: TranscodeOptions) -> Self {
         Transcoder {
+            fixed: preference.fixed(),
             preference,
             limits: options.limits,
             reorder_limit: options.reorder_limit,
@@ -109,13 +124,10 @@ impl Transcoder {
             members: Map::new(),
             done: false,
             xml_spelling: None,
+            xml: None,
+            fhir_version: options.fhir_version,
             out: BytesMut::new(),
         }
-    }
-
-    /// The Binary's members other than the payload, as known when the head was decided.
-    pub(crate) fn members(&self) -> &Map<String, Value> {
-        &self.members
     }
 
     /// Decoded (or counted) payload bytes so far.
@@ -164,23 +176,29 @@ impl Transcoder {
                 return Some(head);
             }
             if event == Event::PayloadStart {
-                self.scanner.set_payload_mode(PayloadMode::Skip);
+                // Undecided: find the end of the payload and decide after it. For XML, which
+                // reads to the end of the object before writing, check the payload on the way
+                // so that bad base64 is a 502 rather than a broken transfer.
+                self.scanner
+                    .set_payload_mode(if self.phase == Phase::AwaitingElements {
+                        PayloadMode::Validate
+                    } else {
+                        PayloadMode::Skip
+                    });
             }
         }
         if self.held_len > self.reorder_limit {
-            let message = if self.phase == Phase::AwaitingElements {
-                format!(
-                    "the Binary's elements could not be put in FHIR XML order within the first {} bytes",
-                    self.reorder_limit
-                )
-            } else {
+            if self.phase == Phase::AwaitingElements {
+                // Too large to hold until the end: write the XML with the elements known so
+                // far. An element that XML needs before the payload and that only shows up
+                // after it then breaks the transfer (see `check_xml_order`).
+                return Some(self.start_xml());
+            }
+            return Some(Head::Invalid(ScanError::new(
                 format!(
                     "the Binary's resourceType and contentType were not found within the first {} bytes",
                     self.reorder_limit
-                )
-            };
-            return Some(Head::Invalid(ScanError::new(
-                message,
+                ),
                 self.scanner.position(),
             )));
         }
@@ -200,8 +218,20 @@ impl Transcoder {
         if self.phase == Phase::AwaitingElements {
             return closed.then(|| self.start_xml());
         }
+        if let Some(Decision::Serve {
+            representation: Representation::FhirXml,
+            spelling,
+        }) = self.fixed
+        {
+            // XML whatever the content type: hold on to the end of the object.
+            return self.await_xml(spelling, closed);
+        }
         if closed && self.scanner.payload_key().is_none() {
-            // No document to serve: the resource is the answer.
+            // No document to serve: the resource is the answer, in the FHIR format the client
+            // leans to.
+            if self.preference.prefers_xml() {
+                return self.await_xml(Spelling::Unspecified, closed);
+            }
             return Some(self.pass_through());
         }
         // The payload may yet turn out to be missing, so the raw document can only be chosen
@@ -267,26 +297,64 @@ impl Transcoder {
             Decision::Serve {
                 representation: Representation::FhirXml,
                 spelling,
-            } => {
-                self.phase = Phase::AwaitingElements;
-                self.xml_spelling = Some(spelling);
-                if closed {
-                    Some(self.start_xml())
-                } else {
-                    None
-                }
-            }
+            } => self.await_xml(spelling, closed),
         }
     }
 
+    /// XML is chosen: starts it when the object is closed, else reads on.
+    fn await_xml(&mut self, spelling: Spelling, closed: bool) -> Option<Head> {
+        self.phase = Phase::AwaitingElements;
+        self.xml_spelling = Some(spelling);
+        closed.then(|| self.start_xml())
+    }
+
+    /// Writes the XML up to the payload text and goes on with the payload (read again from
+    /// the start) as XML attribute text.
     fn start_xml(&mut self) -> Head {
         self.members = self.scanner.members().clone();
         let payload = self.scanner.payload_key();
-        self.replay(PayloadMode::Text);
+        let version = xml_version(self.fhir_version, payload);
+        let mut prefix = Vec::new();
+        if let Err(e) = xml::binary_prefix(&self.members, payload, version, &mut prefix) {
+            return Head::Invalid(ScanError::new(e.to_string(), self.scanner.position()));
+        }
+        self.out.extend_from_slice(&prefix);
+        if payload.is_some() {
+            self.replay(PayloadMode::Text);
+        } else {
+            // The object is closed and the document complete: only the end of the body (which
+            // must be whitespace) is left for this scanner.
+            self.held.clear();
+            self.held_len = 0;
+        }
+        self.xml = Some(XmlOutput { version, payload });
         self.phase = Phase::Streaming;
         Head::Xml {
             spelling: self.xml_spelling.unwrap_or(Spelling::Unspecified),
-            payload,
+        }
+    }
+
+    /// Fails when the scanner has met an element that XML writes before the payload but that
+    /// was not known when the prefix was written.
+    fn check_xml_order(&self) -> Result<(), ScanError> {
+        let Some(XmlOutput {
+            payload: Some(payload),
+            ..
+        }) = &self.xml
+        else {
+            return Ok(());
+        };
+        let late = self.scanner.members().keys().find(|key| {
+            key.as_str() != payload.extension_key() && !self.members.contains_key(key.as_str())
+        });
+        match late {
+            Some(key) => Err(ScanError::new(
+                format!(
+                    "the Binary's `{key}` comes after its payload, in a document larger than the reorder buffer; FHIR XML needs it before the payload"
+                ),
+                self.scanner.position(),
+            )),
+            None => Ok(()),
         }
     }
 
@@ -323,16 +391,23 @@ impl Transcoder {
             };
             let take = front.len().min(self.frame_size);
             let result = self.scanner.feed(&front[..take], &mut self.out);
-            let (n, _) = match result {
-                Ok(step) => step,
-                Err(e) => {
-                    self.abort();
-                    return Err(e);
+            let checked = match result {
+                Ok((n, event)) => {
+                    front.advance(n);
+                    if front.is_empty() {
+                        self.pending.pop_front();
+                    }
+                    if event == Event::Member {
+                        self.check_xml_order()
+                    } else {
+                        Ok(())
+                    }
                 }
+                Err(e) => Err(e),
             };
-            front.advance(n);
-            if front.is_empty() {
-                self.pending.pop_front();
+            if let Err(e) = checked {
+                self.abort();
+                return Err(e);
             }
         }
         Ok(self.take_out())
@@ -349,7 +424,17 @@ impl Transcoder {
         }
         self.done = true;
         self.scanner.finish()?;
-        Ok(None)
+        let Some(XmlOutput {
+            version,
+            payload: Some(payload),
+        }) = self.xml
+        else {
+            return Ok(None);
+        };
+        let mut suffix = Vec::new();
+        xml::binary_suffix(self.scanner.members(), payload, version, &mut suffix)
+            .map_err(|e| ScanError::new(e.to_string(), self.scanner.position()))?;
+        Ok(Some(Bytes::from(suffix)))
     }
 
     /// Whether the output is complete (or broken off).
@@ -358,8 +443,7 @@ impl Transcoder {
     }
 
     fn take_out(&mut self) -> Option<Bytes> {
-        if self.out.is_empty() || self.count_only {
-            self.out.clear();
+        if self.out.is_empty() {
             None
         } else {
             Some(self.out.split().freeze())
@@ -391,4 +475,16 @@ fn checked_content_type(value: &Value) -> Result<HeaderValue, String> {
     mediatype::MediaType::parse(text.trim())
         .map_err(|e| format!("the Binary's contentType {text:?} is not a media type: {e}"))?;
     Ok(header)
+}
+
+/// The release whose XML schema the output follows: the configured one, unless the payload
+/// member says the document is of the other era (`content` before R4, `data` from R4 on).
+fn xml_version(configured: FhirVersion, payload: Option<PayloadElement>) -> FhirVersion {
+    match (payload, configured) {
+        (Some(PayloadElement::Content), FhirVersion::R4 | FhirVersion::R4B | FhirVersion::R5) => {
+            FhirVersion::Stu3
+        }
+        (Some(PayloadElement::Data), FhirVersion::Dstu2 | FhirVersion::Stu3) => FhirVersion::R4,
+        _ => configured,
+    }
 }

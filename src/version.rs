@@ -1,5 +1,9 @@
 //! FHIR releases and the media types each one spells.
 
+use http::HeaderValue;
+
+use crate::negotiate::Spelling;
+
 /// A FHIR release.
 ///
 /// The layer reads Binary JSON of every release without being told which (`content` in DSTU2
@@ -31,11 +35,26 @@ impl FhirVersion {
         }
     }
 
-    /// The FHIR XML media type of this release.
-    pub(crate) fn xml_media_type(self) -> &'static str {
-        match self {
-            FhirVersion::Dstu2 => "application/xml+fhir",
-            _ => "application/fhir+xml",
-        }
+    /// The `Content-Type` of FHIR XML the layer writes: the spelling the client used, else
+    /// the configured release's.
+    pub(crate) fn xml_content_type(self, spelling: Spelling) -> HeaderValue {
+        let dstu2 = match spelling {
+            Spelling::Dstu2 => true,
+            Spelling::Current => false,
+            Spelling::Unspecified => self == FhirVersion::Dstu2,
+        };
+        HeaderValue::from_static(if dstu2 {
+            "application/xml+fhir;charset=utf-8"
+        } else {
+            "application/fhir+xml;charset=utf-8"
+        })
+    }
+
+    /// The `Content-Type` of FHIR JSON the layer writes (its OperationOutcomes).
+    pub(crate) fn json_content_type(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            FhirVersion::Dstu2 => "application/json+fhir;charset=utf-8",
+            _ => "application/fhir+json;charset=utf-8",
+        })
     }
 }

@@ -37,6 +37,7 @@ use std::io::Write as _;
 
 use serde_json::{Map, Value};
 
+use crate::scan::PayloadElement;
 use crate::FhirVersion;
 
 const XML_DECL: &[u8] = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>";
@@ -46,44 +47,6 @@ const XHTML_NS: &str = "http://www.w3.org/1999/xhtml";
 /// renderer recurses.
 const MAX_DEPTH: usize = 32;
 const REPLACEMENT: &[u8] = "\u{FFFD}".as_bytes();
-
-/// Which element carries the payload.
-///
-/// The XML element name is the JSON key the payload came from: `data` (R4 and later) or
-/// `content` (DSTU2, STU3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum PayloadElement {
-    /// `Binary.data`, R4 and later.
-    Data,
-    /// `Binary.content`, DSTU2 and STU3.
-    Content,
-}
-
-impl PayloadElement {
-    /// The element name, which is also the JSON key.
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Self::Data => "data",
-            Self::Content => "content",
-        }
-    }
-
-    /// The JSON key of the payload's primitive extension (`_data` / `_content`).
-    pub(crate) fn extension_key(self) -> &'static str {
-        match self {
-            Self::Data => "_data",
-            Self::Content => "_content",
-        }
-    }
-
-    /// The element the schema of `version` names the payload with.
-    pub(crate) fn for_version(version: FhirVersion) -> Self {
-        match version {
-            FhirVersion::Dstu2 | FhirVersion::Stu3 => Self::Content,
-            FhirVersion::R4 | FhirVersion::R4B | FhirVersion::R5 => Self::Data,
-        }
-    }
-}
 
 /// Why a resource could not be rendered as FHIR XML.
 ///
@@ -105,7 +68,7 @@ impl std::error::Error for XmlError {}
 /// contentType, securityContext: whatever of these `resource` has).
 ///
 /// When `payload` is `Some`, it then opens the payload element up to and including `value="`,
-/// so that the caller can stream the base64 text next (through [`escape_payload_text`]) and
+/// so that the caller can stream the base64 text next (tab, LF and CR as character references) and
 /// finish with [`binary_suffix`]. A payload key still present in `resource` is then ignored.
 ///
 /// When `payload` is `None`, it writes the whole document, closing tag included; the payload
@@ -131,6 +94,9 @@ pub(crate) fn binary_prefix(
     result
 }
 
+// The streaming path writes the payload text itself (the scanner's text mode); this
+// whole-piece form serves the tests that build documents.
+#[cfg(test)]
 /// Escapes a piece of base64 text for the payload's `value` attribute and appends it to `out`.
 ///
 /// Base64 needs no escaping; whitespace (which FHIR base64Binary allows between quads) is kept:

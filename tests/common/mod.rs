@@ -97,7 +97,7 @@ pub fn splits(len: usize) -> Vec<Split> {
     for seed in 1..=8 {
         all.push(Split::Random {
             seed,
-            cuts: 1 + (seed as usize * 37) % len.max(1).min(400),
+            cuts: 1 + (seed as usize * 37) % len.clamp(1, 400),
         });
     }
     all
@@ -286,4 +286,30 @@ pub async fn get(json: &[u8], how: Split) -> Got {
         request("GET", "/Binary/x", &[]),
     )
     .await
+}
+
+/// Validates `xml` against the official schema of `version` (`r4`, `stu3`, `dstu2`) with
+/// xmllint, failing the test with xmllint's message when it is not valid.
+pub fn assert_schema_valid(xml: &[u8], version: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let schema = format!(
+        "{}/tests/fixtures/xsd/{version}/fhir-single.xsd",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut child = Command::new("xmllint")
+        .args(["--noout", "--schema", &schema, "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("xmllint is needed for the FHIR XML tests: apt-get install libxml2-utils");
+    child.stdin.take().unwrap().write_all(xml).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "not valid against the {version} schema: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&xml[..xml.len().min(2000)])
+    );
 }
