@@ -37,14 +37,16 @@ async fn bounded<T>(test: impl Future<Output = T>) -> T {
 //
 // Base paths: `/fhir` answers at once, `/fhir/gz` gzips when asked to, `/fhir/slow` waits 5 s.
 
+/// Method, URI, headers and body of a request the upstream saw.
+type Seen = (Method, Uri, HeaderMap, Bytes);
+
 #[derive(Clone, Default)]
 struct Upstream {
-    /// Method, URI, headers and body of every request the upstream saw.
-    seen: Arc<Mutex<Vec<(Method, Uri, HeaderMap, Bytes)>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 impl Upstream {
-    fn last(&self) -> (Method, Uri, HeaderMap, Bytes) {
+    fn last(&self) -> Seen {
         self.seen
             .lock()
             .unwrap()
