@@ -308,6 +308,11 @@ pub(crate) struct Scanner {
     payload_done: bool,
     mode: PayloadMode,
     decoder: Base64Decoder,
+    /// The first error; every later call returns it again.
+    failed: Option<ScanError>,
+    /// Offset of the payload string's opening quote: base64 errors are reported there, with
+    /// their position inside the string in the message.
+    payload_start: u64,
 }
 
 impl Scanner {
@@ -333,6 +338,8 @@ impl Scanner {
             payload_done: false,
             mode: PayloadMode::Pause,
             decoder: Base64Decoder::new(),
+            failed: None,
+            payload_start: 0,
         }
     }
 
@@ -383,11 +390,14 @@ impl Scanner {
         input: &[u8],
         out: &mut BytesMut,
     ) -> Result<(usize, Event), ScanError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
         let result = self.feed_inner(input, out);
-        match result {
-            Ok((n, _)) => self.pos += n as u64,
+        match &result {
+            Ok((n, _)) => self.pos += *n as u64,
             // A failed scanner stays failed: nothing after an error is read.
-            Err(_) => self.st = St::End,
+            Err(e) => self.failed = Some(e.clone()),
         }
         result
     }
@@ -466,6 +476,7 @@ impl Scanner {
                         return Err(self.err(i, format!("`{name}` is not a JSON string")));
                     }
                     self.st = St::Payload;
+                    self.payload_start = self.pos + i as u64;
                     i += 1;
                     if self.mode == PayloadMode::Pause {
                         return Ok((i, Event::PayloadStart));
@@ -502,6 +513,9 @@ impl Scanner {
 
     /// Checks, at the end of the body, that the document was complete.
     pub(crate) fn finish(&mut self) -> Result<(), ScanError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
         if self.st == St::End {
             return Ok(());
         }
@@ -513,8 +527,9 @@ impl Scanner {
             }
             _ => "the body ends before the JSON object is closed".to_string(),
         };
-        self.st = St::End;
-        Err(ScanError::new(message, self.pos))
+        let e = ScanError::new(message, self.pos);
+        self.failed = Some(e.clone());
+        Err(e)
     }
 
     fn capture_bytes(&mut self, bytes: &[u8], at: usize) -> Result<(), ScanError> {
@@ -875,7 +890,7 @@ impl Scanner {
                 Esc::None => {
                     let rest = &input[i..];
                     let end = memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
-                    self.payload_raw(&rest[..end], base + i, mode, out)?;
+                    self.payload_raw(&rest[..end], mode, out)?;
                     i += end;
                     if end == rest.len() {
                         break;
@@ -888,10 +903,10 @@ impl Scanner {
                             } else {
                                 None
                             };
-                            let pos = self.pos + (base + i) as u64;
+                            let start = self.payload_start;
                             self.decoder
                                 .finish(sink)
-                                .map_err(|e| payload_error(self.payload_key, e, pos))?;
+                                .map_err(|e| payload_error(self.payload_key, e, start))?;
                         }
                         return Ok((i, true));
                     }
@@ -914,7 +929,7 @@ impl Scanner {
                             format!("invalid JSON: invalid escape \\{}", show(b)),
                         ));
                     };
-                    self.payload_char(ch, base + i, mode, out)?;
+                    self.payload_char(ch, mode, out)?;
                 }
                 Esc::Hex { n, cp } => {
                     let digit = (input[i] as char).to_digit(16);
@@ -950,7 +965,7 @@ impl Scanner {
                             ),
                         ));
                     };
-                    self.payload_char(ch, base + i, mode, out)?;
+                    self.payload_char(ch, mode, out)?;
                 }
             }
         }
@@ -960,14 +975,12 @@ impl Scanner {
     fn payload_raw(
         &mut self,
         seg: &[u8],
-        at: usize,
         mode: PayloadMode,
         out: &mut BytesMut,
     ) -> Result<(), ScanError> {
         if seg.is_empty() {
             return Ok(());
         }
-        let pos = self.pos + at as u64;
         let result = match mode {
             PayloadMode::Skip | PayloadMode::Pause => Ok(()),
             PayloadMode::Decode => self.decoder.feed_raw(seg, Some(out)),
@@ -980,17 +993,15 @@ impl Scanner {
                 r
             }
         };
-        result.map_err(|e| payload_error(self.payload_key, e, pos))
+        result.map_err(|e| payload_error(self.payload_key, e, self.payload_start))
     }
 
     fn payload_char(
         &mut self,
         ch: char,
-        at: usize,
         mode: PayloadMode,
         out: &mut BytesMut,
     ) -> Result<(), ScanError> {
-        let pos = self.pos + at as u64;
         let result = match mode {
             PayloadMode::Skip | PayloadMode::Pause => Ok(()),
             PayloadMode::Decode => self.decoder.feed_escaped(ch, Some(out)),
@@ -1014,7 +1025,7 @@ impl Scanner {
                 r
             }
         };
-        result.map_err(|e| payload_error(self.payload_key, e, pos))
+        result.map_err(|e| payload_error(self.payload_key, e, self.payload_start))
     }
 }
 
@@ -1051,5 +1062,233 @@ fn show(b: u8) -> String {
         format!("'{}'", b as char)
     } else {
         format!("byte 0x{b:02x}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: ScanLimits = ScanLimits {
+        max_depth: 128,
+        max_metadata: 64 * 1024,
+    };
+
+    /// What a whole scan found.
+    #[derive(Debug, PartialEq)]
+    struct Scan {
+        events: Vec<Event>,
+        members: Map<String, Value>,
+        payload: Option<PayloadElement>,
+        output: Vec<u8>,
+    }
+
+    /// Scans `input` cut into pieces of `piece` bytes, choosing `mode` at the payload.
+    fn scan(input: &[u8], piece: usize, mode: PayloadMode) -> Result<Scan, ScanError> {
+        let mut scanner = Scanner::new(LIMITS);
+        let mut out = BytesMut::new();
+        let mut events = Vec::new();
+        for chunk in input.chunks(piece.max(1)) {
+            let mut rest = chunk;
+            while !rest.is_empty() {
+                let (n, event) = scanner.feed(rest, &mut out)?;
+                rest = &rest[n..];
+                if event == Event::PayloadStart {
+                    scanner.set_payload_mode(mode);
+                }
+                if event != Event::NeedMore {
+                    events.push(event);
+                }
+            }
+        }
+        scanner.finish()?;
+        Ok(Scan {
+            events,
+            members: scanner.members().clone(),
+            payload: scanner.payload_key(),
+            output: out.to_vec(),
+        })
+    }
+
+    /// Scans at every piece size and checks every one finds the same.
+    fn scan_all_ways(input: &[u8], mode: PayloadMode) -> Result<Scan, ScanError> {
+        let whole = scan(input, input.len(), mode);
+        for piece in 1..input.len().min(40) {
+            let pieces = scan(input, piece, mode);
+            match (&whole, &pieces) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "pieces of {piece}"),
+                (Err(a), Err(b)) => assert_eq!(a, b, "pieces of {piece}"),
+                _ => panic!("pieces of {piece}: {whole:?} but {pieces:?}"),
+            }
+        }
+        whole
+    }
+
+    fn error(input: &str) -> ScanError {
+        scan_all_ways(input.as_bytes(), PayloadMode::Decode).expect_err(input)
+    }
+
+    #[test]
+    fn captures_the_binary_and_decodes_its_payload() {
+        let input = br#" { "resourceType" : "Binary", "id":"a\u00e9", "meta":{"versionId":"1","tag":[{"code":"x"}]},
+            "contentType":"text/plain", "unknown":[1,-2.5e+3,true,false,null,{"k":"v"}], "data":"SGVs bG8=" } "#;
+        let found = scan_all_ways(input, PayloadMode::Decode).unwrap();
+        assert_eq!(found.output, b"Hello");
+        assert_eq!(found.payload, Some(PayloadElement::Data));
+        assert_eq!(found.members["id"], "a\u{e9}");
+        assert_eq!(found.members["meta"]["tag"][0]["code"], "x");
+        assert_eq!(found.members["contentType"], "text/plain");
+        assert!(!found.members.contains_key("unknown"));
+        assert_eq!(
+            found.events,
+            [
+                Event::Member,
+                Event::Member,
+                Event::Member,
+                Event::Member,
+                Event::Member,
+                Event::PayloadStart,
+                Event::Member,
+                Event::End
+            ]
+        );
+    }
+
+    #[test]
+    fn member_names_are_compared_after_unescaping() {
+        let input = br#"{"resourceType":"Binary","cont\u0065nt":"QQ==","\u0063ontentType":"a/b"}"#;
+        let found = scan_all_ways(input, PayloadMode::Decode).unwrap();
+        assert_eq!(found.payload, Some(PayloadElement::Content));
+        assert_eq!(found.output, b"A");
+        assert_eq!(found.members["contentType"], "a/b");
+    }
+
+    #[test]
+    fn payload_escapes_are_undone() {
+        let input = br#"{"data":"\/w\u003d\u003D"}"#;
+        assert_eq!(
+            scan_all_ways(input, PayloadMode::Decode).unwrap().output,
+            [0xff]
+        );
+        let text = scan_all_ways(br#"{"data":"\/w==\n\r\t QQ=="}"#, PayloadMode::Text);
+        // Only whole groups before the padding are base64: this one has data after padding.
+        assert!(text.is_err());
+        let text =
+            scan_all_ways(br#"{"data":"\/w\u002B\n\r\tA Q Q =="}"#, PayloadMode::Text).unwrap();
+        assert_eq!(text.output, b"/w+&#10;&#13;&#9;A Q Q ==");
+    }
+
+    #[test]
+    fn skip_and_validate_find_the_end_of_the_payload() {
+        let input = br#"{"data":"AA\"\\\u0022A=","id":"x"}"#;
+        let found = scan_all_ways(input, PayloadMode::Skip).unwrap();
+        assert!(found.output.is_empty());
+        assert_eq!(found.members["id"], "x");
+        assert!(scan_all_ways(input, PayloadMode::Validate).is_err());
+        let found = scan_all_ways(br#"{"data":"QUJD","id":"x"}"#, PayloadMode::Validate).unwrap();
+        assert!(found.output.is_empty());
+    }
+
+    #[test]
+    fn invalid_json_is_reported_where_it_is() {
+        let cases = [
+            ("", "the body is empty", 0),
+            ("[]", "not a JSON object", 0),
+            ("{\"a\" 1}", "expected ':'", 5),
+            ("{\"a\":1 \"b\":2}", "expected ',' or '}'", 7),
+            ("{\"a\":01}", "expected ',' or '}', found '1'", 6),
+            ("{\"a\":-}", "'}' inside a number", 6),
+            ("{\"a\":1.}", "'}' inside a number", 7),
+            ("{\"a\":1e}", "'}' inside a number", 7),
+            ("{\"a\":tru}", "unexpected '}'", 8),
+            ("{\"a\":[1,]}", "unexpected ']'", 8),
+            ("{\"a\":{\"b\":1,}}", "unexpected '}'", 12),
+            ("{\"a\":[}", "unexpected '}'", 6),
+            ("{\"a\":\"\\x\"}", "invalid escape \\'x'", 7),
+            ("{\"a\":\"\\u12g4\"}", "'g' in a \\u escape", 10),
+            ("{\"a\":\"\\ud800\"}", "lone surrogate", 12),
+            ("{\"a\":\"\\ud800\\u0041\"}", "lone surrogate", 18),
+            ("{\"a\":\"\\udc00\"}", "lone surrogate", 12),
+            ("{\"a\":\"x\ny\"}", "control character 0x0a", 7),
+            ("{\"a\":1} x", "after the end", 8),
+            ("{\"a\":1", "ends before the JSON object is closed", 6),
+            ("{\"data\":\"QQ==", "ends inside `data`", 13),
+            ("{\"data\":1}", "`data` is not a JSON string", 8),
+            ("{\"id\":\"a\",\"id\":\"b\"}", "duplicate member `id`", 14),
+            (
+                "{\"data\":\"\",\"content\":\"\"}",
+                "both `data` and `content`",
+                20,
+            ),
+        ];
+        for (input, message, offset) in cases {
+            let e = error(input);
+            assert!(e.message().contains(message), "{input}: {e}");
+            assert_eq!(e.offset(), offset, "{input}: {e}");
+        }
+        let e = scan(b"{\"a\":\"\xff\"}", 100, PayloadMode::Decode).unwrap_err();
+        assert!(e.message().contains("invalid UTF-8"), "{e}");
+        let e = scan(b"{\"a\":\"\xe2\x82\"}", 1, PayloadMode::Decode).unwrap_err();
+        assert!(e.message().contains("invalid UTF-8"), "{e}");
+    }
+
+    #[test]
+    fn unknown_members_may_repeat_and_hold_anything_valid() {
+        let input = "{\"x\":1,\"x\":{\"data\":\"@@\"},\"x\":\"\u{1F600}\\ud83d\\ude00\"}";
+        assert!(scan_all_ways(input.as_bytes(), PayloadMode::Decode).is_ok());
+    }
+
+    #[test]
+    fn nesting_is_capped_without_recursion() {
+        let nested = |depth: usize| {
+            // The top-level object is one level; `depth - 1` arrays inside it.
+            format!(
+                "{{\"x\":{}{}}}",
+                "[".repeat(depth - 1),
+                "]".repeat(depth - 1)
+            )
+        };
+        assert!(scan(nested(128).as_bytes(), 7, PayloadMode::Decode).is_ok());
+        let e = scan(nested(129).as_bytes(), 7, PayloadMode::Decode).unwrap_err();
+        assert!(e.message().contains("deeper than the limit of 128"), "{e}");
+        assert!(scan(nested(1_000_000).as_bytes(), 4096, PayloadMode::Decode).is_err());
+    }
+
+    #[test]
+    fn captured_members_are_capped() {
+        let limits = ScanLimits {
+            max_depth: 128,
+            max_metadata: 40,
+        };
+        let mut scanner = Scanner::new(limits);
+        let mut out = BytesMut::new();
+        let input =
+            br#"{"id":"0123456789","meta":{"versionId":"0123456789012345678901234567890"}}"#;
+        let mut rest = &input[..];
+        let e = loop {
+            match scanner.feed(rest, &mut out) {
+                Ok((n, _)) => rest = &rest[n..],
+                Err(e) => break e,
+            }
+        };
+        assert!(e.message().contains("exceed the limit of 40 bytes"), "{e}");
+        // Skipped members do not count.
+        let mut scanner = Scanner::new(limits);
+        let big = format!("{{\"x\":\"{}\",\"id\":\"a\"}}", "y".repeat(1000));
+        let mut rest = big.as_bytes();
+        while !rest.is_empty() {
+            let (n, _) = scanner.feed(rest, &mut out).unwrap();
+            rest = &rest[n..];
+        }
+        assert!(scanner.finish().is_ok());
+    }
+
+    #[test]
+    fn an_error_sticks() {
+        let mut scanner = Scanner::new(LIMITS);
+        let mut out = BytesMut::new();
+        let first = scanner.feed(b"{\"a\":x", &mut out).unwrap_err();
+        assert_eq!(scanner.feed(b"}", &mut out).unwrap_err(), first);
+        assert_eq!(scanner.finish().unwrap_err(), first);
     }
 }

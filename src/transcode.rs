@@ -488,3 +488,181 @@ fn xml_version(configured: FhirVersion, payload: Option<PayloadElement>) -> Fhir
         _ => configured,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderMap;
+
+    fn transcoder(accept: Option<&str>, query: Option<&str>, reorder_limit: usize) -> Transcoder {
+        let mut headers = HeaderMap::new();
+        if let Some(accept) = accept {
+            headers.insert(http::header::ACCEPT, accept.parse().unwrap());
+        }
+        Transcoder::new(
+            Preference::from_request(query, &headers),
+            TranscodeOptions {
+                limits: ScanLimits {
+                    max_depth: 128,
+                    max_metadata: 64 * 1024,
+                },
+                reorder_limit,
+                frame_size: 16,
+                native_when_not_acceptable: false,
+                count_only: false,
+                fhir_version: FhirVersion::R4,
+            },
+        )
+    }
+
+    /// Feeds `frames` until the head is decided, then the rest; returns the head, the frames
+    /// fed before it was decided, and the output.
+    fn run(t: &mut Transcoder, frames: &[&str]) -> (Head, usize, Result<Vec<u8>, ScanError>) {
+        let mut frames = frames.iter().map(|f| Bytes::copy_from_slice(f.as_bytes()));
+        let mut fed = 0;
+        let head = loop {
+            match frames.next() {
+                Some(frame) => {
+                    fed += 1;
+                    if let Some(head) = t.push_head(frame) {
+                        break head;
+                    }
+                }
+                None => break t.end_head(),
+            }
+        };
+        let mut output = Vec::new();
+        let result = (|| {
+            for frame in frames {
+                t.push(frame);
+                while let Some(out) = t.pull()? {
+                    assert!(out.len() <= 16 + 12, "bounded frames");
+                    output.extend_from_slice(&out);
+                }
+            }
+            while let Some(out) = t.finish()? {
+                output.extend_from_slice(&out);
+            }
+            Ok(output)
+        })();
+        (head, fed, result)
+    }
+
+    #[test]
+    fn the_head_is_decided_at_the_first_byte_of_the_payload() {
+        let mut t = transcoder(None, None, 1 << 20);
+        let (head, fed, output) = run(
+            &mut t,
+            &[
+                r#"{"resourceType":"Binary","contentType":"text/plain","data":"SGVsbG8g"#,
+                r#"d29ybGQ="}"#,
+            ],
+        );
+        assert!(matches!(head, Head::Native { ref content_type } if content_type == "text/plain"));
+        assert_eq!(fed, 1, "decided before the rest of the payload arrived");
+        assert_eq!(output.unwrap(), b"Hello world");
+    }
+
+    #[test]
+    fn a_content_type_after_the_payload_replays_what_was_held() {
+        let mut t = transcoder(None, None, 1 << 20);
+        let (head, fed, output) = run(
+            &mut t,
+            &[
+                r#"{"resourceType":"Binary","data":"SGVsbG8g"#,
+                r#"d29ybGQ=","contentType":"text/plain""#,
+                "}",
+            ],
+        );
+        assert!(matches!(head, Head::Native { .. }), "{head:?}");
+        assert_eq!(fed, 2);
+        assert_eq!(output.unwrap(), b"Hello world");
+    }
+
+    #[test]
+    fn other_resources_and_fhir_json_pass_the_held_frames_through() {
+        let frames = [r#"{"id":"1","resourceType":"Pat"#, r#"ient","x":1}"#];
+        let mut t = transcoder(None, None, 1 << 20);
+        let (head, _, _) = run(&mut t, &frames);
+        let Head::PassThrough(held) = head else {
+            panic!("{head:?}")
+        };
+        assert_eq!(Vec::from(held).concat(), frames.concat().as_bytes());
+
+        let mut t = transcoder(
+            Some("application/fhir+json;q=0.9, image/*;q=0.5"),
+            None,
+            1 << 20,
+        );
+        let frames = [
+            r#"{"resourceType":"Binary","contentType":"image/png","da"#,
+            r#"ta":"QQ=="}"#,
+        ];
+        let (head, fed, _) = run(&mut t, &frames);
+        let Head::PassThrough(held) = head else {
+            panic!("{head:?}")
+        };
+        assert_eq!(fed, 2);
+        assert_eq!(Vec::from(held).concat(), frames.concat().as_bytes());
+    }
+
+    #[test]
+    fn not_acceptable_and_over_the_limit() {
+        let mut t = transcoder(Some("application/pdf"), None, 1 << 20);
+        let (head, _, _) = run(
+            &mut t,
+            &[r#"{"resourceType":"Binary","contentType":"image/png","data":"QQ=="}"#],
+        );
+        assert!(
+            matches!(head, Head::NotAcceptable { ref content_type } if content_type == "image/png")
+        );
+
+        let mut t = transcoder(None, None, 32);
+        let (head, _, _) = run(
+            &mut t,
+            &[
+                r#"{"resourceType":"Binary","data":""#,
+                "QUFBQUFBQUFBQUFB",
+                "QUFB",
+                r#"","contentType":"a/b"}"#,
+            ],
+        );
+        let Head::Invalid(e) = head else {
+            panic!("{head:?}")
+        };
+        assert!(e.message().contains("within the first 32 bytes"), "{e}");
+    }
+
+    #[test]
+    fn xml_waits_for_every_element_then_writes_them_in_order() {
+        let mut t = transcoder(None, Some("_format=xml"), 1 << 20);
+        let (head, fed, output) = run(
+            &mut t,
+            &[
+                r#"{"resourceType":"Binary","data":"SGVs"#,
+                r#"bG8=","contentType":"text/plain","#,
+                r#""id":"x"}"#,
+            ],
+        );
+        assert!(matches!(head, Head::Xml { .. }), "{head:?}");
+        assert_eq!(fed, 3);
+        let xml = String::from_utf8(output.unwrap()).unwrap();
+        assert!(
+            xml.ends_with(r#"<Binary xmlns="http://hl7.org/fhir"><id value="x"/><contentType value="text/plain"/><data value="SGVsbG8="/></Binary>"#),
+            "{xml}"
+        );
+    }
+
+    #[test]
+    fn bad_base64_before_the_xml_head_is_found_before_it() {
+        let mut t = transcoder(None, Some("_format=xml"), 1 << 20);
+        let (head, _, _) = run(
+            &mut t,
+            &[r#"{"resourceType":"Binary","contentType":"text/plain","data":"SG!s"}"#],
+        );
+        let Head::Invalid(e) = head else {
+            panic!("{head:?}")
+        };
+        assert!(e.message().contains("invalid base64 character '!'"), "{e}");
+    }
+}
