@@ -35,8 +35,10 @@ async fn get(json: &'static str, headers: &[(&str, &str)]) -> Response<Bytes> {
     Response::from_parts(parts, body.collect().await.unwrap().to_bytes())
 }
 
-const HTML: &str = r#"{"resourceType":"Binary","id":"1","contentType":"text/html","data":"PGgxPmhpPC9oMT4="}"#;
-const SVG: &str = r#"{"resourceType":"Binary","id":"1","contentType":"image/svg+xml","data":"PHN2Zy8+"}"#;
+const HTML: &str =
+    r#"{"resourceType":"Binary","id":"1","contentType":"text/html","data":"PGgxPmhpPC9oMT4="}"#;
+const SVG: &str =
+    r#"{"resourceType":"Binary","id":"1","contentType":"image/svg+xml","data":"PHN2Zy8+"}"#;
 const PDF_WITH_META: &str = r#"{"resourceType":"Binary","id":"1","meta":{"versionId":"3","lastUpdated":"2024-01-02T03:04:05Z"},"contentType":"application/pdf","securityContext":{"reference":"DocumentReference/7"},"data":"JVBERi0xLjQK"}"#;
 
 #[tokio::test]

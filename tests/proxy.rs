@@ -674,3 +674,77 @@ fn the_binary_has_help() {
         assert!(help.contains(flag), "{flag} in {help}");
     }
 }
+
+/// A writer for tracing-subscriber that keeps what it is given.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn every_request_is_logged_with_its_representation() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    // One thread, so that every event reaches the subscriber set here.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(bounded(async {
+        let (addr, _) = start_upstream().await;
+        let proxy = start_proxy_to(&format!("http://{addr}/fhir")).await;
+        get(&url(&proxy, "/Binary/f006"), &[]).await;
+        get(&url(&proxy, "/Binary/f006?_format=json"), &[]).await;
+        get(&url(&proxy, "/Binary/f006?_format=xml"), &[]).await;
+        get(&url(&proxy, "/Binary/nope"), &[]).await;
+        let request = Request::post(url(&proxy, "/Binary"))
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        send(request).await;
+        proxy.shutdown().await;
+    }));
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = logs.lines().filter(|l| l.contains(" request ")).collect();
+    assert_eq!(lines.len(), 5, "{logs}");
+    let expect = [
+        (
+            "method=GET path=/Binary/f006",
+            "representation=\"native\" status=200 bytes=26626",
+        ),
+        (
+            "method=GET path=/Binary/f006",
+            "representation=\"fhir-json\" status=200",
+        ),
+        (
+            "method=GET path=/Binary/f006",
+            "representation=\"fhir-xml\" status=200",
+        ),
+        (
+            "method=GET path=/Binary/nope",
+            "representation=\"fhir-json\" status=404",
+        ),
+        (
+            "method=POST path=/Binary",
+            "representation=\"pass-through\" status=201 bytes=2",
+        ),
+    ];
+    for (line, (request, outcome)) in lines.iter().zip(expect) {
+        assert!(line.contains(request), "{line}");
+        assert!(line.contains(outcome), "{line}");
+        assert!(line.contains("duration_ms="), "{line}");
+    }
+}
