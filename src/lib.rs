@@ -95,6 +95,13 @@
 //!
 //! The memory the layer uses is bounded by its options: the frame size, the reorder buffer
 //! (for Binaries that write `contentType` after `data`), the metadata cap and the depth cap.
+//!
+//! # The proxy
+//!
+//! With the cargo feature `proxy` (off by default, so that library users compile none of its
+//! runtime dependencies) the crate also builds the `fhir-binary-proxy` binary, a reverse proxy
+//! that puts the layer in front of a FHIR server you cannot change, with an embedded demo
+//! backend; the module `proxy` runs the same pieces in-process.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

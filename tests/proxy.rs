@@ -35,7 +35,8 @@ async fn bounded<T>(test: impl Future<Output = T>) -> T {
 // ---------------------------------------------------------------------------------------------
 // A JSON-only upstream: it ignores `_format` and `Accept` and always answers FHIR JSON.
 //
-// Base paths: `/fhir` answers at once, `/fhir/gz` gzips when asked to, `/fhir/slow` waits 5 s.
+// Base paths: `/fhir` answers at once, `/fhir/gz` gzips when asked to, `/fhir/slow` waits 5 s,
+// `/fhir/lag` 300 ms.
 
 /// Method, URI, headers and body of a request the upstream saw.
 type Seen = (Method, Uri, HeaderMap, Bytes);
@@ -66,13 +67,16 @@ async fn upstream_handler(State(upstream): State<Upstream>, request: AxumRequest
         body.clone(),
     ));
     let mut path = parts.uri.path().strip_prefix("/fhir").unwrap_or("");
-    for prefix in ["/gz", "/slow"] {
+    for prefix in ["/gz", "/slow", "/lag"] {
         if let Some(rest) = path.strip_prefix(prefix) {
             path = rest;
         }
     }
     if parts.uri.path().starts_with("/fhir/slow") {
         tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    if parts.uri.path().starts_with("/fhir/lag") {
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let json = |status: StatusCode, body: Bytes| {
         (status, [("content-type", "application/fhir+json")], body).into_response()
@@ -430,6 +434,44 @@ async fn upstream_too_slow_is_a_504_operation_outcome() {
         let proxy2 = start_proxy_to(&format!("http://{addr}/fhir")).await;
         let got = get(&url(&proxy2, "/Binary/f006"), &[]).await;
         assert_eq!(sha256_hex(got.bytes()), JPEG_SHA256);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_post_streams_through_intact() {
+    bounded(async {
+        let (addr, upstream) = start_upstream().await;
+        let proxy = start_proxy_to(&format!("http://{addr}/fhir")).await;
+        let body: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let request = Request::post(url(&proxy, "/Binary"))
+            .header("content-type", "application/octet-stream")
+            .body(Full::new(Bytes::from(body.clone())))
+            .unwrap();
+        let got = send(request).await;
+        assert_eq!(got.status, StatusCode::CREATED);
+        assert_eq!(sha256_hex(got.bytes()), sha256_hex(&body));
+        assert_eq!(sha256_hex(&upstream.last().3), sha256_hex(&body));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_the_request_in_flight_finish() {
+    bounded(async {
+        let (addr, _) = start_upstream().await;
+        let proxy = start_proxy_to(&format!("http://{addr}/fhir/lag")).await;
+        let proxy_addr = proxy.local_addr();
+        let in_flight = tokio::spawn(async move {
+            get(&format!("http://{proxy_addr}/Binary/example"), &[]).await
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        proxy.shutdown().await;
+        let got = in_flight.await.unwrap();
+        assert_eq!(got.status, StatusCode::OK);
+        assert_eq!(sha256_hex(got.bytes()), PDF_SHA256);
+        // And nobody listens any more.
+        assert!(tokio::net::TcpStream::connect(proxy_addr).await.is_err());
     })
     .await
 }
