@@ -462,9 +462,10 @@ async fn shutdown_lets_the_request_in_flight_finish() {
         let (addr, _) = start_upstream().await;
         let proxy = start_proxy_to(&format!("http://{addr}/fhir/lag")).await;
         let proxy_addr = proxy.local_addr();
-        let in_flight = tokio::spawn(async move {
-            get(&format!("http://{proxy_addr}/Binary/example"), &[]).await
-        });
+        let in_flight =
+            tokio::spawn(
+                async move { get(&format!("http://{proxy_addr}/Binary/example"), &[]).await },
+            );
         tokio::time::sleep(Duration::from_millis(100)).await;
         proxy.shutdown().await;
         let got = in_flight.await.unwrap();
