@@ -96,6 +96,22 @@
 //! The memory the layer uses is bounded by its options: the frame size, the reorder buffer
 //! (for Binaries that write `contentType` after `data`), the metadata cap and the depth cap.
 //!
+//! # With tower-http
+//!
+//! Put `CompressionLayer` outside this layer and `DecompressionLayer` inside it (between it and
+//! an inner service that compresses): the layer leaves compressed bodies untouched, so it must
+//! see the Binary JSON uncompressed, and compression belongs to the document it produces.
+//! `TraceLayer` works on either side; outside, it records what the client gets.
+//!
+//! ```ignore
+//! let service = ServiceBuilder::new()
+//!     .layer(TraceLayer::new_for_http())
+//!     .layer(CompressionLayer::new())
+//!     .layer(BinaryNegotiationLayer::new())
+//!     .layer(DecompressionLayer::new())
+//!     .service(legacy_fhir_service);
+//! ```
+//!
 //! # The proxy
 //!
 //! With the cargo feature `proxy` (off by default, so that library users compile none of its

@@ -478,6 +478,30 @@ async fn shutdown_lets_the_request_in_flight_finish() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dstu2_speaks_the_dstu2_media_types() {
+    bounded(async {
+        let (addr, upstream) = start_upstream().await;
+        let mut options = ProxyOptions::new(format!("http://{addr}/fhir").parse().unwrap());
+        options.fhir_version = tower_fhir_binary::FhirVersion::Dstu2;
+        let proxy = start_proxy(TcpListener::bind("127.0.0.1:0").await.unwrap(), options).unwrap();
+        let got = get(&url(&proxy, "/Binary/f006"), &[]).await;
+        assert_eq!(sha256_hex(got.bytes()), JPEG_SHA256);
+        assert_eq!(upstream.last().2["accept"], "application/json+fhir");
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let down = listener.local_addr().unwrap();
+        drop(listener);
+        let mut options = ProxyOptions::new(format!("http://{down}/fhir").parse().unwrap());
+        options.fhir_version = tower_fhir_binary::FhirVersion::Dstu2;
+        let proxy = start_proxy(TcpListener::bind("127.0.0.1:0").await.unwrap(), options).unwrap();
+        let got = get(&url(&proxy, "/Binary/f006"), &[]).await;
+        assert_eq!(got.status, StatusCode::BAD_GATEWAY);
+        assert_eq!(got.header("content-type"), Some("application/json+fhir"));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_upstream_is_refused_up_front() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let options = ProxyOptions::new("https://127.0.0.1:1/fhir".parse().unwrap());
