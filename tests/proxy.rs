@@ -703,8 +703,9 @@ fn the_binary_serves_the_demo_and_stops_on_sigterm() {
         assert_eq!(sha256_hex(got.bytes()), PDF_SHA256);
     }));
 
-    let status = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
+    // The shell's own `kill`, so that no procps package is needed.
+    let status = Command::new("sh")
+        .args(["-c", &format!("kill -TERM {pid}")])
         .status()
         .unwrap();
     assert!(status.success());
