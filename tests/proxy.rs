@@ -122,11 +122,11 @@ async fn start_upstream() -> (std::net::SocketAddr, Upstream) {
     (addr, upstream)
 }
 
-/// Starts the proxy in front of `upstream` with small timeouts.
+/// Starts the proxy in front of `upstream` with small timeouts (the slow upstream takes 5 s).
 async fn start_proxy_to(upstream: &str) -> Server {
     let mut options = ProxyOptions::new(upstream.parse().unwrap());
     options.connect_timeout = Duration::from_secs(2);
-    options.response_timeout = Duration::from_millis(500);
+    options.response_timeout = Duration::from_secs(2);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     start_proxy(listener, options).unwrap()
 }
@@ -459,14 +459,17 @@ async fn a_large_post_streams_through_intact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_the_request_in_flight_finish() {
     bounded(async {
-        let (addr, _) = start_upstream().await;
+        let (addr, upstream) = start_upstream().await;
         let proxy = start_proxy_to(&format!("http://{addr}/fhir/lag")).await;
         let proxy_addr = proxy.local_addr();
         let in_flight =
             tokio::spawn(
                 async move { get(&format!("http://{proxy_addr}/Binary/example"), &[]).await },
             );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Wait until the request has reached the upstream, which answers 300 ms later.
+        while upstream.seen.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         proxy.shutdown().await;
         let got = in_flight.await.unwrap();
         assert_eq!(got.status, StatusCode::OK);
