@@ -99,6 +99,7 @@
 #![warn(missing_docs)]
 
 mod body;
+mod conditional;
 mod decode;
 mod error;
 mod future;
@@ -106,6 +107,7 @@ mod head;
 mod layer;
 mod negotiate;
 mod outcome;
+mod policy;
 mod scan;
 mod service;
 mod transcode;
@@ -117,5 +119,6 @@ pub use error::{BoxError, InvalidBinary};
 pub use future::ResponseFuture;
 pub use layer::BinaryNegotiationLayer;
 pub use negotiate::Representation;
+pub use policy::SecurityPolicy;
 pub use service::BinaryNegotiation;
 pub use version::FhirVersion;
