@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes};
-use http::header::{HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, ETAG, LAST_MODIFIED};
+use http::header::{HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, ETAG, LAST_MODIFIED, VARY};
 use http::response::Parts;
 use http::{Response, StatusCode};
 use http_body::Body;
@@ -422,7 +422,7 @@ struct Reading<B> {
     transcoder: Option<Transcoder>,
     negotiated: Negotiated,
     /// Set when the whole representation is made before the head goes out.
-    whole: Option<Whole>,
+    whole: Option<Box<Whole>>,
 }
 
 /// A representation made before the head goes out: whole, or, for a conditional or range
@@ -532,12 +532,12 @@ where
                 };
                 Some(Response::from_parts(parts, body))
             }
-            Head::NotAcceptable { content_type } => Some(self.outcome(Outcome::not_acceptable(
+            Head::NotAcceptable { content_type } => Some(self.outcome_after(parts, Outcome::not_acceptable(
                 format!(
                     "the client accepts neither FHIR JSON, FHIR XML nor this Binary's content type {content_type}"
                 ),
             ))),
-            Head::Invalid(e) => Some(self.outcome(Outcome::bad_gateway(format!(
+            Head::Invalid(e) => Some(self.outcome_after(parts, Outcome::bad_gateway(format!(
                 "the inner service did not answer with a valid FHIR Binary: {e}"
             )))),
             Head::Native { content_type } => self.serve(parts, content_type, Made::Native),
@@ -575,7 +575,7 @@ where
             None
         };
         if let Some(cap) = cap {
-            self.whole = Some(Whole {
+            self.whole = Some(Box::new(Whole {
                 content_type,
                 made,
                 frames: Vec::new(),
@@ -585,7 +585,7 @@ where
                 cap,
                 window: None,
                 range: None,
-            });
+            }));
             return self.read_whole();
         }
         let body = self.body.take().expect("streaming needs the inner body");
@@ -868,10 +868,27 @@ where
         ))
     }
 
+    /// [`Self::outcome`] once the head has been taken out.
+    fn outcome_after(&mut self, parts: Parts, outcome: Outcome) -> Response<NegotiatedBody<B>> {
+        self.parts = Some(parts);
+        self.outcome(outcome)
+    }
+
+    /// An OperationOutcome in place of the Binary; it varies with what the inner response
+    /// varied with, and with `Accept`.
     fn outcome(&mut self, outcome: Outcome) -> Response<NegotiatedBody<B>> {
         self.body = None;
         self.transcoder = None;
-        outcome_response(&outcome, &self.negotiated)
+        let mut response = outcome_response(&outcome, &self.negotiated);
+        if let Some(parts) = self.parts.take() {
+            let headers = response.headers_mut();
+            headers.remove(VARY);
+            for value in parts.headers.get_all(VARY) {
+                headers.append(VARY, value.clone());
+            }
+            head::vary_accept(headers);
+        }
+        response
     }
 }
 
