@@ -93,6 +93,10 @@ impl BinaryNegotiationLayer {
     ///
     /// Such responses get a `Content-Length` for the decoded document, and any fault in the
     /// Binary becomes a 502 rather than a broken transfer. Larger bodies are streamed.
+    ///
+    /// The same number of bytes of decoded output is kept before the head goes out when a
+    /// streamed document is asked for a range, or under a condition whose validators are not
+    /// known yet (see the [crate documentation](crate#conditional-and-range-requests)).
     pub fn read_whole_limit(mut self, bytes: usize) -> Self {
         self.config.read_whole_limit = bytes;
         self
