@@ -153,6 +153,29 @@
 //!
 //! The memory the layer uses is bounded by its options: the frame size, the reorder buffer
 //! (for Binaries that write `contentType` after `data`), the metadata cap and the depth cap.
+//!
+//! # With tower-http
+//!
+//! Put `CompressionLayer` outside this layer and `DecompressionLayer` inside it (between it and
+//! an inner service that compresses): the layer leaves compressed bodies untouched, so it must
+//! see the Binary JSON uncompressed, and compression belongs to the document it produces.
+//! `TraceLayer` works on either side; outside, it records what the client gets.
+//!
+//! ```ignore
+//! let service = ServiceBuilder::new()
+//!     .layer(TraceLayer::new_for_http())
+//!     .layer(CompressionLayer::new())
+//!     .layer(BinaryNegotiationLayer::new())
+//!     .layer(DecompressionLayer::new())
+//!     .service(legacy_fhir_service);
+//! ```
+//!
+//! # The proxy
+//!
+//! With the cargo feature `proxy` (off by default, so that library users compile none of its
+//! runtime dependencies) the crate also builds the `fhir-binary-proxy` binary, a reverse proxy
+//! that puts the layer in front of a FHIR server you cannot change, with an embedded demo
+//! backend; the module `proxy` runs the same pieces in-process.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -180,3 +203,6 @@ pub use negotiate::Representation;
 pub use policy::SecurityPolicy;
 pub use service::BinaryNegotiation;
 pub use version::FhirVersion;
+
+#[cfg(feature = "proxy")]
+pub mod proxy;
