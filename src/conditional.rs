@@ -52,7 +52,7 @@ impl Conditions {
         self.range.is_some()
     }
 
-    /// Whether answering needs the entity tag.
+    /// Whether answering needs the entity tag (with `*` too: a 304 carries it).
     pub(crate) fn wants_etag(&self) -> bool {
         self.if_none_match.is_some()
             || (self.has_range() && self.if_range.as_deref().is_some_and(is_entity_tag_like))
