@@ -4,8 +4,10 @@
 //!
 //! Everything here is pure: the response future decides *when* it can apply them.
 
+use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use http::header::{
     HeaderMap, HeaderValue, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, LAST_MODIFIED, RANGE,
 };
@@ -159,14 +161,21 @@ pub(crate) fn etag_of(meta: Option<&Value>) -> Option<HeaderValue> {
     if !fits {
         return None;
     }
-    HeaderValue::from_str(&format!("W/\"{version}\"")).ok()
+    let mut text = String::with_capacity(version.len() + 4);
+    text.push_str("W/\"");
+    text.push_str(version);
+    text.push('"');
+    HeaderValue::from_maybe_shared(Bytes::from(text)).ok()
 }
 
 /// `meta.lastUpdated` as an HTTP-date, when it is a valid FHIR instant between 1970 and 9999.
 pub(crate) fn last_modified_of(meta: Option<&Value>) -> Option<HeaderValue> {
     let instant = meta?.get("lastUpdated")?.as_str()?;
     let time = instant_to_system_time(instant)?;
-    HeaderValue::from_str(&httpdate::fmt_http_date(time)).ok()
+    // An HTTP-date is 29 characters long.
+    let mut text = String::with_capacity(29);
+    write!(text, "{}", httpdate::HttpDate::from(time)).ok()?;
+    HeaderValue::from_maybe_shared(Bytes::from(text)).ok()
 }
 
 /// Seconds from 1970 to the start of year 10000: HTTP-dates have four-digit years.

@@ -394,6 +394,41 @@ impl Base64Decoder {
         Ok(())
     }
 
+    /// Feeds the longest prefix of `input` that the engine accepts as plain base64 symbols, when
+    /// the input is likely to be nothing else (no whitespace met in this string so far); returns
+    /// how many bytes it took, possibly none.
+    ///
+    /// Unlike [`Self::feed_raw`], `input` may hold anything (`"`, `\`, control characters...):
+    /// the bytes taken are plain symbols, and so string content, and the rest is left for the
+    /// caller to look at, with nothing reported. This lets the scanner hand a whole frame over
+    /// without first searching it for the end of the string. `out` as for [`Self::feed_raw`].
+    pub(crate) fn feed_plain(&mut self, input: &[u8], mut out: Option<&mut BytesMut>) -> usize {
+        if self.phase != Phase::Data || !self.optimistic {
+            return 0;
+        }
+        let mut taken = 0;
+        if self.quad_len > 0 {
+            taken = self.fill(input, out.as_deref_mut());
+            if self.quad_len > 0 {
+                return taken;
+            }
+        }
+        let rest = &input[taken..];
+        let whole = plain_groups(rest);
+        if whole > 0 {
+            match decode_batch(&rest[..whole], out.as_deref_mut(), &mut self.sink) {
+                Ok(n) => {
+                    self.pos += whole as u64;
+                    self.decoded += n as u64;
+                    taken += whole;
+                }
+                // Something else is in there: the caller's general path finds where.
+                Err(_) => return taken,
+            }
+        }
+        taken + self.fill(&input[taken..], out)
+    }
+
     /// Feeds one character that came from a JSON escape (already unescaped).
     ///
     /// Space, tab, line feed and carriage return are skipped; base64 characters and `=` count as
@@ -498,18 +533,20 @@ impl Base64Decoder {
     /// group boundary in the data phase. Returns how many input bytes it consumed (possibly 0);
     /// what remains starts with something the slow path must see.
     fn fast(&mut self, input: &[u8], mut out: Option<&mut BytesMut>) -> Result<usize, Base64Error> {
-        let whole = input.len() & !3;
-        if self.optimistic && whole > 0 && !input[whole - 4..whole].contains(&b'=') {
+        if self.optimistic {
             // Most documents have no whitespace at all: try the engine on everything and skip
-            // the scan. It rejects any space or `=` (outside the last group, checked above), so
+            // the scan. It rejects any space or `=` (outside the last group, left out), so
             // success means every byte was a plain symbol.
-            if let Ok(n) = decode_batch(&input[..whole], out.as_deref_mut(), &mut self.sink) {
-                self.pos += whole as u64;
-                self.decoded += n as u64;
-                return Ok(whole);
+            let whole = plain_groups(input);
+            if whole > 0 {
+                if let Ok(n) = decode_batch(&input[..whole], out.as_deref_mut(), &mut self.sink) {
+                    self.pos += whole as u64;
+                    self.decoded += n as u64;
+                    return Ok(whole);
+                }
+                // Whitespace (or an error) is here; this string is not worth a second guess.
+                self.optimistic = false;
             }
-            // Whitespace (or an error) is here; this string is not worth a second guess.
-            self.optimistic = false;
         }
         let run = memchr::memchr2(b' ', b'=', input).unwrap_or(input.len());
         let compacted = run < DIRECT_MIN_RUN && run < input.len() && input[run] == b' ';
@@ -702,6 +739,17 @@ impl Base64Decoder {
         self.pads = 0;
         self.phase = Phase::Done;
         Ok(())
+    }
+}
+
+/// The length of the whole groups at the start of `input` that the engine may decode as plain
+/// symbols: all of them but a last one holding `=`, which is padding for the slow path to see.
+fn plain_groups(input: &[u8]) -> usize {
+    let whole = input.len() & !3;
+    if whole > 0 && input[whole - 4..whole].contains(&b'=') {
+        whole - 4
+    } else {
+        whole
     }
 }
 

@@ -597,8 +597,8 @@ where
                 head::vary_accept(&mut parts.headers);
             }
             Made::Native => {
-                parts.headers = native_headers(
-                    &parts.headers,
+                set_native_headers(
+                    &mut parts.headers,
                     &transcoder,
                     &content_type,
                     None,
@@ -724,8 +724,8 @@ where
         }
         // A native `HEAD` only counts the decoded bytes; it makes none.
         let total = transcoder.decoded_len();
-        parts.headers = native_headers(
-            &parts.headers,
+        set_native_headers(
+            &mut parts.headers,
             &transcoder,
             &whole.content_type,
             Some(total),
@@ -845,8 +845,8 @@ where
         let transcoder = self.transcoder.take()?;
         let mut parts = self.parts.take()?;
         self.body = None;
-        parts.headers = native_headers(
-            &parts.headers,
+        set_native_headers(
+            &mut parts.headers,
             &transcoder,
             &whole.content_type,
             None,
@@ -901,14 +901,25 @@ fn native_headers(
     negotiated: &Negotiated,
 ) -> http::HeaderMap {
     let mut headers = inner.clone();
+    set_native_headers(&mut headers, transcoder, content_type, length, negotiated);
+    headers
+}
+
+/// Turns the inner head into that of the raw document, in place (see [`native_headers`]).
+fn set_native_headers(
+    headers: &mut http::HeaderMap,
+    transcoder: &Transcoder,
+    content_type: &HeaderValue,
+    length: Option<u64>,
+    negotiated: &Negotiated,
+) {
     head::native(
-        &mut headers,
+        headers,
         content_type.clone(),
         length,
         &transcoder.metadata(),
         negotiated.config.security_policy,
     );
-    headers
 }
 
 /// 304 Not Modified with the head of the document it stands for.

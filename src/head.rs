@@ -55,11 +55,16 @@ pub(crate) fn native(
     metadata: &Metadata,
     policy: SecurityPolicy,
 ) {
-    let type_text = content_type.to_str().unwrap_or_default().to_owned();
-    replace_body_headers(headers, content_type, length);
+    // Room for what is added here, at once.
+    headers.reserve(8);
     // nosniff always: the document's type comes from the Binary, a browser must not guess.
-    policy.apply(headers, &type_text, metadata.id.as_deref());
-    let meta = metadata.meta.as_ref();
+    policy.apply(
+        headers,
+        content_type.to_str().unwrap_or_default(),
+        metadata.id,
+    );
+    replace_body_headers(headers, content_type, length);
+    let meta = metadata.meta;
     if !headers.contains_key(ETAG) {
         if let Some(etag) = etag_of(meta) {
             headers.insert(ETAG, etag);
@@ -73,7 +78,6 @@ pub(crate) fn native(
     if !headers.contains_key(X_SECURITY_CONTEXT) {
         let reference = metadata
             .security_context
-            .as_ref()
             .and_then(|context| context.get("reference"))
             .and_then(serde_json::Value::as_str)
             .filter(|reference| !reference.is_empty())
@@ -200,10 +204,12 @@ mod tests {
 
     #[test]
     fn validators_and_security_context_from_the_binary_unless_the_inner_set_them() {
+        let meta = json!({"versionId": "2", "lastUpdated": "2020-01-02T03:04:05.678Z"});
+        let context = json!({"reference": "Patient/1"});
         let metadata = Metadata {
-            id: Some("x".into()),
-            meta: Some(json!({"versionId": "2", "lastUpdated": "2020-01-02T03:04:05.678Z"})),
-            security_context: Some(json!({"reference": "Patient/1"})),
+            id: Some("x"),
+            meta: Some(&meta),
+            security_context: Some(&context),
         };
         let mut headers = HeaderMap::new();
         let pdf = || HeaderValue::from_static("application/pdf");
@@ -234,8 +240,9 @@ mod tests {
         assert_eq!(headers[ETAG], "\"inner\"");
         assert_eq!(headers[LAST_MODIFIED], "Mon, 01 Jan 2001 00:00:00 GMT");
 
+        let context = json!({"reference": "Patient/1\r\nSet-Cookie: a=b"});
         let injected = Metadata {
-            security_context: Some(json!({"reference": "Patient/1\r\nSet-Cookie: a=b"})),
+            security_context: Some(&context),
             ..Metadata::default()
         };
         let mut headers = HeaderMap::new();

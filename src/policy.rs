@@ -1,6 +1,9 @@
 //! How the raw document is presented to a browser: sniffing, sandboxing, inline or download,
 //! and the file name it is saved under.
 
+use std::borrow::Cow;
+
+use bytes::Bytes;
 use http::header::{
     HeaderMap, HeaderValue, CONTENT_DISPOSITION, CONTENT_SECURITY_POLICY, X_CONTENT_TYPE_OPTIONS,
 };
@@ -69,22 +72,33 @@ impl SecurityPolicy {
             _ => active,
         };
         let disposition = if attachment { "attachment" } else { "inline" };
-        let value = format!("{disposition}; filename=\"{}\"", filename(id, content_type));
+        let (base, extension) = filename_parts(id, content_type);
+        let mut value = String::with_capacity(
+            disposition.len() + 13 + base.len() + extension.map_or(0, |e| e.len() + 1),
+        );
+        value.push_str(disposition);
+        value.push_str("; filename=\"");
+        value.push_str(base);
+        if let Some(extension) = extension {
+            value.push('.');
+            value.push_str(extension);
+        }
+        value.push('"');
         // The file name is made of [A-Za-z0-9._-] only (see `filename`), so this cannot fail.
-        if let Ok(value) = HeaderValue::from_str(&value) {
+        if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
             headers.insert(CONTENT_DISPOSITION, value);
         }
     }
 }
 
-/// The media type without parameters, lowercased.
-fn essence(content_type: &str) -> String {
-    content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase()
+/// The media type without parameters, lowercased (borrowed when it already is).
+fn essence(content_type: &str) -> Cow<'_, str> {
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    if essence.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(essence.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(essence)
+    }
 }
 
 /// Whether a browser may execute `content_type` or render it as a page. Unknown types are
@@ -117,7 +131,7 @@ pub(crate) fn is_active(content_type: &str) -> bool {
 /// commonly hold; None for others.
 pub(crate) fn extension(content_type: &str) -> Option<&'static str> {
     let essence = essence(content_type);
-    let known = match essence.as_str() {
+    let known = match &*essence {
         "application/pdf" => "pdf",
         "image/jpeg" | "image/jpg" | "image/pjpeg" => "jpg",
         "image/png" => "png",
@@ -167,7 +181,16 @@ pub(crate) fn extension(content_type: &str) -> Option<&'static str> {
 /// content type. The id is used only when it is a plain FHIR id (`[A-Za-z0-9.-]{1,64}`, not
 /// starting with a dot); anything else (quotes, CR/LF, path separators, non-ASCII) falls back
 /// to `binary`, so that the header is never built from unchecked input.
+#[cfg(test)]
 pub(crate) fn filename(id: Option<&str>, content_type: &str) -> String {
+    match filename_parts(id, content_type) {
+        (base, Some(extension)) => format!("{base}.{extension}"),
+        (base, None) => base.to_owned(),
+    }
+}
+
+/// The file name of [`filename`] as its base and extension.
+fn filename_parts<'a>(id: Option<&'a str>, content_type: &str) -> (&'a str, Option<&'static str>) {
     let base = id
         .filter(|id| {
             (1..=64).contains(&id.len())
@@ -177,10 +200,7 @@ pub(crate) fn filename(id: Option<&str>, content_type: &str) -> String {
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
         })
         .unwrap_or("binary");
-    match extension(content_type) {
-        Some(extension) => format!("{base}.{extension}"),
-        None => base.to_owned(),
-    }
+    (base, extension(content_type))
 }
 
 #[cfg(test)]

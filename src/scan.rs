@@ -152,6 +152,54 @@ const CAPTURED: &[&str] = &[
     "_content",
 ];
 
+/// The members captured so far, by their place in [`CAPTURED`], each parsed once.
+///
+/// A fixed table rather than a map: a Binary has at most these members, and looking one up
+/// or adding one costs no allocation.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Members {
+    values: [Option<Value>; CAPTURED.len()],
+}
+
+impl Members {
+    /// The member named `key`, when it was captured.
+    pub(crate) fn get(&self, key: &str) -> Option<&Value> {
+        let index = CAPTURED.iter().position(|k| *k == key)?;
+        self.values[index].as_ref()
+    }
+
+    /// Whether the member named `key` was captured.
+    pub(crate) fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// The names of the captured members, in the order of [`CAPTURED`].
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &'static str> + '_ {
+        CAPTURED
+            .iter()
+            .zip(&self.values)
+            .filter_map(|(key, value)| value.as_ref().map(|_| *key))
+    }
+
+    /// The captured members as a JSON object, for the XML writer.
+    pub(crate) fn to_map(&self) -> Map<String, Value> {
+        CAPTURED
+            .iter()
+            .zip(&self.values)
+            .filter_map(|(key, value)| Some(((*key).to_owned(), value.clone()?)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+impl std::ops::Index<&str> for Members {
+    type Output = Value;
+
+    fn index(&self, key: &str) -> &Value {
+        self.get(key).unwrap_or(&Value::Null)
+    }
+}
+
 /// Gathered payload text is decoded once it reaches this size.
 const UNESCAPED_FLUSH: usize = 16 * 1024;
 
@@ -294,9 +342,12 @@ pub(crate) struct Scanner {
     utf8: Utf8Carry,
 
     // The member being read.
-    key: Vec<u8>,
+    key: [u8; MAX_KEY],
+    key_len: usize,
     key_too_long: bool,
     route: Route,
+    /// Where the captured member goes in [`Members`].
+    slot: usize,
     capture: Vec<u8>,
     captured_total: usize,
 
@@ -305,8 +356,10 @@ pub(crate) struct Scanner {
     stack: Vec<u8>,
 
     // What was found.
-    members: Map<String, Value>,
-    seen: Vec<&'static str>,
+    members: Members,
+    /// The captured and payload members met so far, by their place in [`CAPTURED`] (the
+    /// payload members `data` and `content` after them), to find duplicates.
+    seen: u32,
     payload_key: Option<PayloadElement>,
     payload_done: bool,
     mode: PayloadMode,
@@ -319,6 +372,9 @@ pub(crate) struct Scanner {
     /// Payload text gathered across escapes, for the decoder (bounded by [`UNESCAPED_FLUSH`]
     /// and by one call's input).
     unescaped: Vec<u8>,
+    /// The payload has shown nothing but plain base64 so far: hand the input to the decoder
+    /// whole, without searching it for the end of the string first.
+    plain_run: bool,
 }
 
 impl Scanner {
@@ -331,15 +387,17 @@ impl Scanner {
             esc: Esc::None,
             high_surrogate: None,
             utf8: Utf8Carry::default(),
-            key: Vec::new(),
+            key: [0; MAX_KEY],
+            key_len: 0,
             key_too_long: false,
             route: Route::Skip,
+            slot: 0,
             capture: Vec::new(),
             captured_total: 0,
             g: G::Value,
             stack: Vec::new(),
-            members: Map::new(),
-            seen: Vec::new(),
+            members: Members::default(),
+            seen: 0,
             payload_key: None,
             payload_done: false,
             mode: PayloadMode::Pause,
@@ -347,6 +405,7 @@ impl Scanner {
             failed: None,
             payload_start: 0,
             unescaped: Vec::new(),
+            plain_run: true,
         }
     }
 
@@ -361,12 +420,12 @@ impl Scanner {
     }
 
     /// Every captured member, parsed.
-    pub(crate) fn members(&self) -> &Map<String, Value> {
+    pub(crate) fn members(&self) -> &Members {
         &self.members
     }
 
     /// Takes the members captured so far; members read after this are captured anew.
-    pub(crate) fn take_members(&mut self) -> Map<String, Value> {
+    pub(crate) fn take_members(&mut self) -> Members {
         std::mem::take(&mut self.members)
     }
 
@@ -469,7 +528,7 @@ impl Scanner {
                     return Err(self.err(i, "the body is not a JSON object"));
                 }
                 (St::KeyOrEnd | St::Key, b'"') => {
-                    self.key.clear();
+                    self.key_len = 0;
                     self.key_too_long = false;
                     self.st = St::InKey;
                     i += 1;
@@ -561,28 +620,28 @@ impl Scanner {
 
     /// Decides what to do with the member whose name was just read.
     fn route_member(&mut self, at: usize) -> Result<(), ScanError> {
-        let name = if self.key_too_long {
-            None
+        let name: &[u8] = if self.key_too_long {
+            &[]
         } else {
-            std::str::from_utf8(&self.key).ok()
+            &self.key[..self.key_len]
         };
         let known = match name {
-            Some("data") => Some(("data", Route::Payload)),
-            Some("content") => Some(("content", Route::Payload)),
-            Some(name) => CAPTURED
+            b"data" => Some(("data", CAPTURED.len(), Route::Payload)),
+            b"content" => Some(("content", CAPTURED.len() + 1, Route::Payload)),
+            name => CAPTURED
                 .iter()
-                .find(|k| **k == name)
-                .map(|k| (*k, Route::Capture)),
-            None => None,
+                .position(|k| k.as_bytes() == name)
+                .map(|i| (CAPTURED[i], i, Route::Capture)),
         };
-        let Some((name, route)) = known else {
+        let Some((name, slot, route)) = known else {
             self.route = Route::Skip;
             return Ok(());
         };
-        if self.seen.contains(&name) {
+        if self.seen & (1 << slot) != 0 {
             return Err(self.err(at, format!("duplicate member `{name}`")));
         }
-        self.seen.push(name);
+        self.seen |= 1 << slot;
+        self.slot = slot;
         if route == Route::Payload {
             let key = if name == "data" {
                 PayloadElement::Data
@@ -603,11 +662,12 @@ impl Scanner {
         if self.route != Route::Capture {
             return Ok(());
         }
-        let value: Value = serde_json::from_slice(&self.capture)
-            .map_err(|e| self.err(at, format!("invalid JSON: {e}")))?;
-        // The key was checked against CAPTURED, so it is UTF-8.
-        let name = String::from_utf8_lossy(&self.key).into_owned();
-        self.members.insert(name, value);
+        let value = match plain_string(&self.capture) {
+            Some(text) => Value::String(text.to_owned()),
+            None => serde_json::from_slice(&self.capture)
+                .map_err(|e| self.err(at, format!("invalid JSON: {e}")))?,
+        };
+        self.members.values[self.slot] = Some(value);
         self.capture.clear();
         Ok(())
     }
@@ -723,10 +783,12 @@ impl Scanner {
     }
 
     fn push_key(&mut self, seg: &[u8]) {
-        if self.key.len() + seg.len() > MAX_KEY {
+        let end = self.key_len + seg.len();
+        if end > MAX_KEY {
             self.key_too_long = true;
         } else {
-            self.key.extend_from_slice(seg);
+            self.key[self.key_len..end].copy_from_slice(seg);
+            self.key_len = end;
         }
     }
 
@@ -900,6 +962,15 @@ impl Scanner {
         while i < input.len() {
             match self.esc {
                 Esc::None => {
+                    if self.plain_run
+                        && self.unescaped.is_empty()
+                        && !matches!(mode, PayloadMode::Skip | PayloadMode::Pause)
+                    {
+                        i += self.plain_payload(&input[i..], mode, out);
+                        if i == input.len() {
+                            break;
+                        }
+                    }
                     let rest = &input[i..];
                     let end = if self.unescaped.is_empty() {
                         memchr2(b'"', b'\\', rest).unwrap_or(rest.len())
@@ -999,6 +1070,39 @@ impl Scanner {
         // Everything consumed is decoded before returning: output never lags the input.
         self.flush_unescaped(mode, out)?;
         Ok((i, false))
+    }
+
+    /// Hands the decoder as much of `input` as it takes as plain base64 (see
+    /// [`Base64Decoder::feed_plain`]), up to the last quote near the end of the input, which
+    /// usually closes the string; returns how much was taken. What is left (the closing quote,
+    /// an escape, whitespace, an error) goes the general way, and so does the rest of the
+    /// string once the decoder has stopped short of the end.
+    fn plain_payload(&mut self, input: &[u8], mode: PayloadMode, out: &mut BytesMut) -> usize {
+        /// How far from the end a closing quote is looked for: a payload that is not the last
+        /// member costs one attempt that stops at its end.
+        const TAIL: usize = 64;
+        let tail_start = input.len().saturating_sub(TAIL);
+        let candidate = match memchr::memrchr(b'"', &input[tail_start..]) {
+            Some(q) => &input[..tail_start + q],
+            None => input,
+        };
+        if candidate.is_empty() {
+            return 0;
+        }
+        let taken = match mode {
+            PayloadMode::Decode => self.decoder.feed_plain(candidate, Some(out)),
+            PayloadMode::Validate => self.decoder.feed_plain(candidate, None),
+            PayloadMode::Text => {
+                let taken = self.decoder.feed_plain(candidate, None);
+                out.extend_from_slice(&candidate[..taken]);
+                taken
+            }
+            PayloadMode::Skip | PayloadMode::Pause => 0,
+        };
+        if taken < candidate.len() {
+            self.plain_run = false;
+        }
+        taken
     }
 
     /// Decodes the text gathered from runs broken up by escapes.
@@ -1122,6 +1226,17 @@ fn payload_error(
     ScanError::new(format!("`{name}` is not valid base64: {e}"), pos)
 }
 
+/// The text of a JSON string value without escapes (`"text"`, nothing around it), which
+/// needs no parser; None for anything else. The scanner has already checked it is UTF-8
+/// without control characters.
+fn plain_string(json: &[u8]) -> Option<&str> {
+    let inner = json.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    if inner.iter().any(|&b| b == b'"' || b == b'\\') {
+        return None;
+    }
+    std::str::from_utf8(inner).ok()
+}
+
 /// The length of the prefix of `input` that holds no `"`, `\`, or control character.
 fn plain_prefix(input: &[u8]) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
@@ -1188,7 +1303,7 @@ mod tests {
     #[derive(Debug, PartialEq)]
     struct Scan {
         events: Vec<Event>,
-        members: Map<String, Value>,
+        members: Members,
         payload: Option<PayloadElement>,
         output: Vec<u8>,
     }

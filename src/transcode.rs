@@ -11,10 +11,10 @@ use std::collections::VecDeque;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::HeaderValue;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::negotiate::{Decision, Preference, Representation, Spelling};
-use crate::scan::{Event, PayloadElement, PayloadMode, ScanError, ScanLimits, Scanner};
+use crate::scan::{Event, Members, PayloadElement, PayloadMode, ScanError, ScanLimits, Scanner};
 use crate::xml;
 use crate::FhirVersion;
 
@@ -44,14 +44,14 @@ pub(crate) enum Head {
 }
 
 /// The Binary's own description of itself that goes into the head of the raw document.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub(crate) struct Metadata {
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Metadata<'a> {
     /// `id`, when it is a string.
-    pub(crate) id: Option<String>,
+    pub(crate) id: Option<&'a str>,
     /// `meta` (`versionId`, `lastUpdated`).
-    pub(crate) meta: Option<Value>,
+    pub(crate) meta: Option<&'a Value>,
     /// `securityContext` (its `reference`).
-    pub(crate) security_context: Option<Value>,
+    pub(crate) security_context: Option<&'a Value>,
 }
 
 /// What the driver is doing.
@@ -86,7 +86,7 @@ pub(crate) struct Transcoder {
     held: VecDeque<Bytes>,
     held_len: usize,
     /// The members known at the decision (a replay starts a fresh scanner).
-    members: Map<String, Value>,
+    members: Members,
     /// Set once the output is complete or broken off: nothing more comes out.
     done: bool,
     /// How the client spelled the XML media type, once XML is chosen.
@@ -132,7 +132,7 @@ impl Transcoder {
             pending: VecDeque::new(),
             held: VecDeque::new(),
             held_len: 0,
-            members: Map::new(),
+            members: Members::default(),
             done: false,
             xml_spelling: None,
             xml: None,
@@ -162,11 +162,11 @@ impl Transcoder {
     }
 
     /// What the Binary says about itself that the native head carries, as far as it is known.
-    pub(crate) fn metadata(&self) -> Metadata {
+    pub(crate) fn metadata(&self) -> Metadata<'_> {
         Metadata {
-            id: self.member("id").and_then(Value::as_str).map(str::to_owned),
-            meta: self.member("meta").cloned(),
-            security_context: self.member("securityContext").cloned(),
+            id: self.member("id").and_then(Value::as_str),
+            meta: self.member("meta"),
+            security_context: self.member("securityContext"),
         }
     }
 
@@ -350,7 +350,7 @@ impl Transcoder {
         let payload = self.scanner.payload_key();
         let version = xml_version(self.fhir_version, payload);
         let mut prefix = Vec::new();
-        if let Err(e) = xml::binary_prefix(&self.members, payload, version, &mut prefix) {
+        if let Err(e) = xml::binary_prefix(&self.members.to_map(), payload, version, &mut prefix) {
             return Head::Invalid(ScanError::new(e.to_string(), self.scanner.position()));
         }
         self.out.extend_from_slice(&prefix);
@@ -379,9 +379,11 @@ impl Transcoder {
         else {
             return Ok(());
         };
-        let late = self.scanner.members().keys().find(|key| {
-            key.as_str() != payload.extension_key() && !self.members.contains_key(key.as_str())
-        });
+        let late = self
+            .scanner
+            .members()
+            .keys()
+            .find(|key| *key != payload.extension_key() && !self.members.contains_key(key));
         match late {
             Some(key) => Err(ScanError::new(
                 format!(
@@ -467,8 +469,13 @@ impl Transcoder {
             return Ok(None);
         };
         let mut suffix = Vec::new();
-        xml::binary_suffix(self.scanner.members(), payload, version, &mut suffix)
-            .map_err(|e| ScanError::new(e.to_string(), self.scanner.position()))?;
+        xml::binary_suffix(
+            &self.scanner.members().to_map(),
+            payload,
+            version,
+            &mut suffix,
+        )
+        .map_err(|e| ScanError::new(e.to_string(), self.scanner.position()))?;
         Ok(Some(Bytes::from(suffix)))
     }
 
