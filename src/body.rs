@@ -47,7 +47,7 @@ pin_project! {
         Transcode {
             held: VecDeque<Bytes>,
             body: Option<Pin<Box<B>>>,
-            transcoder: Transcoder,
+            transcoder: Box<Transcoder>,
             window: Option<Window>,
         },
     }
@@ -90,7 +90,7 @@ impl<B> NegotiatedBody<B> {
     pub(crate) fn transcode(
         held: Vec<Bytes>,
         body: Pin<Box<B>>,
-        transcoder: Transcoder,
+        transcoder: Box<Transcoder>,
         window: Option<Window>,
     ) -> Self {
         NegotiatedBody {

@@ -49,6 +49,11 @@ impl Conditions {
         }
     }
 
+    /// Whether the request has none of these headers: nothing depends on the validators.
+    pub(crate) fn is_empty(&self) -> bool {
+        *self == Conditions::default()
+    }
+
     /// Whether the request asks for a range.
     pub(crate) fn has_range(&self) -> bool {
         self.range.is_some()

@@ -264,7 +264,8 @@ where
     );
     if !json_chosen && is_transformable(&parts) {
         let config = &negotiated.config;
-        let transcoder = Transcoder::new(
+        // On the heap once: it is large, and moves with the future and then the body.
+        let transcoder = Box::new(Transcoder::new(
             negotiated.preference.clone(),
             TranscodeOptions {
                 limits: config.limits,
@@ -274,7 +275,7 @@ where
                 count_only: negotiated.is_head,
                 fhir_version: config.fhir_version,
             },
-        );
+        ));
         return Next::Binary(Reading {
             parts: Some(parts),
             body: Some(Box::pin(body)),
@@ -419,7 +420,7 @@ fn render_outcome_xml(resource: &serde_json::Value, negotiated: &Negotiated) -> 
 struct Reading<B> {
     parts: Option<Parts>,
     body: Option<Pin<Box<B>>>,
-    transcoder: Option<Transcoder>,
+    transcoder: Option<Box<Transcoder>>,
     negotiated: Negotiated,
     /// Set when the whole representation is made before the head goes out.
     whole: Option<Box<Whole>>,
@@ -604,11 +605,10 @@ where
                     None,
                     &self.negotiated,
                 );
+                let conditions = &self.negotiated.conditions;
                 if conditional
-                    && self
-                        .negotiated
-                        .conditions
-                        .not_modified(&Validators::from_headers(&parts.headers))
+                    && !conditions.is_empty()
+                    && conditions.not_modified(&Validators::from_headers(&parts.headers))
                 {
                     return Some(not_modified(parts));
                 }
@@ -742,7 +742,11 @@ where
             return Some(Response::from_parts(parts, body(concat(whole.frames))));
         }
         let conditions = &self.negotiated.conditions;
-        let validators = Validators::from_headers(&parts.headers);
+        let validators = if conditions.is_empty() {
+            Validators::default()
+        } else {
+            Validators::from_headers(&parts.headers)
+        };
         if conditions.not_modified(&validators) {
             return Some(not_modified(parts));
         }

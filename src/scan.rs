@@ -614,6 +614,10 @@ impl Scanner {
                 ),
             ));
         }
+        if self.capture.capacity() == 0 {
+            // Once, with room for the usual members, rather than growing in steps.
+            self.capture.reserve(128);
+        }
         self.capture.extend_from_slice(bytes);
         Ok(())
     }

@@ -427,6 +427,8 @@ impl Transcoder {
                 break;
             };
             let take = front.len().min(self.frame_size);
+            // Room for this input's output at once (decoded base64 is shorter than its text).
+            self.out.reserve(take);
             let result = self.scanner.feed(&front[..take], &mut self.out);
             let checked = match result {
                 Ok((n, event)) => {
