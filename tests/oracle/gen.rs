@@ -464,7 +464,13 @@ pub fn document(rng: &mut Rng, limits: &Limits) -> Vec<u8> {
             }
             5 => {
                 // Metadata over the cap.
-                let id = format!("\"{}\"", "x".repeat(limits.max_metadata.min(70_000)));
+                // Over the cap (rarely under the default cap: 64 KiB a case is slow to scan).
+                let len = if limits.max_metadata < 1000 || rng.chance(20) {
+                    limits.max_metadata + 1
+                } else {
+                    1000
+                };
+                let id = format!("\"{}\"", "x".repeat(len));
                 let at = rng.below(members.len() + 1);
                 members.insert(at, (key(rng, "id"), id.into_bytes()));
             }

@@ -293,7 +293,7 @@ fn is_restricted(b: u8) -> bool {
 /// alphanumeric first), parameters as RFC 9110 has them (`;` with optional whitespace, `name=`
 /// then a non-empty value of RFC 6838 characters or a quoted-string, which may hold tabs and
 /// obs-text but no other control character), one trailing `;` tolerated, optional whitespace
-/// around it all.
+/// around it all. A `+suffix` is not empty.
 pub fn is_media_type(text: &str) -> bool {
     let b = text.as_bytes();
     let ows = |mut i: usize| {
@@ -319,6 +319,10 @@ pub fn is_media_type(text: &str) -> bool {
     let Some(mut i) = name(i + 1) else {
         return false;
     };
+    if b[i - 1] == b'+' {
+        // A structured-syntax suffix (`+xml`) is not empty.
+        return false;
+    }
     loop {
         let k = ows(i);
         if k == b.len() {
@@ -546,6 +550,10 @@ impl Walk<'_> {
             .map_err(|e| format!("invalid JSON: {e}"))?
             .get();
         let n = raw.len();
+        if at + n == self.body.len() && raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+            // A number is complete only once the byte after it shows.
+            return Err("the body ends early".into());
+        }
         if 1 + depth(raw) > self.limits.max_depth {
             return Err("nested deeper than the limit".into());
         }
