@@ -4,7 +4,8 @@
 //! must reject.
 //!
 //! `DIFFERENTIAL_CASES` (default 100,000) and `DIFFERENTIAL_SEED` change the run;
-//! `DIFFERENTIAL_CASE=<n>` runs case `n` alone and prints it.
+//! `DIFFERENTIAL_CASE=<n>` runs case `n` alone and prints it; `DIFFERENTIAL_WRITE_CORPUS=<dir>`
+//! also writes the first 2,000 cases there as seeds for the fuzz target (`fuzz/`).
 
 mod oracle;
 
@@ -36,6 +37,15 @@ fn the_layer_agrees_with_the_reference() {
         return;
     }
     let cases = env_u64("DIFFERENTIAL_CASES").unwrap_or(100_000);
+    if let Ok(dir) = std::env::var("DIFFERENTIAL_WRITE_CORPUS") {
+        // Seeds for the fuzz target: the first cases, in its input format.
+        std::fs::create_dir_all(&dir).unwrap();
+        for n in 0..cases.min(2_000) {
+            let case = case(seed_of(base, n));
+            let path = format!("{dir}/case-{n:05}");
+            std::fs::write(path, case.to_fuzz_input(n as u8)).unwrap();
+        }
+    }
     let started = std::time::Instant::now();
     let mut failures = Vec::new();
     let (mut native, mut pass, mut reject, mut bytes) = (0u64, 0u64, 0u64, 0u64);

@@ -290,7 +290,7 @@ fn is_restricted(b: u8) -> bool {
 }
 
 /// A media type a document can have: RFC 6838 names (`type "/" subtype`, parameter names; an
-/// alphanumeric first), parameters as RFC 9110 has them (`;` with optional whitespace, `name=`
+/// alphanumeric first, at most 127 characters), parameters as RFC 9110 has them (`;` with optional whitespace, `name=`
 /// then a non-empty value of RFC 6838 characters or a quoted-string, which may hold tabs and
 /// obs-text but no other control character), one trailing `;` tolerated, optional whitespace
 /// around it all. A `+suffix` is not empty.
@@ -312,15 +312,27 @@ pub fn is_media_type(text: &str) -> bool {
         }
         Some(j)
     };
-    let Some(i) = name(ows(0)) else { return false };
+    let start = ows(0);
+    let Some(i) = name(start).filter(|&end| end - start <= 127) else {
+        return false;
+    };
     if b.get(i) != Some(&b'/') {
         return false;
     }
     let Some(mut i) = name(i + 1) else {
         return false;
     };
-    if b[i - 1] == b'+' {
-        // A structured-syntax suffix (`+xml`) is not empty.
+    let subtype = &b[text[..i].rfind('/').unwrap_or(0) + 1..i];
+    let (before, suffix) = match subtype.iter().rposition(|&c| c == b'+') {
+        Some(plus) => (&subtype[..plus], Some(&subtype[plus + 1..])),
+        None => (subtype, None),
+    };
+    // RFC 6838: names of at most 127 characters; a structured-syntax suffix (`+xml`) is a name
+    // of its own.
+    if before.len() > 127
+        || suffix
+            .is_some_and(|s| s.len() > 127 || !s.first().is_some_and(u8::is_ascii_alphanumeric))
+    {
         return false;
     }
     loop {
@@ -335,7 +347,9 @@ pub fn is_media_type(text: &str) -> bool {
         if k == b.len() {
             return true;
         }
-        let Some(k) = name(k) else { return false };
+        let Some(k) = name(k).filter(|&end| end - k <= 127) else {
+            return false;
+        };
         if b.get(k) != Some(&b'=') {
             return false;
         }
@@ -614,6 +628,44 @@ impl Walk<'_> {
         if let Some(decision) = decision {
             self.decided = Some((at, decision));
         }
+    }
+}
+
+pub use gen::Case;
+
+impl Case {
+    /// A case from a fuzz input: the first byte chooses the mode, the caps and whether the size
+    /// is announced, the second seeds the frame cuts, the rest is the body.
+    pub fn from_fuzz_input(data: &[u8]) -> Option<Case> {
+        let (&header, rest) = data.split_first()?;
+        let (&cut_seed, body) = rest.split_first()?;
+        let mut rng = gen::Rng::new(u64::from(cut_seed));
+        Some(Case {
+            body: body.to_vec(),
+            ends: gen::cuts(&mut rng, body.len()),
+            exact: header & 0x10 != 0,
+            mode: Mode::ALL[usize::from(header & 0x03)],
+            limits: if header & 0x04 != 0 {
+                Limits::SMALL
+            } else {
+                Limits::DEFAULT
+            },
+        })
+    }
+
+    /// The fuzz input for this case's body, mode, caps and size announcement (the cuts are
+    /// drawn again from `cut_seed`).
+    pub fn to_fuzz_input(&self, cut_seed: u8) -> Vec<u8> {
+        let mode = Mode::ALL.iter().position(|m| *m == self.mode).unwrap_or(0) as u8;
+        let small = if self.limits == Limits::SMALL {
+            0x04
+        } else {
+            0
+        };
+        let exact = if self.exact { 0x10 } else { 0 };
+        let mut input = vec![mode | small | exact, cut_seed];
+        input.extend_from_slice(&self.body);
+        input
     }
 }
 
