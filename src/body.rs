@@ -10,6 +10,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use crate::error::{BoxError, InvalidBinary};
+use crate::scan::ScanError;
 use crate::transcode::Transcoder;
 
 pin_project! {
@@ -44,8 +45,10 @@ pin_project! {
             body: Option<Pin<Box<B>>>,
         },
         Transcode {
+            held: VecDeque<Bytes>,
             body: Option<Pin<Box<B>>>,
             transcoder: Transcoder,
+            window: Option<Window>,
         },
     }
 }
@@ -81,12 +84,21 @@ impl<B> NegotiatedBody<B> {
         }
     }
 
-    /// The rest of the inner body, turned into output by `transcoder`.
-    pub(crate) fn transcode(body: Pin<Box<B>>, transcoder: Transcoder) -> Self {
+    /// Output already made (`held`), then the rest of the inner body turned into output by
+    /// `transcoder`; only the bytes inside `window` when there is one, ending as soon as the
+    /// window is complete (the inner body is then dropped).
+    pub(crate) fn transcode(
+        held: Vec<Bytes>,
+        body: Pin<Box<B>>,
+        transcoder: Transcoder,
+        window: Option<Window>,
+    ) -> Self {
         NegotiatedBody {
             kind: Kind::Transcode {
+                held: held.into(),
                 body: Some(body),
                 transcoder,
+                window,
             },
         }
     }
@@ -128,7 +140,15 @@ where
                     None => Poll::Ready(None),
                 },
             },
-            KindProj::Transcode { body, transcoder } => poll_transcode(body, transcoder, cx),
+            KindProj::Transcode {
+                held,
+                body,
+                transcoder,
+                window,
+            } => match held.pop_front() {
+                Some(frame) => Poll::Ready(Some(Ok(Frame::data(frame)))),
+                None => poll_window(body, transcoder, window, cx),
+            },
         }
     }
 
@@ -139,7 +159,15 @@ where
             Kind::Replay { held, body } => {
                 held.is_empty() && body.as_ref().is_none_or(|b| b.is_end_stream())
             }
-            Kind::Transcode { transcoder, .. } => transcoder.is_done(),
+            Kind::Transcode {
+                held,
+                transcoder,
+                window,
+                ..
+            } => {
+                held.is_empty()
+                    && (transcoder.is_done() || window.as_ref().is_some_and(Window::is_complete))
+            }
         }
     }
 
@@ -161,7 +189,104 @@ where
                 }
                 hint
             }
-            Kind::Transcode { .. } => SizeHint::default(),
+            Kind::Transcode { held, window, .. } => {
+                let held: u64 = held.iter().map(|f| f.len() as u64).sum();
+                match window {
+                    Some(window) => SizeHint::with_exact(held + window.remaining()),
+                    None => {
+                        let mut hint = SizeHint::new();
+                        hint.set_lower(held);
+                        hint
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A byte range of the output: the bytes `first..=last` of the document, of which the bytes
+/// before `pos` have gone by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Window {
+    pos: u64,
+    first: u64,
+    last: u64,
+}
+
+impl Window {
+    /// The bytes `first..=last`, the next output byte being byte `pos` of the document.
+    pub(crate) fn new(pos: u64, first: u64, last: u64) -> Self {
+        Window { pos, first, last }
+    }
+
+    /// The part of `frame`, the next output bytes, that lies inside the window.
+    pub(crate) fn clip(&mut self, mut frame: Bytes) -> Option<Bytes> {
+        let start = self.pos;
+        let end = start + frame.len() as u64;
+        self.pos = end;
+        if end <= self.first || start > self.last {
+            return None;
+        }
+        let from = self.first.saturating_sub(start) as usize;
+        let to = (self.last + 1).min(end) - start;
+        frame.truncate(to as usize);
+        frame.advance(from);
+        Some(frame)
+    }
+
+    /// Whether every byte of the window has gone by.
+    pub(crate) fn is_complete(&self) -> bool {
+        self.pos > self.last
+    }
+
+    /// How many bytes of the window are still to come.
+    pub(crate) fn remaining(&self) -> u64 {
+        (self.last + 1).saturating_sub(self.pos.max(self.first))
+    }
+}
+
+/// The output clipped to the window, when there is one; the body ends as soon as the window
+/// is complete, without reading the rest of the inner body.
+fn poll_window<B>(
+    body: &mut Option<Pin<Box<B>>>,
+    transcoder: &mut Transcoder,
+    window: &mut Option<Window>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    let Some(range) = window else {
+        return poll_transcode(body, transcoder, cx);
+    };
+    loop {
+        if range.is_complete() {
+            *body = None;
+            transcoder.abort();
+            return Poll::Ready(None);
+        }
+        match std::task::ready!(poll_transcode(body, transcoder, cx)) {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if let Some(part) = range.clip(data) {
+                        return Poll::Ready(Some(Ok(Frame::data(part))));
+                    }
+                }
+            }
+            Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+            None => {
+                // The document is shorter than the range the head announced.
+                let short = ScanError::new(
+                    format!(
+                        "the document ends at byte {}, before the end of the range {}-{} that was announced",
+                        range.pos, range.first, range.last
+                    ),
+                    transcoder.input_position(),
+                );
+                *window = None;
+                return Poll::Ready(Some(Err(InvalidBinary::from(short).into())));
+            }
         }
     }
 }
@@ -224,4 +349,39 @@ where
                 .map_err(Into::into)
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_clips_frames_at_any_boundary() {
+        let document: Vec<u8> = (0..100u8).collect();
+        for (first, last) in [(0, 0), (0, 99), (10, 19), (95, 120), (42, 42)] {
+            for size in [1, 3, 10, 64, 100] {
+                let mut window = Window::new(0, first, last);
+                let mut got = Vec::new();
+                for chunk in document.chunks(size) {
+                    if let Some(part) = window.clip(Bytes::copy_from_slice(chunk)) {
+                        got.extend_from_slice(&part);
+                    }
+                }
+                let end = (last as usize + 1).min(document.len());
+                assert_eq!(
+                    got,
+                    document[first as usize..end],
+                    "{first}-{last} by {size}"
+                );
+                assert_eq!(window.is_complete(), last < 100);
+            }
+        }
+        let mut window = Window::new(5, 10, 19);
+        assert_eq!(window.remaining(), 10);
+        assert_eq!(
+            window.clip(Bytes::from_static(b"abcdefg")),
+            Some(Bytes::from_static(b"fg"))
+        );
+        assert_eq!(window.remaining(), 8);
+    }
 }

@@ -1,9 +1,16 @@
 //! Response heads of negotiated responses.
 
 use http::header::{
-    HeaderMap, HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING,
-    VARY, X_CONTENT_TYPE_OPTIONS,
+    HeaderMap, HeaderName, HeaderValue, ACCEPT_RANGES, CONTENT_DISPOSITION, CONTENT_ENCODING,
+    CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LAST_MODIFIED, TRANSFER_ENCODING, VARY,
 };
+
+use crate::conditional::{etag_of, last_modified_of};
+use crate::policy::SecurityPolicy;
+use crate::transcode::Metadata;
+
+/// `X-Security-Context`, as HAPI, Firely and DSF send it.
+pub(crate) const X_SECURITY_CONTEXT: HeaderName = HeaderName::from_static("x-security-context");
 
 /// Adds `Accept` to `Vary`, keeping what the inner service listed and not listing it twice.
 ///
@@ -38,17 +45,91 @@ pub(crate) fn replace_body_headers(
     }
 }
 
-/// The head of the raw document.
-pub(crate) fn native(headers: &mut HeaderMap, content_type: HeaderValue, length: Option<u64>) {
+/// The head of the raw document: its type and length, the browser policy, the validators
+/// and the security context from the Binary (unless the inner service set them), `Vary` and
+/// `Accept-Ranges`. `Content-Location` and the inner service's other headers stay.
+pub(crate) fn native(
+    headers: &mut HeaderMap,
+    content_type: HeaderValue,
+    length: Option<u64>,
+    metadata: &Metadata,
+    policy: SecurityPolicy,
+) {
+    let type_text = content_type.to_str().unwrap_or_default().to_owned();
     replace_body_headers(headers, content_type, length);
-    // The document's type comes from the Binary; a browser must not guess another one.
-    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    // nosniff always: the document's type comes from the Binary, a browser must not guess.
+    policy.apply(headers, &type_text, metadata.id.as_deref());
+    let meta = metadata.meta.as_ref();
+    if !headers.contains_key(ETAG) {
+        if let Some(etag) = etag_of(meta) {
+            headers.insert(ETAG, etag);
+        }
+    }
+    if !headers.contains_key(LAST_MODIFIED) {
+        if let Some(date) = last_modified_of(meta) {
+            headers.insert(LAST_MODIFIED, date);
+        }
+    }
+    if !headers.contains_key(X_SECURITY_CONTEXT) {
+        let reference = metadata
+            .security_context
+            .as_ref()
+            .and_then(|context| context.get("reference"))
+            .and_then(serde_json::Value::as_str)
+            .filter(|reference| !reference.is_empty())
+            .and_then(|reference| HeaderValue::from_str(reference).ok());
+        if let Some(reference) = reference {
+            headers.insert(X_SECURITY_CONTEXT, reference);
+        }
+    }
+    headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     vary_accept(headers);
+}
+
+/// Turns a native head into that of 304 Not Modified: the validators, `Vary`,
+/// `Content-Location` and caching headers stay; what describes a body goes.
+pub(crate) fn not_modified(headers: &mut HeaderMap) {
+    for name in [
+        CONTENT_TYPE,
+        CONTENT_LENGTH,
+        CONTENT_RANGE,
+        CONTENT_DISPOSITION,
+        CONTENT_ENCODING,
+        TRANSFER_ENCODING,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// Turns a native head into that of 206 Partial Content for bytes `first..=last` of a document
+/// of `length` bytes (`*` when the length is not known yet).
+pub(crate) fn partial(headers: &mut HeaderMap, first: u64, last: u64, length: Option<u64>) {
+    let length = length.map_or_else(|| "*".to_owned(), |n| n.to_string());
+    let range = format!("bytes {first}-{last}/{length}");
+    headers.insert(
+        CONTENT_RANGE,
+        HeaderValue::from_str(&range).expect("digits are a valid header value"),
+    );
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(last - first + 1));
+}
+
+/// Turns a native head into that of 416 Range Not Satisfiable for a document of `length`
+/// bytes: no body, `Content-Range: bytes */length`.
+pub(crate) fn unsatisfiable(headers: &mut HeaderMap, length: u64) {
+    headers.remove(CONTENT_TYPE);
+    headers.remove(CONTENT_DISPOSITION);
+    headers.insert(
+        CONTENT_RANGE,
+        HeaderValue::from_str(&format!("bytes */{length}"))
+            .expect("digits are a valid header value"),
+    );
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(0u64));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn vary(headers: &HeaderMap) -> Vec<&str> {
         headers
@@ -90,18 +171,108 @@ mod tests {
         );
         headers.insert(CONTENT_LENGTH, HeaderValue::from_static("1234"));
         headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        let metadata = Metadata::default();
         native(
             &mut headers,
             HeaderValue::from_static("application/pdf"),
             Some(7),
+            &metadata,
+            SecurityPolicy::Standard,
         );
         assert_eq!(headers[CONTENT_TYPE], "application/pdf");
         assert_eq!(headers[CONTENT_LENGTH], "7");
         assert!(headers.get(TRANSFER_ENCODING).is_none());
-        assert_eq!(headers[X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert_eq!(headers[http::header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert_eq!(headers[ACCEPT_RANGES], "bytes");
         assert_eq!(vary(&headers), ["Accept"]);
+        assert!(headers.get(ETAG).is_none());
+        assert!(headers.get(X_SECURITY_CONTEXT).is_none());
 
-        native(&mut headers, HeaderValue::from_static("image/png"), None);
+        native(
+            &mut headers,
+            HeaderValue::from_static("image/png"),
+            None,
+            &metadata,
+            SecurityPolicy::Standard,
+        );
         assert!(headers.get(CONTENT_LENGTH).is_none());
+    }
+
+    #[test]
+    fn validators_and_security_context_from_the_binary_unless_the_inner_set_them() {
+        let metadata = Metadata {
+            id: Some("x".into()),
+            meta: Some(json!({"versionId": "2", "lastUpdated": "2020-01-02T03:04:05.678Z"})),
+            security_context: Some(json!({"reference": "Patient/1"})),
+        };
+        let mut headers = HeaderMap::new();
+        let pdf = || HeaderValue::from_static("application/pdf");
+        native(
+            &mut headers,
+            pdf(),
+            None,
+            &metadata,
+            SecurityPolicy::Standard,
+        );
+        assert_eq!(headers[ETAG], "W/\"2\"");
+        assert_eq!(headers[LAST_MODIFIED], "Thu, 02 Jan 2020 03:04:05 GMT");
+        assert_eq!(headers[X_SECURITY_CONTEXT], "Patient/1");
+
+        let mut headers = HeaderMap::new();
+        headers.insert(ETAG, HeaderValue::from_static("\"inner\""));
+        headers.insert(
+            LAST_MODIFIED,
+            HeaderValue::from_static("Mon, 01 Jan 2001 00:00:00 GMT"),
+        );
+        native(
+            &mut headers,
+            pdf(),
+            None,
+            &metadata,
+            SecurityPolicy::Standard,
+        );
+        assert_eq!(headers[ETAG], "\"inner\"");
+        assert_eq!(headers[LAST_MODIFIED], "Mon, 01 Jan 2001 00:00:00 GMT");
+
+        let injected = Metadata {
+            security_context: Some(json!({"reference": "Patient/1\r\nSet-Cookie: a=b"})),
+            ..Metadata::default()
+        };
+        let mut headers = HeaderMap::new();
+        native(
+            &mut headers,
+            pdf(),
+            None,
+            &injected,
+            SecurityPolicy::Standard,
+        );
+        assert!(headers.get(X_SECURITY_CONTEXT).is_none());
+        assert!(headers.get("set-cookie").is_none());
+    }
+
+    #[test]
+    fn partial_unsatisfiable_and_not_modified_heads() {
+        let mut headers = HeaderMap::new();
+        partial(&mut headers, 10, 19, Some(100));
+        assert_eq!(headers[CONTENT_RANGE], "bytes 10-19/100");
+        assert_eq!(headers[CONTENT_LENGTH], "10");
+        partial(&mut headers, 0, 0, None);
+        assert_eq!(headers[CONTENT_RANGE], "bytes 0-0/*");
+
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/pdf"));
+        unsatisfiable(&mut headers, 100);
+        assert_eq!(headers[CONTENT_RANGE], "bytes */100");
+        assert_eq!(headers[CONTENT_LENGTH], "0");
+        assert!(headers.get(CONTENT_TYPE).is_none());
+
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/pdf"));
+        headers.insert(CONTENT_LENGTH, HeaderValue::from_static("7"));
+        headers.insert(ETAG, HeaderValue::from_static("W/\"1\""));
+        not_modified(&mut headers);
+        assert!(headers.get(CONTENT_TYPE).is_none());
+        assert!(headers.get(CONTENT_LENGTH).is_none());
+        assert_eq!(headers[ETAG], "W/\"1\"");
     }
 }

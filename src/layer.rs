@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use tower_layer::Layer;
 
+use crate::policy::SecurityPolicy;
 use crate::scan::ScanLimits;
 use crate::service::BinaryNegotiation;
 use crate::FhirVersion;
@@ -40,6 +41,7 @@ pub(crate) struct Config {
     pub(crate) read_whole_limit: usize,
     pub(crate) frame_size: usize,
     pub(crate) native_when_not_acceptable: bool,
+    pub(crate) security_policy: SecurityPolicy,
 }
 
 impl Default for Config {
@@ -54,6 +56,7 @@ impl Default for Config {
             read_whole_limit: 256 * 1024,
             frame_size: 64 * 1024,
             native_when_not_acceptable: false,
+            security_policy: SecurityPolicy::Standard,
         }
     }
 }
@@ -90,6 +93,10 @@ impl BinaryNegotiationLayer {
     ///
     /// Such responses get a `Content-Length` for the decoded document, and any fault in the
     /// Binary becomes a 502 rather than a broken transfer. Larger bodies are streamed.
+    ///
+    /// The same number of bytes of decoded output is kept before the head goes out when a
+    /// streamed document is asked for a range, or under a condition whose validators are not
+    /// known yet (see the [crate documentation](crate#conditional-and-range-requests)).
     pub fn read_whole_limit(mut self, bytes: usize) -> Self {
         self.config.read_whole_limit = bytes;
         self
@@ -123,6 +130,17 @@ impl BinaryNegotiationLayer {
     /// way: it names a format the server cannot produce.
     pub fn serve_native_when_not_acceptable(mut self, yes: bool) -> Self {
         self.config.native_when_not_acceptable = yes;
+        self
+    }
+}
+
+impl BinaryNegotiationLayer {
+    /// How the raw document is presented to browsers (default [`SecurityPolicy::Standard`]:
+    /// active content such as HTML or SVG is sandboxed and downloaded, passive content such as
+    /// a PDF or an image is shown inline). `X-Content-Type-Options: nosniff` is sent whatever
+    /// the policy.
+    pub fn security_policy(mut self, policy: SecurityPolicy) -> Self {
+        self.config.security_policy = policy;
         self
     }
 }

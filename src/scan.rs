@@ -152,6 +152,9 @@ const CAPTURED: &[&str] = &[
     "_content",
 ];
 
+/// Gathered payload text is decoded once it reaches this size.
+const UNESCAPED_FLUSH: usize = 16 * 1024;
+
 /// Longest member name worth collecting; longer names are none of the above.
 const MAX_KEY: usize = 32;
 
@@ -313,6 +316,9 @@ pub(crate) struct Scanner {
     /// Offset of the payload string's opening quote: base64 errors are reported there, with
     /// their position inside the string in the message.
     payload_start: u64,
+    /// Payload text gathered across escapes, for the decoder (bounded by [`UNESCAPED_FLUSH`]
+    /// and by one call's input).
+    unescaped: Vec<u8>,
 }
 
 impl Scanner {
@@ -340,6 +346,7 @@ impl Scanner {
             decoder: Base64Decoder::new(),
             failed: None,
             payload_start: 0,
+            unescaped: Vec::new(),
         }
     }
 
@@ -889,8 +896,22 @@ impl Scanner {
             match self.esc {
                 Esc::None => {
                     let rest = &input[i..];
-                    let end = memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
-                    self.payload_raw(&rest[..end], mode, out)?;
+                    let end = if self.unescaped.is_empty() {
+                        memchr2(b'"', b'\\', rest).unwrap_or(rest.len())
+                    } else {
+                        // Runs between escapes are short: gather them with a plain loop, which
+                        // costs less than starting a vector search for each.
+                        let n = plain_prefix(rest);
+                        self.unescaped.extend_from_slice(&rest[..n]);
+                        if rest.get(n).is_some_and(|&b| b < 0x20) {
+                            // A raw control character: the decoder reports it.
+                            self.flush_unescaped(mode, out)?;
+                            self.payload_raw(&rest[n..=n], false, mode, out)?;
+                        }
+                        n
+                    };
+                    let before_escape = rest.get(end) == Some(&b'\\');
+                    self.payload_raw(&rest[..end], before_escape, mode, out)?;
                     i += end;
                     if end == rest.len() {
                         break;
@@ -898,6 +919,7 @@ impl Scanner {
                     i += 1;
                     if rest[end] == b'"' {
                         if mode != PayloadMode::Skip && mode != PayloadMode::Pause {
+                            self.flush_unescaped(mode, out)?;
                             let sink = if mode == PayloadMode::Decode {
                                 Some(&mut *out)
                             } else {
@@ -969,17 +991,56 @@ impl Scanner {
                 }
             }
         }
+        // Everything consumed is decoded before returning: output never lags the input.
+        self.flush_unescaped(mode, out)?;
         Ok((i, false))
+    }
+
+    /// Decodes the text gathered from runs broken up by escapes.
+    fn flush_unescaped(&mut self, mode: PayloadMode, out: &mut BytesMut) -> Result<(), ScanError> {
+        if self.unescaped.is_empty() {
+            return Ok(());
+        }
+        let result = match mode {
+            PayloadMode::Decode => self.decoder.feed_raw(&self.unescaped, Some(out)),
+            _ => self.decoder.feed_raw(&self.unescaped, None),
+        };
+        self.unescaped.clear();
+        result.map_err(|e| payload_error(self.payload_key, e, self.payload_start))
     }
 
     fn payload_raw(
         &mut self,
         seg: &[u8],
+        before_escape: bool,
         mode: PayloadMode,
         out: &mut BytesMut,
     ) -> Result<(), ScanError> {
         if seg.is_empty() {
             return Ok(());
+        }
+        if matches!(mode, PayloadMode::Decode | PayloadMode::Validate) && !self.unescaped.is_empty()
+        {
+            // Already gathered by `plain_prefix`.
+            if self.unescaped.len() >= UNESCAPED_FLUSH {
+                self.flush_unescaped(mode, out)?;
+            }
+            return Ok(());
+        }
+        if matches!(mode, PayloadMode::Decode | PayloadMode::Validate) && before_escape {
+            // Runs between escapes (`\/` from PHP every 64 characters or so, `\n` line
+            // wrapping) are gathered with the escaped characters into one buffer, so that the
+            // decoder sees long inputs. A raw control character goes to the decoder as it is,
+            // to be reported as such.
+            if seg.iter().fold(false, |any, &b| any | (b < 0x20)) {
+                self.flush_unescaped(mode, out)?;
+            } else {
+                self.unescaped.extend_from_slice(seg);
+                if self.unescaped.len() >= UNESCAPED_FLUSH {
+                    self.flush_unescaped(mode, out)?;
+                }
+                return Ok(());
+            }
         }
         let result = match mode {
             PayloadMode::Skip | PayloadMode::Pause => Ok(()),
@@ -1002,6 +1063,24 @@ impl Scanner {
         mode: PayloadMode,
         out: &mut BytesMut,
     ) -> Result<(), ScanError> {
+        if matches!(mode, PayloadMode::Decode | PayloadMode::Validate) {
+            // An escaped base64 character stands in the text like a raw one; escaped whitespace
+            // like a raw space (one character either way, so positions in messages hold).
+            // Anything else goes to the decoder as an escape, to be reported as one.
+            let stand_in = match ch {
+                'A'..='Z' | 'a'..='z' | '0'..='9' | '+' | '/' | '=' => Some(ch as u8),
+                ' ' | '\t' | '\n' | '\r' => Some(b' '),
+                _ => None,
+            };
+            if let Some(byte) = stand_in {
+                self.unescaped.push(byte);
+                if self.unescaped.len() >= UNESCAPED_FLUSH {
+                    self.flush_unescaped(mode, out)?;
+                }
+                return Ok(());
+            }
+            self.flush_unescaped(mode, out)?;
+        }
         let result = match mode {
             PayloadMode::Skip | PayloadMode::Pause => Ok(()),
             PayloadMode::Decode => self.decoder.feed_escaped(ch, Some(out)),
@@ -1036,6 +1115,32 @@ fn payload_error(
 ) -> ScanError {
     let name = key.map_or("data", PayloadElement::name);
     ScanError::new(format!("`{name}` is not valid base64: {e}"), pos)
+}
+
+/// The length of the prefix of `input` that holds no `"`, `\`, or control character.
+fn plain_prefix(input: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // A byte of `x` is zero where its high bit is set in `zero(x)`. Borrows can only mark bytes
+    // above a true match, so the lowest mark is exact.
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    let mut i = 0;
+    // Eight bytes at a time, without branching per byte: runs between escapes are short, and a
+    // vector search costs more to start than it saves on them.
+    while let Some(word) = input.get(i..i + 8) {
+        let x = u64::from_le_bytes(word.try_into().unwrap_or_default());
+        let marks = zero(x ^ (ONES * u64::from(b'"')))
+            | zero(x ^ (ONES * u64::from(b'\\')))
+            | (x.wrapping_sub(ONES * 0x20) & !x & HIGHS);
+        if marks != 0 {
+            return i + (marks.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while i < input.len() && !matches!(input[i], b'"' | b'\\' | 0..=0x1f) {
+        i += 1;
+    }
+    i
 }
 
 fn is_ws(b: u8) -> bool {
@@ -1290,5 +1395,52 @@ mod tests {
         let first = scanner.feed(b"{\"a\":x", &mut out).unwrap_err();
         assert_eq!(scanner.feed(b"}", &mut out).unwrap_err(), first);
         assert_eq!(scanner.finish().unwrap_err(), first);
+    }
+    #[test]
+    fn plain_prefix_stops_at_the_first_special_byte() {
+        let naive = |input: &[u8]| {
+            input
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+                .unwrap_or(input.len())
+        };
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        for len in 0..200 {
+            for _ in 0..50 {
+                let input: Vec<u8> = (0..len)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        // Mostly plain text, sometimes a special or a high byte.
+                        match state % 97 {
+                            0 => b'"',
+                            1 => b'\\',
+                            2 => (state >> 8) as u8 % 0x20,
+                            3 => 0x80 | (state >> 8) as u8,
+                            _ => b'A' + (state >> 8) as u8 % 26,
+                        }
+                    })
+                    .collect();
+                assert_eq!(plain_prefix(&input), naive(&input), "{input:?}");
+            }
+        }
+        for b in 0..=255u8 {
+            let mut input = vec![b'x'; 20];
+            input[11] = b;
+            assert_eq!(plain_prefix(&input), naive(&input), "byte {b}");
+        }
+    }
+
+    #[test]
+    fn a_raw_control_character_between_escapes_is_reported() {
+        let e = scan_all_ways(b"{\"data\":\"QU\\/J\x01D\"}", PayloadMode::Decode).unwrap_err();
+        assert!(e.message().contains("control character 0x01"), "{e}");
+        let ok = scan_all_ways(
+            b"{\"data\":\"\\/\\/\\/\\/ Q\\u0055\\u004a\\u0044\"}",
+            PayloadMode::Decode,
+        )
+        .unwrap();
+        assert_eq!(ok.output, [0xff, 0xff, 0xff, b'A', b'B', b'C']);
     }
 }

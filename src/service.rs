@@ -10,6 +10,7 @@ use http_body::Body;
 use tower_service::Service;
 
 use crate::body::NegotiatedBody;
+use crate::conditional::Conditions;
 use crate::error::BoxError;
 use crate::future::{Negotiated, ResponseFuture};
 use crate::layer::Config;
@@ -74,6 +75,9 @@ where
             fixed: preference.fixed(),
             preference,
             is_head,
+            // Kept for the raw document: `Range` and `If-Range` do not go on to the inner
+            // service, the others go on as well.
+            conditions: Conditions::from_request(request.headers(), is_head),
             config: Arc::clone(&self.config),
         };
         if negotiated.fixed == Some(Decision::NotAcceptable)

@@ -43,6 +43,17 @@ pub(crate) enum Head {
     Invalid(ScanError),
 }
 
+/// The Binary's own description of itself that goes into the head of the raw document.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Metadata {
+    /// `id`, when it is a string.
+    pub(crate) id: Option<String>,
+    /// `meta` (`versionId`, `lastUpdated`).
+    pub(crate) meta: Option<Value>,
+    /// `securityContext` (its `reference`).
+    pub(crate) security_context: Option<Value>,
+}
+
 /// What the driver is doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -130,9 +141,33 @@ impl Transcoder {
         }
     }
 
+    /// Bytes of the inner body the scanner has consumed.
+    pub(crate) fn input_position(&self) -> u64 {
+        self.scanner.position()
+    }
+
     /// Decoded (or counted) payload bytes so far.
     pub(crate) fn decoded_len(&self) -> u64 {
         self.scanner.decoded_len()
+    }
+
+    /// A member of the Binary, as far as it is known: once the scanner has read it, or when it
+    /// was known at the decision (a replay starts a fresh scanner that has not read it again
+    /// yet). Members that come after the payload are known only once the scanner is past them.
+    pub(crate) fn member(&self, key: &str) -> Option<&Value> {
+        self.scanner
+            .members()
+            .get(key)
+            .or_else(|| self.members.get(key))
+    }
+
+    /// What the Binary says about itself that the native head carries, as far as it is known.
+    pub(crate) fn metadata(&self) -> Metadata {
+        Metadata {
+            id: self.member("id").and_then(Value::as_str).map(str::to_owned),
+            meta: self.member("meta").cloned(),
+            security_context: self.member("securityContext").cloned(),
+        }
     }
 
     /// Takes a frame while deciding; returns the head once it is decided.

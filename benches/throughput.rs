@@ -1,0 +1,216 @@
+//! Throughput of the layer against baselines measured in the same run: memcpy of the decoded
+//! size (the machine's limit), the naive path users write by hand (collect, serde_json, base64
+//! STANDARD) and passthrough (the same inner service without the layer).
+//!
+//! `cargo bench --bench throughput`; `BENCH_MIB=16 cargo bench ...` for a smaller document.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tower::{service_fn, Service, ServiceExt};
+use tower_fhir_binary::BinaryNegotiationLayer;
+use tower_layer::Layer;
+
+/// The inner body: ready frames, as a fast upstream delivers them; the size is not announced.
+struct Frames(VecDeque<Bytes>);
+
+impl Body for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+struct Document {
+    decoded: Vec<u8>,
+    /// The Binary JSON, cut into frames.
+    frames: Vec<Bytes>,
+}
+
+fn document(size: usize, frame: usize, escape_slashes: bool) -> Document {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let decoded: Vec<u8> = (0..size)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let mut base64 = base64::engine::general_purpose::STANDARD.encode(&decoded);
+    if escape_slashes {
+        base64 = base64.replace('/', "\\/");
+    }
+    let json = format!(
+        r#"{{"resourceType":"Binary","id":"bench","meta":{{"versionId":"1"}},"contentType":"application/pdf","data":"{base64}"}}"#
+    );
+    let json = Bytes::from(json);
+    let frames = (0..json.len())
+        .step_by(frame)
+        .map(|at| json.slice(at..(at + frame).min(json.len())))
+        .collect();
+    Document { decoded, frames }
+}
+
+fn inner(
+    frames: Vec<Bytes>,
+) -> impl Service<Request<()>, Response = Response<Frames>, Error = Infallible, Future: Send> + Clone
+{
+    service_fn(move |_request: Request<()>| {
+        let body = Frames(frames.iter().cloned().collect());
+        async move {
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .header("content-type", "application/fhir+json")
+                    .body(body)
+                    .unwrap(),
+            )
+        }
+    })
+}
+
+/// Drives a body to its end, counting bytes without keeping them.
+async fn drain<B: Body>(body: B) -> usize
+where
+    B::Error: std::fmt::Debug,
+{
+    let mut body = std::pin::pin!(body);
+    let mut total = 0;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            total += bytes::Buf::remaining(&data);
+        }
+    }
+    total
+}
+
+fn bench_large(c: &mut Criterion) {
+    let mib: usize = std::env::var("BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let size = mib << 20;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let plain = document(size, 64 << 10, false);
+    let escaped = document(size, 64 << 10, true);
+
+    let mut group = c.benchmark_group(format!("{mib} MiB Binary, 64 KiB frames"));
+    group.sample_size(10);
+    group.throughput(Throughput::Bytes(size as u64));
+
+    let mut target = vec![0u8; size];
+    group.bench_function("baseline: memcpy of the decoded size", |b| {
+        b.iter(|| {
+            target.copy_from_slice(black_box(&plain.decoded));
+            black_box(&target);
+        })
+    });
+
+    group.bench_function("baseline: naive collect + serde_json + base64", |b| {
+        let service = inner(plain.frames.clone());
+        b.iter(|| {
+            runtime.block_on(async {
+                let response = service.clone().oneshot(Request::new(())).await.unwrap();
+                let json = response.into_body().collect().await.unwrap().to_bytes();
+                let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+                let data = value["data"].as_str().unwrap();
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(data)
+                    .unwrap();
+                assert_eq!(decoded.len(), size);
+            })
+        })
+    });
+
+    group.bench_function("baseline: passthrough (no layer)", |b| {
+        let service = inner(plain.frames.clone());
+        b.iter(|| {
+            runtime.block_on(async {
+                let response = service.clone().oneshot(Request::new(())).await.unwrap();
+                black_box(drain(response.into_body()).await);
+            })
+        })
+    });
+
+    for (name, doc, uri) in [
+        ("layer: native", &plain, "/Binary/bench"),
+        (
+            "layer: native, base64 with \\/ escapes",
+            &escaped,
+            "/Binary/bench",
+        ),
+        (
+            "layer: FHIR JSON (passthrough)",
+            &plain,
+            "/Binary/bench?_format=json",
+        ),
+        ("layer: FHIR XML", &plain, "/Binary/bench?_format=xml"),
+    ] {
+        let service = BinaryNegotiationLayer::new().layer(inner(doc.frames.clone()));
+        let native = !uri.contains("_format");
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                runtime.block_on(async {
+                    let request = Request::get(uri).body(()).unwrap();
+                    let response = service.clone().oneshot(request).await.unwrap();
+                    let total = drain(response.into_body()).await;
+                    if native {
+                        assert_eq!(total, size);
+                    }
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+fn bench_small(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let doc = document(4 << 10, 64 << 10, false);
+    let mut group = c.benchmark_group("4 KiB Binary, per request");
+    let plain = inner(doc.frames.clone());
+    group.bench_function("baseline: passthrough (no layer)", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let response = plain.clone().oneshot(Request::new(())).await.unwrap();
+                black_box(drain(response.into_body()).await);
+            })
+        })
+    });
+    let layered = BinaryNegotiationLayer::new().layer(inner(doc.frames.clone()));
+    group.bench_function("layer: native", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let request = Request::get("/Binary/bench").body(()).unwrap();
+                let response = layered.clone().oneshot(request).await.unwrap();
+                assert_eq!(drain(response.into_body()).await, 4 << 10);
+            })
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_large, bench_small);
+criterion_main!(benches);

@@ -1,0 +1,324 @@
+//! How the raw document is presented to a browser: sniffing, sandboxing, inline or download,
+//! and the file name it is saved under.
+
+use http::header::{
+    HeaderMap, HeaderValue, CONTENT_DISPOSITION, CONTENT_SECURITY_POLICY, X_CONTENT_TYPE_OPTIONS,
+};
+
+/// How the layer protects a browser from the documents it serves natively.
+///
+/// A Binary is whatever someone uploaded: an HTML page or an SVG image with a script in it,
+/// served from the FHIR server's own origin, would run with the user's session there. The
+/// layer therefore sorts content types into *active* ones, which a browser may execute or
+/// render as a page (HTML, XHTML, SVG, any XML type, JavaScript and ECMAScript types,
+/// Flash, WebAssembly, `multipart/x-mixed-replace`, and every type the layer does not know),
+/// and *passive* ones, which a browser only shows (PDF, images other than SVG, audio, video,
+/// fonts, `text/plain`, `text/csv`, JSON, `application/dicom`, `application/zip`,
+/// `application/gzip` and `application/octet-stream`, which browsers download and never
+/// execute).
+///
+/// Whatever the policy, every native response carries `X-Content-Type-Options: nosniff`, so
+/// that a browser never takes a passive type for an active one. The `Content-Disposition`
+/// names the file after the Binary's `id` with an extension for its content type
+/// (`example.pdf`), falling back to `binary` when the id is missing or not a plain FHIR id.
+///
+/// ```
+/// use tower_fhir_binary::{BinaryNegotiationLayer, SecurityPolicy};
+///
+/// let layer = BinaryNegotiationLayer::new().security_policy(SecurityPolicy::AttachmentAlways);
+/// # let _ = layer;
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SecurityPolicy {
+    /// The default. Active content gets `Content-Security-Policy: sandbox` and
+    /// `Content-Disposition: attachment` (the browser saves it rather than running it, and a
+    /// page that is shown anyway runs in a unique origin without scripts); passive content is
+    /// `inline`, so that a browser shows a PDF or an image. No sandbox ever goes on a passive
+    /// type: browsers refuse to render a PDF under `sandbox`.
+    #[default]
+    Standard,
+    /// Every document is an `attachment` (always downloaded); active content is also
+    /// sandboxed.
+    AttachmentAlways,
+    /// Every document is `inline`; active content is sandboxed, so that an HTML page or an
+    /// SVG image is shown with its scripts disabled, in a unique origin.
+    InlineSandboxed,
+    /// Only `X-Content-Type-Options: nosniff`: no `Content-Disposition` and no
+    /// `Content-Security-Policy` are added. For applications that serve Binaries from a
+    /// separate, cookie-less origin, or set these headers themselves.
+    NosniffOnly,
+}
+
+impl SecurityPolicy {
+    /// Adds the headers of this policy for a document of `content_type` whose Binary has the
+    /// id `id`.
+    pub(crate) fn apply(self, headers: &mut HeaderMap, content_type: &str, id: Option<&str>) {
+        headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        if self == SecurityPolicy::NosniffOnly {
+            return;
+        }
+        let active = is_active(content_type);
+        if active {
+            // Appended: a policy the inner service set is enforced as well.
+            headers.append(CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox"));
+        }
+        let attachment = match self {
+            SecurityPolicy::AttachmentAlways => true,
+            SecurityPolicy::InlineSandboxed => false,
+            _ => active,
+        };
+        let disposition = if attachment { "attachment" } else { "inline" };
+        let value = format!("{disposition}; filename=\"{}\"", filename(id, content_type));
+        // The file name is made of [A-Za-z0-9._-] only (see `filename`), so this cannot fail.
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(CONTENT_DISPOSITION, value);
+        }
+    }
+}
+
+/// The media type without parameters, lowercased.
+fn essence(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// Whether a browser may execute `content_type` or render it as a page. Unknown types are
+/// active: the safe side (a browser downloads a type it does not know anyway).
+pub(crate) fn is_active(content_type: &str) -> bool {
+    let essence = essence(content_type);
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return true;
+    };
+    // XML of any kind can carry XHTML, scripts or XSLT: text/xml, application/xml, SVG,
+    // XHTML, application/fhir+xml...
+    if subtype == "xml" || subtype.ends_with("+xml") {
+        return true;
+    }
+    let passive = match kind {
+        "image" | "audio" | "video" | "font" => true,
+        "text" => matches!(subtype, "plain" | "csv"),
+        "application" => {
+            matches!(
+                subtype,
+                "pdf" | "octet-stream" | "json" | "dicom" | "zip" | "gzip"
+            ) || subtype.ends_with("+json")
+        }
+        _ => false,
+    };
+    !passive
+}
+
+/// The usual file extension for `content_type`, from a small table of the types FHIR servers
+/// commonly hold; None for others.
+pub(crate) fn extension(content_type: &str) -> Option<&'static str> {
+    let essence = essence(content_type);
+    let known = match essence.as_str() {
+        "application/pdf" => "pdf",
+        "image/jpeg" | "image/jpg" | "image/pjpeg" => "jpg",
+        "image/png" => "png",
+        "image/gif" => "gif",
+        "image/webp" => "webp",
+        "image/bmp" => "bmp",
+        "image/tiff" => "tif",
+        "image/avif" => "avif",
+        "image/heic" => "heic",
+        "image/svg+xml" => "svg",
+        "text/html" => "html",
+        "application/xhtml+xml" => "xhtml",
+        "text/plain" => "txt",
+        "text/csv" => "csv",
+        "text/rtf" | "application/rtf" => "rtf",
+        "text/javascript" | "application/javascript" | "application/ecmascript" => "js",
+        "application/json" => "json",
+        "application/dicom" => "dcm",
+        "application/zip" => "zip",
+        "application/gzip" => "gz",
+        "application/octet-stream" => "bin",
+        "application/msword" => "doc",
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document" => "docx",
+        "application/vnd.ms-excel" => "xls",
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet" => "xlsx",
+        "audio/mpeg" => "mp3",
+        "audio/wav" | "audio/x-wav" => "wav",
+        "audio/ogg" => "ogg",
+        "video/mp4" => "mp4",
+        "video/webm" => "webm",
+        "text/xml" | "application/xml" => "xml",
+        _ => "",
+    };
+    if !known.is_empty() {
+        return Some(known);
+    }
+    if essence.ends_with("+xml") {
+        Some("xml")
+    } else if essence.ends_with("+json") {
+        Some("json")
+    } else {
+        None
+    }
+}
+
+/// The name a browser saves the document under: the Binary's id and an extension for its
+/// content type. The id is used only when it is a plain FHIR id (`[A-Za-z0-9.-]{1,64}`, not
+/// starting with a dot); anything else (quotes, CR/LF, path separators, non-ASCII) falls back
+/// to `binary`, so that the header is never built from unchecked input.
+pub(crate) fn filename(id: Option<&str>, content_type: &str) -> String {
+    let base = id
+        .filter(|id| {
+            (1..=64).contains(&id.len())
+                && !id.starts_with('.')
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        })
+        .unwrap_or("binary");
+    match extension(content_type) {
+        Some(extension) => format!("{base}.{extension}"),
+        None => base.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn active_and_passive_types() {
+        for active in [
+            "text/html",
+            "text/html; charset=utf-8",
+            "TEXT/HTML",
+            "application/xhtml+xml",
+            "image/svg+xml",
+            "text/xml",
+            "application/xml",
+            "application/fhir+xml",
+            "application/hl7-cda+xml",
+            "application/javascript",
+            "text/javascript",
+            "application/ecmascript",
+            "application/x-shockwave-flash",
+            "application/wasm",
+            "multipart/x-mixed-replace",
+            "text/css",
+            "application/x-unknown",
+            "nonsense",
+        ] {
+            assert!(is_active(active), "{active} should be active");
+        }
+        for passive in [
+            "application/pdf",
+            "image/jpeg",
+            "image/png",
+            "image/gif",
+            "audio/mpeg",
+            "video/mp4",
+            "text/plain",
+            "text/plain; charset=UTF-8",
+            "text/csv",
+            "application/octet-stream",
+            "application/json",
+            "application/fhir+json",
+            "application/dicom",
+            "font/woff2",
+        ] {
+            assert!(!is_active(passive), "{passive} should be passive");
+        }
+    }
+
+    #[test]
+    fn extensions_from_the_table() {
+        assert_eq!(extension("application/pdf"), Some("pdf"));
+        assert_eq!(extension("image/jpeg"), Some("jpg"));
+        assert_eq!(extension("Image/SVG+XML"), Some("svg"));
+        assert_eq!(extension("text/html; charset=utf-8"), Some("html"));
+        assert_eq!(extension("application/hl7-cda+xml"), Some("xml"));
+        assert_eq!(extension("application/fhir+json"), Some("json"));
+        assert_eq!(extension("application/octet-stream"), Some("bin"));
+        assert_eq!(extension("application/x-unknown"), None);
+    }
+
+    #[test]
+    fn file_names_are_built_from_checked_ids_only() {
+        assert_eq!(filename(Some("example"), "application/pdf"), "example.pdf");
+        assert_eq!(filename(Some("f006"), "image/jpeg"), "f006.jpg");
+        assert_eq!(filename(Some("a.b-C9"), "text/plain"), "a.b-C9.txt");
+        assert_eq!(filename(Some("x"), "application/x-unknown"), "x");
+        for bad in [
+            "",
+            "a\"b",
+            "a\r\nSet-Cookie: x=1",
+            "../etc/passwd",
+            "a/b",
+            "a\\b",
+            ".hidden",
+            "é",
+            "a b",
+            "a;b",
+        ] {
+            assert_eq!(
+                filename(Some(bad), "application/pdf"),
+                "binary.pdf",
+                "{bad:?}"
+            );
+        }
+        assert_eq!(filename(Some(&"a".repeat(65)), "text/plain"), "binary.txt");
+        assert_eq!(filename(Some(&"a".repeat(64)), "text/plain").len(), 68);
+        assert_eq!(filename(None, "image/png"), "binary.png");
+    }
+
+    fn applied(policy: SecurityPolicy, content_type: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        policy.apply(&mut headers, content_type, Some("doc"));
+        headers
+    }
+
+    #[test]
+    fn the_standard_policy_sandboxes_active_content_and_never_a_pdf() {
+        let html = applied(SecurityPolicy::Standard, "text/html");
+        assert_eq!(html[X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert_eq!(html[CONTENT_SECURITY_POLICY], "sandbox");
+        assert_eq!(
+            html[CONTENT_DISPOSITION],
+            "attachment; filename=\"doc.html\""
+        );
+
+        let pdf = applied(SecurityPolicy::Standard, "application/pdf");
+        assert_eq!(pdf[X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert!(pdf.get(CONTENT_SECURITY_POLICY).is_none());
+        assert_eq!(pdf[CONTENT_DISPOSITION], "inline; filename=\"doc.pdf\"");
+    }
+
+    #[test]
+    fn the_other_policies() {
+        let pdf = applied(SecurityPolicy::AttachmentAlways, "application/pdf");
+        assert!(pdf.get(CONTENT_SECURITY_POLICY).is_none());
+        assert_eq!(pdf[CONTENT_DISPOSITION], "attachment; filename=\"doc.pdf\"");
+
+        let svg = applied(SecurityPolicy::InlineSandboxed, "image/svg+xml");
+        assert_eq!(svg[CONTENT_SECURITY_POLICY], "sandbox");
+        assert_eq!(svg[CONTENT_DISPOSITION], "inline; filename=\"doc.svg\"");
+
+        let html = applied(SecurityPolicy::NosniffOnly, "text/html");
+        assert_eq!(html[X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert!(html.get(CONTENT_SECURITY_POLICY).is_none());
+        assert!(html.get(CONTENT_DISPOSITION).is_none());
+    }
+
+    #[test]
+    fn an_inner_policy_is_kept_beside_the_sandbox() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'"),
+        );
+        SecurityPolicy::Standard.apply(&mut headers, "text/html", None);
+        let all: Vec<_> = headers.get_all(CONTENT_SECURITY_POLICY).iter().collect();
+        assert_eq!(all, ["default-src 'none'", "sandbox"]);
+    }
+}

@@ -1,0 +1,273 @@
+//! The forwarding service: every request to the upstream, every response back.
+
+use std::convert::Infallible;
+use std::error::Error as _;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{ACCEPT_ENCODING, CONTENT_LOCATION, HOST, LOCATION};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri};
+use http_body::Body;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower::ServiceExt;
+use tower_http::decompression::{Decompression, DecompressionLayer};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::headers::{add_forwarded, client_host, remove_hop_by_hop, Rebase};
+use super::log::UpstreamHead;
+use super::outcome::outcome_response;
+use super::{ConnInfo, ProxyOptions};
+use crate::{BoxError, FhirVersion};
+
+/// The body of the forwarder's responses (and of the requests it sends on).
+pub type ForwardBody = UnsyncBoxBody<Bytes, BoxError>;
+
+type UpstreamClient = Decompression<Client<HttpConnector, ForwardBody>>;
+
+type UpstreamResponse =
+    Response<tower_http::decompression::DecompressionBody<hyper::body::Incoming>>;
+
+type UpstreamFuture = Pin<
+    Box<dyn Future<Output = Result<UpstreamResponse, hyper_util::client::legacy::Error>> + Send>,
+>;
+
+/// Forwards every request to the upstream FHIR server and returns its answer; answers 502 or
+/// 504 with an OperationOutcome itself when the upstream cannot be reached or is too slow.
+///
+/// This is the inner service of the proxy, below
+/// [`BinaryNegotiationLayer`](crate::BinaryNegotiationLayer). It never fails.
+#[derive(Clone, Debug)]
+pub struct Forward {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    client: UpstreamClient,
+    scheme: Scheme,
+    authority: http::uri::Authority,
+    /// The upstream base path, without a trailing slash.
+    base_path: String,
+    rebase: Rebase,
+    public_base: Option<String>,
+    response_timeout: Duration,
+    fhir_version: FhirVersion,
+}
+
+impl Forward {
+    /// A forwarder to `options.upstream`.
+    ///
+    /// Fails when the upstream URL is not an absolute `http` URL.
+    pub fn new(options: &ProxyOptions) -> io::Result<Forward> {
+        let invalid = |what: &str| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("upstream URL {}: {what}", options.upstream),
+            )
+        };
+        let upstream = &options.upstream;
+        if upstream.scheme() != Some(&Scheme::HTTP) {
+            return Err(invalid("only http:// upstreams are supported"));
+        }
+        let authority = upstream
+            .authority()
+            .cloned()
+            .ok_or_else(|| invalid("no host"))?;
+        if upstream.query().is_some() {
+            return Err(invalid("a base URL has no query"));
+        }
+        let public_base = match &options.public_base_url {
+            Some(url) => {
+                if url.scheme().is_none() || url.authority().is_none() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("public base URL {url}: not an absolute URL"),
+                    ));
+                }
+                Some(url.to_string().trim_end_matches('/').to_owned())
+            }
+            None => None,
+        };
+
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(options.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let client = DecompressionLayer::new().layer(client);
+
+        Ok(Forward {
+            shared: Arc::new(Shared {
+                client,
+                scheme: Scheme::HTTP,
+                authority,
+                base_path: upstream.path().trim_end_matches('/').to_owned(),
+                rebase: Rebase::new(upstream),
+                public_base,
+                response_timeout: options.response_timeout,
+                fhir_version: options.fhir_version,
+            }),
+        })
+    }
+}
+
+impl<B> Service<Request<B>> for Forward
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ForwardBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ForwardBody>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let shared = Arc::clone(&self.shared);
+        Box::pin(async move { Ok(shared.forward(request).await) })
+    }
+}
+
+impl Shared {
+    async fn forward<B>(&self, request: Request<B>) -> Response<ForwardBody>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (mut parts, body) = request.into_parts();
+        let upstream_head = parts.extensions.get::<UpstreamHead>().cloned();
+        let host = client_host(&parts.headers, &parts.uri);
+        let conn = parts.extensions.get::<ConnInfo>().copied();
+        let public_base = match (&self.public_base, &host, conn) {
+            (Some(base), _, _) => base.clone(),
+            (None, Some(host), _) => format!("http://{host}"),
+            (None, None, Some(conn)) => format!("http://{}", conn.local),
+            (None, None, None) => String::new(),
+        };
+
+        parts.uri = match self.upstream_uri(&parts.uri) {
+            Some(uri) => uri,
+            None => {
+                return self.outcome(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    "the request target cannot be forwarded",
+                )
+            }
+        };
+        remove_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(HOST);
+        // The client's encodings are not ours to ask for: the upstream is asked for what the
+        // decompression below can undo, so that a compressed Binary can still be decoded.
+        parts.headers.remove(ACCEPT_ENCODING);
+        add_forwarded(
+            &mut parts.headers,
+            conn.map(|c| c.remote.ip()),
+            host.as_deref(),
+            "http",
+        );
+        let request = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+
+        let answer = tokio::time::timeout(self.response_timeout, self.send(request)).await;
+        let response = match answer {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => return self.upstream_error(&e),
+            Err(_) => {
+                return self.outcome(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout",
+                    &format!(
+                        "the upstream FHIR server did not answer within {:?}",
+                        self.response_timeout
+                    ),
+                )
+            }
+        };
+
+        let (mut parts, body) = response.into_parts();
+        if let Some(head) = upstream_head {
+            head.record(&parts.headers);
+        }
+        remove_hop_by_hop(&mut parts.headers);
+        if !public_base.is_empty() {
+            for name in [LOCATION, CONTENT_LOCATION] {
+                self.rebase
+                    .rewrite_header(&mut parts.headers, name, &public_base);
+            }
+        }
+        Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
+    }
+
+    /// Sends `request` upstream. (Boxed outside of `forward` so that the compiler checks the
+    /// future's `Send` with concrete lifetimes.)
+    fn send(&self, request: Request<ForwardBody>) -> UpstreamFuture {
+        Box::pin(self.client.clone().oneshot(request))
+    }
+
+    /// The upstream URI for a request to the proxy: the upstream base, then the request's path
+    /// and query.
+    fn upstream_uri(&self, uri: &Uri) -> Option<Uri> {
+        let path = match uri.path() {
+            "*" | "" => "/",
+            path => path,
+        };
+        let path_and_query = match uri.query() {
+            Some(query) => format!("{}{path}?{query}", self.base_path),
+            None => format!("{}{path}", self.base_path),
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(PathAndQuery::try_from(path_and_query).ok()?)
+            .build()
+            .ok()
+    }
+
+    /// 504 when connecting timed out, else 502.
+    fn upstream_error(&self, error: &hyper_util::client::legacy::Error) -> Response<ForwardBody> {
+        let mut timed_out = false;
+        let mut source: Option<&(dyn std::error::Error + 'static)> = error.source();
+        let mut detail = String::new();
+        while let Some(e) = source {
+            if let Some(io) = e.downcast_ref::<io::Error>() {
+                timed_out |= io.kind() == io::ErrorKind::TimedOut;
+            }
+            detail = e.to_string();
+            source = e.source();
+        }
+        let what = if error.is_connect() {
+            "could not connect to the upstream FHIR server"
+        } else {
+            "the upstream FHIR server failed to answer"
+        };
+        let diagnostics = if detail.is_empty() {
+            format!("{what}: {error}")
+        } else {
+            format!("{what}: {error}: {detail}")
+        };
+        tracing::warn!(target: "fhir_binary_proxy", "{diagnostics}");
+        if timed_out {
+            self.outcome(StatusCode::GATEWAY_TIMEOUT, "timeout", &diagnostics)
+        } else {
+            self.outcome(StatusCode::BAD_GATEWAY, "transient", &diagnostics)
+        }
+    }
+
+    fn outcome(&self, status: StatusCode, code: &str, diagnostics: &str) -> Response<ForwardBody> {
+        outcome_response(status, code, diagnostics, self.fhir_version, |json| {
+            Full::new(json).map_err(|e| match e {}).boxed_unsync()
+        })
+    }
+}
