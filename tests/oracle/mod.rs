@@ -257,6 +257,36 @@ fn surrogates_paired(raw: &str) -> bool {
     true
 }
 
+/// The length of the JSON number at the start of `text`, read greedily as JSON's grammar reads
+/// it (a number ends at the first byte that cannot continue it); None when it stops half-way
+/// (`1.`, `-`, `2e+`).
+fn number_end(text: &[u8]) -> Option<usize> {
+    let digits = |mut i: usize| {
+        let start = i;
+        while text.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        (i > start).then_some(i)
+    };
+    let mut i = usize::from(text.first() == Some(&b'-'));
+    i = match text.get(i) {
+        Some(b'0') => i + 1,
+        Some(b'1'..=b'9') => digits(i)?,
+        _ => return None,
+    };
+    if text.get(i) == Some(&b'.') {
+        i = digits(i + 1)?;
+    }
+    if matches!(text.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(text.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        i = digits(i)?;
+    }
+    Some(i)
+}
+
 /// The end of a string whose opening quote is at `open`, found as the layer finds it before it
 /// has decided (a backslash takes the next byte, `\u` the next five, nothing else is looked at);
 /// None when the body ends first.
@@ -557,17 +587,29 @@ impl Walk<'_> {
     }
 
     fn other_member(&mut self, key: &str, known: bool, at: usize) -> Result<usize, String> {
-        // Not `one`: serde_json's stream checks the byte after a number or literal, which the
-        // layer reads only with the next member, after it may have decided.
-        let mut de = serde_json::Deserializer::from_slice(&self.body[at..]);
-        let raw = <&RawValue as serde::Deserialize>::deserialize(&mut de)
-            .map_err(|e| format!("invalid JSON: {e}"))?
-            .get();
-        let n = raw.len();
-        if at + n == self.body.len() && raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
-            // A number is complete only once the byte after it shows.
-            return Err("the body ends early".into());
-        }
+        let body = self.body;
+        let (raw, n) = if body
+            .get(at)
+            .is_some_and(|&b| b == b'-' || b.is_ascii_digit())
+        {
+            // A number ends at the first byte that cannot continue it (`-06` is the number
+            // `-0` and then `6`); the layer has read the member and may decide before it looks
+            // at that byte, where serde_json refuses the whole token.
+            let n = number_end(&body[at..]).ok_or("invalid JSON: invalid number")?;
+            if at + n == body.len() {
+                // A number is complete only once the byte after it shows.
+                return Err("the body ends early".into());
+            }
+            (std::str::from_utf8(&body[at..at + n]).unwrap_or("0"), n)
+        } else {
+            // Not `one`: serde_json's stream checks the byte after a literal, which the layer
+            // reads only with the next member, after it may have decided.
+            let mut de = serde_json::Deserializer::from_slice(&body[at..]);
+            let raw = <&RawValue as serde::Deserialize>::deserialize(&mut de)
+                .map_err(|e| format!("invalid JSON: {e}"))?
+                .get();
+            (raw, raw.len())
+        };
         if 1 + depth(raw) > self.limits.max_depth {
             return Err("nested deeper than the limit".into());
         }
@@ -721,7 +763,7 @@ pub struct Got {
 }
 
 /// Drives a future that never waits (the inner service and its body are always ready).
-fn now<F: std::future::Future>(future: F) -> F::Output {
+pub fn now<F: std::future::Future>(future: F) -> F::Output {
     let mut future = std::pin::pin!(future);
     let mut cx = Context::from_waker(Waker::noop());
     match future.as_mut().poll(&mut cx) {
