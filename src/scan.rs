@@ -365,6 +365,11 @@ impl Scanner {
         &self.members
     }
 
+    /// Takes the members captured so far; members read after this are captured anew.
+    pub(crate) fn take_members(&mut self) -> Map<String, Value> {
+        std::mem::take(&mut self.members)
+    }
+
     /// Which payload member was met, if any.
     pub(crate) fn payload_key(&self) -> Option<PayloadElement> {
         self.payload_key

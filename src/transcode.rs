@@ -317,7 +317,7 @@ impl Transcoder {
                 } else {
                     PayloadMode::Decode
                 };
-                self.members = self.scanner.members().clone();
+                self.members = self.scanner.take_members();
                 if event == Event::PayloadStart {
                     // Nothing of the payload has been read yet: go on from here.
                     self.scanner.set_payload_mode(mode);
@@ -346,7 +346,7 @@ impl Transcoder {
     /// Writes the XML up to the payload text and goes on with the payload (read again from
     /// the start) as XML attribute text.
     fn start_xml(&mut self) -> Head {
-        self.members = self.scanner.members().clone();
+        self.members = self.scanner.take_members();
         let payload = self.scanner.payload_key();
         let version = xml_version(self.fhir_version, payload);
         let mut prefix = Vec::new();
