@@ -507,7 +507,8 @@ fn checked_content_type(value: &Value) -> Result<HeaderValue, String> {
     let Value::String(text) = value else {
         return Err("the Binary's contentType is not a string".into());
     };
-    if text.trim().is_empty() {
+    let trimmed = text.trim_matches([' ', '\t']);
+    if trimmed.is_empty() {
         return Err("the Binary's contentType is empty".into());
     }
     let header = HeaderValue::from_str(text).map_err(|_| {
@@ -516,9 +517,38 @@ fn checked_content_type(value: &Value) -> Result<HeaderValue, String> {
             text
         )
     })?;
-    mediatype::MediaType::parse(text.trim())
+    let media_type = mediatype::MediaType::parse(trimmed)
         .map_err(|e| format!("the Binary's contentType {text:?} is not a media type: {e}"))?;
+    if !is_concrete(&media_type) {
+        return Err(format!(
+            "the Binary's contentType {text:?} is not a media type: a wildcard, a name outside \
+             RFC 6838's characters or an empty parameter value"
+        ));
+    }
     Ok(header)
+}
+
+/// Whether a parsed media type is one a document can have: the parser also takes wildcards,
+/// `%`, `'` and `*` in names and empty parameter values (`charset=`), none of which a
+/// Content-Type may carry (RFC 6838 names, RFC 9110 parameter values).
+fn is_concrete(media_type: &mediatype::MediaType<'_>) -> bool {
+    fn restricted(c: char) -> bool {
+        c.is_ascii_alphanumeric() || "!#$&-^_.+".contains(c)
+    }
+    fn name(text: &str) -> bool {
+        text.starts_with(|c: char| c.is_ascii_alphanumeric()) && text.chars().all(restricted)
+    }
+    let names = [
+        Some(&media_type.ty),
+        Some(&media_type.subty),
+        media_type.suffix.as_ref(),
+    ];
+    names.into_iter().flatten().all(|n| name(n.as_str()))
+        && media_type.params.iter().all(|(key, value)| {
+            let value = value.as_str();
+            name(key.as_str())
+                && (value.starts_with('"') || (!value.is_empty() && value.chars().all(restricted)))
+        })
 }
 
 /// The release whose XML schema the output follows: the configured one, unless the payload
