@@ -93,6 +93,8 @@ pub(crate) struct Transcoder {
     xml_spelling: Option<Spelling>,
     /// What the XML output needs after the prefix, once it has started.
     xml: Option<XmlOutput>,
+    /// Whether the payload was checked (not only skipped) while deciding.
+    payload_validated: bool,
     fhir_version: FhirVersion,
     out: BytesMut,
 }
@@ -136,6 +138,7 @@ impl Transcoder {
             done: false,
             xml_spelling: None,
             xml: None,
+            payload_validated: false,
             fhir_version: options.fhir_version,
             out: BytesMut::new(),
         }
@@ -214,12 +217,12 @@ impl Transcoder {
                 // Undecided: find the end of the payload and decide after it. For XML, which
                 // reads to the end of the object before writing, check the payload on the way
                 // so that bad base64 is a 502 rather than a broken transfer.
-                self.scanner
-                    .set_payload_mode(if self.phase == Phase::AwaitingElements {
-                        PayloadMode::Validate
-                    } else {
-                        PayloadMode::Skip
-                    });
+                self.payload_validated = self.phase == Phase::AwaitingElements;
+                self.scanner.set_payload_mode(if self.payload_validated {
+                    PayloadMode::Validate
+                } else {
+                    PayloadMode::Skip
+                });
             }
         }
         if self.held_len > self.reorder_limit {
@@ -227,7 +230,7 @@ impl Transcoder {
                 // Too large to hold until the end: write the XML with the elements known so
                 // far. An element that XML needs before the payload and that only shows up
                 // after it then breaks the transfer (see `check_xml_order`).
-                return Some(self.start_xml());
+                return Some(self.start_xml(false));
             }
             return Some(Head::Invalid(ScanError::new(
                 format!(
@@ -251,7 +254,7 @@ impl Transcoder {
             None => return None,
         }
         if self.phase == Phase::AwaitingElements {
-            return closed.then(|| self.start_xml());
+            return closed.then(|| self.start_xml(true));
         }
         if let Some(Decision::Serve {
             representation: Representation::FhirXml,
@@ -340,14 +343,28 @@ impl Transcoder {
     fn await_xml(&mut self, spelling: Spelling, closed: bool) -> Option<Head> {
         self.phase = Phase::AwaitingElements;
         self.xml_spelling = Some(spelling);
-        closed.then(|| self.start_xml())
+        closed.then(|| self.start_xml(true))
     }
 
     /// Writes the XML up to the payload text and goes on with the payload (read again from
-    /// the start) as XML attribute text.
-    fn start_xml(&mut self) -> Head {
+    /// the start) as XML attribute text. `closed`: the whole object has been read.
+    fn start_xml(&mut self, closed: bool) -> Head {
+        let mut payload = self.scanner.payload_key();
+        if payload.is_some() && closed {
+            // base64Binary has no empty value in XML: a payload that decodes to nothing is
+            // written as no payload. Its length is known once it has been checked.
+            let decoded = if self.payload_validated {
+                Ok(self.scanner.decoded_len())
+            } else {
+                self.validate_held_payload()
+            };
+            match decoded {
+                Ok(0) => payload = None,
+                Ok(_) => {}
+                Err(e) => return Head::Invalid(e),
+            }
+        }
         self.members = self.scanner.take_members();
-        let payload = self.scanner.payload_key();
         let version = xml_version(self.fhir_version, payload);
         let mut prefix = Vec::new();
         if let Err(e) = xml::binary_prefix(&self.members.to_map(), payload, version, &mut prefix) {
@@ -367,6 +384,22 @@ impl Transcoder {
         Head::Xml {
             spelling: self.xml_spelling.unwrap_or(Spelling::Unspecified),
         }
+    }
+
+    /// Reads the held frames again, up to the end of the payload, checking it; returns its
+    /// decoded length.
+    fn validate_held_payload(&self) -> Result<u64, ScanError> {
+        let mut scanner = Scanner::new(self.limits);
+        scanner.set_payload_mode(PayloadMode::Validate);
+        let mut none = BytesMut::new();
+        for frame in &self.held {
+            let mut rest = &frame[..];
+            while !rest.is_empty() && !scanner.payload_done() {
+                let (n, _) = scanner.feed(rest, &mut none)?;
+                rest = &rest[n..];
+            }
+        }
+        Ok(scanner.decoded_len())
     }
 
     /// Fails when the scanner has met an element that XML writes before the payload but that

@@ -237,6 +237,7 @@ async fn format_xml_gives_fhir_xml() {
         .await;
         assert_eq!(got.status, StatusCode::OK, "{:?}", got.body);
         assert_eq!(essence(got.header("content-type")), "application/fhir+xml");
+        common::assert_schema_valid(got.bytes(), "r4");
         let xml = std::str::from_utf8(got.bytes()).unwrap();
         assert!(
             xml.contains("<Binary xmlns=\"http://hl7.org/fhir\">"),
@@ -411,6 +412,7 @@ async fn upstream_down_is_a_502_operation_outcome() {
         let got = get(&url(&proxy, "/Binary/example?_format=xml"), &[]).await;
         assert_eq!(got.status, StatusCode::BAD_GATEWAY);
         assert_eq!(essence(got.header("content-type")), "application/fhir+xml");
+        common::assert_schema_valid(got.bytes(), "r4");
         let xml = std::str::from_utf8(got.bytes()).unwrap();
         assert!(
             xml.contains("<OperationOutcome xmlns=\"http://hl7.org/fhir\">"),
@@ -584,6 +586,7 @@ async fn demo_binaries_in_all_three_representations() {
                 "application/fhir+xml",
                 "{id}"
             );
+            common::assert_schema_valid(xml.bytes(), "r4");
             let text = std::str::from_utf8(xml.bytes()).unwrap();
             assert!(
                 text.contains("<Binary xmlns=\"http://hl7.org/fhir\">"),
