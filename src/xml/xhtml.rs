@@ -1,0 +1,489 @@
+//! Checks a narrative `div` against the FHIR XHTML rules that `fhir-xhtml.xsd` enforces, and
+//! writes it back as markup in the XHTML namespace.
+//!
+//! Rewriting rather than copying the source normalizes namespace prefixes, drops comments,
+//! resolves character references and re-escapes text, so nothing of the source's own syntax
+//! reaches the output unchecked. Content models are checked for which children an element may
+//! have, whether it may hold text, the table's child order and the elements that need at least
+//! one child; attributes by name per element, by value type, and ids for uniqueness. `&nbsp;`,
+//! common in HTML-minded narratives, is read as U+00A0; other named entities are rejected.
+
+use std::collections::HashSet;
+
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::name::{Namespace, ResolveResult};
+use quick_xml::reader::NsReader;
+use quick_xml::XmlVersion;
+
+use super::{escape_str, XHTML_NS};
+
+const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
+
+/// Why a narrative was rejected (kept short: it is only for tests and debugging).
+pub(super) type Reject = &'static str;
+
+/// Where an element may appear: in the schema's block or inline groups, or only inside
+/// one particular parent (list items, table parts).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cat {
+    Block,
+    Inline,
+    Other,
+}
+
+/// What an element may contain.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Model {
+    Flow,
+    Inline,
+    InlineNoA,
+    Pre,
+    Blocks,
+    Empty,
+    Table,
+    Rows,
+    Cells,
+    Items,
+    Terms,
+    Cols,
+}
+
+struct Elem {
+    name: &'static str,
+    cat: Cat,
+    model: Model,
+    /// Common attribute set, then element-specific ones.
+    attrs: &'static [&'static str],
+    extra: &'static [&'static str],
+    required: &'static [&'static str],
+}
+
+const ATTRS: &[&str] = &["class", "dir", "id", "lang", "style", "title", "xml:lang"];
+const CORE: &[&str] = &["class", "id", "style", "title"];
+const CELL: &[&str] = &[
+    "abbr", "align", "char", "charoff", "colspan", "rowspan", "scope", "valign",
+];
+const ROWS: &[&str] = &["align", "char", "charoff", "valign"];
+const COLS: &[&str] = &["align", "char", "charoff", "span", "valign", "width"];
+
+const fn el(name: &'static str, cat: Cat, model: Model) -> Elem {
+    Elem {
+        name,
+        cat,
+        model,
+        attrs: ATTRS,
+        extra: &[],
+        required: &[],
+    }
+}
+
+const fn with(mut e: Elem, extra: &'static [&'static str]) -> Elem {
+    e.extra = extra;
+    e
+}
+
+/// The elements `fhir-xhtml.xsd` lets a narrative contain, except `map` and `area`, whose
+/// id and IDREF rules are not worth checking for image maps in narratives.
+static ELEMENTS: &[Elem] = &[
+    el("div", Cat::Block, Model::Flow),
+    el("p", Cat::Block, Model::Inline),
+    el("h1", Cat::Block, Model::Inline),
+    el("h2", Cat::Block, Model::Inline),
+    el("h3", Cat::Block, Model::Inline),
+    el("h4", Cat::Block, Model::Inline),
+    el("h5", Cat::Block, Model::Inline),
+    el("h6", Cat::Block, Model::Inline),
+    el("ul", Cat::Block, Model::Items),
+    el("ol", Cat::Block, Model::Items),
+    el("dl", Cat::Block, Model::Terms),
+    with(el("pre", Cat::Block, Model::Pre), &["xml:space"]),
+    el("hr", Cat::Block, Model::Empty),
+    with(el("blockquote", Cat::Block, Model::Blocks), &["cite"]),
+    el("address", Cat::Block, Model::Inline),
+    with(
+        el("table", Cat::Block, Model::Table),
+        &[
+            "border",
+            "cellpadding",
+            "cellspacing",
+            "frame",
+            "rules",
+            "summary",
+            "width",
+        ],
+    ),
+    with(
+        el("a", Cat::Inline, Model::InlineNoA),
+        &[
+            "accesskey",
+            "charset",
+            "href",
+            "hreflang",
+            "name",
+            "rel",
+            "rev",
+            "tabindex",
+            "type",
+        ],
+    ),
+    Elem {
+        attrs: CORE,
+        ..el("br", Cat::Inline, Model::Empty)
+    },
+    el("span", Cat::Inline, Model::Inline),
+    Elem {
+        required: &["dir"],
+        ..el("bdo", Cat::Inline, Model::Inline)
+    },
+    Elem {
+        extra: &["alt", "height", "longdesc", "src", "width"],
+        required: &["src", "alt"],
+        ..el("img", Cat::Inline, Model::Empty)
+    },
+    el("tt", Cat::Inline, Model::Inline),
+    el("i", Cat::Inline, Model::Inline),
+    el("b", Cat::Inline, Model::Inline),
+    el("big", Cat::Inline, Model::Inline),
+    el("small", Cat::Inline, Model::Inline),
+    el("em", Cat::Inline, Model::Inline),
+    el("strong", Cat::Inline, Model::Inline),
+    el("dfn", Cat::Inline, Model::Inline),
+    el("code", Cat::Inline, Model::Inline),
+    with(el("q", Cat::Inline, Model::Inline), &["cite"]),
+    el("samp", Cat::Inline, Model::Inline),
+    el("kbd", Cat::Inline, Model::Inline),
+    el("var", Cat::Inline, Model::Inline),
+    el("cite", Cat::Inline, Model::Inline),
+    el("abbr", Cat::Inline, Model::Inline),
+    el("acronym", Cat::Inline, Model::Inline),
+    el("sub", Cat::Inline, Model::Inline),
+    el("sup", Cat::Inline, Model::Inline),
+    el("li", Cat::Other, Model::Flow),
+    el("dt", Cat::Other, Model::Inline),
+    el("dd", Cat::Other, Model::Flow),
+    el("caption", Cat::Other, Model::Inline),
+    with(el("thead", Cat::Other, Model::Rows), ROWS),
+    with(el("tfoot", Cat::Other, Model::Rows), ROWS),
+    with(el("tbody", Cat::Other, Model::Rows), ROWS),
+    with(el("tr", Cat::Other, Model::Cells), ROWS),
+    with(el("th", Cat::Other, Model::Flow), CELL),
+    with(el("td", Cat::Other, Model::Flow), CELL),
+    with(el("colgroup", Cat::Other, Model::Cols), COLS),
+    with(el("col", Cat::Other, Model::Empty), COLS),
+];
+
+impl Model {
+    fn accepts(self, child: &Elem) -> bool {
+        match self {
+            Model::Flow => child.cat != Cat::Other,
+            Model::Inline => child.cat == Cat::Inline,
+            Model::InlineNoA => child.cat == Cat::Inline && child.name != "a",
+            Model::Pre => child.cat == Cat::Inline && child.name != "img",
+            Model::Blocks => child.cat == Cat::Block,
+            Model::Empty => false,
+            Model::Table => table_rank(child.name).is_some(),
+            Model::Rows => child.name == "tr",
+            Model::Cells => matches!(child.name, "th" | "td"),
+            Model::Items => child.name == "li",
+            Model::Terms => matches!(child.name, "dt" | "dd"),
+            Model::Cols => child.name == "col",
+        }
+    }
+
+    fn allows_text(self) -> bool {
+        matches!(
+            self,
+            Model::Flow | Model::Inline | Model::InlineNoA | Model::Pre
+        )
+    }
+
+    fn needs_child(self) -> bool {
+        matches!(
+            self,
+            Model::Table | Model::Rows | Model::Cells | Model::Items | Model::Terms
+        )
+    }
+}
+
+/// A table's children come in this order: caption?, (col* | colgroup*), thead?, tfoot?,
+/// (tbody+ | tr+). Returns the position and whether the element may appear only once.
+fn table_rank(name: &str) -> Option<(u8, bool)> {
+    Some(match name {
+        "caption" => (1, true),
+        "col" | "colgroup" => (2, false),
+        "thead" => (3, true),
+        "tfoot" => (4, true),
+        "tbody" | "tr" => (5, false),
+        _ => return None,
+    })
+}
+
+struct Open {
+    elem: &'static Elem,
+    children: usize,
+    rank: u8,
+    last: &'static str,
+}
+
+/// Checks `src` and appends it to `out` as `<div xmlns="http://www.w3.org/1999/xhtml">...`.
+/// On rejection `out` may hold part of the markup; the caller discards it.
+pub(super) fn write_div(src: &str, out: &mut Vec<u8>) -> Result<(), Reject> {
+    let mut reader = NsReader::from_str(src);
+    let mut stack: Vec<Open> = Vec::new();
+    let mut ids: HashSet<String> = HashSet::new();
+    let mut seen_root = false;
+    loop {
+        let event = reader.read_event().map_err(|_| "not well-formed XML")?;
+        match event {
+            Event::Start(_) | Event::Empty(_) if stack.is_empty() && seen_root => {
+                return Err("more than one root element");
+            }
+            Event::Start(e) => {
+                let elem = open(&reader, &e, &mut stack, &mut ids, out)?;
+                out.push(b'>');
+                stack.push(Open {
+                    elem,
+                    children: 0,
+                    rank: 0,
+                    last: "",
+                });
+                seen_root = true;
+            }
+            Event::Empty(e) => {
+                let elem = open(&reader, &e, &mut stack, &mut ids, out)?;
+                if elem.model.needs_child() {
+                    return Err("element needs children");
+                }
+                out.extend_from_slice(b"/>");
+                seen_root = true;
+            }
+            Event::End(_) => {
+                let Some(open) = stack.pop() else {
+                    return Err("unmatched end tag");
+                };
+                if open.elem.model.needs_child()
+                    && (open.children == 0 || (open.elem.model == Model::Table && open.rank < 5))
+                {
+                    return Err("element needs children");
+                }
+                out.extend_from_slice(b"</");
+                out.extend_from_slice(open.elem.name.as_bytes());
+                out.push(b'>');
+            }
+            Event::Text(t) => text(&t.xml10_content(), &stack, out)?,
+            Event::CData(t) => text(&t.xml10_content(), &stack, out)?,
+            Event::GeneralRef(r) => {
+                let c = if r.is_char_ref() {
+                    match r.resolve_char_ref() {
+                        Ok(Some(c)) => c,
+                        _ => return Err("bad character reference"),
+                    }
+                } else {
+                    match &*r {
+                        "lt" => '<',
+                        "gt" => '>',
+                        "amp" => '&',
+                        "apos" => '\'',
+                        "quot" => '"',
+                        "nbsp" => '\u{A0}',
+                        _ => return Err("undefined entity"),
+                    }
+                };
+                text(c.encode_utf8(&mut [0; 4]), &stack, out)?;
+            }
+            Event::Comment(_) => {}
+            Event::Decl(_) | Event::PI(_) | Event::DocType(_) => {
+                return Err("declaration, processing instruction or DOCTYPE");
+            }
+            Event::Eof => break,
+        }
+    }
+    if !seen_root || !stack.is_empty() {
+        return Err("no complete root element");
+    }
+    Ok(())
+}
+
+/// Checks and writes a start tag, without its closing `>`.
+fn open(
+    reader: &NsReader<&[u8]>,
+    e: &BytesStart<'_>,
+    stack: &mut [Open],
+    ids: &mut HashSet<String>,
+    out: &mut Vec<u8>,
+) -> Result<&'static Elem, Reject> {
+    let (ns, local) = reader.resolver().resolve_element(e.name());
+    if !matches!(ns, ResolveResult::Bound(Namespace(n)) if n == XHTML_NS) {
+        return Err("element not in the XHTML namespace");
+    }
+    let elem = ELEMENTS
+        .iter()
+        .find(|el| el.name == local.as_ref())
+        .ok_or("element not allowed")?;
+    match stack.last_mut() {
+        None if elem.name != "div" => return Err("root is not a div"),
+        None => {}
+        Some(parent) => {
+            if !parent.elem.model.accepts(elem) {
+                return Err("element not allowed here");
+            }
+            if parent.elem.model == Model::Table {
+                let (rank, once) = table_rank(elem.name).ok_or("element not allowed here")?;
+                if rank < parent.rank || (rank == parent.rank && (once || parent.last != elem.name))
+                {
+                    return Err("table children out of order");
+                }
+                parent.rank = rank;
+                parent.last = elem.name;
+            }
+            parent.children += 1;
+        }
+    }
+    out.push(b'<');
+    out.extend_from_slice(elem.name.as_bytes());
+    if stack.is_empty() {
+        out.extend_from_slice(b" xmlns=\"");
+        out.extend_from_slice(XHTML_NS.as_bytes());
+        out.push(b'"');
+    }
+    let mut required = 0;
+    for attr in e.attributes() {
+        let attr = attr.map_err(|_| "malformed attribute")?;
+        if attr.key.as_namespace_binding().is_some() {
+            continue;
+        }
+        let (ns, local) = reader.resolver().resolve_attribute(attr.key);
+        let name = match (ns, local.as_ref()) {
+            (ResolveResult::Unbound, name) => name,
+            (ResolveResult::Bound(Namespace(n)), "lang") if n == XML_NS => "xml:lang",
+            (ResolveResult::Bound(Namespace(n)), "space") if n == XML_NS => "xml:space",
+            _ => return Err("attribute not allowed"),
+        };
+        if !elem.attrs.contains(&name) && !elem.extra.contains(&name) {
+            return Err("attribute not allowed");
+        }
+        if attr.value.contains('<') {
+            return Err("not well-formed XML");
+        }
+        let value = attr
+            .normalized_value_with(XmlVersion::Implicit1_0, 1, |entity| {
+                if entity == "nbsp" {
+                    Some("\u{A0}")
+                } else {
+                    quick_xml::escape::resolve_predefined_entity(entity)
+                }
+            })
+            .map_err(|_| "bad attribute value")?;
+        if matches!(name, "class" | "rel" | "rev") && value.trim_ascii().is_empty() {
+            // A token list without tokens means nothing, and strict validators refuse it.
+            continue;
+        }
+        if !value_ok(elem.name, name, &value) {
+            return Err("bad attribute value");
+        }
+        if name == "id" && !ids.insert(value.to_string()) {
+            return Err("duplicate id");
+        }
+        if elem.required.contains(&name) {
+            required += 1;
+        }
+        out.push(b' ');
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"=\"");
+        escape_str(&value, out, true);
+        out.push(b'"');
+    }
+    if required != elem.required.len() {
+        return Err("required attribute missing");
+    }
+    Ok(elem)
+}
+
+fn text(content: &str, stack: &[Open], out: &mut Vec<u8>) -> Result<(), Reject> {
+    let whitespace = content
+        .bytes()
+        .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    match stack.last() {
+        None if whitespace => return Ok(()),
+        None => return Err("text outside the root element"),
+        Some(open) if !whitespace && !open.elem.model.allows_text() => {
+            return Err("text not allowed here");
+        }
+        Some(_) => {}
+    }
+    escape_str(content, out, false);
+    Ok(())
+}
+
+/// Checks an attribute value against its type in `fhir-xhtml.xsd`; free-text and URI types
+/// accept anything.
+fn value_ok(element: &str, name: &str, v: &str) -> bool {
+    match name {
+        "id" => is_ncname(v),
+        "dir" => matches!(v, "ltr" | "rtl"),
+        "lang" | "hreflang" => is_language(v),
+        "xml:lang" => v.is_empty() || is_language(v),
+        "xml:space" => v == "preserve",
+        "class" | "rel" | "rev" => v.split_ascii_whitespace().all(is_nmtoken),
+        "name" => is_nmtoken(v),
+        "accesskey" | "char" => v.chars().count() == 1,
+        "tabindex" => is_digits(v) && v.parse::<u32>().is_ok_and(|n| n <= 32767),
+        "span" | "colspan" | "rowspan" | "border" => is_digits(v),
+        "height" | "cellpadding" | "cellspacing" | "charoff" => is_length(v),
+        "width" => is_length(v) || (matches!(element, "col" | "colgroup") && is_multi_length(v)),
+        "frame" => matches!(
+            v,
+            "void" | "above" | "below" | "hsides" | "lhs" | "rhs" | "vsides" | "box" | "border"
+        ),
+        "rules" => matches!(v, "none" | "groups" | "rows" | "cols" | "all"),
+        "align" => matches!(v, "left" | "center" | "right" | "justify" | "char"),
+        "valign" => matches!(v, "top" | "middle" | "bottom" | "baseline"),
+        "scope" => matches!(v, "row" | "col" | "rowgroup" | "colgroup"),
+        _ => true,
+    }
+}
+
+fn is_digits(v: &str) -> bool {
+    !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// `[-+]?(\d+|\d+(\.\d+)?%)`
+fn is_length(v: &str) -> bool {
+    let v = v.strip_prefix(['-', '+']).unwrap_or(v);
+    match v.strip_suffix('%') {
+        None => is_digits(v),
+        Some(p) => match p.split_once('.') {
+            None => is_digits(p),
+            Some((int, frac)) => is_digits(int) && is_digits(frac),
+        },
+    }
+}
+
+/// `[1-9]?(\d+)?\*`, i.e. optional digits then `*`.
+fn is_multi_length(v: &str) -> bool {
+    v.strip_suffix('*')
+        .is_some_and(|d| d.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// `[a-zA-Z]{1,8}(-[a-zA-Z0-9]{1,8})*`
+fn is_language(v: &str) -> bool {
+    let mut parts = v.split('-');
+    let first = parts.next().unwrap_or("");
+    (1..=8).contains(&first.len())
+        && first.bytes().all(|b| b.is_ascii_alphabetic())
+        && parts.all(|p| (1..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '\u{B7}')
+}
+
+fn is_nmtoken(v: &str) -> bool {
+    !v.is_empty() && v.chars().all(is_name_char)
+}
+
+fn is_ncname(v: &str) -> bool {
+    let mut chars = v.chars();
+    chars.next().is_some_and(|c| c.is_alphabetic() || c == '_')
+        && chars.all(|c| c != ':' && is_name_char(c))
+}
