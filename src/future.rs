@@ -695,7 +695,9 @@ where
                     if whole.window.as_ref().is_some_and(Window::is_complete) {
                         return Stop::WindowComplete;
                     }
-                    if whole.cap.is_some_and(|cap| whole.kept > cap) {
+                    // Past the cap while the inner body is still open: stop keeping. Once it
+                    // has ended, what is left is already in memory.
+                    if self.body.is_some() && whole.cap.is_some_and(|cap| whole.kept > cap) {
                         return Stop::Overflow;
                     }
                 }
@@ -823,7 +825,7 @@ where
         let body = self
             .body
             .take()
-            .expect("an overflow happens before the end of the body");
+            .expect("an overflow is only reported while the inner body is open");
         if let (Some(window), Some((first, last))) = (whole.window, whole.range) {
             // The range is larger than the cap: stream the rest of it.
             head::partial(&mut parts.headers, first, last, None);
