@@ -386,7 +386,7 @@ fn fhir_json(status: StatusCode, json: Bytes) -> Response<Full<Bytes>> {
     response
 }
 
-fn outcome(status: StatusCode, code: &str, diagnostics: &str) -> Response<Full<Bytes>> {
+fn outcome(status: StatusCode, code: &'static str, diagnostics: &str) -> Response<Full<Bytes>> {
     outcome_response(status, code, diagnostics, FhirVersion::R4, Full::new)
 }
 

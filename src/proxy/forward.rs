@@ -265,7 +265,12 @@ impl Shared {
         }
     }
 
-    fn outcome(&self, status: StatusCode, code: &str, diagnostics: &str) -> Response<ForwardBody> {
+    fn outcome(
+        &self,
+        status: StatusCode,
+        code: &'static str,
+        diagnostics: &str,
+    ) -> Response<ForwardBody> {
         outcome_response(status, code, diagnostics, self.fhir_version, |json| {
             Full::new(json).map_err(|e| match e {}).boxed_unsync()
         })
