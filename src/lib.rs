@@ -80,6 +80,20 @@
 //! Anything else, a 404 OperationOutcome, a search Bundle, a compressed body, passes through
 //! untouched, with `Vary: Accept` added. A Binary without `data` is answered with its FHIR JSON.
 //!
+//! # FHIR XML
+//!
+//! `<Binary xmlns="http://hl7.org/fhir">`, valid against the official schema: elements in
+//! schema order whatever order the JSON keys came in, `meta` and `securityContext` nested,
+//! primitive extensions merged, the base64 text streamed into the `value` attribute of `<data>`
+//! (R4 and later) or `<content>` (DSTU2, STU3), `application/fhir+xml;charset=utf-8` (or
+//! `application/xml+fhir` when the client spelled it so, or with [`FhirVersion::Dstu2`]).
+//! Because XML puts `meta` before `data` and the HL7 examples write it after, the layer reads
+//! the Binary whole within the reorder buffer before writing, so faults are 502s; a larger one
+//! streams with the elements known so far, and an element XML needs before the payload that
+//! only comes after it breaks the transfer instead of going missing. An OperationOutcome, the
+//! layer's own or the inner service's error, is rendered as XML too for a client that asked
+//! for XML.
+//!
 //! # The head of the raw document
 //!
 //! - `Content-Type`: the Binary's `contentType`, checked to be a media type and a valid header
