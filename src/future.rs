@@ -20,7 +20,7 @@ use crate::head;
 use crate::layer::Config;
 use crate::negotiate::{Decision, Preference, Representation, Spelling};
 use crate::outcome::Outcome;
-use crate::transcode::{Head, TranscodeOptions, Transcoder};
+use crate::transcode::{Head, Transcoder};
 use crate::xml;
 
 /// Names the body type of the response an inner future resolves to, so that
@@ -263,18 +263,12 @@ where
         })
     );
     if !json_chosen && is_transformable(&parts) {
-        let config = &negotiated.config;
         // On the heap once: it is large, and moves with the future and then the body.
         let transcoder = Box::new(Transcoder::new(
             negotiated.preference.clone(),
-            TranscodeOptions {
-                limits: config.limits,
-                reorder_limit: config.reorder_buffer_limit,
-                frame_size: config.frame_size,
-                native_when_not_acceptable: config.native_when_not_acceptable,
-                count_only: negotiated.is_head,
-                fhir_version: config.fhir_version,
-            },
+            negotiated.fixed,
+            &negotiated.config,
+            negotiated.is_head,
         ));
         return Next::Binary(Reading {
             parts: Some(parts),

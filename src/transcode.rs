@@ -13,6 +13,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::HeaderValue;
 use serde_json::Value;
 
+use crate::layer::Config;
 use crate::negotiate::{Decision, Preference, Representation, Spelling};
 use crate::scan::{Event, Members, PayloadElement, PayloadMode, ScanError, ScanLimits, Scanner};
 use crate::xml;
@@ -99,17 +100,6 @@ pub(crate) struct Transcoder {
     out: BytesMut,
 }
 
-/// Options of a [`Transcoder`].
-#[derive(Clone, Debug)]
-pub(crate) struct TranscodeOptions {
-    pub(crate) limits: ScanLimits,
-    pub(crate) reorder_limit: usize,
-    pub(crate) frame_size: usize,
-    pub(crate) native_when_not_acceptable: bool,
-    pub(crate) count_only: bool,
-    pub(crate) fhir_version: FhirVersion,
-}
-
 /// The state of an XML rendering in progress.
 #[derive(Debug)]
 struct XmlOutput {
@@ -119,18 +109,25 @@ struct XmlOutput {
 }
 
 impl Transcoder {
-    /// A driver for one response to a client with this preference.
-    pub(crate) fn new(preference: Preference, options: TranscodeOptions) -> Self {
+    /// A driver for one response to a client with this preference; `fixed` is its decision
+    /// when that does not depend on the content type (`preference.fixed()`, made at request
+    /// time), and `count_only` says the raw document is only counted (`HEAD`).
+    pub(crate) fn new(
+        preference: Preference,
+        fixed: Option<Decision>,
+        config: &Config,
+        count_only: bool,
+    ) -> Self {
         Transcoder {
-            fixed: preference.fixed(),
+            fixed,
             preference,
-            limits: options.limits,
-            reorder_limit: options.reorder_limit,
-            frame_size: options.frame_size,
-            native_when_not_acceptable: options.native_when_not_acceptable,
-            count_only: options.count_only,
+            limits: config.limits,
+            reorder_limit: config.reorder_buffer_limit,
+            frame_size: config.frame_size,
+            native_when_not_acceptable: config.native_when_not_acceptable,
+            count_only,
             phase: Phase::Deciding,
-            scanner: Scanner::new(options.limits),
+            scanner: Scanner::new(config.limits),
             pending: VecDeque::new(),
             held: VecDeque::new(),
             held_len: 0,
@@ -139,7 +136,7 @@ impl Transcoder {
             xml_spelling: None,
             xml: None,
             payload_validated: false,
-            fhir_version: options.fhir_version,
+            fhir_version: config.fhir_version,
             out: BytesMut::new(),
         }
     }
@@ -606,20 +603,13 @@ mod tests {
         if let Some(accept) = accept {
             headers.insert(http::header::ACCEPT, accept.parse().unwrap());
         }
-        Transcoder::new(
-            Preference::from_request(query, &headers),
-            TranscodeOptions {
-                limits: ScanLimits {
-                    max_depth: 128,
-                    max_metadata: 64 * 1024,
-                },
-                reorder_limit,
-                frame_size: 16,
-                native_when_not_acceptable: false,
-                count_only: false,
-                fhir_version: FhirVersion::R4,
-            },
-        )
+        let preference = Preference::from_request(query, &headers);
+        let config = Config {
+            reorder_buffer_limit: reorder_limit,
+            frame_size: 16,
+            ..Config::default()
+        };
+        Transcoder::new(preference.clone(), preference.fixed(), &config, false)
     }
 
     /// Feeds `frames` until the head is decided, then the rest; returns the head, the frames
