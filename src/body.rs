@@ -316,25 +316,26 @@ where
                 return Poll::Ready(Some(Err(InvalidBinary::from(e).into())));
             }
         }
-        match std::task::ready!(inner.as_mut().poll_frame(cx)) {
+        match std::task::ready!(poll_inner(inner.as_mut(), cx)) {
             Some(Ok(frame)) => {
                 // Trailers of a JSON body carry nothing the document needs.
-                if let Ok(mut data) = frame.into_data() {
-                    transcoder.push(data.copy_to_bytes(data.remaining()));
+                if let Ok(data) = frame.into_data() {
+                    transcoder.push(data);
                 }
             }
             Some(Err(e)) => {
                 *body = None;
                 transcoder.abort();
-                return Poll::Ready(Some(Err(e.into())));
+                return Poll::Ready(Some(Err(e)));
             }
             None => *body = None,
         }
     }
 }
 
-/// A frame of the inner body, as `Bytes` (without a copy when it already is `Bytes`).
-fn poll_inner<B>(
+/// A frame of the inner body, as `Bytes` (without a copy when it already is `Bytes`), its error
+/// boxed.
+pub(crate) fn poll_inner<B>(
     body: Pin<&mut B>,
     cx: &mut Context<'_>,
 ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>

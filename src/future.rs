@@ -6,14 +6,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, ETAG, LAST_MODIFIED, VARY};
 use http::response::Parts;
 use http::{Response, StatusCode};
 use http_body::Body;
 use pin_project_lite::pin_project;
 
-use crate::body::{NegotiatedBody, Window};
+use crate::body::{poll_inner, NegotiatedBody, Window};
 use crate::conditional::{ByteRange, Conditions, Ranges, Validators};
 use crate::error::BoxError;
 use crate::head;
@@ -315,20 +315,19 @@ where
         let limit = self.negotiated.config.reorder_buffer_limit;
         loop {
             let frame = match self.body.as_mut() {
-                Some(body) => ready!(body.as_mut().poll_frame(cx)),
+                Some(body) => ready!(poll_inner(body.as_mut(), cx)),
                 None => None,
             };
             match frame {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
-                        self.collected.extend_from_slice(data.chunk());
+                        self.collected.extend_from_slice(&data);
                         if self.collected.len() > limit {
                             return Poll::Ready(self.respond(None));
                         }
                     }
                 }
                 Some(Err(e)) => {
-                    let e: BoxError = e.into();
                     let outcome = Outcome::bad_gateway(format!(
                         "the inner service's response body failed: {e}"
                     ));
@@ -470,7 +469,7 @@ where
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Response<NegotiatedBody<B>>> {
         loop {
             let frame = match self.body.as_mut() {
-                Some(body) => ready!(body.as_mut().poll_frame(cx)),
+                Some(body) => ready!(poll_inner(body.as_mut(), cx)),
                 None => None,
             };
             let transcoder = self
@@ -479,11 +478,10 @@ where
                 .expect("ResponseFuture polled after completion");
             let frame = match frame {
                 Some(Ok(frame)) => match frame.into_data() {
-                    Ok(mut data) => Some(data.copy_to_bytes(data.remaining())),
+                    Ok(data) => Some(data),
                     Err(_) => continue,
                 },
                 Some(Err(e)) => {
-                    let e: BoxError = e.into();
                     return Poll::Ready(self.outcome(Outcome::bad_gateway(format!(
                         "the inner service's response body failed: {e}"
                     ))));
