@@ -132,9 +132,7 @@ impl BinaryNegotiationLayer {
         self.config.native_when_not_acceptable = yes;
         self
     }
-}
 
-impl BinaryNegotiationLayer {
     /// How the raw document is presented to browsers (default [`SecurityPolicy::Standard`]:
     /// active content such as HTML or SVG is sandboxed and downloaded, passive content such as
     /// a PDF or an image is shown inline). `X-Content-Type-Options: nosniff` is sent whatever
