@@ -1,0 +1,244 @@
+//! Plain runs of string content (no `"`, `\`, or control character), found 32 bytes at a
+//! time, and the buffer that gathers payload text across escapes.
+//!
+//! Runs between escapes are short (PHP escapes a `/` about every 64 base64 characters): a
+//! general search costs more to start than it saves on them, so a loop over blocks of 32 bytes,
+//! compared in SIMD registers by `wide` (SSE2 on x86_64, NEON on aarch64, plain code elsewhere),
+//! finds their ends.
+
+use wide::{u8x32, CmpEq};
+
+/// The block the search looks at in one step.
+const BLOCK: usize = 32;
+
+/// Payload text gathered across escapes, to be handed to the decoder in large pieces.
+///
+/// A buffer whose bytes are all initialised, with a separate length: the gathering loop writes
+/// whole blocks into it and keeps the length in a register, where a `Vec`'s length would be
+/// stored and loaded again for every block.
+#[derive(Debug, Default)]
+pub(super) struct Gathered {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl Gathered {
+    pub(super) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(super) fn as_slice(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    pub(super) fn push(&mut self, byte: u8) {
+        self.extend(&[byte]);
+    }
+
+    pub(super) fn extend(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        self.room(end);
+        self.buf[self.len..end].copy_from_slice(bytes);
+        self.len = end;
+    }
+
+    /// Appends the prefix of `input` that holds no `"`, `\`, or control character, except
+    /// that `\/` (PHP escapes every `/`) is taken as the `/` it stands for; stops early once the
+    /// buffer holds `limit` bytes or more. Returns how much of `input` it took.
+    ///
+    /// The search and the copy are one pass: each block is written before it is looked at, and
+    /// the length moves only past its plain bytes.
+    pub(super) fn extend_plain(&mut self, input: &[u8], limit: usize) -> usize {
+        self.room(limit + BLOCK);
+        let buf = &mut self.buf[..];
+        let mut len = self.len;
+        let mut i = 0;
+        while let Some(block) = input.get(i..i + BLOCK) {
+            if len >= limit {
+                self.len = len;
+                return i;
+            }
+            let block: [u8; BLOCK] = block.try_into().unwrap_or([0; BLOCK]);
+            buf[len..len + BLOCK].copy_from_slice(&block);
+            let marks = special_bytes(block);
+            if marks != 0 {
+                let n = marks.trailing_zeros() as usize;
+                if input.get(i + n..i + n + 2) == Some(b"\\/") {
+                    // Over the backslash, already written.
+                    buf[len + n] = b'/';
+                    len += n + 1;
+                    i += n + 2;
+                    continue;
+                }
+                self.len = len + n;
+                return i + n;
+            }
+            len += BLOCK;
+            i += BLOCK;
+        }
+        self.len = len;
+        loop {
+            let n = plain_tail(&input[i..]);
+            self.extend(&input[i..i + n]);
+            i += n;
+            if input.get(i..i + 2) != Some(b"\\/") {
+                return i;
+            }
+            self.push(b'/');
+            i += 2;
+        }
+    }
+
+    /// Makes the buffer at least `size` bytes long.
+    fn room(&mut self, size: usize) {
+        if self.buf.len() < size {
+            // Grown in steps, so that byte-by-byte pushes do not resize each time.
+            self.buf.resize(size.max(2 * self.buf.len()).max(256), 0);
+        }
+    }
+}
+
+/// The length of the prefix of `input` that holds no `"`, `\`, or control character.
+pub(super) fn plain_prefix(input: &[u8]) -> usize {
+    let mut i = 0;
+    while let Some(block) = input.get(i..i + BLOCK) {
+        let marks = special_bytes(block.try_into().unwrap_or([0; BLOCK]));
+        if marks != 0 {
+            return i + marks.trailing_zeros() as usize;
+        }
+        i += BLOCK;
+    }
+    i + plain_tail(&input[i..])
+}
+
+/// One bit for each byte of `block` that ends a plain run: `"`, `\`, or a control character.
+fn special_bytes(block: [u8; BLOCK]) -> u32 {
+    let x = u8x32::new(block);
+    let quote = x.simd_eq(u8x32::splat(b'"'));
+    let backslash = x.simd_eq(u8x32::splat(b'\\'));
+    let control = x.min(u8x32::splat(0x1f)).simd_eq(x);
+    (quote | backslash | control).to_bitmask()
+}
+
+/// [`plain_prefix`] a byte at a time, for what is left after the last whole block.
+fn plain_tail(input: &[u8]) -> usize {
+    input
+        .iter()
+        .position(|&b| matches!(b, b'"' | b'\\' | 0..=0x1f))
+        .unwrap_or(input.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(input: &[u8]) -> usize {
+        input
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+            .unwrap_or(input.len())
+    }
+
+    /// Mostly plain text, sometimes a special or a high byte.
+    fn inputs() -> impl Iterator<Item = Vec<u8>> {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        (0..200).flat_map(move |len| {
+            (0..50)
+                .map(|_| {
+                    (0..len)
+                        .map(|_| {
+                            state ^= state << 13;
+                            state ^= state >> 7;
+                            state ^= state << 17;
+                            match state % 97 {
+                                0 => b'"',
+                                1 => b'\\',
+                                2 => (state >> 8) as u8 % 0x20,
+                                3 => 0x80 | (state >> 8) as u8,
+                                _ => b'A' + (state >> 8) as u8 % 26,
+                            }
+                        })
+                        .collect()
+                })
+                .collect::<Vec<Vec<u8>>>()
+        })
+    }
+
+    #[test]
+    fn plain_prefix_stops_at_the_first_special_byte() {
+        for input in inputs() {
+            assert_eq!(plain_prefix(&input), naive(&input), "{input:?}");
+        }
+        for b in 0..=255u8 {
+            let mut input = vec![b'x'; 20];
+            input[11] = b;
+            assert_eq!(plain_prefix(&input), naive(&input), "byte {b}");
+        }
+    }
+
+    #[test]
+    fn extend_plain_appends_the_plain_prefix_up_to_the_limit() {
+        for (n, input) in inputs().enumerate() {
+            let mut gathered = Gathered::default();
+            gathered.extend(b"ab");
+            let limit = n % 40;
+            let taken = gathered.extend_plain(&input, limit);
+            let whole = naive(&input);
+            // Whole blocks are taken until the limit is reached, then nothing more.
+            assert!(taken <= whole, "{input:?}");
+            assert!(taken == whole || gathered.len() >= limit, "{input:?}");
+            assert!(gathered.len() < limit + BLOCK || taken == whole, "{input:?}");
+            assert_eq!(gathered.as_slice()[..2], *b"ab");
+            assert_eq!(gathered.as_slice()[2..], input[..taken], "{input:?}");
+        }
+    }
+
+    #[test]
+    fn extend_plain_takes_php_escapes_as_slashes() {
+        let text = "QUJD\\/RE\\/\\/Rk".repeat(40);
+        // Every cut but those inside an escape.
+        let cuts = (0..=text.len()).filter(|&cut| !text[..cut].ends_with('\\'));
+        for cut in cuts {
+            let input = format!("{}\\\"{}\"", &text[..cut], &text[cut..]);
+            let mut gathered = Gathered::default();
+            let taken = gathered.extend_plain(input.as_bytes(), 1 << 20);
+            // Up to the escaped quote, which is not PHP's.
+            assert_eq!(taken, cut, "{input}");
+            let expect = text[..cut].replace("\\/", "/");
+            assert_eq!(gathered.as_slice(), expect.as_bytes(), "{input}");
+        }
+        // A backslash at the end of the input, its escape cut off: left for the caller.
+        let mut gathered = Gathered::default();
+        let input = format!("{}\\", "A".repeat(40));
+        assert_eq!(gathered.extend_plain(input.as_bytes(), 1 << 20), 40);
+        assert_eq!(gathered.len(), 40);
+    }
+
+    #[test]
+    fn pushes_and_extends_keep_everything() {
+        let mut gathered = Gathered::default();
+        let mut expect = Vec::new();
+        for i in 0..2000u32 {
+            let byte = b'A' + (i % 26) as u8;
+            if i % 7 == 0 {
+                gathered.extend(&[byte; 300]);
+                expect.extend_from_slice(&[byte; 300]);
+            } else {
+                gathered.push(byte);
+                expect.push(byte);
+            }
+        }
+        assert_eq!(gathered.as_slice(), expect);
+        gathered.clear();
+        assert!(gathered.is_empty());
+        assert_eq!(gathered.as_slice(), b"");
+    }
+}
