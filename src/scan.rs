@@ -698,18 +698,17 @@ impl Scanner {
                         );
                     }
                     let rest = &input[i..];
-                    let end = memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
+                    // One pass finds the quote, the backslash or a control character.
+                    let end = plain_prefix(rest);
                     let seg = &rest[..end];
-                    if let Some(c) = seg.iter().position(|&b| b < 0x20) {
+                    if let Some(&b) = rest.get(end).filter(|&&b| b < 0x20) {
                         return Err(self.err(
-                            base + i + c,
-                            format!(
-                                "invalid JSON: control character 0x{:02x} inside a string",
-                                seg[c]
-                            ),
+                            base + i + end,
+                            format!("invalid JSON: control character 0x{b:02x} inside a string"),
                         ));
                     }
-                    if self.utf8.feed(seg).is_err() {
+                    // Most strings are ASCII, which needs no further check.
+                    if !(self.utf8.is_empty() && seg.is_ascii()) && self.utf8.feed(seg).is_err() {
                         return Err(self.err(base + i, "invalid UTF-8 inside a JSON string"));
                     }
                     if collect_key {

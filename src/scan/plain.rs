@@ -6,7 +6,7 @@
 //! compared in SIMD registers by `wide` (SSE2 on x86_64, NEON on aarch64, plain code elsewhere),
 //! finds their ends.
 
-use wide::{u8x32, CmpEq};
+use wide::u8x32;
 
 /// The block the search looks at in one step.
 const BLOCK: usize = 32;
