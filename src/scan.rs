@@ -156,20 +156,24 @@ const CAPTURED: &[&str] = &[
     "_content",
 ];
 
-/// The members captured so far, by their place in [`CAPTURED`], each parsed once.
+/// The members captured so far, each parsed once, in the order of [`CAPTURED`].
 ///
-/// A fixed table rather than a map: a Binary has at most these members, and looking one up
-/// or adding one costs no allocation.
+/// A short list rather than a map or a table with a slot for every name: a Binary has a few
+/// of these members, looking one up among them costs no hashing, and the list stays small to
+/// move and to drop.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct Members {
-    values: [Option<Value>; CAPTURED.len()],
+    values: Vec<(u8, Value)>,
 }
 
 impl Members {
     /// The member named `key`, when it was captured.
     pub(crate) fn get(&self, key: &str) -> Option<&Value> {
         let index = CAPTURED.iter().position(|k| *k == key)?;
-        self.values[index].as_ref()
+        self.values
+            .iter()
+            .find(|(slot, _)| usize::from(*slot) == index)
+            .map(|(_, value)| value)
     }
 
     /// Whether the member named `key` was captured.
@@ -179,19 +183,31 @@ impl Members {
 
     /// The names of the captured members, in the order of [`CAPTURED`].
     pub(crate) fn keys(&self) -> impl Iterator<Item = &'static str> + '_ {
-        CAPTURED
+        self.values
             .iter()
-            .zip(&self.values)
-            .filter_map(|(key, value)| value.as_ref().map(|_| *key))
+            .map(|(slot, _)| CAPTURED[usize::from(*slot)])
     }
 
     /// The captured members as a JSON object, for the XML writer.
     pub(crate) fn to_map(&self) -> Map<String, Value> {
-        CAPTURED
+        self.values
             .iter()
-            .zip(&self.values)
-            .filter_map(|(key, value)| Some(((*key).to_owned(), value.clone()?)))
+            .map(|(slot, value)| (CAPTURED[usize::from(*slot)].to_owned(), value.clone()))
             .collect()
+    }
+
+    /// Records the member in `slot` of [`CAPTURED`], keeping the list in that order.
+    fn insert(&mut self, slot: usize, value: Value) {
+        if self.values.capacity() == 0 {
+            // Once, with room for the usual members, rather than growing in steps.
+            self.values.reserve(6);
+        }
+        // CAPTURED has 13 names.
+        let slot = slot as u8;
+        match self.values.binary_search_by_key(&slot, |(s, _)| *s) {
+            Ok(at) => self.values[at].1 = value,
+            Err(at) => self.values.insert(at, (slot, value)),
+        }
     }
 }
 
@@ -675,7 +691,7 @@ impl Scanner {
             None => serde_json::from_slice(&self.capture)
                 .map_err(|e| self.err(at, format!("invalid JSON: {e}")))?,
         };
-        self.members.values[self.slot] = Some(value);
+        self.members.insert(self.slot, value);
         self.capture.clear();
         Ok(())
     }

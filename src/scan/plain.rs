@@ -195,7 +195,10 @@ mod tests {
             // Whole blocks are taken until the limit is reached, then nothing more.
             assert!(taken <= whole, "{input:?}");
             assert!(taken == whole || gathered.len() >= limit, "{input:?}");
-            assert!(gathered.len() < limit + BLOCK || taken == whole, "{input:?}");
+            assert!(
+                gathered.len() < limit + BLOCK || taken == whole,
+                "{input:?}"
+            );
             assert_eq!(gathered.as_slice()[..2], *b"ab");
             assert_eq!(gathered.as_slice()[2..], input[..taken], "{input:?}");
         }
