@@ -215,7 +215,7 @@ fn is_transformable(parts: &Parts) -> bool {
 
 /// `application/fhir+json`, `application/json+fhir` or `application/json`, any parameters.
 fn is_fhir_json(content_type: &str) -> bool {
-    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    let essence = crate::negotiate::essence(content_type);
     [
         "application/fhir+json",
         "application/json+fhir",

@@ -346,8 +346,7 @@ impl AcceptList {
     fn native_weight(&self, content_type: &str) -> Weight {
         // Parameters are ignored, so only the part before them has to be a valid media type;
         // sloppy parameters must not make a document unmatchable.
-        let essence = content_type.split(';').next().unwrap_or_default().trim();
-        let parsed = MediaType::parse(essence).ok();
+        let parsed = MediaType::parse(essence(content_type)).ok();
         let (ty, subtype) = match &parsed {
             Some(media_type) => (media_type.ty.as_str(), full_subtype(media_type)),
             None => ("", String::new()),
@@ -433,9 +432,14 @@ fn parse_qvalue(text: &str) -> Option<Weight> {
     }
 }
 
+/// A media type without its parameters (`type/subtype`, trimmed, case kept).
+pub(crate) fn essence(media_type: &str) -> &str {
+    media_type.split(';').next().unwrap_or_default().trim()
+}
+
 /// The decision a `_format` value (already form-decoded) asks for.
 fn format_decision(value: &str) -> Decision {
-    let essence = value.split(';').next().unwrap_or_default().trim();
+    let essence = essence(value);
     // Form decoding turned an unescaped `+` into a space: put it back.
     let essence = essence.replace(' ', "+").to_ascii_lowercase();
     let (representation, spelling) = match essence.as_str() {
@@ -1019,8 +1023,7 @@ mod tests {
             );
             let q_json = json.max(json_dstu2).unwrap_or(0);
             let q_xml = xml.max(xml_dstu2).unwrap_or(0);
-            let essence = content_type.split(';').next().unwrap().trim();
-            let (ty, sub) = match MediaType::parse(essence) {
+            let (ty, sub) = match MediaType::parse(essence(content_type)) {
                 Ok(m) => (m.ty.as_str().to_ascii_lowercase(), full_subtype(&m)),
                 Err(_) => ("\u{0}".to_owned(), "\u{0}".to_owned()),
             };

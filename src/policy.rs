@@ -92,8 +92,8 @@ impl SecurityPolicy {
 }
 
 /// The media type without parameters, lowercased (borrowed when it already is).
-fn essence(content_type: &str) -> Cow<'_, str> {
-    let essence = content_type.split(';').next().unwrap_or_default().trim();
+fn lowercase_essence(content_type: &str) -> Cow<'_, str> {
+    let essence = crate::negotiate::essence(content_type);
     if essence.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(essence.to_ascii_lowercase())
     } else {
@@ -104,7 +104,7 @@ fn essence(content_type: &str) -> Cow<'_, str> {
 /// Whether a browser may execute `content_type` or render it as a page. Unknown types are
 /// active: the safe side (a browser downloads a type it does not know anyway).
 pub(crate) fn is_active(content_type: &str) -> bool {
-    let essence = essence(content_type);
+    let essence = lowercase_essence(content_type);
     let Some((kind, subtype)) = essence.split_once('/') else {
         return true;
     };
@@ -130,7 +130,7 @@ pub(crate) fn is_active(content_type: &str) -> bool {
 /// The usual file extension for `content_type`, from a small table of the types FHIR servers
 /// commonly hold; None for others.
 pub(crate) fn extension(content_type: &str) -> Option<&'static str> {
-    let essence = essence(content_type);
+    let essence = lowercase_essence(content_type);
     let known = match &*essence {
         "application/pdf" => "pdf",
         "image/jpeg" | "image/jpg" | "image/pjpeg" => "jpg",

@@ -281,9 +281,8 @@ enum Kind {
 fn media_kind(content_type: Option<&HeaderValue>) -> Kind {
     let essence = content_type
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
+        .map(crate::negotiate::essence)
         .unwrap_or_default()
-        .trim()
         .to_ascii_lowercase();
     match essence.as_str() {
         "application/fhir+json" | "application/json+fhir" => Kind::Json,
