@@ -357,8 +357,8 @@ impl Base64Decoder {
     /// Feeds raw string content (bytes as they stand between the quotes; never `"` or `\`).
     ///
     /// Appends the decoded bytes of every group completed so far to `out`; with `None` the input
-    /// is only validated and nothing is written (HEAD requests, XML rendering). At most
-    /// [`Self::max_decoded_len`]`(input.len())` bytes are appended. On error `out` may hold part
+    /// is only validated and nothing is written (HEAD requests, XML rendering). At most three
+    /// bytes per four input bytes, plus three, are appended. On error `out` may hold part
     /// of this call's output; the caller is expected to abandon the document.
     pub(crate) fn feed_raw(
         &mut self,

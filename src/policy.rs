@@ -189,7 +189,8 @@ pub(crate) fn filename(id: Option<&str>, content_type: &str) -> String {
     }
 }
 
-/// The file name of [`filename`] as its base and extension.
+/// The file name a browser saves the document under (see `filename`), as its base and
+/// extension.
 fn filename_parts<'a>(id: Option<&'a str>, content_type: &str) -> (&'a str, Option<&'static str>) {
     let base = id
         .filter(|id| {
