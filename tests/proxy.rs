@@ -403,7 +403,11 @@ async fn upstream_down_is_a_502_operation_outcome() {
         let proxy = start_proxy_to(&format!("http://{addr}/fhir")).await;
         let got = get(&url(&proxy, "/Binary/example"), &[]).await;
         assert_eq!(got.status, StatusCode::BAD_GATEWAY);
-        assert_eq!(got.header("content-type"), Some("application/fhir+json"));
+        // The same media type as the layer's own OperationOutcomes.
+        assert_eq!(
+            got.header("content-type"),
+            Some("application/fhir+json;charset=utf-8")
+        );
         let diagnostics = got.diagnostics();
         assert!(diagnostics.contains("could not connect"), "{diagnostics}");
         assert_eq!(got.json()["issue"][0]["code"], "transient");
@@ -430,7 +434,10 @@ async fn upstream_too_slow_is_a_504_operation_outcome() {
         let proxy = start_proxy_to(&format!("http://{addr}/fhir/slow")).await;
         let got = get(&url(&proxy, "/Binary/example"), &[]).await;
         assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT);
-        assert_eq!(got.header("content-type"), Some("application/fhir+json"));
+        assert_eq!(
+            got.header("content-type"),
+            Some("application/fhir+json;charset=utf-8")
+        );
         assert_eq!(got.json()["issue"][0]["code"], "timeout");
         // The proxy stays up after a timeout.
         let proxy2 = start_proxy_to(&format!("http://{addr}/fhir")).await;
@@ -501,7 +508,10 @@ async fn dstu2_speaks_the_dstu2_media_types() {
         let proxy = start_proxy(TcpListener::bind("127.0.0.1:0").await.unwrap(), options).unwrap();
         let got = get(&url(&proxy, "/Binary/f006"), &[]).await;
         assert_eq!(got.status, StatusCode::BAD_GATEWAY);
-        assert_eq!(got.header("content-type"), Some("application/json+fhir"));
+        assert_eq!(
+            got.header("content-type"),
+            Some("application/json+fhir;charset=utf-8")
+        );
     })
     .await
 }

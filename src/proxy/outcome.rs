@@ -1,7 +1,7 @@
 //! OperationOutcome responses made by the proxy and the demo backend.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
+use http::header::CONTENT_TYPE;
 use http::{Response, StatusCode};
 
 use crate::outcome::Outcome;
@@ -23,9 +23,8 @@ pub(crate) fn outcome_response<B>(
     };
     let mut response = Response::new(body(outcome.to_json()));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static(version.json_media_type()),
-    );
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, version.json_content_type());
     response
 }
