@@ -1143,8 +1143,9 @@ impl Scanner {
     /// Gathers payload text broken up by escapes that stand for base64 characters or
     /// whitespace (`\/` from PHP, `\u002B` from .NET, `\n` line wrapping) in one pass over the
     /// input, without going back to the state machine for each escape. Stops before anything
-    /// else (the closing quote, another escape, a control character, an escape cut off by the
-    /// end of the input), for the general path to handle. Decode and Validate modes only.
+    /// else (the closing quote, another escape, an escape cut off by the end of the input), for
+    /// the general path to handle; a raw control character is gathered, for the decoder to
+    /// report. Decode and Validate modes only.
     fn gather(
         &mut self,
         input: &[u8],
@@ -1154,7 +1155,7 @@ impl Scanner {
         let mut i = 0;
         loop {
             // Plain text and PHP's `\/`, the most common escape, in one pass.
-            i += self.unescaped.extend_plain(&input[i..], UNESCAPED_FLUSH);
+            i += self.unescaped.extend_payload(&input[i..], UNESCAPED_FLUSH);
             if self.unescaped.len() >= UNESCAPED_FLUSH {
                 self.flush_unescaped(mode, out)?;
                 continue;
@@ -1577,6 +1578,22 @@ mod tests {
         let first = scanner.feed(b"{\"a\":x", &mut out).unwrap_err();
         assert_eq!(scanner.feed(b"}", &mut out).unwrap_err(), first);
         assert_eq!(scanner.finish().unwrap_err(), first);
+    }
+
+    #[test]
+    fn a_raw_control_character_among_escapes_is_reported_where_it_stands() {
+        // Gathered with PHP's escapes in blocks; the decoder reports it, counting the escape as
+        // one character: 4 + 1 + 40.
+        let text = format!("QUJD\\/{}\u{1}AAA", "A".repeat(40));
+        for mode in [PayloadMode::Decode, PayloadMode::Validate] {
+            let input = format!("{{\"data\":\"{text}\"}}");
+            let e = scan_all_ways(input.as_bytes(), mode).unwrap_err();
+            assert!(
+                e.message()
+                    .contains("control character 0x01 inside a JSON string at position 45"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Plain runs of string content (no `"`, `\`, or control character), found 32 bytes at a
-//! time, and the buffer that gathers payload text across escapes.
+//! Plain runs of string content (no `"`, `\`, or control character) and of payload text (no
+//! `"` or `\`), found 32 bytes at a time, and the buffer that gathers payload text across
+//! escapes.
 //!
 //! Runs between escapes are short (PHP escapes a `/` about every 64 base64 characters): a
 //! general search costs more to start than it saves on them, so a loop over blocks of 32 bytes,
@@ -50,13 +51,15 @@ impl Gathered {
         self.len = end;
     }
 
-    /// Appends the prefix of `input` that holds no `"`, `\`, or control character, except
-    /// that `\/` (PHP escapes every `/`) is taken as the `/` it stands for; stops early once the
-    /// buffer holds `limit` bytes or more. Returns how much of `input` it took.
+    /// Appends payload text from `input` up to the first `"` or `\`, except that `\/` (PHP
+    /// escapes every `/`) is taken as the `/` it stands for; stops early once the buffer holds
+    /// `limit` bytes or more. Returns how much of `input` it took.
     ///
+    /// Control characters are taken like any other byte: the base64 decoder rejects them, with
+    /// their position, as raw control characters, so looking for them here would only cost.
     /// The search and the copy are one pass: each block is written before it is looked at, and
-    /// the length moves only past its plain bytes.
-    pub(super) fn extend_plain(&mut self, input: &[u8], limit: usize) -> usize {
+    /// the length moves only past the bytes taken.
+    pub(super) fn extend_payload(&mut self, input: &[u8], limit: usize) -> usize {
         self.room(limit + BLOCK);
         let buf = &mut self.buf[..];
         let mut len = self.len;
@@ -68,7 +71,7 @@ impl Gathered {
             }
             let block: [u8; BLOCK] = block.try_into().unwrap_or([0; BLOCK]);
             buf[len..len + BLOCK].copy_from_slice(&block);
-            let marks = special_bytes(block);
+            let marks = quotes_and_backslashes(block);
             if marks != 0 {
                 let n = marks.trailing_zeros() as usize;
                 if input.get(i + n..i + n + 2) == Some(b"\\/") {
@@ -86,8 +89,12 @@ impl Gathered {
         }
         self.len = len;
         loop {
-            let n = plain_tail(&input[i..]);
-            self.extend(&input[i..i + n]);
+            let rest = &input[i..];
+            let n = rest
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\')
+                .unwrap_or(rest.len());
+            self.extend(&rest[..n]);
             i += n;
             if input.get(i..i + 2) != Some(b"\\/") {
                 return i;
@@ -126,6 +133,12 @@ fn special_bytes(block: [u8; BLOCK]) -> u32 {
     let backslash = x.simd_eq(u8x32::splat(b'\\'));
     let control = x.min(u8x32::splat(0x1f)).simd_eq(x);
     (quote | backslash | control).to_bitmask()
+}
+
+/// One bit for each `"` or `\\` in `block`.
+fn quotes_and_backslashes(block: [u8; BLOCK]) -> u32 {
+    let x = u8x32::new(block);
+    (x.simd_eq(u8x32::splat(b'"')) | x.simd_eq(u8x32::splat(b'\\'))).to_bitmask()
 }
 
 /// [`plain_prefix`] a byte at a time, for what is left after the last whole block.
@@ -185,13 +198,16 @@ mod tests {
     }
 
     #[test]
-    fn extend_plain_appends_the_plain_prefix_up_to_the_limit() {
+    fn extend_payload_appends_up_to_a_quote_or_backslash_and_the_limit() {
         for (n, input) in inputs().enumerate() {
             let mut gathered = Gathered::default();
             gathered.extend(b"ab");
             let limit = n % 40;
-            let taken = gathered.extend_plain(&input, limit);
-            let whole = naive(&input);
+            let taken = gathered.extend_payload(&input, limit);
+            let whole = input
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\')
+                .unwrap_or(input.len());
             // Whole blocks are taken until the limit is reached, then nothing more.
             assert!(taken <= whole, "{input:?}");
             assert!(taken == whole || gathered.len() >= limit, "{input:?}");
@@ -205,14 +221,14 @@ mod tests {
     }
 
     #[test]
-    fn extend_plain_takes_php_escapes_as_slashes() {
+    fn extend_payload_takes_php_escapes_as_slashes() {
         let text = "QUJD\\/RE\\/\\/Rk".repeat(40);
         // Every cut but those inside an escape.
         let cuts = (0..=text.len()).filter(|&cut| !text[..cut].ends_with('\\'));
         for cut in cuts {
             let input = format!("{}\\\"{}\"", &text[..cut], &text[cut..]);
             let mut gathered = Gathered::default();
-            let taken = gathered.extend_plain(input.as_bytes(), 1 << 20);
+            let taken = gathered.extend_payload(input.as_bytes(), 1 << 20);
             // Up to the escaped quote, which is not PHP's.
             assert_eq!(taken, cut, "{input}");
             let expect = text[..cut].replace("\\/", "/");
@@ -221,7 +237,7 @@ mod tests {
         // A backslash at the end of the input, its escape cut off: left for the caller.
         let mut gathered = Gathered::default();
         let input = format!("{}\\", "A".repeat(40));
-        assert_eq!(gathered.extend_plain(input.as_bytes(), 1 << 20), 40);
+        assert_eq!(gathered.extend_payload(input.as_bytes(), 1 << 20), 40);
         assert_eq!(gathered.len(), 40);
     }
 
