@@ -1006,8 +1006,8 @@ impl Scanner {
                     let end = if self.unescaped.is_empty() {
                         memchr2(b'"', b'\\', rest).unwrap_or(rest.len())
                     } else {
-                        // Runs between escapes are short: gather them with a plain loop, which
-                        // costs less than starting a vector search for each.
+                        // Runs between escapes are short: the block search of `plain` finds
+                        // their ends for less than a general search costs to start.
                         let n = plain_prefix(rest);
                         self.unescaped.extend(&rest[..n]);
                         if rest.get(n).is_some_and(|&b| b < 0x20) {

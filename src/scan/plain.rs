@@ -135,7 +135,7 @@ fn special_bytes(block: [u8; BLOCK]) -> u32 {
     (quote | backslash | control).to_bitmask()
 }
 
-/// One bit for each `"` or `\\` in `block`.
+/// One bit for each `"` or `\` in `block`.
 fn quotes_and_backslashes(block: [u8; BLOCK]) -> u32 {
     let x = u8x32::new(block);
     (x.simd_eq(u8x32::splat(b'"')) | x.simd_eq(u8x32::splat(b'\\'))).to_bitmask()
