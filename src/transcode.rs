@@ -293,7 +293,8 @@ impl Transcoder {
             },
         };
         let text = content_type.to_str().unwrap_or_default();
-        let decision = match self.preference.resolve(text) {
+        // A decision fixed at request time is what `resolve` gives for any content type.
+        let decision = match self.fixed.unwrap_or_else(|| self.preference.resolve(text)) {
             Decision::NotAcceptable if self.native_when_not_acceptable => Decision::Serve {
                 representation: Representation::Native,
                 spelling: Spelling::Unspecified,
