@@ -46,8 +46,9 @@ pub(crate) fn replace_body_headers(
 }
 
 /// The head of the raw document: its type and length, the browser policy, the validators
-/// and the security context from the Binary (unless the inner service set them), `Vary` and
-/// `Accept-Ranges`. `Content-Location` and the inner service's other headers stay.
+/// and the security context from the Binary (unless the inner service set them) and
+/// `Accept-Ranges`. `Vary` is already set on every negotiated head (see [`vary_accept`]);
+/// `Content-Location` and the inner service's other headers stay.
 pub(crate) fn native(
     headers: &mut HeaderMap,
     content_type: HeaderValue,
@@ -55,31 +56,27 @@ pub(crate) fn native(
     metadata: &Metadata,
     policy: SecurityPolicy,
 ) {
-    // Room for what is added here, at once.
-    headers.reserve(8);
     // nosniff always: the document's type comes from the Binary, a browser must not guess.
     policy.apply(
         headers,
         content_type.to_str().unwrap_or_default(),
-        metadata.id,
+        metadata.id.as_deref(),
     );
     replace_body_headers(headers, content_type, length);
-    let meta = metadata.meta;
     if !headers.contains_key(ETAG) {
-        if let Some(etag) = etag_of(meta) {
+        if let Some(etag) = etag_of(metadata.version_id.as_deref()) {
             headers.insert(ETAG, etag);
         }
     }
     if !headers.contains_key(LAST_MODIFIED) {
-        if let Some(date) = last_modified_of(meta) {
+        if let Some(date) = last_modified_of(metadata.last_updated.as_deref()) {
             headers.insert(LAST_MODIFIED, date);
         }
     }
     if !headers.contains_key(X_SECURITY_CONTEXT) {
         let reference = metadata
             .security_context
-            .and_then(|context| context.get("reference"))
-            .and_then(serde_json::Value::as_str)
+            .as_deref()
             .filter(|reference| !reference.is_empty())
             .and_then(|reference| HeaderValue::from_str(reference).ok());
         if let Some(reference) = reference {
@@ -87,7 +84,6 @@ pub(crate) fn native(
         }
     }
     headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    vary_accept(headers);
 }
 
 /// Turns a native head into that of 304 Not Modified: the validators, `Vary`,
@@ -133,7 +129,6 @@ pub(crate) fn unsatisfiable(headers: &mut HeaderMap, length: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn vary(headers: &HeaderMap) -> Vec<&str> {
         headers
@@ -188,7 +183,6 @@ mod tests {
         assert!(headers.get(TRANSFER_ENCODING).is_none());
         assert_eq!(headers[http::header::X_CONTENT_TYPE_OPTIONS], "nosniff");
         assert_eq!(headers[ACCEPT_RANGES], "bytes");
-        assert_eq!(vary(&headers), ["Accept"]);
         assert!(headers.get(ETAG).is_none());
         assert!(headers.get(X_SECURITY_CONTEXT).is_none());
 
@@ -204,12 +198,11 @@ mod tests {
 
     #[test]
     fn validators_and_security_context_from_the_binary_unless_the_inner_set_them() {
-        let meta = json!({"versionId": "2", "lastUpdated": "2020-01-02T03:04:05.678Z"});
-        let context = json!({"reference": "Patient/1"});
         let metadata = Metadata {
-            id: Some("x"),
-            meta: Some(&meta),
-            security_context: Some(&context),
+            id: Some("x".into()),
+            version_id: Some("2".into()),
+            last_updated: Some("2020-01-02T03:04:05.678Z".into()),
+            security_context: Some("Patient/1".into()),
         };
         let mut headers = HeaderMap::new();
         let pdf = || HeaderValue::from_static("application/pdf");
@@ -240,9 +233,8 @@ mod tests {
         assert_eq!(headers[ETAG], "\"inner\"");
         assert_eq!(headers[LAST_MODIFIED], "Mon, 01 Jan 2001 00:00:00 GMT");
 
-        let context = json!({"reference": "Patient/1\r\nSet-Cookie: a=b"});
         let injected = Metadata {
-            security_context: Some(&context),
+            security_context: Some("Patient/1\r\nSet-Cookie: a=b".into()),
             ..Metadata::default()
         };
         let mut headers = HeaderMap::new();

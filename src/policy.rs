@@ -61,7 +61,8 @@ impl SecurityPolicy {
         if self == SecurityPolicy::NosniffOnly {
             return;
         }
-        let active = is_active(content_type);
+        let essence = lowercase_essence(content_type);
+        let active = is_active_essence(&essence);
         if active {
             // Appended: a policy the inner service set is enforced as well.
             headers.append(CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox"));
@@ -72,7 +73,7 @@ impl SecurityPolicy {
             _ => active,
         };
         let disposition = if attachment { "attachment" } else { "inline" };
-        let (base, extension) = filename_parts(id, content_type);
+        let (base, extension) = (file_base(id), extension_of_essence(&essence));
         let mut value = String::with_capacity(
             disposition.len() + 13 + base.len() + extension.map_or(0, |e| e.len() + 1),
         );
@@ -101,10 +102,16 @@ fn lowercase_essence(content_type: &str) -> Cow<'_, str> {
     }
 }
 
-/// Whether a browser may execute `content_type` or render it as a page. Unknown types are
-/// active: the safe side (a browser downloads a type it does not know anyway).
+/// [`is_active_essence`] of a whole content type.
+#[cfg(test)]
 pub(crate) fn is_active(content_type: &str) -> bool {
-    let essence = lowercase_essence(content_type);
+    is_active_essence(&lowercase_essence(content_type))
+}
+
+/// Whether a browser may execute a document of this media type (lowercased, without
+/// parameters) or render it as a page. Unknown types are active: the safe side (a browser
+/// downloads a type it does not know anyway).
+fn is_active_essence(essence: &str) -> bool {
     let Some((kind, subtype)) = essence.split_once('/') else {
         return true;
     };
@@ -127,11 +134,16 @@ pub(crate) fn is_active(content_type: &str) -> bool {
     !passive
 }
 
-/// The usual file extension for `content_type`, from a small table of the types FHIR servers
-/// commonly hold; None for others.
+/// [`extension_of_essence`] of a whole content type.
+#[cfg(test)]
 pub(crate) fn extension(content_type: &str) -> Option<&'static str> {
-    let essence = lowercase_essence(content_type);
-    let known = match &*essence {
+    extension_of_essence(&lowercase_essence(content_type))
+}
+
+/// The usual file extension for a media type (lowercased, without parameters), from a small
+/// table of the types FHIR servers commonly hold; None for others.
+fn extension_of_essence(essence: &str) -> Option<&'static str> {
+    let known = match essence {
         "application/pdf" => "pdf",
         "image/jpeg" | "image/jpg" | "image/pjpeg" => "jpg",
         "image/png" => "png",
@@ -183,25 +195,22 @@ pub(crate) fn extension(content_type: &str) -> Option<&'static str> {
 /// to `binary`, so that the header is never built from unchecked input.
 #[cfg(test)]
 pub(crate) fn filename(id: Option<&str>, content_type: &str) -> String {
-    match filename_parts(id, content_type) {
+    match (file_base(id), extension(content_type)) {
         (base, Some(extension)) => format!("{base}.{extension}"),
         (base, None) => base.to_owned(),
     }
 }
 
-/// The file name a browser saves the document under (see `filename`), as its base and
-/// extension.
-fn filename_parts<'a>(id: Option<&'a str>, content_type: &str) -> (&'a str, Option<&'static str>) {
-    let base = id
-        .filter(|id| {
-            (1..=64).contains(&id.len())
-                && !id.starts_with('.')
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        })
-        .unwrap_or("binary");
-    (base, extension(content_type))
+/// The file name without its extension (see `filename`).
+fn file_base(id: Option<&str>) -> &str {
+    id.filter(|id| {
+        (1..=64).contains(&id.len())
+            && !id.starts_with('.')
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    })
+    .unwrap_or("binary")
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //!
 //! The scanner is fed the inner body's frames as they come, split anywhere, and walks the
 //! top-level object. Every member except the payload (`data` in R4+, `content` in DSTU2/STU3) is
-//! either captured (the Binary's own elements, bounded by a cap, then parsed with serde_json) or
-//! skipped after full validation. The payload string is never held: its text goes, piece by
+//! either captured (the Binary's own elements, bounded by a cap, kept as their JSON text; see
+//! [`Members`]) or skipped after full validation. The payload string is never held: its text goes, piece by
 //! piece, to the streaming base64 decoder, to an output buffer as unescaped text (for FHIR XML),
 //! or is skipped. The caller chooses which when the scanner pauses at the start of the payload.
 //!
@@ -15,13 +15,15 @@ use std::fmt;
 
 use bytes::BytesMut;
 use memchr::memchr2;
-use serde_json::{Map, Value};
 
 use crate::decode::Base64Decoder;
 use crate::FhirVersion;
 
+mod members;
 mod plain;
 
+use members::CAPTURED;
+pub(crate) use members::{Member, Members};
 use plain::{plain_prefix, Gathered};
 
 /// Which element carries the payload.
@@ -138,90 +140,15 @@ impl fmt::Display for ScanError {
 
 impl std::error::Error for ScanError {}
 
-/// Top-level members the scanner captures: the elements of Binary in every FHIR release, and
-/// their primitive extensions. Anything else is validated and dropped.
-const CAPTURED: &[&str] = &[
-    "resourceType",
-    "id",
-    "meta",
-    "implicitRules",
-    "language",
-    "contentType",
-    "securityContext",
-    "_id",
-    "_implicitRules",
-    "_language",
-    "_contentType",
-    "_data",
-    "_content",
-];
-
-/// The members captured so far, each parsed once, in the order of [`CAPTURED`].
-///
-/// A short list rather than a map or a table with a slot for every name: a Binary has a few
-/// of these members, looking one up among them costs no hashing, and the list stays small to
-/// move and to drop.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub(crate) struct Members {
-    values: Vec<(u8, Value)>,
-}
-
-impl Members {
-    /// The member named `key`, when it was captured.
-    pub(crate) fn get(&self, key: &str) -> Option<&Value> {
-        let index = CAPTURED.iter().position(|k| *k == key)?;
-        self.values
-            .iter()
-            .find(|(slot, _)| usize::from(*slot) == index)
-            .map(|(_, value)| value)
-    }
-
-    /// Whether the member named `key` was captured.
-    pub(crate) fn contains_key(&self, key: &str) -> bool {
-        self.get(key).is_some()
-    }
-
-    /// The names of the captured members, in the order of [`CAPTURED`].
-    pub(crate) fn keys(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.values
-            .iter()
-            .map(|(slot, _)| CAPTURED[usize::from(*slot)])
-    }
-
-    /// The captured members as a JSON object, for the XML writer.
-    pub(crate) fn to_map(&self) -> Map<String, Value> {
-        self.values
-            .iter()
-            .map(|(slot, value)| (CAPTURED[usize::from(*slot)].to_owned(), value.clone()))
-            .collect()
-    }
-
-    /// Records the member in `slot` of [`CAPTURED`], keeping the list in that order.
-    fn insert(&mut self, slot: usize, value: Value) {
-        if self.values.capacity() == 0 {
-            // Once, with room for the usual members, rather than growing in steps.
-            self.values.reserve(6);
-        }
-        // CAPTURED has 13 names.
-        let slot = slot as u8;
-        match self.values.binary_search_by_key(&slot, |(s, _)| *s) {
-            Ok(at) => self.values[at].1 = value,
-            Err(at) => self.values.insert(at, (slot, value)),
-        }
-    }
-}
-
-#[cfg(test)]
-impl std::ops::Index<&str> for Members {
-    type Output = Value;
-
-    fn index(&self, key: &str) -> &Value {
-        self.get(key).unwrap_or(&Value::Null)
-    }
-}
-
 /// Gathered payload text is decoded once it reaches this size.
 const UNESCAPED_FLUSH: usize = 16 * 1024;
+
+/// Captured texts longer than this are parsed once to check their numbers' range.
+const LONG_CAPTURE: usize = 300;
+
+/// Captured texts nested deeper than this are parsed once to check serde_json's recursion
+/// limit.
+const DEEP_CAPTURE: usize = 64;
 
 /// Longest member name worth collecting; longer names are none of the above.
 const MAX_KEY: usize = 32;
@@ -368,7 +295,11 @@ pub(crate) struct Scanner {
     route: Route,
     /// Where the captured member goes in [`Members`].
     slot: usize,
-    capture: Vec<u8>,
+    /// Where its text starts in [`Members`].
+    capture_start: usize,
+    /// Whether its text holds what the scanner does not check but `serde_json` refuses: a
+    /// number out of range, nesting past its recursion limit. Such a member is parsed once.
+    capture_unchecked: bool,
     captured_total: usize,
 
     // The generic value machine.
@@ -412,7 +343,8 @@ impl Scanner {
             key_too_long: false,
             route: Route::Skip,
             slot: 0,
-            capture: Vec::new(),
+            capture_start: 0,
+            capture_unchecked: false,
             captured_total: 0,
             g: G::Value,
             stack: Vec::new(),
@@ -432,11 +364,6 @@ impl Scanner {
     /// Chooses what happens to the payload from here on.
     pub(crate) fn set_payload_mode(&mut self, mode: PayloadMode) {
         self.mode = mode;
-    }
-
-    /// The `contentType` member, once read (any JSON type).
-    pub(crate) fn content_type(&self) -> Option<&Value> {
-        self.members.get("contentType")
     }
 
     /// Every captured member, parsed.
@@ -576,7 +503,8 @@ impl Scanner {
                 (St::Value, _) => {
                     self.st = St::Nested;
                     self.g = G::Value;
-                    self.capture.clear();
+                    self.capture_start = self.members.len();
+                    self.capture_unchecked = false;
                 }
                 (St::AfterMember, b',') => {
                     self.st = St::Key;
@@ -634,11 +562,7 @@ impl Scanner {
                 ),
             ));
         }
-        if self.capture.capacity() == 0 {
-            // Once, with room for the usual members, rather than growing in steps.
-            self.capture.reserve(128);
-        }
-        self.capture.extend_from_slice(bytes);
+        self.members.extend(bytes);
         Ok(())
     }
 
@@ -686,13 +610,16 @@ impl Scanner {
         if self.route != Route::Capture {
             return Ok(());
         }
-        let value = match plain_string(&self.capture) {
-            Some(text) => Value::String(text.to_owned()),
-            None => serde_json::from_slice(&self.capture)
-                .map_err(|e| self.err(at, format!("invalid JSON: {e}")))?,
-        };
-        self.members.insert(self.slot, value);
-        self.capture.clear();
+        let start = self.capture_start;
+        // Longer texts may hold a number with hundreds of digits.
+        if self.capture_unchecked || self.members.len() - start > LONG_CAPTURE {
+            let text = self.members.text_from(start);
+            if let Err(e) = serde_json::from_slice::<serde_json::Value>(text) {
+                self.members.discard(start);
+                return Err(self.err(at, format!("invalid JSON: {e}")));
+            }
+        }
+        self.members.close(self.slot, start);
         Ok(())
     }
 
@@ -841,6 +768,10 @@ impl Scanner {
             match self.g {
                 G::Num(num) => {
                     if let Some(next) = num.next(b) {
+                        // Only an exponent (or hundreds of digits) can leave f64's range.
+                        if next == Num::Exp {
+                            self.capture_unchecked = true;
+                        }
                         self.g = G::Num(next);
                         i += 1;
                         continue;
@@ -958,6 +889,10 @@ impl Scanner {
                     self.limits.max_depth
                 ),
             ));
+        }
+        // serde_json stops at 128 levels.
+        if self.stack.len() >= DEEP_CAPTURE {
+            self.capture_unchecked = true;
         }
         self.stack.push(open);
         Ok(())
@@ -1296,17 +1231,6 @@ fn payload_error(
     ScanError::new(format!("`{name}` is not valid base64: {e}"), pos)
 }
 
-/// The text of a JSON string value without escapes (`"text"`, nothing around it), which
-/// needs no parser; None for anything else. The scanner has already checked it is UTF-8
-/// without control characters.
-fn plain_string(json: &[u8]) -> Option<&str> {
-    let inner = json.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
-    if inner.iter().any(|&b| b == b'"' || b == b'\\') {
-        return None;
-    }
-    std::str::from_utf8(inner).ok()
-}
-
 /// The raw byte that an escaped character stands for in base64 text: a base64 character
 /// itself, a space for escaped whitespace (one character either way, so that positions in
 /// messages hold); None for anything else, which the decoder reports as an escape.
@@ -1423,9 +1347,9 @@ mod tests {
         let found = scan_all_ways(input, PayloadMode::Decode).unwrap();
         assert_eq!(found.output, b"Hello");
         assert_eq!(found.payload, Some(PayloadElement::Data));
-        assert_eq!(found.members["id"], "a\u{e9}");
-        assert_eq!(found.members["meta"]["tag"][0]["code"], "x");
-        assert_eq!(found.members["contentType"], "text/plain");
+        assert_eq!(found.members.value("id").unwrap(), "a\u{e9}");
+        assert_eq!(found.members.value("meta").unwrap()["tag"][0]["code"], "x");
+        assert_eq!(found.members.value("contentType").unwrap(), "text/plain");
         assert!(!found.members.contains_key("unknown"));
         assert_eq!(
             found.events,
@@ -1448,7 +1372,7 @@ mod tests {
         let found = scan_all_ways(input, PayloadMode::Decode).unwrap();
         assert_eq!(found.payload, Some(PayloadElement::Content));
         assert_eq!(found.output, b"A");
-        assert_eq!(found.members["contentType"], "a/b");
+        assert_eq!(found.members.value("contentType").unwrap(), "a/b");
     }
 
     #[test]
@@ -1471,7 +1395,7 @@ mod tests {
         let input = br#"{"data":"AA\"\\\u0022A=","id":"x"}"#;
         let found = scan_all_ways(input, PayloadMode::Skip).unwrap();
         assert!(found.output.is_empty());
-        assert_eq!(found.members["id"], "x");
+        assert_eq!(found.members.value("id").unwrap(), "x");
         assert!(scan_all_ways(input, PayloadMode::Validate).is_err());
         let found = scan_all_ways(br#"{"data":"QUJD","id":"x"}"#, PayloadMode::Validate).unwrap();
         assert!(found.output.is_empty());
@@ -1540,6 +1464,47 @@ mod tests {
         let e = scan(nested(129).as_bytes(), 7, PayloadMode::Decode).unwrap_err();
         assert!(e.message().contains("deeper than the limit of 128"), "{e}");
         assert!(scan(nested(1_000_000).as_bytes(), 4096, PayloadMode::Decode).is_err());
+    }
+
+    #[test]
+    fn captured_members_are_checked_like_serde_json_parses_them() {
+        // What the scanner accepts but serde_json refuses in a captured member: a number out
+        // of f64's range, nesting past serde_json's recursion limit.
+        let huge = format!("{{\"meta\":{{\"n\":{}}}}}", "9".repeat(400));
+        let e = scan(huge.as_bytes(), 7, PayloadMode::Decode).unwrap_err();
+        assert!(e.message().contains("number out of range"), "{e}");
+        let e = error(r#"{"meta":{"n":-1.5e309}}"#);
+        assert!(e.message().contains("number out of range"), "{e}");
+        let deep = format!("{{\"meta\":{}{}}}", "[".repeat(200), "]".repeat(200));
+        let mut scanner = Scanner::new(ScanLimits {
+            max_depth: 1000,
+            max_metadata: 64 * 1024,
+        });
+        let e = scanner
+            .feed(deep.as_bytes(), &mut BytesMut::new())
+            .unwrap_err();
+        assert!(e.message().contains("recursion limit"), "{e}");
+        // In range, and in a skipped member, all is well.
+        let fine = format!(
+            r#"{{"meta":{{"n":1e308,"m":"{}"}},"x":1e400,"y":{}{}}}"#,
+            "a".repeat(400),
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let mut scanner = Scanner::new(ScanLimits {
+            max_depth: 1000,
+            max_metadata: 64 * 1024,
+        });
+        let mut rest = fine.as_bytes();
+        while !rest.is_empty() {
+            let (n, _) = scanner.feed(rest, &mut BytesMut::new()).unwrap();
+            rest = &rest[n..];
+        }
+        assert!(scanner.finish().is_ok());
+        assert_eq!(
+            scanner.members().value("meta").unwrap()["n"],
+            serde_json::json!(1e308)
+        );
     }
 
     #[test]

@@ -7,15 +7,17 @@
 //! deciding member came after the payload. The usual order (`contentType` before `data`)
 //! decides at the first byte of the payload, and nothing is read twice.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::HeaderValue;
-use serde_json::Value;
 
 use crate::layer::Config;
 use crate::negotiate::{Decision, Preference, Representation, Spelling};
-use crate::scan::{Event, Members, PayloadElement, PayloadMode, ScanError, ScanLimits, Scanner};
+use crate::scan::{
+    Event, Member, Members, PayloadElement, PayloadMode, ScanError, ScanLimits, Scanner,
+};
 use crate::xml;
 use crate::FhirVersion;
 
@@ -45,14 +47,16 @@ pub(crate) enum Head {
 }
 
 /// The Binary's own description of itself that goes into the head of the raw document.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct Metadata<'a> {
     /// `id`, when it is a string.
-    pub(crate) id: Option<&'a str>,
-    /// `meta` (`versionId`, `lastUpdated`).
-    pub(crate) meta: Option<&'a Value>,
-    /// `securityContext` (its `reference`).
-    pub(crate) security_context: Option<&'a Value>,
+    pub(crate) id: Option<Cow<'a, str>>,
+    /// `meta.versionId`, when it is a string.
+    pub(crate) version_id: Option<Cow<'a, str>>,
+    /// `meta.lastUpdated`, when it is a string.
+    pub(crate) last_updated: Option<Cow<'a, str>>,
+    /// `securityContext.reference`, when it is a string.
+    pub(crate) security_context: Option<Cow<'a, str>>,
 }
 
 /// What the driver is doing.
@@ -80,6 +84,8 @@ pub(crate) struct Transcoder {
     /// Whether the raw document is only counted (HEAD), not produced.
     count_only: bool,
     phase: Phase,
+    /// Set once `resourceType` has shown the body is a Binary.
+    is_binary: bool,
     scanner: Scanner,
     /// Input the scanner has not consumed yet.
     pending: VecDeque<Bytes>,
@@ -127,6 +133,7 @@ impl Transcoder {
             native_when_not_acceptable: config.native_when_not_acceptable,
             count_only,
             phase: Phase::Deciding,
+            is_binary: false,
             scanner: Scanner::new(config.limits),
             pending: VecDeque::new(),
             held: VecDeque::new(),
@@ -151,22 +158,31 @@ impl Transcoder {
         self.scanner.decoded_len()
     }
 
-    /// A member of the Binary, as far as it is known: once the scanner has read it, or when it
-    /// was known at the decision (a replay starts a fresh scanner that has not read it again
-    /// yet). Members that come after the payload are known only once the scanner is past them.
-    pub(crate) fn member(&self, key: &str) -> Option<&Value> {
-        self.scanner
-            .members()
-            .get(key)
-            .or_else(|| self.members.get(key))
+    /// The members that hold `member`, as far as it is known: once the scanner has read it,
+    /// or when it was known at the decision (a replay starts a fresh scanner that has not read
+    /// it again yet). Members that come after the payload are known only once the scanner is
+    /// past them.
+    pub(crate) fn holder(&self, member: Member) -> Option<&Members> {
+        [self.scanner.members(), &self.members]
+            .into_iter()
+            .find(|members| members.raw(member).is_some())
     }
 
     /// What the Binary says about itself that the native head carries, as far as it is known.
     pub(crate) fn metadata(&self) -> Metadata<'_> {
+        let [version_id, last_updated] = self
+            .holder(Member::Meta)
+            .map(|m| m.fields(Member::Meta, ["versionId", "lastUpdated"]))
+            .unwrap_or_default();
+        let [security_context] = self
+            .holder(Member::SecurityContext)
+            .map(|m| m.fields(Member::SecurityContext, ["reference"]))
+            .unwrap_or_default();
         Metadata {
-            id: self.member("id").and_then(Value::as_str),
-            meta: self.member("meta"),
-            security_context: self.member("securityContext"),
+            id: self.holder(Member::Id).and_then(|m| m.str(Member::Id)),
+            version_id,
+            last_updated,
+            security_context,
         }
     }
 
@@ -243,12 +259,17 @@ impl Transcoder {
     /// Tries to decide after `event`; None when more must be read.
     fn decide(&mut self, event: Event) -> Option<Head> {
         let closed = event == Event::End;
-        match self.scanner.members().get("resourceType") {
-            Some(Value::String(rt)) if rt == "Binary" => {}
-            // Some other resource, or not a FHIR resource at all: not ours to change.
-            Some(_) => return Some(self.pass_through()),
-            None if closed => return Some(self.pass_through()),
-            None => return None,
+        if !self.is_binary {
+            let members = self.scanner.members();
+            match members.raw(Member::ResourceType) {
+                Some(_) if members.str(Member::ResourceType).as_deref() == Some("Binary") => {
+                    self.is_binary = true;
+                }
+                // Some other resource, or not a FHIR resource at all: not ours to change.
+                Some(_) => return Some(self.pass_through()),
+                None if closed => return Some(self.pass_through()),
+                None => return None,
+            }
         }
         if self.phase == Phase::AwaitingElements {
             return closed.then(|| self.start_xml(true));
@@ -274,7 +295,7 @@ impl Transcoder {
         if event != Event::PayloadStart && !self.scanner.payload_done() {
             return None;
         }
-        let content_type = match self.scanner.content_type() {
+        let content_type = match self.scanner.members().raw(Member::ContentType) {
             None if closed => {
                 return Some(Head::Invalid(ScanError::new(
                     "the Binary has no contentType",
@@ -282,15 +303,17 @@ impl Transcoder {
                 )))
             }
             None => return None,
-            Some(value) => match checked_content_type(value) {
-                Ok(content_type) => content_type,
-                Err(message) => {
-                    return Some(Head::Invalid(ScanError::new(
-                        message,
-                        self.scanner.position(),
-                    )))
+            Some(_) => {
+                match checked_content_type(self.scanner.members().str(Member::ContentType)) {
+                    Ok(content_type) => content_type,
+                    Err(message) => {
+                        return Some(Head::Invalid(ScanError::new(
+                            message,
+                            self.scanner.position(),
+                        )))
+                    }
                 }
-            },
+            }
         };
         let text = content_type.to_str().unwrap_or_default();
         // A decision fixed at request time is what `resolve` gives for any content type.
@@ -534,10 +557,24 @@ impl Transcoder {
 }
 
 /// The Binary's `contentType`, checked to be a media type that can stand in a header.
-fn checked_content_type(value: &Value) -> Result<HeaderValue, String> {
-    let Value::String(text) = value else {
+fn checked_content_type(text: Option<Cow<'_, str>>) -> Result<HeaderValue, String> {
+    let Some(text) = text else {
         return Err("the Binary's contentType is not a string".into());
     };
+    if is_bare_media_type(&text) {
+        // Visible ASCII only: a valid header value, kept without another copy when owned.
+        let bytes = match text {
+            Cow::Borrowed(text) => Bytes::copy_from_slice(text.as_bytes()),
+            Cow::Owned(text) => Bytes::from(text),
+        };
+        return HeaderValue::from_maybe_shared(bytes)
+            .map_err(|_| "the Binary's contentType cannot be sent as a header".into());
+    }
+    parsed_content_type(&text)
+}
+
+/// [`checked_content_type`] for any text, with the media type parser.
+fn parsed_content_type(text: &str) -> Result<HeaderValue, String> {
     let trimmed = text.trim_matches([' ', '\t']);
     if trimmed.is_empty() {
         return Err("the Binary's contentType is empty".into());
@@ -557,6 +594,27 @@ fn checked_content_type(value: &Value) -> Result<HeaderValue, String> {
         ));
     }
     Ok(header)
+}
+
+/// Whether `text` is a bare `type/subtype` or `type/subtype+suffix` of RFC 6838 names, without
+/// parameters or spaces: what almost every Binary has, and a subset of what `mediatype` and
+/// [`is_concrete`] accept together, so it needs no parser.
+fn is_bare_media_type(text: &str) -> bool {
+    fn name(part: &str) -> bool {
+        (1..=127).contains(&part.len())
+            && part.as_bytes()[0].is_ascii_alphanumeric()
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.".contains(&b))
+    }
+    let Some((kind, rest)) = text.split_once('/') else {
+        return false;
+    };
+    name(kind)
+        && match rest.split_once('+') {
+            Some((subtype, suffix)) => name(subtype) && name(suffix),
+            None => name(rest),
+        }
 }
 
 /// Whether a parsed media type is one a document can have: the parser also takes wildcards,
@@ -644,6 +702,63 @@ mod tests {
             Ok(output)
         })();
         (head, fed, result)
+    }
+
+    #[test]
+    fn bare_media_types_are_ones_the_parser_accepts() {
+        for bare in [
+            "application/pdf",
+            "image/svg+xml",
+            "application/fhir+json",
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        ] {
+            assert!(is_bare_media_type(bare), "{bare}");
+            assert!(parsed_content_type(bare).is_ok(), "{bare}");
+        }
+        // Not bare, left to the parser.
+        for other in [
+            "text/x-c++src",
+            "text/plain; charset=utf-8",
+            " text/plain",
+            "*/*",
+            "text/*",
+            "text",
+            "text/",
+            "/plain",
+            "a/b+",
+            "a/+b",
+            "a/.b",
+            "a%/b",
+        ] {
+            assert!(!is_bare_media_type(other), "{other}");
+        }
+        // Random texts over the characters that matter: whatever is bare, the parser accepts.
+        let alphabet = b"aZ09/+.-;= \"*%'!#_^$&";
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut bare = 0;
+        for _ in 0..200_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            // Two parts around a slash, each up to five characters.
+            let mut bits = state;
+            let mut part = |text: &mut String| {
+                for _ in 0..bits % 6 {
+                    bits >>= 3;
+                    text.push(char::from(alphabet[bits as usize % alphabet.len()]));
+                }
+                bits >>= 5;
+            };
+            let mut text = String::new();
+            part(&mut text);
+            text.push('/');
+            part(&mut text);
+            if is_bare_media_type(&text) {
+                bare += 1;
+                assert!(parsed_content_type(&text).is_ok(), "{text:?}");
+            }
+        }
+        assert!(bare > 500, "the texts reach the bare case ({bare})");
     }
 
     #[test]

@@ -218,13 +218,12 @@ where
         match made {
             Made::Xml => {
                 head::replace_body_headers(&mut parts.headers, content_type, None);
-                head::vary_accept(&mut parts.headers);
             }
             Made::Native => {
                 set_native_headers(
                     &mut parts.headers,
                     &transcoder,
-                    &content_type,
+                    content_type,
                     None,
                     &self.negotiated,
                 );
@@ -254,7 +253,7 @@ where
         else {
             return false;
         };
-        if transcoder.member("meta").is_some() {
+        if transcoder.holder(crate::scan::Member::Meta).is_some() {
             return false;
         }
         let headers = native_headers(
@@ -339,7 +338,6 @@ where
         let is_head = self.negotiated.is_head;
         if whole.made == Made::Xml {
             head::replace_body_headers(&mut parts.headers, whole.content_type, Some(whole.length));
-            head::vary_accept(&mut parts.headers);
             let body = if is_head {
                 NegotiatedBody::empty()
             } else {
@@ -352,7 +350,7 @@ where
         set_native_headers(
             &mut parts.headers,
             &transcoder,
-            &whole.content_type,
+            whole.content_type,
             Some(total),
             &self.negotiated,
         );
@@ -477,7 +475,7 @@ where
         set_native_headers(
             &mut parts.headers,
             &transcoder,
-            &whole.content_type,
+            whole.content_type,
             None,
             &self.negotiated,
         );
@@ -530,7 +528,13 @@ fn native_headers(
     negotiated: &Negotiated,
 ) -> http::HeaderMap {
     let mut headers = inner.clone();
-    set_native_headers(&mut headers, transcoder, content_type, length, negotiated);
+    set_native_headers(
+        &mut headers,
+        transcoder,
+        content_type.clone(),
+        length,
+        negotiated,
+    );
     headers
 }
 
@@ -538,13 +542,13 @@ fn native_headers(
 fn set_native_headers(
     headers: &mut http::HeaderMap,
     transcoder: &Transcoder,
-    content_type: &HeaderValue,
+    content_type: HeaderValue,
     length: Option<u64>,
     negotiated: &Negotiated,
 ) {
     head::native(
         headers,
-        content_type.clone(),
+        content_type,
         length,
         &transcoder.metadata(),
         negotiated.config.security_policy,

@@ -1,0 +1,388 @@
+//! The Binary's captured members, kept as their JSON text and read only when asked for.
+//!
+//! Most responses need a few strings out of them (`resourceType`, `contentType`, `id`,
+//! `meta.versionId`): reading those straight from the text, borrowed where no escape stands in
+//! the way, spares parsing every member into a `serde_json::Value` and dropping it again. The
+//! scanner has checked the text to be what `serde_json` accepts, so any member still parses
+//! into a `Value` when one is needed (FHIR XML).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde_core::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess};
+use serde_json::{Map, Value};
+
+/// Top-level members the scanner captures: the elements of Binary in every FHIR release, and
+/// their primitive extensions. Anything else is validated and dropped.
+pub(super) const CAPTURED: &[&str] = &[
+    "resourceType",
+    "id",
+    "meta",
+    "implicitRules",
+    "language",
+    "contentType",
+    "securityContext",
+    "_id",
+    "_implicitRules",
+    "_language",
+    "_contentType",
+    "_data",
+    "_content",
+];
+
+/// The captured members the layer reads, by their place in [`CAPTURED`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Member {
+    ResourceType = 0,
+    Id = 1,
+    Meta = 2,
+    ContentType = 5,
+    SecurityContext = 6,
+}
+
+/// The members captured so far, as their JSON text.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Members {
+    /// The text of every captured member, one after another.
+    text: Vec<u8>,
+    /// Where the member in each place of [`CAPTURED`] lies in `text`; empty for none (a JSON
+    /// value is never empty).
+    spans: [(usize, usize); CAPTURED.len()],
+}
+
+impl Members {
+    /// The JSON text of `member`, when it was captured.
+    pub(crate) fn raw(&self, member: Member) -> Option<&[u8]> {
+        self.raw_at(member as usize)
+    }
+
+    fn raw_at(&self, slot: usize) -> Option<&[u8]> {
+        let (start, end) = self.spans[slot];
+        (end > start).then(|| &self.text[start..end])
+    }
+
+    /// Whether the member named `key` was captured.
+    pub(crate) fn contains_key(&self, key: &str) -> bool {
+        CAPTURED
+            .iter()
+            .position(|k| *k == key)
+            .is_some_and(|slot| self.raw_at(slot).is_some())
+    }
+
+    /// `member` when it is a JSON string; None when it is missing or of another type.
+    pub(crate) fn str(&self, member: Member) -> Option<Cow<'_, str>> {
+        json_str(self.raw(member)?)
+    }
+
+    /// The member named `key`, parsed.
+    #[cfg(test)]
+    pub(crate) fn value(&self, key: &str) -> Option<Value> {
+        let slot = CAPTURED.iter().position(|k| *k == key)?;
+        serde_json::from_slice(self.raw_at(slot)?).ok()
+    }
+
+    /// The string members `names` of the object `member` (the last of each, as `serde_json`
+    /// keeps it); None for a name that is missing or not a string, and for every name when the
+    /// member is missing or not an object.
+    pub(crate) fn fields<const N: usize>(
+        &self,
+        member: Member,
+        names: [&str; N],
+    ) -> [Option<Cow<'_, str>>; N] {
+        self.raw(member)
+            .and_then(|json| string_fields(json, names))
+            .unwrap_or_else(|| std::array::from_fn(|_| None))
+    }
+
+    /// The names of the captured members, in the order of [`CAPTURED`].
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &'static str> + '_ {
+        (0..CAPTURED.len())
+            .filter(|&slot| self.raw_at(slot).is_some())
+            .map(|slot| CAPTURED[slot])
+    }
+
+    /// The captured members as a JSON object, for the XML writer.
+    pub(crate) fn to_map(&self) -> Map<String, Value> {
+        (0..CAPTURED.len())
+            .filter_map(|slot| {
+                let value = serde_json::from_slice(self.raw_at(slot)?).ok()?;
+                Some((CAPTURED[slot].to_owned(), value))
+            })
+            .collect()
+    }
+
+    /// Bytes of text held.
+    pub(super) fn len(&self) -> usize {
+        self.text.len()
+    }
+
+    /// The text from `start` on: the member being captured.
+    pub(super) fn text_from(&self, start: usize) -> &[u8] {
+        &self.text[start..]
+    }
+
+    /// Appends text to the member being captured.
+    pub(super) fn extend(&mut self, bytes: &[u8]) {
+        if self.text.capacity() == 0 {
+            // Once, with room for the usual members, rather than growing in steps.
+            self.text.reserve(128);
+        }
+        self.text.extend_from_slice(bytes);
+    }
+
+    /// Records the text from `start` on as the member in `slot` of [`CAPTURED`].
+    pub(super) fn close(&mut self, slot: usize, start: usize) {
+        self.spans[slot] = (start, self.text.len());
+    }
+
+    /// Drops the text from `start` on: a member that turned out invalid.
+    pub(super) fn discard(&mut self, start: usize) {
+        self.text.truncate(start);
+    }
+}
+
+/// The string a JSON string text stands for; None for any other JSON text.
+fn json_str(json: &[u8]) -> Option<Cow<'_, str>> {
+    if let Some(text) = plain_string(json) {
+        return Some(Cow::Borrowed(text));
+    }
+    if json.first() != Some(&b'"') {
+        return None;
+    }
+    serde_json::from_slice::<String>(json).ok().map(Cow::Owned)
+}
+
+/// The text of a JSON string value without escapes (`"text"`, nothing around it), which needs
+/// no parser; None for anything else. The scanner has already checked it is UTF-8 without
+/// control characters.
+fn plain_string(json: &[u8]) -> Option<&str> {
+    let inner = json.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    if inner.iter().any(|&b| b == b'"' || b == b'\\') {
+        return None;
+    }
+    std::str::from_utf8(inner).ok()
+}
+
+/// See [`Members::fields`]; None when `json` is not an object.
+fn string_fields<'a, const N: usize>(
+    json: &'a [u8],
+    names: [&str; N],
+) -> Option<[Option<Cow<'a, str>>; N]> {
+    let mut deserializer = serde_json::Deserializer::from_slice(json);
+    deserializer.deserialize_any(Fields { names }).ok()?
+}
+
+/// Reads the named string fields of an object; anything but an object gives None.
+struct Fields<'n, const N: usize> {
+    names: [&'n str; N],
+}
+
+impl<'de, const N: usize> de::Visitor<'de> for Fields<'_, N> {
+    type Value = Option<[Option<Cow<'de, str>>; N]>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found: [Option<Cow<'de, str>>; N] = std::array::from_fn(|_| None);
+        while let Some(place) = map.next_key_seed(Place { names: &self.names })? {
+            match place {
+                Some(i) => found[i] = map.next_value::<MaybeStr<'de>>()?.0,
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Some(found))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+/// A member name, as its place among the names looked for.
+struct Place<'a, 'n> {
+    names: &'a [&'n str],
+}
+
+impl<'de> DeserializeSeed<'de> for Place<'_, '_> {
+    type Value = Option<usize>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> de::Visitor<'de> for Place<'_, '_> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a member name")
+    }
+
+    fn visit_str<E>(self, name: &str) -> Result<Self::Value, E> {
+        Ok(self.names.iter().position(|n| *n == name))
+    }
+}
+
+/// A JSON value that is kept only when it is a string (borrowed when it has no escapes).
+struct MaybeStr<'de>(Option<Cow<'de, str>>);
+
+impl<'de> de::Deserialize<'de> for MaybeStr<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(MaybeStrVisitor)
+    }
+}
+
+struct MaybeStrVisitor;
+
+impl<'de> de::Visitor<'de> for MaybeStrVisitor {
+    type Value = MaybeStr<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Self::Value, E> {
+        Ok(MaybeStr(Some(Cow::Borrowed(text))))
+    }
+
+    fn visit_str<E>(self, text: &str) -> Result<Self::Value, E> {
+        Ok(MaybeStr(Some(Cow::Owned(text.to_owned()))))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(MaybeStr(None))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(MaybeStr(None))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(MaybeStr(None))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(MaybeStr(None))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(MaybeStr(None))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(MaybeStr(None))
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(MaybeStr(None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(items: &[(usize, &str)]) -> Members {
+        let mut members = Members::default();
+        for &(slot, json) in items {
+            let start = members.len();
+            members.extend(json.as_bytes());
+            members.close(slot, start);
+        }
+        members
+    }
+
+    #[test]
+    fn members_are_named_by_their_place() {
+        for (member, name) in [
+            (Member::ResourceType, "resourceType"),
+            (Member::Id, "id"),
+            (Member::Meta, "meta"),
+            (Member::ContentType, "contentType"),
+            (Member::SecurityContext, "securityContext"),
+        ] {
+            assert_eq!(CAPTURED[member as usize], name);
+        }
+    }
+
+    #[test]
+    fn strings_are_borrowed_unless_escaped() {
+        let m = members(&[(0, r#""Binary""#), (1, r#""a\u00e9\"""#), (5, "5")]);
+        assert!(matches!(
+            m.str(Member::ResourceType),
+            Some(Cow::Borrowed("Binary"))
+        ));
+        assert_eq!(m.str(Member::Id).as_deref(), Some("a\u{e9}\""));
+        assert_eq!(m.str(Member::ContentType), None);
+        assert!(m.contains_key("contentType"));
+        assert_eq!(m.str(Member::Meta), None);
+        assert!(!m.contains_key("meta"));
+        assert_eq!(
+            m.keys().collect::<Vec<_>>(),
+            ["resourceType", "id", "contentType"]
+        );
+        assert_eq!(m.value("contentType"), Some(Value::from(5)));
+    }
+
+    #[test]
+    fn fields_are_the_last_string_of_each_name() {
+        let m = members(&[(
+            2,
+            r#"{"versionId":"1","tag":[{"versionId":"x"}],"lastUpdated":3,"v\u0065rsionId":"2\n"}"#,
+        )]);
+        let [version, updated, missing] =
+            m.fields(Member::Meta, ["versionId", "lastUpdated", "source"]);
+        assert_eq!(version.as_deref(), Some("2\n"));
+        assert_eq!(updated, None);
+        assert_eq!(missing, None);
+        for other in [r#""text""#, "[1]", "null", "true", "1.5", "-1"] {
+            let m = members(&[(2, other)]);
+            assert_eq!(m.fields(Member::Meta, ["versionId"]), [None], "{other}");
+        }
+        assert_eq!(
+            Members::default().fields(Member::Meta, ["versionId"]),
+            [None]
+        );
+    }
+
+    #[test]
+    fn the_map_holds_every_member_parsed() {
+        let m = members(&[(5, r#""a/b""#), (0, r#""Binary""#), (2, r#"{"k":[1,{}]}"#)]);
+        let map = m.to_map();
+        assert_eq!(
+            Value::Object(map),
+            serde_json::json!({"resourceType": "Binary", "meta": {"k": [1, {}]}, "contentType": "a/b"})
+        );
+    }
+}
