@@ -212,10 +212,12 @@ fn bench_small(c: &mut Criterion) {
     let doc = document(4 << 10, 64 << 10, false);
     let mut group = c.benchmark_group("4 KiB Binary, per request");
     let plain = inner(doc.frames.clone());
+    // Both get the same request, so that only the layer differs.
     group.bench_function("baseline: passthrough (no layer)", |b| {
         b.iter(|| {
             runtime.block_on(async {
-                let response = plain.clone().oneshot(Request::new(())).await.unwrap();
+                let request = Request::get("/Binary/bench").body(()).unwrap();
+                let response = plain.clone().oneshot(request).await.unwrap();
                 black_box(drain(response.into_body()).await);
             })
         })
