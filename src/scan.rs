@@ -3,9 +3,9 @@
 //! The scanner is fed the inner body's frames as they come, split anywhere, and walks the
 //! top-level object. Every member except the payload (`data` in R4+, `content` in DSTU2/STU3) is
 //! either captured (the Binary's own elements, bounded by a cap, kept as their JSON text; see
-//! [`Members`]) or skipped after full validation. The payload string is never held: its text goes, piece by
-//! piece, to the streaming base64 decoder, to an output buffer as unescaped text (for FHIR XML),
-//! or is skipped. The caller chooses which when the scanner pauses at the start of the payload.
+//! [`Members`]) or skipped after full validation. The payload string is never held: its text
+//! goes, piece by piece, to the streaming base64 decoder, to an output buffer as unescaped text
+//! (for FHIR XML), or is skipped. The caller chooses which when the scanner pauses at the start of the payload.
 //!
 //! The scanner is a full JSON validator for what it reads (strings, escapes, surrogates, UTF-8,
 //! numbers, literals, nesting with a depth cap) so that an invalid body never yields a valid-
@@ -150,7 +150,7 @@ const LONG_CAPTURE: usize = 300;
 /// limit.
 const DEEP_CAPTURE: usize = 64;
 
-/// Longest member name worth collecting; longer names are none of the above.
+/// Longest member name worth collecting; longer names are none of the captured ones.
 const MAX_KEY: usize = 32;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
