@@ -205,6 +205,8 @@ mod outcome;
 mod policy;
 mod scan;
 mod service;
+#[cfg(test)]
+mod test_rng;
 mod transcode;
 mod version;
 mod xml;

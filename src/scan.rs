@@ -1578,15 +1578,8 @@ mod tests {
     #[test]
     fn escaped_payloads_decode_like_plain_ones() {
         use base64::Engine as _;
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
-        let bytes: Vec<u8> = (0..40_000)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
+        let mut rng = crate::test_rng::Rng(0x2545_F491_4F6C_DD1D);
+        let bytes: Vec<u8> = (0..40_000).map(|_| rng.next() as u8).collect();
         let text = base64::engine::general_purpose::STANDARD.encode(&bytes);
         for escaped in [
             text.replace('/', "\\/"),
