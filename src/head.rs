@@ -36,9 +36,27 @@ pub(crate) fn replace_body_headers(
     content_type: HeaderValue,
     length: Option<u64>,
 ) {
-    headers.remove(CONTENT_LENGTH);
-    headers.remove(TRANSFER_ENCODING);
-    headers.remove(CONTENT_ENCODING);
+    let present = Present::of(headers);
+    replace_present_body_headers(headers, &present, content_type, length);
+}
+
+/// [`replace_body_headers`], with what the head held already found.
+fn replace_present_body_headers(
+    headers: &mut HeaderMap,
+    present: &Present,
+    content_type: HeaderValue,
+    length: Option<u64>,
+) {
+    // Removing only what is there: a removal costs a hashed lookup even when it finds nothing.
+    for (name, there) in [
+        (CONTENT_LENGTH, present.content_length),
+        (TRANSFER_ENCODING, present.transfer_encoding),
+        (CONTENT_ENCODING, present.content_encoding),
+    ] {
+        if there {
+            headers.remove(name);
+        }
+    }
     headers.insert(CONTENT_TYPE, content_type);
     if let Some(length) = length {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
@@ -63,20 +81,7 @@ pub(crate) fn native(
         content_type.to_str().unwrap_or_default(),
         metadata.id.as_deref(),
     );
-    // As `replace_body_headers`, removing only what is there.
-    for (name, there) in [
-        (CONTENT_LENGTH, present.content_length),
-        (TRANSFER_ENCODING, present.transfer_encoding),
-        (CONTENT_ENCODING, present.content_encoding),
-    ] {
-        if there {
-            headers.remove(name);
-        }
-    }
-    headers.insert(CONTENT_TYPE, content_type);
-    if let Some(length) = length {
-        headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
-    }
+    replace_present_body_headers(headers, &present, content_type, length);
     if !present.etag {
         if let Some(etag) = etag_of(metadata.version_id.as_deref()) {
             headers.insert(ETAG, etag);
@@ -100,8 +105,8 @@ pub(crate) fn native(
     headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
 }
 
-/// Which of the headers the native head looks at the inner head has: found in one pass over
-/// its few names, rather than one hashed lookup each.
+/// Which of the headers a new head replaces or keeps the inner head has: found in one pass
+/// over its few names, rather than one hashed lookup each.
 #[derive(Default)]
 struct Present {
     content_length: bool,

@@ -615,7 +615,6 @@ impl Scanner {
         if self.capture_unchecked || self.members.len() - start > LONG_CAPTURE {
             let text = self.members.text_from(start);
             if let Err(e) = serde_json::from_slice::<serde_json::Value>(text) {
-                self.members.discard(start);
                 return Err(self.err(at, format!("invalid JSON: {e}")));
             }
         }

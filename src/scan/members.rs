@@ -134,11 +134,6 @@ impl Members {
     pub(super) fn close(&mut self, slot: usize, start: usize) {
         self.spans[slot] = (start, self.text.len());
     }
-
-    /// Drops the text from `start` on: a member that turned out invalid.
-    pub(super) fn discard(&mut self, start: usize) {
-        self.text.truncate(start);
-    }
 }
 
 /// The string a JSON string text stands for; None for any other JSON text.
