@@ -1,6 +1,5 @@
 //! The response body of the negotiated service.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -10,6 +9,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use crate::error::{BoxError, InvalidBinary};
+use crate::frames::FrameQueue;
 use crate::scan::ScanError;
 use crate::transcode::Transcoder;
 
@@ -41,11 +41,11 @@ pin_project! {
             data: Option<Bytes>,
         },
         Replay {
-            held: VecDeque<Bytes>,
+            held: FrameQueue,
             body: Option<Pin<Box<B>>>,
         },
         Transcode {
-            held: VecDeque<Bytes>,
+            held: FrameQueue,
             body: Option<Pin<Box<B>>>,
             transcoder: Box<Transcoder>,
             window: Option<Window>,
@@ -78,7 +78,7 @@ impl<B> NegotiatedBody<B> {
     }
 
     /// Frames already read from the inner body, then the rest of it, untouched.
-    pub(crate) fn replay(held: VecDeque<Bytes>, body: Option<Pin<Box<B>>>) -> Self {
+    pub(crate) fn replay(held: FrameQueue, body: Option<Pin<Box<B>>>) -> Self {
         NegotiatedBody {
             kind: Kind::Replay { held, body },
         }
@@ -178,7 +178,7 @@ where
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Kind::Replay { held, body } => {
-                let held: u64 = held.iter().map(|f| f.len() as u64).sum();
+                let held = held.byte_len();
                 let rest = body
                     .as_ref()
                     .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint());
@@ -190,7 +190,7 @@ where
                 hint
             }
             Kind::Transcode { held, window, .. } => {
-                let held: u64 = held.iter().map(|f| f.len() as u64).sum();
+                let held = held.byte_len();
                 match window {
                     Some(window) => SizeHint::with_exact(held + window.remaining()),
                     None => {

@@ -16,6 +16,7 @@ use pin_project_lite::pin_project;
 use crate::body::{poll_inner, NegotiatedBody};
 use crate::conditional::Conditions;
 use crate::error::BoxError;
+use crate::frames::FrameQueue;
 use crate::head;
 use crate::layer::Config;
 use crate::negotiate::{Decision, Preference, Representation, Spelling};
@@ -182,7 +183,14 @@ where
                         .expect("ResponseFuture polled after completion");
                     match on_response(response, negotiated) {
                         Next::Done(response) => return Poll::Ready(Ok(response)),
-                        Next::Binary(reading) => State::Reading { reading },
+                        Next::Binary(mut reading) => {
+                            // Usually the body is at hand and the head decided at once: the
+                            // reading state is then never stored.
+                            if let Poll::Ready(response) = reading.poll(cx) {
+                                return Poll::Ready(Ok(response));
+                            }
+                            State::Reading { reading }
+                        }
                         Next::Outcome(reading) => State::ReadingOutcome { reading },
                     }
                 }
@@ -356,7 +364,7 @@ where
             }
             None => {
                 // Too large (or not rendered): what was read, then the rest, untouched.
-                NegotiatedBody::replay(std::iter::once(collected).collect(), self.body.take())
+                NegotiatedBody::replay(FrameQueue::one(collected), self.body.take())
             }
         };
         let body = if self.negotiated.is_head {

@@ -197,6 +197,7 @@ mod body;
 mod conditional;
 mod decode;
 mod error;
+mod frames;
 mod future;
 mod head;
 mod layer;

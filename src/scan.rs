@@ -20,10 +20,12 @@ use crate::decode::Base64Decoder;
 use crate::FhirVersion;
 
 mod members;
+mod nesting;
 mod plain;
 
 use members::CAPTURED;
 pub(crate) use members::{Member, Members};
+use nesting::Nesting;
 use plain::{plain_prefix, Gathered};
 
 /// Which element carries the payload.
@@ -107,34 +109,37 @@ pub(crate) struct ScanLimits {
 
 /// The body is not a valid FHIR Binary JSON document.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct ScanError {
-    message: String,
-    offset: u64,
-}
+pub(crate) struct ScanError(
+    /// Boxed, so that the scanner's results fit in two registers: the scanner returns one for
+    /// every member, and errors are rare.
+    Box<(String, u64)>,
+);
 
 impl ScanError {
     /// An error found at `offset` of the body.
     pub(crate) fn new(message: impl Into<String>, offset: u64) -> Self {
-        ScanError {
-            message: message.into(),
-            offset,
-        }
+        ScanError(Box::new((message.into(), offset)))
     }
 
     /// What was wrong, without the position.
     pub(crate) fn message(&self) -> &str {
-        &self.message
+        &self.0 .0
     }
 
     /// Offset in the body of the byte where the problem was found.
     pub(crate) fn offset(&self) -> u64 {
-        self.offset
+        self.0 .1
     }
 }
 
 impl fmt::Display for ScanError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (at byte {} of the body)", self.message, self.offset)
+        write!(
+            f,
+            "{} (at byte {} of the body)",
+            self.message(),
+            self.offset()
+        )
     }
 }
 
@@ -304,7 +309,7 @@ pub(crate) struct Scanner {
 
     // The generic value machine.
     g: G,
-    stack: Vec<u8>,
+    stack: Nesting,
 
     // What was found.
     members: Members,
@@ -347,7 +352,7 @@ impl Scanner {
             capture_unchecked: false,
             captured_total: 0,
             g: G::Value,
-            stack: Vec::new(),
+            stack: Nesting::default(),
             members: Members::default(),
             seen: 0,
             payload_key: None,
@@ -475,10 +480,19 @@ impl Scanner {
                     return Err(self.err(i, "the body is not a JSON object"));
                 }
                 (St::KeyOrEnd | St::Key, b'"') => {
+                    i += 1;
+                    // The usual name, whole in this input and plain ASCII, is routed as it
+                    // stands; anything else is read by the string machine.
+                    if let Some(len) = plain_ascii_string(&input[i..]) {
+                        let name = &input[i..i + len];
+                        i += len + 1;
+                        self.route_name(name, i)?;
+                        self.st = St::Colon;
+                        continue;
+                    }
                     self.key_len = 0;
                     self.key_too_long = false;
                     self.st = St::InKey;
-                    i += 1;
                 }
                 (St::KeyOrEnd | St::AfterMember, b'}') => {
                     self.st = St::End;
@@ -566,13 +580,19 @@ impl Scanner {
         Ok(())
     }
 
-    /// Decides what to do with the member whose name was just read.
+    /// Decides what to do with the member whose name was just read into `key`.
     fn route_member(&mut self, at: usize) -> Result<(), ScanError> {
+        let key = self.key;
         let name: &[u8] = if self.key_too_long {
             &[]
         } else {
-            &self.key[..self.key_len]
+            &key[..self.key_len]
         };
+        self.route_name(name, at)
+    }
+
+    /// Decides what to do with the member named `name`.
+    fn route_name(&mut self, name: &[u8], at: usize) -> Result<(), ScanError> {
         let known = match name {
             b"data" => Some(("data", CAPTURED.len(), Route::Payload)),
             b"content" => Some(("content", CAPTURED.len() + 1, Route::Payload)),
@@ -810,14 +830,24 @@ impl Scanner {
             i += 1;
             match (self.g, b) {
                 (G::Value | G::ArrValueOrEnd, b'{') => {
-                    self.push(b'{', base + i)?;
+                    self.push(true, base + i)?;
                     self.g = G::ObjKeyOrEnd;
                 }
                 (G::Value | G::ArrValueOrEnd, b'[') => {
-                    self.push(b'[', base + i)?;
+                    self.push(false, base + i)?;
                     self.g = G::ArrValueOrEnd;
                 }
-                (G::Value | G::ArrValueOrEnd, b'"') => self.g = G::Str { key: false },
+                (G::Value | G::ArrValueOrEnd, b'"') => {
+                    // A plain string whole in this input needs no string machine.
+                    if let Some(len) = plain_ascii_string(&input[i..]) {
+                        i += len + 1;
+                        if self.after_value() {
+                            return Ok((i, true));
+                        }
+                        continue;
+                    }
+                    self.g = G::Str { key: false };
+                }
                 (G::Value | G::ArrValueOrEnd, b'-') => self.g = G::Num(Num::Minus),
                 (G::Value | G::ArrValueOrEnd, b'0') => self.g = G::Num(Num::Zero),
                 (G::Value | G::ArrValueOrEnd, b'1'..=b'9') => self.g = G::Num(Num::Int),
@@ -845,18 +875,24 @@ impl Scanner {
                         return Ok((i, true));
                     }
                 }
-                (G::ObjKeyOrEnd | G::ObjKey, b'"') => self.g = G::Str { key: true },
+                (G::ObjKeyOrEnd | G::ObjKey, b'"') => {
+                    if let Some(len) = plain_ascii_string(&input[i..]) {
+                        i += len + 1;
+                        self.g = G::Colon;
+                        continue;
+                    }
+                    self.g = G::Str { key: true };
+                }
                 (G::Colon, b':') => self.g = G::Value,
                 (G::AfterValue, b',') => {
-                    self.g = if self.stack.last() == Some(&b'{') {
+                    self.g = if self.stack.innermost_is_object() == Some(true) {
                         G::ObjKey
                     } else {
                         G::Value
                     };
                 }
                 (G::AfterValue, b'}' | b']') => {
-                    let open = if b == b'}' { b'{' } else { b'[' };
-                    if self.stack.last() != Some(&open) {
+                    if self.stack.innermost_is_object() != Some(b == b'}') {
                         return Err(self.err(
                             base + i - 1,
                             format!("invalid JSON: unexpected {}", show(b)),
@@ -878,9 +914,9 @@ impl Scanner {
         Ok((i, false))
     }
 
-    fn push(&mut self, open: u8, at: usize) -> Result<(), ScanError> {
+    fn push(&mut self, object: bool, at: usize) -> Result<(), ScanError> {
         // The top-level object counts as one level.
-        if self.stack.len() + 1 >= self.limits.max_depth {
+        if self.stack.depth() + 1 >= self.limits.max_depth {
             return Err(self.err(
                 at,
                 format!(
@@ -890,10 +926,10 @@ impl Scanner {
             ));
         }
         // serde_json stops at 128 levels.
-        if self.stack.len() >= DEEP_CAPTURE {
+        if self.stack.depth() >= DEEP_CAPTURE {
             self.capture_unchecked = true;
         }
-        self.stack.push(open);
+        self.stack.push(object);
         Ok(())
     }
 
@@ -1247,6 +1283,14 @@ fn hex4(digits: [u8; 4]) -> Option<u32> {
     digits
         .iter()
         .try_fold(0, |cp, &d| Some(cp * 16 + char::from(d).to_digit(16)?))
+}
+
+/// The length of the string content at the start of `input` (just after its opening quote)
+/// when the closing quote is in `input` and the content is ASCII without escapes or control
+/// characters: such a string is valid JSON as it stands.
+fn plain_ascii_string(input: &[u8]) -> Option<usize> {
+    let len = plain_prefix(input);
+    (input.get(len) == Some(&b'"') && input[..len].is_ascii()).then_some(len)
 }
 
 fn is_ws(b: u8) -> bool {

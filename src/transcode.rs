@@ -7,12 +7,11 @@
 //! deciding member came after the payload. The usual order (`contentType` before `data`)
 //! decides at the first byte of the payload, and nothing is read twice.
 
-use std::borrow::Cow;
-use std::collections::VecDeque;
-
 use bytes::{Buf, Bytes, BytesMut};
 use http::HeaderValue;
+use std::borrow::Cow;
 
+use crate::frames::FrameQueue;
 use crate::layer::Config;
 use crate::negotiate::{Decision, Preference, Representation, Spelling};
 use crate::scan::{
@@ -26,7 +25,7 @@ use crate::FhirVersion;
 pub(crate) enum Head {
     /// Not a Binary, a Binary without payload, or FHIR JSON chosen: the inner body goes out as
     /// it came, starting with these frames.
-    PassThrough(VecDeque<Bytes>),
+    PassThrough(FrameQueue),
     /// The client accepts neither FHIR nor this Binary's content type.
     NotAcceptable {
         /// The Binary's content type.
@@ -88,9 +87,9 @@ pub(crate) struct Transcoder {
     is_binary: bool,
     scanner: Scanner,
     /// Input the scanner has not consumed yet.
-    pending: VecDeque<Bytes>,
+    pending: FrameQueue,
     /// Every frame received while deciding.
-    held: VecDeque<Bytes>,
+    held: FrameQueue,
     held_len: usize,
     /// The members known at the decision (a replay starts a fresh scanner).
     members: Members,
@@ -135,8 +134,8 @@ impl Transcoder {
             phase: Phase::Deciding,
             is_binary: false,
             scanner: Scanner::new(config.limits),
-            pending: VecDeque::new(),
-            held: VecDeque::new(),
+            pending: FrameQueue::default(),
+            held: FrameQueue::default(),
             held_len: 0,
             members: Members::default(),
             done: false,
@@ -341,13 +340,14 @@ impl Transcoder {
                 } else {
                     PayloadMode::Decode
                 };
-                self.members = self.scanner.take_members();
                 if event == Event::PayloadStart {
-                    // Nothing of the payload has been read yet: go on from here.
+                    // Nothing of the payload has been read yet: go on from here, with the
+                    // members where they are.
                     self.scanner.set_payload_mode(mode);
                     self.held.clear();
                     self.held_len = 0;
                 } else {
+                    self.members = self.scanner.take_members();
                     self.replay(mode);
                 }
                 self.phase = Phase::Streaming;
@@ -413,7 +413,7 @@ impl Transcoder {
         let mut scanner = Scanner::new(self.limits);
         scanner.set_payload_mode(PayloadMode::Validate);
         let mut none = BytesMut::new();
-        for frame in &self.held {
+        for frame in self.held.iter() {
             let mut rest = &frame[..];
             while !rest.is_empty() && !scanner.payload_done() {
                 let (n, _) = scanner.feed(rest, &mut none)?;
@@ -561,6 +561,9 @@ fn checked_content_type(text: Option<Cow<'_, str>>) -> Result<HeaderValue, Strin
     let Some(text) = text else {
         return Err("the Binary's contentType is not a string".into());
     };
+    if let Some(known) = COMMON_CONTENT_TYPES.iter().find(|known| **known == text) {
+        return Ok(HeaderValue::from_static(known));
+    }
     if is_bare_media_type(&text) {
         // Visible ASCII only: a valid header value, kept without another copy when owned.
         let bytes = match text {
@@ -572,6 +575,21 @@ fn checked_content_type(text: Option<Cow<'_, str>>) -> Result<HeaderValue, Strin
     }
     parsed_content_type(&text)
 }
+
+/// Content types most Binaries have, served from static header values (no copy, no
+/// allocation). Each is a bare media type, as [`is_bare_media_type`] accepts.
+const COMMON_CONTENT_TYPES: [&str; 10] = [
+    "application/pdf",
+    "image/jpeg",
+    "image/png",
+    "application/dicom",
+    "text/plain",
+    "application/octet-stream",
+    "text/xml",
+    "application/xml",
+    "application/hl7-v3+xml",
+    "text/html",
+];
 
 /// [`checked_content_type`] for any text, with the media type parser.
 fn parsed_content_type(text: &str) -> Result<HeaderValue, String> {
@@ -705,6 +723,15 @@ mod tests {
     }
 
     #[test]
+    fn common_content_types_are_bare_media_types() {
+        for text in COMMON_CONTENT_TYPES {
+            assert!(is_bare_media_type(text), "{text}");
+            let header = checked_content_type(Some(Cow::Borrowed(text))).unwrap();
+            assert_eq!(header, parsed_content_type(text).unwrap(), "{text}");
+        }
+    }
+
+    #[test]
     fn bare_media_types_are_ones_the_parser_accepts() {
         for bare in [
             "application/pdf",
@@ -797,7 +824,10 @@ mod tests {
         let Head::PassThrough(held) = head else {
             panic!("{head:?}")
         };
-        assert_eq!(Vec::from(held).concat(), frames.concat().as_bytes());
+        assert_eq!(
+            held.iter().map(|f| &f[..]).collect::<Vec<_>>().concat(),
+            frames.concat().as_bytes()
+        );
 
         let mut t = transcoder(
             Some("application/fhir+json;q=0.9, image/*;q=0.5"),
@@ -813,7 +843,10 @@ mod tests {
             panic!("{head:?}")
         };
         assert_eq!(fed, 2);
-        assert_eq!(Vec::from(held).concat(), frames.concat().as_bytes());
+        assert_eq!(
+            held.iter().map(|f| &f[..]).collect::<Vec<_>>().concat(),
+            frames.concat().as_bytes()
+        );
     }
 
     #[test]

@@ -163,8 +163,109 @@ fn string_fields<'a, const N: usize>(
     json: &'a [u8],
     names: [&str; N],
 ) -> Option<[Option<Cow<'a, str>>; N]> {
+    if let Some(found) = plain_object_fields(json, names) {
+        return Some(found);
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(json);
     deserializer.deserialize_any(Fields { names }).ok()?
+}
+
+/// [`string_fields`] of an object whose member names have no escapes, read straight from the
+/// text (which the scanner has checked to be valid JSON); None for anything else, which is
+/// left to `serde_json`.
+fn plain_object_fields<'a, const N: usize>(
+    json: &'a [u8],
+    names: [&str; N],
+) -> Option<[Option<Cow<'a, str>>; N]> {
+    let mut found: [Option<Cow<'a, str>>; N] = std::array::from_fn(|_| None);
+    let mut i = skip_ws(json, 0);
+    if json.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    loop {
+        i = skip_ws(json, i);
+        match json.get(i)? {
+            b'}' => return Some(found),
+            b',' => {
+                i = skip_ws(json, i + 1);
+            }
+            _ => {}
+        }
+        let name_start = i + 1;
+        let name_end = name_start + memchr::memchr2(b'"', b'\\', json.get(name_start..)?)?;
+        if json[name_end] != b'"' {
+            return None;
+        }
+        // Past the closing quote, the colon and the spaces around it.
+        let colon = skip_ws(json, name_end + 1);
+        let value_start = skip_ws(json, colon + 1);
+        i = value_end(json, value_start)?;
+        let name = &json[name_start..name_end];
+        if let Some(place) = names.iter().position(|n| n.as_bytes() == name) {
+            found[place] = json_str(&json[value_start..i]);
+        }
+    }
+}
+
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+fn skip_ws(json: &[u8], mut i: usize) -> usize {
+    while json.get(i).is_some_and(|&b| is_ws(b)) {
+        i += 1;
+    }
+    i
+}
+
+/// Where the valid JSON value starting at `start` ends.
+fn value_end(json: &[u8], start: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut i = start;
+    loop {
+        match json.get(i)? {
+            b'"' => i = string_end(json, i)?,
+            b'{' | b'[' => {
+                depth += 1;
+                i += 1;
+            }
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                i += 1;
+            }
+            _ => {
+                // A number or a literal runs to the next separator.
+                i += json[i..]
+                    .iter()
+                    .position(|&b| matches!(b, b',' | b'}' | b']') || is_ws(b))
+                    .unwrap_or(json.len() - i);
+            }
+        }
+        if depth == 0 {
+            return Some(i);
+        }
+        // Inside a container: separators and spaces between values.
+        while json
+            .get(i)
+            .is_some_and(|&b| matches!(b, b',' | b':') || is_ws(b))
+        {
+            i += 1;
+        }
+    }
+}
+
+/// Where the string starting with the quote at `start` ends (past its closing quote).
+fn string_end(json: &[u8], start: usize) -> Option<usize> {
+    let mut i = start + 1;
+    loop {
+        i += memchr::memchr2(b'"', b'\\', json.get(i..)?)?;
+        if json[i] == b'"' {
+            return Some(i + 1);
+        }
+        // An escape: the backslash and the character it escapes.
+        i += 2;
+    }
 }
 
 /// Reads the named string fields of an object; anything but an object gives None.
@@ -369,6 +470,66 @@ mod tests {
             Members::default().fields(Member::Meta, ["versionId"]),
             [None]
         );
+    }
+
+    #[test]
+    fn fields_read_from_the_text_agree_with_serde_json() {
+        let mut rng = crate::test_rng::Rng(0x6669_656c_6473);
+        let names = ["versionId", "lastUpdated", "reference"];
+        let values = [
+            r#""1""#,
+            r#""a\"b""#,
+            r#""\\""#,
+            r#""x\u0041""#,
+            r#""""#,
+            "12",
+            "-1.5e3",
+            "true",
+            "null",
+            "[]",
+            r#"[1,"]",{"a":"}"}]"#,
+            r#"{"versionId":"inner","k":[{}]}"#,
+            "{}",
+        ];
+        let keys = [
+            "versionId",
+            "lastUpdated",
+            "reference",
+            "tag",
+            r"v\u0065rsionId",
+            "",
+        ];
+        let spaces = ["", " ", "\n\t", "  "];
+        for _ in 0..5_000 {
+            let mut json = String::from(rng.pick(&spaces));
+            json.push('{');
+            for n in 0..rng.below(5) {
+                if n > 0 {
+                    json.push_str(rng.pick(&spaces));
+                    json.push(',');
+                }
+                json.push_str(rng.pick(&spaces));
+                json.push_str(&format!("\"{}\"", rng.pick(&keys)));
+                json.push_str(rng.pick(&spaces));
+                json.push(':');
+                json.push_str(rng.pick(&spaces));
+                json.push_str(rng.pick(&values));
+                json.push_str(rng.pick(&spaces));
+            }
+            json.push('}');
+            json.push_str(rng.pick(&spaces));
+            let mut deserializer = serde_json::Deserializer::from_slice(json.as_bytes());
+            let expected = deserializer
+                .deserialize_any(Fields { names })
+                .unwrap_or_else(|e| panic!("{json}: {e}"));
+            let read = plain_object_fields(json.as_bytes(), names);
+            // Names with escapes are left to serde_json; everything else is read here.
+            assert_eq!(read.is_none(), json.contains(r#""v\u0065"#), "{json}");
+            if read.is_some() {
+                assert_eq!(read, expected, "{json}");
+            }
+            assert_eq!(string_fields(json.as_bytes(), names), expected, "{json}");
+        }
     }
 
     #[test]
