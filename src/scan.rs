@@ -112,23 +112,33 @@ pub(crate) struct ScanLimits {
 pub(crate) struct ScanError(
     /// Boxed, so that the scanner's results fit in two registers: the scanner returns one for
     /// every member, and errors are rare.
-    Box<(String, u64)>,
+    Box<Located>,
 );
+
+/// What was wrong, and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Located {
+    message: String,
+    offset: u64,
+}
 
 impl ScanError {
     /// An error found at `offset` of the body.
     pub(crate) fn new(message: impl Into<String>, offset: u64) -> Self {
-        ScanError(Box::new((message.into(), offset)))
+        ScanError(Box::new(Located {
+            message: message.into(),
+            offset,
+        }))
     }
 
     /// What was wrong, without the position.
     pub(crate) fn message(&self) -> &str {
-        &self.0 .0
+        &self.0.message
     }
 
     /// Offset in the body of the byte where the problem was found.
     pub(crate) fn offset(&self) -> u64 {
-        self.0 .1
+        self.0.offset
     }
 }
 
@@ -582,6 +592,7 @@ impl Scanner {
 
     /// Decides what to do with the member whose name was just read into `key`.
     fn route_member(&mut self, at: usize) -> Result<(), ScanError> {
+        // A copy: routing changes the scanner.
         let key = self.key;
         let name: &[u8] = if self.key_too_long {
             &[]

@@ -7,9 +7,10 @@
 //! deciding member came after the payload. The usual order (`contentType` before `data`)
 //! decides at the first byte of the payload, and nothing is read twice.
 
+use std::borrow::Cow;
+
 use bytes::{Buf, Bytes, BytesMut};
 use http::HeaderValue;
-use std::borrow::Cow;
 
 use crate::frames::FrameQueue;
 use crate::layer::Config;
@@ -91,8 +92,10 @@ pub(crate) struct Transcoder {
     /// Every frame received while deciding.
     held: FrameQueue,
     held_len: usize,
-    /// The members known at the decision (a replay starts a fresh scanner).
-    members: Members,
+    /// The members known at a decision that reads the held frames again (a replay starts a
+    /// fresh scanner), and for FHIR XML; when the decision comes at the payload they stay in
+    /// the scanner. Boxed, as most responses never need it.
+    members: Option<Box<Members>>,
     /// Set once the output is complete or broken off: nothing more comes out.
     done: bool,
     /// How the client spelled the XML media type, once XML is chosen.
@@ -137,7 +140,7 @@ impl Transcoder {
             pending: FrameQueue::default(),
             held: FrameQueue::default(),
             held_len: 0,
-            members: Members::default(),
+            members: None,
             done: false,
             xml_spelling: None,
             xml: None,
@@ -162,8 +165,9 @@ impl Transcoder {
     /// it again yet). Members that come after the payload are known only once the scanner is
     /// past them.
     pub(crate) fn holder(&self, member: Member) -> Option<&Members> {
-        [self.scanner.members(), &self.members]
+        [Some(self.scanner.members()), self.members.as_deref()]
             .into_iter()
+            .flatten()
             .find(|members| members.raw(member).is_some())
     }
 
@@ -347,7 +351,7 @@ impl Transcoder {
                     self.held.clear();
                     self.held_len = 0;
                 } else {
-                    self.members = self.scanner.take_members();
+                    self.members = Some(Box::new(self.scanner.take_members()));
                     self.replay(mode);
                 }
                 self.phase = Phase::Streaming;
@@ -385,10 +389,10 @@ impl Transcoder {
                 Err(e) => return Head::Invalid(e),
             }
         }
-        self.members = self.scanner.take_members();
+        let members = self.members.insert(Box::new(self.scanner.take_members()));
         let version = xml_version(self.fhir_version, payload);
         let mut prefix = Vec::new();
-        if let Err(e) = xml::binary_prefix(&self.members.to_map(), payload, version, &mut prefix) {
+        if let Err(e) = xml::binary_prefix(&members.to_map(), payload, version, &mut prefix) {
             return Head::Invalid(ScanError::new(e.to_string(), self.scanner.position()));
         }
         self.out.extend_from_slice(&prefix);
@@ -433,11 +437,10 @@ impl Transcoder {
         else {
             return Ok(());
         };
-        let late = self
-            .scanner
-            .members()
-            .keys()
-            .find(|key| *key != payload.extension_key() && !self.members.contains_key(key));
+        let late = self.scanner.members().keys().find(|key| {
+            *key != payload.extension_key()
+                && !self.members.as_ref().is_some_and(|m| m.contains_key(key))
+        });
         match late {
             Some(key) => Err(ScanError::new(
                 format!(
