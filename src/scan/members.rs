@@ -12,6 +12,8 @@ use std::fmt;
 use serde_core::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess};
 use serde_json::{Map, Value};
 
+use super::is_ws;
+
 /// Top-level members the scanner captures: the elements of Binary in every FHIR release, and
 /// their primitive extensions. Anything else is validated and dropped.
 pub(super) const CAPTURED: &[&str] = &[
@@ -206,10 +208,6 @@ fn plain_object_fields<'a, const N: usize>(
             found[place] = json_str(&json[value_start..i]);
         }
     }
-}
-
-fn is_ws(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 
 fn skip_ws(json: &[u8], mut i: usize) -> usize {
