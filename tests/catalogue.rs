@@ -394,27 +394,6 @@ async fn run(case: &Case) {
     assert_eq!(got.bytes().len(), 0, "{} HEAD", case.id);
 }
 
-fn assert_bad_gateway(got: &Got, text: &str, context: &str) {
-    assert_eq!(
-        got.status,
-        StatusCode::BAD_GATEWAY,
-        "{context}: {:?}",
-        got.body
-    );
-    assert_eq!(
-        got.header("content-type"),
-        Some("application/fhir+json;charset=utf-8"),
-        "{context}"
-    );
-    assert_eq!(got.header("vary"), Some("Accept"), "{context}");
-    let diagnostics = got.diagnostics();
-    assert!(diagnostics.contains(text), "{context}: {diagnostics}");
-    assert!(
-        diagnostics.starts_with("the inner service did not answer with a valid FHIR Binary: "),
-        "{context}: {diagnostics}"
-    );
-}
-
 #[tokio::test]
 async fn every_bad_input_of_the_catalogue_gets_what_the_catalogue_says() {
     for case in catalogue() {

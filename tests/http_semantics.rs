@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use common::{fixture, sha256_hex, split, splits, Frames, Got, Split, PDF_LEN, PDF_SHA256};
+use common::{
+    decode_base64, fixture, sha256_hex, split, splits, Frames, Got, Split, PDF_LEN, PDF_SHA256,
+};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty};
@@ -58,15 +60,7 @@ fn pdf_json_with_meta() -> Vec<u8> {
 fn pdf() -> Vec<u8> {
     let json: serde_json::Value =
         serde_json::from_slice(&fixture("r4/binary-example.json")).unwrap();
-    let data: String = json["data"]
-        .as_str()
-        .unwrap()
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect();
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(data)
-        .unwrap();
+    let bytes = decode_base64(json["data"].as_str().unwrap());
     assert_eq!(bytes.len(), PDF_LEN);
     assert_eq!(sha256_hex(&bytes), PDF_SHA256);
     bytes

@@ -21,15 +21,10 @@ fn load(path: &str) -> Doc {
         .or_else(|| value.get("content"))
         .and_then(Value::as_str)
         .unwrap();
-    let base64: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-    use base64::Engine as _;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(&base64)
-        .unwrap();
     Doc {
         content_type: value["contentType"].as_str().unwrap().to_owned(),
-        base64,
-        bytes,
+        base64: text.chars().filter(|c| !c.is_whitespace()).collect(),
+        bytes: decode_base64(text),
     }
 }
 

@@ -11,9 +11,8 @@ use axum::extract::{Request as AxumRequest, State};
 use axum::response::{IntoResponse, Response as AxumResponse};
 use axum::routing::any;
 use axum::Router;
-use base64::Engine;
 use bytes::Bytes;
-use common::{fixture, sha256_hex, Got, JPEG_LEN, JPEG_SHA256, PDF_LEN, PDF_SHA256};
+use common::{decode_base64, fixture, sha256_hex, Got, JPEG_LEN, JPEG_SHA256, PDF_LEN, PDF_SHA256};
 use http::{HeaderMap, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -529,15 +528,7 @@ async fn an_https_upstream_is_refused_up_front() {
 
 /// The decoded `data` of a Binary JSON.
 fn decoded_data(json: &serde_json::Value) -> Vec<u8> {
-    let data: String = json["data"]
-        .as_str()
-        .unwrap()
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect();
-    base64::engine::general_purpose::STANDARD
-        .decode(data)
-        .unwrap()
+    decode_base64(json["data"].as_str().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,6 +28,16 @@ pub fn fixture(path: &str) -> Vec<u8> {
     std::fs::read(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
 }
 
+/// The bytes of base64 text that may have whitespace in it (as the official fixtures and
+/// FHIR's base64Binary allow).
+pub fn decode_base64(text: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let clean: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(clean)
+        .unwrap()
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
@@ -252,6 +262,29 @@ impl Got {
         assert_eq!(json["resourceType"], "OperationOutcome", "{json}");
         json["issue"][0]["diagnostics"].as_str().unwrap().to_owned()
     }
+}
+
+/// Checks that a client got 502 with an OperationOutcome whose diagnostics say the inner
+/// answer was not a valid Binary, and contain `text`.
+pub fn assert_bad_gateway(got: &Got, text: &str, context: &str) {
+    assert_eq!(
+        got.status,
+        StatusCode::BAD_GATEWAY,
+        "{context}: {:?}",
+        got.body
+    );
+    assert_eq!(
+        got.header("content-type"),
+        Some("application/fhir+json;charset=utf-8"),
+        "{context}"
+    );
+    assert_eq!(got.header("vary"), Some("Accept"), "{context}");
+    let diagnostics = got.diagnostics();
+    assert!(diagnostics.contains(text), "{context}: {diagnostics}");
+    assert!(
+        diagnostics.starts_with("the inner service did not answer with a valid FHIR Binary: "),
+        "{context}: {diagnostics}"
+    );
 }
 
 pub async fn read(response: Response<NegotiatedBody<Frames>>) -> Got {
