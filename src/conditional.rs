@@ -23,34 +23,81 @@ pub(crate) struct Conditions {
     /// Every `If-None-Match` line, joined with commas.
     if_none_match: Option<String>,
     if_modified_since: Option<String>,
+    /// Whether `Range` or `If-Range` came at all (see [`Conditions::names_a_range`]).
+    named_range: bool,
 }
 
 impl Conditions {
-    /// Records the conditions of a `GET` (or, when `is_head`, a `HEAD`) request.
+    /// Records the conditions of a `GET` (or, when `is_head`, a `HEAD`) request, in one pass
+    /// over its headers rather than a hashed lookup for each name.
     pub(crate) fn from_request(headers: &HeaderMap, is_head: bool) -> Self {
-        let single = |name| {
-            let mut values = headers.get_all(name).iter();
-            match (values.next(), values.next()) {
-                (Some(value), None) => value.to_str().ok().map(str::to_owned),
-                _ => None,
+        /// The value of a header that must come exactly once.
+        #[derive(Clone, Copy)]
+        enum Single<'a> {
+            Absent,
+            Once(&'a HeaderValue),
+            Repeated,
+        }
+        impl<'a> Single<'a> {
+            fn see(&mut self, value: &'a HeaderValue) {
+                *self = match self {
+                    Single::Absent => Single::Once(value),
+                    _ => Single::Repeated,
+                };
             }
-        };
-        let if_none_match = headers
-            .get_all(IF_NONE_MATCH)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect::<Vec<_>>();
+            fn text(self) -> Option<String> {
+                match self {
+                    Single::Once(value) => value.to_str().ok().map(str::to_owned),
+                    _ => None,
+                }
+            }
+        }
+        let (mut range, mut if_range, mut if_modified_since) =
+            (Single::Absent, Single::Absent, Single::Absent);
+        let mut if_none_match: Option<String> = None;
+        let mut named_range = false;
+        for (name, value) in headers {
+            if name == RANGE {
+                range.see(value);
+                named_range = true;
+            } else if name == IF_RANGE {
+                if_range.see(value);
+                named_range = true;
+            } else if name == IF_MODIFIED_SINCE {
+                if_modified_since.see(value);
+            } else if name == IF_NONE_MATCH {
+                if let Ok(text) = value.to_str() {
+                    match &mut if_none_match {
+                        Some(joined) => {
+                            joined.push(',');
+                            joined.push_str(text);
+                        }
+                        None => if_none_match = Some(text.to_owned()),
+                    }
+                }
+            }
+        }
         Conditions {
-            range: if is_head { None } else { single(RANGE) },
-            if_range: single(IF_RANGE),
-            if_none_match: (!if_none_match.is_empty()).then(|| if_none_match.join(",")),
-            if_modified_since: single(IF_MODIFIED_SINCE),
+            range: if is_head { None } else { range.text() },
+            if_range: if_range.text(),
+            if_none_match,
+            if_modified_since: if_modified_since.text(),
+            named_range,
         }
     }
 
     /// Whether the request has none of these headers: nothing depends on the validators.
     pub(crate) fn is_empty(&self) -> bool {
-        *self == Conditions::default()
+        self.range.is_none()
+            && self.if_range.is_none()
+            && self.if_none_match.is_none()
+            && self.if_modified_since.is_none()
+    }
+
+    /// Whether the request names `Range` or `If-Range` at all, usable or not: they must not
+    /// reach the inner service.
+    pub(crate) fn names_a_range(&self) -> bool {
+        self.named_range
     }
 
     /// Whether the request asks for a range.
@@ -500,7 +547,21 @@ mod tests {
         headers.insert(RANGE, HeaderValue::from_static("bytes=0-1"));
         assert!(!Conditions::from_request(&headers, true).has_range());
         headers.append(RANGE, HeaderValue::from_static("bytes=2-3"));
-        assert!(!Conditions::from_request(&headers, false).has_range());
+        let twice = Conditions::from_request(&headers, false);
+        assert!(!twice.has_range() && twice.is_empty() && twice.names_a_range());
+        // If-None-Match lines are joined; repeated If-Modified-Since is ignored.
+        let joined = conditions(&[
+            ("if-none-match", "\"a\""),
+            ("if-none-match", "\"b\", \"c\""),
+        ]);
+        assert_eq!(joined.if_none_match.as_deref(), Some("\"a\",\"b\", \"c\""));
+        assert!(!joined.names_a_range());
+        let since = "Sun, 06 Nov 1994 08:49:37 GMT";
+        assert!(
+            !conditions(&[("if-modified-since", since), ("if-modified-since", since)]).wants_date()
+        );
+        assert!(conditions(&[("if-range", "\"a\"")]).names_a_range());
+        assert!(conditions(&[]).is_empty() && !conditions(&[]).names_a_range());
     }
 
     #[test]

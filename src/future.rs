@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use http::response::Parts;
 use http::{Response, StatusCode};
 use http_body::Body;
@@ -17,7 +16,7 @@ use crate::body::{poll_inner, NegotiatedBody};
 use crate::conditional::Conditions;
 use crate::error::BoxError;
 use crate::frames::FrameQueue;
-use crate::head;
+use crate::head::{self, InnerHead};
 use crate::layer::Config;
 use crate::negotiate::{Decision, Preference, Representation, Spelling};
 use crate::outcome::Outcome;
@@ -215,25 +214,12 @@ where
 }
 
 /// Whether the inner response is FHIR JSON the layer may transform.
-fn is_transformable(parts: &Parts) -> bool {
-    let status = parts.status;
+fn is_transformable(status: StatusCode, inner: &InnerHead) -> bool {
     status.is_success()
         && status != StatusCode::NO_CONTENT
         && status != StatusCode::RESET_CONTENT
         && status != StatusCode::PARTIAL_CONTENT
-        && is_plain_fhir_json(parts)
-}
-
-/// `application/fhir+json`, `application/json+fhir` or `application/json`, any parameters.
-fn is_fhir_json(content_type: &str) -> bool {
-    let essence = crate::negotiate::essence(content_type);
-    [
-        "application/fhir+json",
-        "application/json+fhir",
-        "application/json",
-    ]
-    .iter()
-    .any(|t| essence.eq_ignore_ascii_case(t))
+        && inner.plain_fhir_json
 }
 
 /// What to do after the inner response head.
@@ -241,20 +227,6 @@ enum Next<B> {
     Done(Response<NegotiatedBody<B>>),
     Binary(Reading<B>),
     Outcome(ReadingOutcome<B>),
-}
-
-/// Whether the response is FHIR JSON that is not encoded.
-fn is_plain_fhir_json(parts: &Parts) -> bool {
-    let identity = parts.headers.get_all(CONTENT_ENCODING).iter().all(|v| {
-        v.to_str()
-            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("identity"))
-    });
-    identity
-        && parts
-            .headers
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(is_fhir_json)
 }
 
 /// Handles the inner response: done at once, a Binary to read, or an error outcome to render
@@ -265,7 +237,10 @@ where
     B::Error: Into<BoxError>,
 {
     let (mut parts, body) = response.into_parts();
-    head::vary_accept(&mut parts.headers);
+    let inner = InnerHead::of(&parts.headers);
+    if !inner.varies_with_accept {
+        head::add_vary_accept(&mut parts.headers);
+    }
     let json_chosen = matches!(
         negotiated.fixed,
         Some(Decision::Serve {
@@ -273,13 +248,10 @@ where
             ..
         })
     );
-    if !json_chosen && is_transformable(&parts) {
-        return Next::Binary(Reading::new(parts, body, negotiated));
+    if !json_chosen && is_transformable(parts.status, &inner) {
+        return Next::Binary(Reading::new(parts, inner, body, negotiated));
     }
-    if !parts.status.is_success()
-        && negotiated.preference.prefers_xml()
-        && is_plain_fhir_json(&parts)
-    {
+    if !parts.status.is_success() && negotiated.preference.prefers_xml() && inner.plain_fhir_json {
         return Next::Outcome(ReadingOutcome {
             parts: Some(parts),
             body: Some(Box::pin(body)),
@@ -407,19 +379,7 @@ fn render_outcome_xml(resource: &serde_json::Value, negotiated: &Negotiated) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fhir_json_media_types() {
-        assert!(is_fhir_json("application/fhir+json"));
-        assert!(is_fhir_json(
-            "application/fhir+json; charset=UTF-8; fhirVersion=4.0"
-        ));
-        assert!(is_fhir_json("Application/JSON+FHIR"));
-        assert!(is_fhir_json("application/json"));
-        assert!(!is_fhir_json("application/fhir+xml"));
-        assert!(!is_fhir_json("application/grpc"));
-        assert!(!is_fhir_json("text/json"));
-    }
+    use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 
     #[test]
     fn only_plain_successful_json_is_transformed() {
@@ -428,34 +388,25 @@ mod tests {
             if let Some(encoding) = encoding {
                 builder = builder.header(CONTENT_ENCODING, encoding);
             }
-            builder.body(()).unwrap().into_parts().0
+            let parts = builder.body(()).unwrap().into_parts().0;
+            (parts.status, InnerHead::of(&parts.headers))
         };
-        assert!(is_transformable(&parts(200, "application/fhir+json", None)));
-        assert!(is_transformable(&parts(
+        let is_transformable =
+            |(status, inner): (StatusCode, InnerHead)| is_transformable(status, &inner);
+        assert!(is_transformable(parts(200, "application/fhir+json", None)));
+        assert!(is_transformable(parts(
             200,
             "application/json",
             Some("identity")
         )));
-        assert!(!is_transformable(&parts(
+        assert!(!is_transformable(parts(
             200,
             "application/fhir+json",
             Some("gzip")
         )));
-        assert!(!is_transformable(&parts(
-            404,
-            "application/fhir+json",
-            None
-        )));
-        assert!(!is_transformable(&parts(
-            204,
-            "application/fhir+json",
-            None
-        )));
-        assert!(!is_transformable(&parts(
-            304,
-            "application/fhir+json",
-            None
-        )));
-        assert!(!is_transformable(&parts(200, "application/pdf", None)));
+        assert!(!is_transformable(parts(404, "application/fhir+json", None)));
+        assert!(!is_transformable(parts(204, "application/fhir+json", None)));
+        assert!(!is_transformable(parts(304, "application/fhir+json", None)));
+        assert!(!is_transformable(parts(200, "application/pdf", None)));
     }
 }

@@ -17,16 +17,35 @@ pub(crate) const X_SECURITY_CONTEXT: HeaderName = HeaderName::from_static("x-sec
 /// Every negotiated response varies with `Accept`, whichever representation it carries, so
 /// that a cache never hands the raw document to a client that asked for FHIR JSON.
 pub(crate) fn vary_accept(headers: &mut HeaderMap) {
-    let listed = headers.get_all(VARY).iter().any(|value| {
-        value.to_str().is_ok_and(|text| {
-            text.split(',')
-                .map(str::trim)
-                .any(|name| name == "*" || name.eq_ignore_ascii_case("accept"))
-        })
-    });
-    if !listed {
-        headers.append(VARY, HeaderValue::from_static("Accept"));
+    if !headers.get_all(VARY).iter().any(lists_accept) {
+        add_vary_accept(headers);
     }
+}
+
+/// [`vary_accept`] when the head is known not to list `Accept` yet.
+pub(crate) fn add_vary_accept(headers: &mut HeaderMap) {
+    headers.append(VARY, HeaderValue::from_static("Accept"));
+}
+
+/// Whether a `Vary` value lists `Accept`, or `*`.
+fn lists_accept(value: &HeaderValue) -> bool {
+    value.to_str().is_ok_and(|text| {
+        text.split(',')
+            .map(str::trim)
+            .any(|name| name == "*" || name.eq_ignore_ascii_case("accept"))
+    })
+}
+
+/// `application/fhir+json`, `application/json+fhir` or `application/json`, any parameters.
+pub(crate) fn is_fhir_json(content_type: &str) -> bool {
+    let essence = crate::negotiate::essence(content_type);
+    [
+        "application/fhir+json",
+        "application/json+fhir",
+        "application/json",
+    ]
+    .iter()
+    .any(|t| essence.eq_ignore_ascii_case(t))
 }
 
 /// Sets the headers that describe a new body in place of the inner one: its type and, when
@@ -36,22 +55,22 @@ pub(crate) fn replace_body_headers(
     content_type: HeaderValue,
     length: Option<u64>,
 ) {
-    let present = Present::of(headers);
-    replace_present_body_headers(headers, &present, content_type, length);
+    let inner = InnerHead::of(headers);
+    replace_present_body_headers(headers, &inner, content_type, length);
 }
 
 /// [`replace_body_headers`], with what the head held already found.
 fn replace_present_body_headers(
     headers: &mut HeaderMap,
-    present: &Present,
+    inner: &InnerHead,
     content_type: HeaderValue,
     length: Option<u64>,
 ) {
     // Removing only what is there: a removal costs a hashed lookup even when it finds nothing.
     for (name, there) in [
-        (CONTENT_LENGTH, present.content_length),
-        (TRANSFER_ENCODING, present.transfer_encoding),
-        (CONTENT_ENCODING, present.content_encoding),
+        (CONTENT_LENGTH, inner.content_length),
+        (TRANSFER_ENCODING, inner.transfer_encoding),
+        (CONTENT_ENCODING, inner.content_encoding),
     ] {
         if there {
             headers.remove(name);
@@ -66,33 +85,34 @@ fn replace_present_body_headers(
 /// The head of the raw document: its type and length, the browser policy, the validators
 /// and the security context from the Binary (unless the inner service set them) and
 /// `Accept-Ranges`. `Vary` is already set on every negotiated head (see [`vary_accept`]);
-/// `Content-Location` and the inner service's other headers stay.
+/// `Content-Location` and the inner service's other headers stay. `inner` describes
+/// `headers` as they came from the inner service.
 pub(crate) fn native(
     headers: &mut HeaderMap,
+    inner: &InnerHead,
     content_type: HeaderValue,
     length: Option<u64>,
     metadata: &Metadata,
     policy: SecurityPolicy,
 ) {
-    let present = Present::of(headers);
     // nosniff always: the document's type comes from the Binary, a browser must not guess.
     policy.apply(
         headers,
         content_type.to_str().unwrap_or_default(),
         metadata.id.as_deref(),
     );
-    replace_present_body_headers(headers, &present, content_type, length);
-    if !present.etag {
+    replace_present_body_headers(headers, inner, content_type, length);
+    if !inner.etag {
         if let Some(etag) = etag_of(metadata.version_id.as_deref()) {
             headers.insert(ETAG, etag);
         }
     }
-    if !present.last_modified {
+    if !inner.last_modified {
         if let Some(date) = last_modified_of(metadata.last_updated.as_deref()) {
             headers.insert(LAST_MODIFIED, date);
         }
     }
-    if !present.security_context {
+    if !inner.security_context {
         let reference = metadata
             .security_context
             .as_deref()
@@ -105,10 +125,16 @@ pub(crate) fn native(
     headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
 }
 
-/// Which of the headers a new head replaces or keeps the inner head has: found in one pass
-/// over its few names, rather than one hashed lookup each.
-#[derive(Default)]
-struct Present {
+/// What the layer needs to know of an inner response head: found in one pass over its few
+/// entries, rather than one hashed lookup each.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct InnerHead {
+    /// `Content-Type` (its first value) is FHIR JSON, and every `Content-Encoding` is
+    /// `identity`.
+    pub(crate) plain_fhir_json: bool,
+    /// `Vary` lists `Accept` or `*` already.
+    pub(crate) varies_with_accept: bool,
+    // The headers a new head replaces or keeps.
     content_length: bool,
     transfer_encoding: bool,
     content_encoding: bool,
@@ -117,28 +143,41 @@ struct Present {
     security_context: bool,
 }
 
-impl Present {
-    fn of(headers: &HeaderMap) -> Self {
-        let mut present = Present::default();
-        for name in headers.keys() {
-            let flag = if name == CONTENT_LENGTH {
-                &mut present.content_length
+impl InnerHead {
+    /// Reads `headers` as the inner service sent them.
+    pub(crate) fn of(headers: &HeaderMap) -> Self {
+        let mut inner = InnerHead::default();
+        let mut fhir_json = None;
+        let mut identity = true;
+        for (name, value) in headers {
+            let flag = if name == CONTENT_TYPE {
+                fhir_json.get_or_insert_with(|| value.to_str().is_ok_and(is_fhir_json));
+                continue;
+            } else if name == VARY {
+                inner.varies_with_accept |= lists_accept(value);
+                continue;
+            } else if name == CONTENT_LENGTH {
+                &mut inner.content_length
             } else if name == TRANSFER_ENCODING {
-                &mut present.transfer_encoding
+                &mut inner.transfer_encoding
             } else if name == CONTENT_ENCODING {
-                &mut present.content_encoding
+                identity &= value
+                    .to_str()
+                    .is_ok_and(|v| v.trim().eq_ignore_ascii_case("identity"));
+                &mut inner.content_encoding
             } else if name == ETAG {
-                &mut present.etag
+                &mut inner.etag
             } else if name == LAST_MODIFIED {
-                &mut present.last_modified
+                &mut inner.last_modified
             } else if name == X_SECURITY_CONTEXT {
-                &mut present.security_context
+                &mut inner.security_context
             } else {
                 continue;
             };
             *flag = true;
         }
-        present
+        inner.plain_fhir_json = identity && fhir_json == Some(true);
+        inner
     }
 }
 
@@ -186,6 +225,18 @@ pub(crate) fn unsatisfiable(headers: &mut HeaderMap, length: u64) {
 mod tests {
     use super::*;
 
+    /// [`native`] over a head as the inner service sent it.
+    fn native_from(
+        headers: &mut HeaderMap,
+        content_type: HeaderValue,
+        length: Option<u64>,
+        metadata: &Metadata,
+        policy: SecurityPolicy,
+    ) {
+        let inner = InnerHead::of(headers);
+        native(headers, &inner, content_type, length, metadata, policy);
+    }
+
     fn vary(headers: &HeaderMap) -> Vec<&str> {
         headers
             .get_all(VARY)
@@ -218,6 +269,68 @@ mod tests {
     }
 
     #[test]
+    fn fhir_json_media_types() {
+        assert!(is_fhir_json("application/fhir+json"));
+        assert!(is_fhir_json(
+            "application/fhir+json; charset=UTF-8; fhirVersion=4.0"
+        ));
+        assert!(is_fhir_json("Application/JSON+FHIR"));
+        assert!(is_fhir_json("application/json"));
+        assert!(!is_fhir_json("application/fhir+xml"));
+        assert!(!is_fhir_json("application/grpc"));
+        assert!(!is_fhir_json("text/json"));
+    }
+
+    #[test]
+    fn inner_head_in_one_pass_agrees_with_lookups() {
+        let head = |pairs: &[(&str, &str)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                headers.append(
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            InnerHead::of(&headers)
+        };
+        let json = ("content-type", "application/fhir+json");
+        assert!(head(&[json]).plain_fhir_json);
+        assert!(head(&[json, ("content-encoding", " Identity ")]).plain_fhir_json);
+        assert!(
+            !head(&[
+                json,
+                ("content-encoding", "identity"),
+                ("content-encoding", "gzip")
+            ])
+            .plain_fhir_json
+        );
+        assert!(!head(&[("content-encoding", "identity")]).plain_fhir_json);
+        // The first Content-Type is the one that counts, as for `HeaderMap::get`.
+        assert!(head(&[json, ("content-type", "text/html")]).plain_fhir_json);
+        assert!(!head(&[("content-type", "text/html"), json]).plain_fhir_json);
+        assert!(!head(&[("content-type", "application/fhir+xml")]).plain_fhir_json);
+
+        assert!(!head(&[json]).varies_with_accept);
+        assert!(!head(&[("vary", "Origin")]).varies_with_accept);
+        assert!(head(&[("vary", "Origin"), ("vary", "origin, ACCEPT")]).varies_with_accept);
+        assert!(head(&[("vary", "*")]).varies_with_accept);
+
+        let all = head(&[
+            ("content-length", "1"),
+            ("transfer-encoding", "chunked"),
+            ("content-encoding", "identity"),
+            ("etag", "\"a\""),
+            ("last-modified", "Mon, 01 Jan 2001 00:00:00 GMT"),
+            ("x-security-context", "Patient/1"),
+        ]);
+        assert!(all.content_length && all.transfer_encoding && all.content_encoding);
+        assert!(all.etag && all.last_modified && all.security_context);
+        let none = head(&[json, ("content-location", "Binary/1/_history/1")]);
+        assert!(!none.content_length && !none.transfer_encoding && !none.content_encoding);
+        assert!(!none.etag && !none.last_modified && !none.security_context);
+    }
+
+    #[test]
     fn native_head_replaces_the_json_framing() {
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -232,7 +345,7 @@ mod tests {
             security_context: Some("Patient/1".into()),
             ..Metadata::default()
         };
-        native(
+        native_from(
             &mut headers,
             HeaderValue::from_static("application/pdf"),
             Some(7),
@@ -248,7 +361,7 @@ mod tests {
         assert_eq!(headers[ACCEPT_RANGES], "bytes");
         assert!(headers.get(ETAG).is_none());
 
-        native(
+        native_from(
             &mut headers,
             HeaderValue::from_static("image/png"),
             None,
@@ -268,7 +381,7 @@ mod tests {
         };
         let mut headers = HeaderMap::new();
         let pdf = || HeaderValue::from_static("application/pdf");
-        native(
+        native_from(
             &mut headers,
             pdf(),
             None,
@@ -285,7 +398,7 @@ mod tests {
             LAST_MODIFIED,
             HeaderValue::from_static("Mon, 01 Jan 2001 00:00:00 GMT"),
         );
-        native(
+        native_from(
             &mut headers,
             pdf(),
             None,
@@ -300,7 +413,7 @@ mod tests {
             ..Metadata::default()
         };
         let mut headers = HeaderMap::new();
-        native(
+        native_from(
             &mut headers,
             pdf(),
             None,

@@ -15,7 +15,7 @@ use super::{outcome_response, Negotiated};
 use crate::body::{poll_inner, NegotiatedBody, Window};
 use crate::conditional::{ByteRange, Ranges, Validators};
 use crate::error::BoxError;
-use crate::head;
+use crate::head::{self, InnerHead};
 use crate::outcome::Outcome;
 use crate::transcode::{Head, Transcoder};
 
@@ -25,6 +25,8 @@ use crate::transcode::{Head, Transcoder};
 /// exists and must then move into it.
 pub(super) struct Reading<B> {
     parts: Option<Parts>,
+    /// What `parts` said as the inner service sent them.
+    inner: InnerHead,
     body: Option<Pin<Box<B>>>,
     transcoder: Option<Box<Transcoder>>,
     negotiated: Negotiated,
@@ -80,7 +82,7 @@ where
     B::Error: Into<BoxError>,
 {
     /// Starts reading the Binary in `body`, the inner response of a negotiated request.
-    pub(super) fn new(parts: Parts, body: B, negotiated: Negotiated) -> Self {
+    pub(super) fn new(parts: Parts, inner: InnerHead, body: B, negotiated: Negotiated) -> Self {
         // On the heap once: it is large, and moves with the future and then the body.
         let transcoder = Box::new(Transcoder::new(
             negotiated.preference.clone(),
@@ -90,6 +92,7 @@ where
         ));
         Reading {
             parts: Some(parts),
+            inner,
             body: Some(Box::pin(body)),
             transcoder: Some(transcoder),
             negotiated,
@@ -222,6 +225,7 @@ where
             Made::Native => {
                 set_native_headers(
                     &mut parts.headers,
+                    &self.inner,
                     &transcoder,
                     content_type,
                     None,
@@ -258,6 +262,7 @@ where
         }
         let headers = native_headers(
             &parts.headers,
+            &self.inner,
             transcoder,
             content_type,
             None,
@@ -349,6 +354,7 @@ where
         let total = transcoder.decoded_len();
         set_native_headers(
             &mut parts.headers,
+            &self.inner,
             &transcoder,
             whole.content_type,
             Some(total),
@@ -407,6 +413,7 @@ where
         );
         let headers = native_headers(
             &parts.headers,
+            &self.inner,
             transcoder,
             &whole.content_type,
             None,
@@ -474,6 +481,7 @@ where
         self.body = None;
         set_native_headers(
             &mut parts.headers,
+            &self.inner,
             &transcoder,
             whole.content_type,
             None,
@@ -521,15 +529,17 @@ where
 
 /// The head of the raw document, made from the inner head and what the Binary has shown.
 fn native_headers(
-    inner: &http::HeaderMap,
+    headers: &http::HeaderMap,
+    inner: &InnerHead,
     transcoder: &Transcoder,
     content_type: &HeaderValue,
     length: Option<u64>,
     negotiated: &Negotiated,
 ) -> http::HeaderMap {
-    let mut headers = inner.clone();
+    let mut headers = headers.clone();
     set_native_headers(
         &mut headers,
+        inner,
         transcoder,
         content_type.clone(),
         length,
@@ -541,6 +551,7 @@ fn native_headers(
 /// Turns the inner head into that of the raw document, in place (see [`native_headers`]).
 fn set_native_headers(
     headers: &mut http::HeaderMap,
+    inner: &InnerHead,
     transcoder: &Transcoder,
     content_type: HeaderValue,
     length: Option<u64>,
@@ -548,6 +559,7 @@ fn set_native_headers(
 ) {
     head::native(
         headers,
+        inner,
         content_type,
         length,
         &transcoder.metadata(),
