@@ -2,13 +2,17 @@
 # End-to-end load on loopback: requests per second of fhir-binary-proxy serving a 4 KiB Binary
 # natively, against the same proxy passing the same Binary's FHIR JSON through untouched
 # (`_format=json`). Uses wrk (Debian package `wrk`); only 127.0.0.1; bounded in time.
+# The two alternate, `rounds` times each, in turn first and second (JSON, native, native,
+# JSON, ...), so that a machine that slows down or speeds up during the runs favours neither;
+# the ratio of each round and their median are printed.
 #
-#   scripts/load.sh [seconds per run, default 10] [connections, default 32]
+#   scripts/load.sh [seconds per run, default 10] [connections, default 32] [rounds, default 3]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 duration="${1:-10}"
 connections="${2:-32}"
+rounds="${3:-3}"
 port="${LOAD_PORT:-18080}"
 base="http://127.0.0.1:${port}"
 
@@ -38,8 +42,18 @@ native=$(curl -sf "${base}/Binary/${id}" | wc -c)
 rps() {
   wrk -t2 -c"$connections" -d"${duration}s" "$1" | awk '/Requests\/sec/ {print $2}'
 }
-json_rps=$(rps "${base}/Binary/${id}?_format=json")
-native_rps=$(rps "${base}/Binary/${id}")
-echo "FHIR JSON untouched: ${json_rps} requests/s"
-echo "native (decoded):    ${native_rps} requests/s"
-awk -v n="$native_rps" -v j="$json_rps" 'BEGIN { printf "ratio native / JSON: %.3f\n", n / j }'
+ratios=()
+for round in $(seq "$rounds"); do
+  if ((round % 2)); then
+    json_rps=$(rps "${base}/Binary/${id}?_format=json")
+    native_rps=$(rps "${base}/Binary/${id}")
+  else
+    native_rps=$(rps "${base}/Binary/${id}")
+    json_rps=$(rps "${base}/Binary/${id}?_format=json")
+  fi
+  ratio=$(awk -v n="$native_rps" -v j="$json_rps" 'BEGIN { printf "%.3f", n / j }')
+  ratios+=("$ratio")
+  echo "round ${round}: FHIR JSON untouched ${json_rps} requests/s, native (decoded) ${native_rps} requests/s, ratio ${ratio}"
+done
+printf '%s\n' "${ratios[@]}" | sort -n |
+  awk '{ r[NR] = $1 } END { m = (NR % 2) ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2; printf "median ratio native / JSON over %d rounds: %.3f\n", NR, m }'

@@ -55,8 +55,11 @@ use reading::Reading;
 /// What a negotiated request recorded for its response.
 #[derive(Clone, Debug)]
 pub(crate) struct Negotiated {
+    /// Moved into the transcoder of a Binary, its only reader from then on.
     pub(crate) preference: Preference,
     pub(crate) fixed: Option<Decision>,
+    /// [`Preference::prefers_xml`], noted at request time for the error outcomes.
+    pub(crate) prefers_xml: bool,
     pub(crate) is_head: bool,
     /// The client's `Range`, `If-Range`, `If-None-Match` and `If-Modified-Since`.
     pub(crate) conditions: Conditions,
@@ -251,7 +254,7 @@ where
     if !json_chosen && is_transformable(parts.status, &inner) {
         return Next::Binary(Reading::new(parts, inner, body, negotiated));
     }
-    if !parts.status.is_success() && negotiated.preference.prefers_xml() && inner.plain_fhir_json {
+    if !parts.status.is_success() && negotiated.prefers_xml && inner.plain_fhir_json {
         return Next::Outcome(ReadingOutcome {
             parts: Some(parts),
             body: Some(Box::pin(body)),
@@ -368,7 +371,7 @@ fn outcome_response<B>(outcome: &Outcome, negotiated: &Negotiated) -> Response<N
 
 /// An OperationOutcome as FHIR XML, when the client leans to XML and it renders.
 fn render_outcome_xml(resource: &serde_json::Value, negotiated: &Negotiated) -> Option<Bytes> {
-    if !negotiated.preference.prefers_xml() {
+    if !negotiated.prefers_xml {
         return None;
     }
     let mut xml = Vec::new();

@@ -30,6 +30,8 @@
 //! [`Preference`] is recorded at request time and [`Preference::resolve`]d later.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
+use std::sync::Arc;
 
 use http::header::{HeaderMap, ACCEPT};
 use mediatype::{MediaType, MediaTypeList, ReadParams};
@@ -97,20 +99,21 @@ impl Decision {
 ///
 /// It owns everything it needs, so it can be kept in a response future until the Binary's
 /// content type is known.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct Preference {
     source: Source,
 }
 
 /// Where the preference came from.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 enum Source {
     /// Neither `_format` nor a usable `Accept` entry.
+    #[default]
     Unstated,
     /// `_format` decided everything.
     Format(Decision),
-    /// At least one `Accept` entry parsed.
-    Accept(AcceptList),
+    /// At least one `Accept` entry parsed (shared: see [`LAST_ACCEPT`]).
+    Accept(Arc<AcceptList>),
 }
 
 /// The parsed `Accept` lines.
@@ -163,7 +166,8 @@ impl Preference {
         });
         let source = match format {
             Some(decision) => Source::Format(decision),
-            None => AcceptList::from_headers(headers).map_or(Source::Unstated, Source::Accept),
+            None if accepts_anything(headers) => Source::Unstated,
+            None => accept_list(headers).map_or(Source::Unstated, Source::Accept),
         };
         Preference { source }
     }
@@ -432,6 +436,60 @@ fn parse_qvalue(text: &str) -> Option<Weight> {
     }
 }
 
+/// The longest `Accept` line [`LAST_ACCEPT`] keeps; real ones are a few hundred bytes.
+const CACHED_ACCEPT_MAX: usize = 1024;
+
+/// An `Accept` line and the list it gave (`None`: no usable entry).
+type ParsedAccept = Option<(Box<[u8]>, Option<Arc<AcceptList>>)>;
+
+thread_local! {
+    /// The last single `Accept` line parsed on this thread, and what it gave. Browsers send
+    /// the same line with every navigation, and parsing its dozen media ranges costs more than
+    /// the rest of a small document's response. The line is copied, so that no request buffer
+    /// is kept alive by it.
+    static LAST_ACCEPT: RefCell<ParsedAccept> = const { RefCell::new(None) };
+}
+
+/// [`AcceptList::from_headers`], taken from [`LAST_ACCEPT`] when the request's only `Accept`
+/// line is the one parsed last on this thread.
+fn accept_list(headers: &HeaderMap) -> Option<Arc<AcceptList>> {
+    let parse = || AcceptList::from_headers(headers).map(Arc::new);
+    let mut lines = headers.get_all(ACCEPT).iter();
+    let line = match (lines.next(), lines.next()) {
+        (Some(line), None) if line.len() <= CACHED_ACCEPT_MAX => line.as_bytes(),
+        _ => return parse(),
+    };
+    let cached = |last: &RefCell<ParsedAccept>| {
+        // Never re-entered; if it were, parsing without the cache would still be right.
+        let mut last = last.try_borrow_mut().ok()?;
+        match last.as_ref() {
+            Some((text, list)) if **text == *line => Some(list.clone()),
+            _ => {
+                let list = parse();
+                *last = Some((line.into(), list.clone()));
+                Some(list)
+            }
+        }
+    };
+    // `try_with` fails only while the thread is being torn down.
+    LAST_ACCEPT
+        .try_with(cached)
+        .ok()
+        .flatten()
+        .unwrap_or_else(parse)
+}
+
+/// Whether the only `Accept` line is `*/*`, as curl and many HTTP libraries send it: that asks
+/// for nothing in particular, and every decision it gives is the one for no `Accept` at all,
+/// so the line needs no parsing.
+fn accepts_anything(headers: &HeaderMap) -> bool {
+    let mut lines = headers.get_all(ACCEPT).iter();
+    matches!(
+        (lines.next(), lines.next()),
+        (Some(line), None) if line.as_bytes().trim_ascii() == b"*/*"
+    )
+}
+
 /// A media type without its parameters (`type/subtype`, trimmed, case kept).
 pub(crate) fn essence(media_type: &str) -> &str {
     // A plain byte loop: on strings this short, a searcher's set-up costs more than the search.
@@ -529,6 +587,87 @@ mod tests {
             map.append(ACCEPT, HeaderValue::from_str(line).unwrap());
         }
         map
+    }
+
+    #[test]
+    fn accept_anything_alone_decides_as_no_accept() {
+        let parsed = Preference {
+            source: Source::Accept(Arc::new(
+                AcceptList::from_headers(&headers(&["*/*"])).unwrap(),
+            )),
+        };
+        let unstated = preference(None, &[]);
+        for line in ["*/*", " */* "] {
+            assert_eq!(preference(None, &[line]), unstated, "{line:?}");
+        }
+        for content_type in [
+            PDF,
+            JPEG,
+            "text/html",
+            "application/fhir+json",
+            "nonsense",
+            "",
+        ] {
+            assert_eq!(parsed.resolve(content_type), unstated.resolve(content_type));
+        }
+        assert_eq!(parsed.fixed(), unstated.fixed());
+        assert_eq!(parsed.prefers_xml(), unstated.prefers_xml());
+        assert_eq!(parsed.is_format(), unstated.is_format());
+        // Anything more is parsed as it stands.
+        for lines in [
+            &["*/*;q=0"][..],
+            &["*/*", "application/fhir+xml"],
+            &["*/*, text/html"],
+        ] {
+            assert!(
+                matches!(preference(None, lines).source, Source::Accept(_)),
+                "{lines:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_last_accept_line_is_parsed_once_a_thread() {
+        let list = |accept: &[&str]| match preference(None, accept).source {
+            Source::Accept(list) => list,
+            other => panic!("{other:?}"),
+        };
+        let first = list(&[CHROMIUM]);
+        let again = list(&[CHROMIUM]);
+        assert!(Arc::ptr_eq(&first, &again));
+        // Another line is parsed, and decides for itself.
+        let xml = "application/fhir+xml";
+        assert!(!Arc::ptr_eq(&list(&[xml]), &first));
+        assert_eq!(
+            decide(None, &[xml], PDF),
+            decide(None, &["application/fhir+xml "], PDF)
+        );
+        assert_eq!(
+            preference(None, &[xml]).fixed(),
+            Some(Decision::Serve {
+                representation: Representation::FhirXml,
+                spelling: Spelling::Current
+            })
+        );
+        assert_eq!(preference(None, &[CHROMIUM]).fixed(), Some(NATIVE));
+        assert_eq!(*list(&[CHROMIUM]), *first);
+        // Several lines are read together, never from the cache.
+        assert_eq!(
+            preference(None, &[CHROMIUM, xml]).fixed(),
+            preference(None, &[&format!("{CHROMIUM}, {xml}")]).fixed()
+        );
+        // A line that parses to nothing is remembered as nothing.
+        assert_eq!(preference(None, &["nonsense"]), preference(None, &[]));
+        assert_eq!(preference(None, &["nonsense"]), preference(None, &[]));
+        // On another thread, a parse of its own.
+        let theirs = std::thread::spawn(|| match preference(None, &[CHROMIUM]).source {
+            Source::Accept(list) => list,
+            other => panic!("{other:?}"),
+        })
+        .join()
+        .unwrap();
+        assert!(!Arc::ptr_eq(&theirs, &list(&[CHROMIUM])));
+        assert_eq!(theirs, list(&[CHROMIUM]));
     }
 
     fn preference(query: Option<&str>, accept: &[&str]) -> Preference {

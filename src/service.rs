@@ -73,6 +73,7 @@ where
         let preference = Preference::from_request(request.uri().query(), request.headers());
         let negotiated = Negotiated {
             fixed: preference.fixed(),
+            prefers_xml: preference.prefers_xml(),
             preference,
             is_head,
             // Kept for the raw document: `Range` and `If-Range` do not go on to the inner

@@ -265,7 +265,11 @@ impl Transcoder {
         if !self.is_binary {
             let members = self.scanner.members();
             match members.raw(Member::ResourceType) {
-                Some(_) if members.str(Member::ResourceType).as_deref() == Some("Binary") => {
+                // Compared as written first: no string is made for the usual spelling.
+                Some(raw)
+                    if raw == b"\"Binary\""
+                        || members.str(Member::ResourceType).as_deref() == Some("Binary") =>
+                {
                     self.is_binary = true;
                 }
                 // Some other resource, or not a FHIR resource at all: not ours to change.
@@ -306,8 +310,12 @@ impl Transcoder {
                 )))
             }
             None => return None,
-            Some(_) => {
-                match checked_content_type(self.scanner.members().str(Member::ContentType)) {
+            Some(raw) => {
+                let members = self.scanner.members();
+                match common_content_type(raw).map_or_else(
+                    || checked_content_type(members.str(Member::ContentType)),
+                    Ok,
+                ) {
                     Ok(content_type) => content_type,
                     Err(message) => {
                         return Some(Head::Invalid(ScanError::new(
@@ -579,6 +587,16 @@ fn checked_content_type(text: Option<Cow<'_, str>>) -> Result<HeaderValue, Strin
     parsed_content_type(&text)
 }
 
+/// The static header value of a common content type written plainly (`"application/pdf"`),
+/// found in the JSON text as it stands.
+fn common_content_type(json: &[u8]) -> Option<HeaderValue> {
+    let text = json.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    COMMON_CONTENT_TYPES
+        .iter()
+        .find(|known| known.as_bytes() == text)
+        .map(|known| HeaderValue::from_static(known))
+}
+
 /// Content types most Binaries have, served from static header values (no copy, no
 /// allocation). Each is a bare media type, as [`is_bare_media_type`] accepts.
 const COMMON_CONTENT_TYPES: [&str; 10] = [
@@ -731,6 +749,19 @@ mod tests {
             assert!(is_bare_media_type(text), "{text}");
             let header = checked_content_type(Some(Cow::Borrowed(text))).unwrap();
             assert_eq!(header, parsed_content_type(text).unwrap(), "{text}");
+            let json = format!("\"{text}\"");
+            assert_eq!(common_content_type(json.as_bytes()), Some(header), "{text}");
+        }
+        // Anything else goes through the JSON string and the checks.
+        for json in [
+            r#""application\/pdf""#,
+            r#""Application/pdf""#,
+            r#""application/pdf ""#,
+            r#""application/pdf"#,
+            "application/pdf",
+            r#""image/gif""#,
+        ] {
+            assert_eq!(common_content_type(json.as_bytes()), None, "{json}");
         }
     }
 
