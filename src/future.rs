@@ -257,6 +257,7 @@ where
     if !parts.status.is_success() && negotiated.prefers_xml && inner.plain_fhir_json {
         return Next::Outcome(ReadingOutcome {
             parts: Some(parts),
+            inner,
             body: Some(Box::pin(body)),
             collected: Vec::new(),
             negotiated,
@@ -274,6 +275,8 @@ where
 /// in FHIR XML to a client that asked for XML.
 struct ReadingOutcome<B> {
     parts: Option<Parts>,
+    /// What `parts` said as the inner service sent them.
+    inner: InnerHead,
     body: Option<Pin<Box<B>>>,
     collected: Vec<u8>,
     negotiated: Negotiated,
@@ -332,6 +335,7 @@ where
                 let content_type = version.xml_content_type(self.negotiated.xml_spelling());
                 head::replace_body_headers(
                     &mut parts.headers,
+                    &self.inner,
                     content_type,
                     Some(xml.len() as u64),
                 );
@@ -361,7 +365,9 @@ fn outcome_response<B>(outcome: &Outcome, negotiated: &Negotiated) -> Response<N
     let mut response = Response::new(NegotiatedBody::empty());
     *response.status_mut() = outcome.status;
     let headers = response.headers_mut();
-    head::replace_body_headers(headers, content_type, Some(body.len() as u64));
+    // A new head: nothing of an inner one to replace.
+    let nothing = InnerHead::default();
+    head::replace_body_headers(headers, &nothing, content_type, Some(body.len() as u64));
     head::vary_accept(headers);
     if !negotiated.is_head {
         *response.body_mut() = NegotiatedBody::full(body);

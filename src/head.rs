@@ -49,18 +49,9 @@ pub(crate) fn is_fhir_json(content_type: &str) -> bool {
 }
 
 /// Sets the headers that describe a new body in place of the inner one: its type and, when
-/// known, its length. The inner body's framing and encoding headers no longer apply.
+/// known, its length. The inner body's framing and encoding headers no longer apply. `inner`
+/// describes `headers` as they came.
 pub(crate) fn replace_body_headers(
-    headers: &mut HeaderMap,
-    content_type: HeaderValue,
-    length: Option<u64>,
-) {
-    let inner = InnerHead::of(headers);
-    replace_present_body_headers(headers, &inner, content_type, length);
-}
-
-/// [`replace_body_headers`], with what the head held already found.
-fn replace_present_body_headers(
     headers: &mut HeaderMap,
     inner: &InnerHead,
     content_type: HeaderValue,
@@ -101,7 +92,7 @@ pub(crate) fn native(
         content_type.to_str().unwrap_or_default(),
         metadata.id.as_deref(),
     );
-    replace_present_body_headers(headers, inner, content_type, length);
+    replace_body_headers(headers, inner, content_type, length);
     if !inner.etag {
         if let Some(etag) = etag_of(metadata.version_id.as_deref()) {
             headers.insert(ETAG, etag);

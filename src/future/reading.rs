@@ -222,7 +222,7 @@ where
         let mut parts = self.parts.take().expect("head decided once");
         match made {
             Made::Xml => {
-                head::replace_body_headers(&mut parts.headers, content_type, None);
+                head::replace_body_headers(&mut parts.headers, &self.inner, content_type, None);
             }
             Made::Native => {
                 set_native_headers(
@@ -344,7 +344,12 @@ where
         let mut parts = self.parts.take()?;
         let is_head = self.negotiated.is_head;
         if whole.made == Made::Xml {
-            head::replace_body_headers(&mut parts.headers, whole.content_type, Some(whole.length));
+            head::replace_body_headers(
+                &mut parts.headers,
+                &self.inner,
+                whole.content_type,
+                Some(whole.length),
+            );
             let body = if is_head {
                 NegotiatedBody::empty()
             } else {
