@@ -5,7 +5,8 @@
 //! either captured (the Binary's own elements, bounded by a cap, kept as their JSON text; see
 //! [`Members`]) or skipped after full validation. The payload string is never held: its text
 //! goes, piece by piece, to the streaming base64 decoder, to an output buffer as unescaped text
-//! (for FHIR XML), or is skipped. The caller chooses which when the scanner pauses at the start of the payload.
+//! (for FHIR XML), or is skipped. The caller chooses which when the scanner pauses at the start
+//! of the payload.
 //!
 //! The scanner is a full JSON validator for what it reads (strings, escapes, surrogates, UTF-8,
 //! numbers, literals, nesting with a depth cap) so that an invalid body never yields a valid-

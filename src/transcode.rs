@@ -312,7 +312,7 @@ impl Transcoder {
             None => return None,
             Some(raw) => {
                 let members = self.scanner.members();
-                match common_content_type(raw).map_or_else(
+                match plain_common_content_type(raw).map_or_else(
                     || checked_content_type(members.str(Member::ContentType)),
                     Ok,
                 ) {
@@ -572,8 +572,8 @@ fn checked_content_type(text: Option<Cow<'_, str>>) -> Result<HeaderValue, Strin
     let Some(text) = text else {
         return Err("the Binary's contentType is not a string".into());
     };
-    if let Some(known) = COMMON_CONTENT_TYPES.iter().find(|known| **known == text) {
-        return Ok(HeaderValue::from_static(known));
+    if let Some(known) = common_content_type(text.as_bytes()) {
+        return Ok(known);
     }
     if is_bare_media_type(&text) {
         // Visible ASCII only: a valid header value, kept without another copy when owned.
@@ -587,14 +587,18 @@ fn checked_content_type(text: Option<Cow<'_, str>>) -> Result<HeaderValue, Strin
     parsed_content_type(&text)
 }
 
-/// The static header value of a common content type written plainly (`"application/pdf"`),
-/// found in the JSON text as it stands.
-fn common_content_type(json: &[u8]) -> Option<HeaderValue> {
-    let text = json.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+/// The static header value of `text` when it is one of [`COMMON_CONTENT_TYPES`].
+fn common_content_type(text: &[u8]) -> Option<HeaderValue> {
     COMMON_CONTENT_TYPES
         .iter()
         .find(|known| known.as_bytes() == text)
         .map(|known| HeaderValue::from_static(known))
+}
+
+/// [`common_content_type`] of a JSON string written plainly (`"application/pdf"`), read as it
+/// stands in the text.
+fn plain_common_content_type(json: &[u8]) -> Option<HeaderValue> {
+    common_content_type(json.strip_prefix(b"\"")?.strip_suffix(b"\"")?)
 }
 
 /// Content types most Binaries have, served from static header values (no copy, no
@@ -750,7 +754,11 @@ mod tests {
             let header = checked_content_type(Some(Cow::Borrowed(text))).unwrap();
             assert_eq!(header, parsed_content_type(text).unwrap(), "{text}");
             let json = format!("\"{text}\"");
-            assert_eq!(common_content_type(json.as_bytes()), Some(header), "{text}");
+            assert_eq!(
+                plain_common_content_type(json.as_bytes()),
+                Some(header),
+                "{text}"
+            );
         }
         // Anything else goes through the JSON string and the checks.
         for json in [
@@ -761,7 +769,7 @@ mod tests {
             "application/pdf",
             r#""image/gif""#,
         ] {
-            assert_eq!(common_content_type(json.as_bytes()), None, "{json}");
+            assert_eq!(plain_common_content_type(json.as_bytes()), None, "{json}");
         }
     }
 
