@@ -14,8 +14,15 @@ use http::header::{
 
 /// What the client made its request depend on, recorded at request time (the layer removes
 /// `Range` and `If-Range` before the inner service sees the request).
+///
+/// Most requests have none of these headers: they then cost one word in the request's state,
+/// which moves with the response future.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Conditions {
+pub(crate) struct Conditions(Option<Box<Recorded>>);
+
+/// The conditions of a request that has any.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Recorded {
     /// The `Range` value, when there is exactly one and the method is `GET` (range handling is
     /// defined for `GET` only).
     range: Option<String>,
@@ -27,10 +34,68 @@ pub(crate) struct Conditions {
     named_range: bool,
 }
 
+/// What a request without conditions records.
+static NONE: Recorded = Recorded {
+    range: None,
+    if_range: None,
+    if_none_match: None,
+    if_modified_since: None,
+    named_range: false,
+};
+
 impl Conditions {
     /// Records the conditions of a `GET` (or, when `is_head`, a `HEAD`) request, in one pass
     /// over its headers rather than a hashed lookup for each name.
     pub(crate) fn from_request(headers: &HeaderMap, is_head: bool) -> Self {
+        let recorded = Recorded::from_request(headers, is_head);
+        Conditions((recorded != NONE).then(|| Box::new(recorded)))
+    }
+
+    fn recorded(&self) -> &Recorded {
+        self.0.as_deref().unwrap_or(&NONE)
+    }
+
+    /// Whether the request has none of these headers: nothing depends on the validators.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.recorded().is_empty()
+    }
+
+    /// Whether the request names `Range` or `If-Range` at all, usable or not: they must not
+    /// reach the inner service.
+    pub(crate) fn names_a_range(&self) -> bool {
+        self.recorded().named_range
+    }
+
+    /// Whether the request asks for a range.
+    pub(crate) fn has_range(&self) -> bool {
+        self.recorded().range.is_some()
+    }
+
+    /// Whether answering needs the entity tag (with `*` too: a 304 carries it).
+    pub(crate) fn wants_etag(&self) -> bool {
+        self.recorded().wants_etag()
+    }
+
+    /// Whether answering needs the modification date.
+    pub(crate) fn wants_date(&self) -> bool {
+        self.recorded().wants_date()
+    }
+
+    /// Whether the response is 304 Not Modified (RFC 9110 section 13.2.2, steps 3 and 4):
+    /// `If-None-Match` by weak comparison (a list, or `*`), else `If-Modified-Since`.
+    pub(crate) fn not_modified(&self, validators: &Validators) -> bool {
+        self.recorded().not_modified(validators)
+    }
+
+    /// The range to serve, when the request has one that applies (RFC 9110 section 13.1.5:
+    /// `If-Range` must hold). None: serve the whole document.
+    pub(crate) fn range(&self, validators: &Validators) -> Option<Ranges> {
+        self.recorded().range(validators)
+    }
+}
+
+impl Recorded {
+    fn from_request(headers: &HeaderMap, is_head: bool) -> Self {
         /// The value of a header that must come exactly once.
         #[derive(Clone, Copy)]
         enum Single<'a> {
@@ -77,7 +142,7 @@ impl Conditions {
                 }
             }
         }
-        Conditions {
+        Recorded {
             range: if is_head { None } else { range.text() },
             if_range: if_range.text(),
             if_none_match,
@@ -86,44 +151,28 @@ impl Conditions {
         }
     }
 
-    /// Whether the request has none of these headers: nothing depends on the validators.
-    pub(crate) fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.range.is_none()
             && self.if_range.is_none()
             && self.if_none_match.is_none()
             && self.if_modified_since.is_none()
     }
 
-    /// Whether the request names `Range` or `If-Range` at all, usable or not: they must not
-    /// reach the inner service.
-    pub(crate) fn names_a_range(&self) -> bool {
-        self.named_range
-    }
-
-    /// Whether the request asks for a range.
-    pub(crate) fn has_range(&self) -> bool {
-        self.range.is_some()
-    }
-
-    /// Whether answering needs the entity tag (with `*` too: a 304 carries it).
-    pub(crate) fn wants_etag(&self) -> bool {
+    fn wants_etag(&self) -> bool {
         self.if_none_match.is_some()
-            || (self.has_range() && self.if_range.as_deref().is_some_and(is_entity_tag_like))
+            || (self.range.is_some() && self.if_range.as_deref().is_some_and(is_entity_tag_like))
     }
 
-    /// Whether answering needs the modification date.
-    pub(crate) fn wants_date(&self) -> bool {
+    fn wants_date(&self) -> bool {
         (self.if_none_match.is_none() && self.if_modified_since.is_some())
-            || (self.has_range()
+            || (self.range.is_some()
                 && self
                     .if_range
                     .as_deref()
                     .is_some_and(|v| !is_entity_tag_like(v)))
     }
 
-    /// Whether the response is 304 Not Modified (RFC 9110 section 13.2.2, steps 3 and 4):
-    /// `If-None-Match` by weak comparison (a list, or `*`), else `If-Modified-Since`.
-    pub(crate) fn not_modified(&self, validators: &Validators) -> bool {
+    fn not_modified(&self, validators: &Validators) -> bool {
         if let Some(list) = &self.if_none_match {
             if list.trim() == "*" {
                 return true;
@@ -141,9 +190,7 @@ impl Conditions {
         }
     }
 
-    /// The range to serve, when the request has one that applies (RFC 9110 section 13.1.5:
-    /// `If-Range` must hold). None: serve the whole document.
-    pub(crate) fn range(&self, validators: &Validators) -> Option<Ranges> {
+    fn range(&self, validators: &Validators) -> Option<Ranges> {
         let ranges = parse_range(self.range.as_deref()?)?;
         match &self.if_range {
             None => Some(ranges),
@@ -549,12 +596,22 @@ mod tests {
         headers.append(RANGE, HeaderValue::from_static("bytes=2-3"));
         let twice = Conditions::from_request(&headers, false);
         assert!(!twice.has_range() && twice.is_empty() && twice.names_a_range());
+        assert!(twice.0.is_some(), "a named range is recorded");
+        // Headers that make nothing conditional record nothing.
+        let mut plain = HeaderMap::new();
+        plain.insert("accept", HeaderValue::from_static("*/*"));
+        plain.insert("if-match", HeaderValue::from_static("\"a\""));
+        let none = Conditions::from_request(&plain, false);
+        assert!(none.0.is_none() && none.is_empty() && !none.names_a_range());
         // If-None-Match lines are joined; repeated If-Modified-Since is ignored.
         let joined = conditions(&[
             ("if-none-match", "\"a\""),
             ("if-none-match", "\"b\", \"c\""),
         ]);
-        assert_eq!(joined.if_none_match.as_deref(), Some("\"a\",\"b\", \"c\""));
+        assert_eq!(
+            joined.recorded().if_none_match.as_deref(),
+            Some("\"a\",\"b\", \"c\"")
+        );
         assert!(!joined.names_a_range());
         let since = "Sun, 06 Nov 1994 08:49:37 GMT";
         assert!(

@@ -42,9 +42,24 @@ impl FrameQueue {
         front
     }
 
+    /// The front frame.
+    pub(crate) fn front(&self) -> Option<&Bytes> {
+        self.first.as_ref()
+    }
+
     /// The front frame, to consume part of it.
     pub(crate) fn front_mut(&mut self) -> Option<&mut Bytes> {
         self.first.as_mut()
+    }
+
+    /// Adds the frames of `other` at the back, in their order.
+    pub(crate) fn append(&mut self, other: FrameQueue) {
+        if self.first.is_none() {
+            *self = other;
+            return;
+        }
+        self.rest.extend(other.first);
+        self.rest.extend(other.rest);
     }
 
     /// Whether the queue holds no frame.
@@ -116,5 +131,19 @@ mod tests {
         assert_eq!(queue.pop_front(), Some(Bytes::from("w")));
         assert!(queue.is_empty());
         assert_eq!(queue.byte_len(), 0);
+    }
+
+    #[test]
+    fn appending_keeps_both_orders() {
+        let texts = |queue: &FrameQueue| queue.iter().map(|f| &f[..]).collect::<Vec<_>>().concat();
+        let mut queue = FrameQueue::default();
+        queue.append(FrameQueue::from(vec![Bytes::from("a"), Bytes::from("b")]));
+        assert_eq!(queue.front(), Some(&Bytes::from("a")));
+        queue.append(FrameQueue::one(Bytes::from("c")));
+        queue.append(FrameQueue::default());
+        queue.append(FrameQueue::from(vec![Bytes::from("d"), Bytes::from("e")]));
+        assert_eq!(texts(&queue), b"abcde");
+        assert_eq!(queue.pop_front(), Some(Bytes::from("a")));
+        assert_eq!(texts(&queue), b"bcde");
     }
 }

@@ -3,7 +3,6 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
@@ -63,7 +62,7 @@ pub(crate) struct Negotiated {
     pub(crate) is_head: bool,
     /// The client's `Range`, `If-Range`, `If-None-Match` and `If-Modified-Since`.
     pub(crate) conditions: Conditions,
-    pub(crate) config: Arc<Config>,
+    pub(crate) config: Config,
 }
 
 impl Negotiated {

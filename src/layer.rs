@@ -1,7 +1,5 @@
 //! The layer and its options.
 
-use std::sync::Arc;
-
 use tower_layer::Layer;
 
 use crate::policy::SecurityPolicy;
@@ -32,8 +30,9 @@ pub struct BinaryNegotiationLayer {
     config: Config,
 }
 
-/// Everything the service needs to know; shared by every request.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Everything the service needs to know. A few words, copied into each request's state: a copy
+/// is cheaper than counting references to a shared one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Config {
     pub(crate) fhir_version: FhirVersion,
     pub(crate) limits: ScanLimits,
@@ -147,6 +146,6 @@ impl<S> Layer<S> for BinaryNegotiationLayer {
     type Service = BinaryNegotiation<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        BinaryNegotiation::from_config(inner, Arc::new(self.config.clone()))
+        BinaryNegotiation::from_config(inner, self.config)
     }
 }

@@ -1,6 +1,5 @@
 //! The middleware service.
 
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::header::{HeaderValue, ACCEPT, IF_RANGE, RANGE};
@@ -22,16 +21,16 @@ use crate::negotiate::{strip_format, Decision, Preference};
 #[derive(Clone, Debug)]
 pub struct BinaryNegotiation<S> {
     inner: S,
-    config: Arc<Config>,
+    config: Config,
 }
 
 impl<S> BinaryNegotiation<S> {
     /// Wraps `inner` with the default options.
     pub fn new(inner: S) -> Self {
-        Self::from_config(inner, Arc::default())
+        Self::from_config(inner, Config::default())
     }
 
-    pub(crate) fn from_config(inner: S, config: Arc<Config>) -> Self {
+    pub(crate) fn from_config(inner: S, config: Config) -> Self {
         BinaryNegotiation { inner, config }
     }
 
@@ -79,7 +78,7 @@ where
             // Kept for the raw document: `Range` and `If-Range` do not go on to the inner
             // service, the others go on as well.
             conditions: Conditions::from_request(request.headers(), is_head),
-            config: Arc::clone(&self.config),
+            config: self.config,
         };
         if negotiated.fixed == Some(Decision::NotAcceptable)
             && (!negotiated.config.native_when_not_acceptable || negotiated.preference.is_format())

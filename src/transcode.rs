@@ -2,7 +2,7 @@
 //! the representation as soon as the Binary shows enough of itself, and then turns the rest of
 //! the frames into output frames. The Tower types only move frames in and out of it.
 //!
-//! Until the decision every frame is also held (reference-counted, not copied), so that it can
+//! Until the decision every frame is also held (kept whole, not copied), so that it can
 //! be passed through untouched (FHIR JSON, not a Binary) or read again from the start when the
 //! deciding member came after the payload. The usual order (`contentType` before `data`)
 //! decides at the first byte of the payload, and nothing is read twice.
@@ -87,10 +87,15 @@ pub(crate) struct Transcoder {
     /// Set once `resourceType` has shown the body is a Binary.
     is_binary: bool,
     scanner: Scanner,
-    /// Input the scanner has not consumed yet.
+    /// Input the scanner has not consumed yet. While deciding, its front frame is kept whole
+    /// and the scanner's place in it is `front_offset`, so that nothing needs copying to be
+    /// held.
     pending: FrameQueue,
-    /// Every frame received while deciding.
+    front_offset: usize,
+    /// While deciding, the frames the scanner has consumed whole; with `pending`, every frame
+    /// received.
     held: FrameQueue,
+    /// Bytes received while deciding.
     held_len: usize,
     /// The members known at a decision that reads the held frames again (a replay starts a
     /// fresh scanner), and for FHIR XML; when the decision comes at the payload they stay in
@@ -138,6 +143,7 @@ impl Transcoder {
             is_binary: false,
             scanner: Scanner::new(config.limits),
             pending: FrameQueue::default(),
+            front_offset: 0,
             held: FrameQueue::default(),
             held_len: 0,
             members: None,
@@ -195,7 +201,6 @@ impl Transcoder {
             return None;
         }
         self.held_len += frame.len();
-        self.held.push_back(frame.clone());
         self.pending.push_back(frame);
         self.advance_head()
     }
@@ -214,14 +219,20 @@ impl Transcoder {
     }
 
     fn advance_head(&mut self) -> Option<Head> {
-        while let Some(front) = self.pending.front_mut() {
-            let (n, event) = match self.scanner.feed(front, &mut self.out) {
+        while let Some(front) = self.pending.front() {
+            let (n, event) = match self
+                .scanner
+                .feed(&front[self.front_offset..], &mut self.out)
+            {
                 Ok(step) => step,
                 Err(e) => return Some(Head::Invalid(e)),
             };
-            front.advance(n);
-            if front.is_empty() {
-                self.pending.pop_front();
+            self.front_offset += n;
+            if self.front_offset == front.len() {
+                self.front_offset = 0;
+                if let Some(consumed) = self.pending.pop_front() {
+                    self.held.push_back(consumed);
+                }
             }
             if event == Event::NeedMore {
                 continue;
@@ -326,9 +337,10 @@ impl Transcoder {
                 }
             }
         };
-        let text = content_type.to_str().unwrap_or_default();
+        // Made only when needed: a decision fixed at request time does not read it.
+        let text = || content_type.to_str().unwrap_or_default();
         // A decision fixed at request time is what `resolve` gives for any content type.
-        let decision = match self.fixed.unwrap_or_else(|| self.preference.resolve(text)) {
+        let decision = match self.fixed.unwrap_or_else(|| self.preference.resolve(text())) {
             Decision::NotAcceptable if self.native_when_not_acceptable => Decision::Serve {
                 representation: Representation::Native,
                 spelling: Spelling::Unspecified,
@@ -337,7 +349,7 @@ impl Transcoder {
         };
         match decision {
             Decision::NotAcceptable => Some(Head::NotAcceptable {
-                content_type: text.to_owned(),
+                content_type: text().to_owned(),
             }),
             Decision::Serve {
                 representation: Representation::FhirJson,
@@ -356,8 +368,7 @@ impl Transcoder {
                     // Nothing of the payload has been read yet: go on from here, with the
                     // members where they are.
                     self.scanner.set_payload_mode(mode);
-                    self.held.clear();
-                    self.held_len = 0;
+                    self.stop_holding();
                 } else {
                     self.members = Some(Box::new(self.scanner.take_members()));
                     self.replay(mode);
@@ -409,8 +420,7 @@ impl Transcoder {
         } else {
             // The object is closed and the document complete: only the end of the body (which
             // must be whitespace) is left for this scanner.
-            self.held.clear();
-            self.held_len = 0;
+            self.stop_holding();
         }
         self.xml = Some(XmlOutput { version, payload });
         self.phase = Phase::Streaming;
@@ -425,7 +435,7 @@ impl Transcoder {
         let mut scanner = Scanner::new(self.limits);
         scanner.set_payload_mode(PayloadMode::Validate);
         let mut none = BytesMut::new();
-        for frame in self.held.iter() {
+        for frame in self.held.iter().chain(self.pending.iter()) {
             let mut rest = &frame[..];
             while !rest.is_empty() && !scanner.payload_done() {
                 let (n, _) = scanner.feed(rest, &mut none)?;
@@ -464,14 +474,30 @@ impl Transcoder {
     fn replay(&mut self, mode: PayloadMode) {
         self.scanner = Scanner::new(self.limits);
         self.scanner.set_payload_mode(mode);
-        self.pending = std::mem::take(&mut self.held);
-        self.held_len = 0;
+        self.pending = self.take_received();
     }
 
     fn pass_through(&mut self) -> Head {
-        self.pending.clear();
+        Head::PassThrough(self.take_received())
+    }
+
+    /// Every frame received while deciding, whole and in order; nothing is held any more.
+    fn take_received(&mut self) -> FrameQueue {
+        let mut received = std::mem::take(&mut self.held);
+        received.append(std::mem::take(&mut self.pending));
+        self.front_offset = 0;
         self.held_len = 0;
-        Head::PassThrough(std::mem::take(&mut self.held))
+        received
+    }
+
+    /// The scanner goes on from where it is: what it has consumed is no longer held.
+    fn stop_holding(&mut self) {
+        self.held.clear();
+        self.held_len = 0;
+        if let Some(front) = self.pending.front_mut() {
+            front.advance(self.front_offset);
+        }
+        self.front_offset = 0;
     }
 
     /// Takes a frame of the inner body after the head.
