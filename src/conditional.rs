@@ -259,10 +259,11 @@ pub(crate) fn etag_of(version: Option<&str>) -> Option<HeaderValue> {
     if !fits {
         return None;
     }
-    let mut text = String::with_capacity(version.len() + 4);
-    text.push_str("W/\"");
-    text.push_str(version);
-    text.push('"');
+    // One buffer of the exact length: `Bytes` takes it over without another allocation.
+    let mut text = Vec::with_capacity(version.len() + 4);
+    text.extend_from_slice(b"W/\"");
+    text.extend_from_slice(version.as_bytes());
+    text.push(b'"');
     HeaderValue::from_maybe_shared(Bytes::from(text)).ok()
 }
 
@@ -624,6 +625,7 @@ mod tests {
     #[test]
     fn validators_from_meta() {
         assert_eq!(etag_of(Some("3")).unwrap(), "W/\"3\"");
+        assert_eq!(etag_of(Some("12")).unwrap(), "W/\"12\"");
         assert_eq!(
             last_modified_of(Some("2015-02-07T13:28:17.239+02:00")).unwrap(),
             "Sat, 07 Feb 2015 11:28:17 GMT"

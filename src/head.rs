@@ -24,8 +24,14 @@ pub(crate) fn vary_accept(headers: &mut HeaderMap) {
 
 /// [`vary_accept`] when the head is known not to list `Accept` yet.
 pub(crate) fn add_vary_accept(headers: &mut HeaderMap) {
-    headers.append(VARY, HeaderValue::from_static("Accept"));
+    headers.append(VARY, ACCEPT);
 }
+
+/// `Accept`, the `Vary` value, checked once at compile time.
+const ACCEPT: HeaderValue = HeaderValue::from_static("Accept");
+
+/// `Accept-Ranges: bytes`, checked once at compile time.
+const BYTES: HeaderValue = HeaderValue::from_static("bytes");
 
 /// Whether a `Vary` value lists `Accept`, or `*`.
 fn lists_accept(value: &HeaderValue) -> bool {
@@ -58,19 +64,39 @@ pub(crate) fn replace_body_headers(
     length: Option<u64>,
 ) {
     // Removing only what is there: a removal costs a hashed lookup even when it finds nothing.
-    for (name, there) in [
-        (CONTENT_LENGTH, inner.content_length),
-        (TRANSFER_ENCODING, inner.transfer_encoding),
-        (CONTENT_ENCODING, inner.content_encoding),
-    ] {
-        if there {
-            headers.remove(name);
-        }
+    if inner.content_length {
+        headers.remove(CONTENT_LENGTH);
     }
-    headers.insert(CONTENT_TYPE, content_type);
+    if inner.transfer_encoding {
+        headers.remove(TRANSFER_ENCODING);
+    }
+    if inner.content_encoding {
+        headers.remove(CONTENT_ENCODING);
+    }
+    set_content_type(headers, content_type);
     if let Some(length) = length {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
     }
+}
+
+/// Heads up to this many values are scanned for `Content-Type`; a scan of a few entries costs
+/// less than the hashed lookup of an insert.
+const SCANNED_HEAD: usize = 12;
+
+/// Sets `Content-Type` to `content_type`, dropping any other value. A head that has it once
+/// (the usual inner head) gets it replaced in place.
+fn set_content_type(headers: &mut HeaderMap, content_type: HeaderValue) {
+    if headers.len() <= SCANNED_HEAD {
+        let mut there = headers
+            .iter_mut()
+            .filter(|(name, _)| *name == CONTENT_TYPE)
+            .map(|(_, value)| value);
+        if let (Some(value), None) = (there.next(), there.next()) {
+            *value = content_type;
+            return;
+        }
+    }
+    headers.insert(CONTENT_TYPE, content_type);
 }
 
 /// The head of the raw document: its type and length, the browser policy, the validators
@@ -87,11 +113,7 @@ pub(crate) fn native(
     policy: SecurityPolicy,
 ) {
     // nosniff always: the document's type comes from the Binary, a browser must not guess.
-    policy.apply(
-        headers,
-        content_type.to_str().unwrap_or_default(),
-        metadata.id.as_deref(),
-    );
+    policy.apply(headers, &content_type, metadata.id.as_deref());
     replace_body_headers(headers, inner, content_type, length);
     if !inner.etag {
         if let Some(etag) = etag_of(metadata.version_id.as_deref()) {
@@ -113,7 +135,7 @@ pub(crate) fn native(
             headers.insert(X_SECURITY_CONTEXT, reference);
         }
     }
-    headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    headers.insert(ACCEPT_RANGES, BYTES);
 }
 
 /// What the layer needs to know of an inner response head: found in one pass over its few
@@ -319,6 +341,38 @@ mod tests {
         let none = head(&[json, ("content-location", "Binary/1/_history/1")]);
         assert!(!none.content_length && !none.transfer_encoding && !none.content_encoding);
         assert!(!none.etag && !none.last_modified && !none.security_context);
+    }
+
+    #[test]
+    fn content_type_is_set_once_whatever_the_head_had() {
+        let types = |headers: &HeaderMap| {
+            headers
+                .get_all(CONTENT_TYPE)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        let mut headers = HeaderMap::new();
+        set_content_type(&mut headers, HeaderValue::from_static("application/pdf"));
+        assert_eq!(types(&headers), ["application/pdf"]);
+
+        headers.insert(VARY, HeaderValue::from_static("Accept"));
+        set_content_type(&mut headers, HeaderValue::from_static("image/png"));
+        assert_eq!(types(&headers), ["image/png"]);
+
+        headers.append(CONTENT_TYPE, HeaderValue::from_static("text/html"));
+        set_content_type(&mut headers, HeaderValue::from_static("text/plain"));
+        assert_eq!(types(&headers), ["text/plain"]);
+
+        // Beyond the scanned size, and with two values again.
+        for i in 0..SCANNED_HEAD {
+            let name = HeaderName::from_bytes(format!("x-{i}").as_bytes()).unwrap();
+            headers.insert(name, HeaderValue::from_static("1"));
+        }
+        headers.append(CONTENT_TYPE, HeaderValue::from_static("text/html"));
+        set_content_type(&mut headers, HeaderValue::from_static("image/jpeg"));
+        assert_eq!(types(&headers), ["image/jpeg"]);
+        assert_eq!(headers.len(), SCANNED_HEAD + 2);
     }
 
     #[test]

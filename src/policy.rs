@@ -53,43 +53,128 @@ pub enum SecurityPolicy {
     NosniffOnly,
 }
 
+/// `X-Content-Type-Options: nosniff`, checked once at compile time.
+const NOSNIFF: HeaderValue = HeaderValue::from_static("nosniff");
+
+/// `Content-Security-Policy: sandbox`, checked once at compile time.
+const SANDBOX: HeaderValue = HeaderValue::from_static("sandbox");
+
 impl SecurityPolicy {
     /// Adds the headers of this policy for a document of `content_type` whose Binary has the
     /// id `id`.
-    pub(crate) fn apply(self, headers: &mut HeaderMap, content_type: &str, id: Option<&str>) {
-        headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    pub(crate) fn apply(
+        self,
+        headers: &mut HeaderMap,
+        content_type: &HeaderValue,
+        id: Option<&str>,
+    ) {
+        headers.insert(X_CONTENT_TYPE_OPTIONS, NOSNIFF);
         if self == SecurityPolicy::NosniffOnly {
             return;
         }
-        let essence = lowercase_essence(content_type);
-        let active = is_active_essence(&essence);
+        let Presentation { active, extension } = presentation(content_type);
         if active {
             // Appended: a policy the inner service set is enforced as well.
-            headers.append(CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox"));
+            headers.append(CONTENT_SECURITY_POLICY, SANDBOX);
         }
         let attachment = match self {
             SecurityPolicy::AttachmentAlways => true,
             SecurityPolicy::InlineSandboxed => false,
             _ => active,
         };
-        let disposition = if attachment { "attachment" } else { "inline" };
-        let (base, extension) = (file_base(id), extension_of_essence(&essence));
-        let mut value = String::with_capacity(
-            disposition.len() + 13 + base.len() + extension.map_or(0, |e| e.len() + 1),
-        );
-        value.push_str(disposition);
-        value.push_str("; filename=\"");
-        value.push_str(base);
-        if let Some(extension) = extension {
-            value.push('.');
-            value.push_str(extension);
-        }
-        value.push('"');
-        // The file name is made of [A-Za-z0-9._-] only (see `filename`), so this cannot fail.
-        if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
+        if let Some(value) = content_disposition(attachment, file_base(id), extension) {
             headers.insert(CONTENT_DISPOSITION, value);
         }
     }
+}
+
+/// What the policy needs to know of a media type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Presentation {
+    /// See [`is_active_essence`].
+    active: bool,
+    /// See [`extension_of_essence`].
+    extension: Option<&'static str>,
+}
+
+/// The [`Presentation`] of the content types most Binaries have, as the transcoder serves them
+/// (lowercase, without parameters): what the parsing path gives for them, without parsing.
+const COMMON_PRESENTATIONS: [(&str, Presentation); 10] = [
+    ("application/pdf", Presentation::passive("pdf")),
+    ("image/jpeg", Presentation::passive("jpg")),
+    ("image/png", Presentation::passive("png")),
+    ("application/dicom", Presentation::passive("dcm")),
+    ("text/plain", Presentation::passive("txt")),
+    ("application/octet-stream", Presentation::passive("bin")),
+    ("text/xml", Presentation::active("xml")),
+    ("application/xml", Presentation::active("xml")),
+    ("application/hl7-v3+xml", Presentation::active("xml")),
+    ("text/html", Presentation::active("html")),
+];
+
+impl Presentation {
+    /// A type a browser only shows, saved with `extension`.
+    const fn passive(extension: &'static str) -> Self {
+        Presentation {
+            active: false,
+            extension: Some(extension),
+        }
+    }
+
+    /// A type a browser may execute, saved with `extension`.
+    const fn active(extension: &'static str) -> Self {
+        Presentation {
+            active: true,
+            extension: Some(extension),
+        }
+    }
+}
+
+/// The [`Presentation`] of a whole content type: from [`COMMON_PRESENTATIONS`] when it is
+/// written as there, else from its essence.
+fn presentation(content_type: &HeaderValue) -> Presentation {
+    let bytes = content_type.as_bytes();
+    if let Some((_, known)) = COMMON_PRESENTATIONS
+        .iter()
+        .find(|(text, _)| text.as_bytes() == bytes)
+    {
+        return *known;
+    }
+    parsed_presentation(content_type.to_str().unwrap_or_default())
+}
+
+/// The [`Presentation`] of any content type, from its lowercased essence.
+fn parsed_presentation(content_type: &str) -> Presentation {
+    let essence = lowercase_essence(content_type);
+    Presentation {
+        active: is_active_essence(&essence),
+        extension: extension_of_essence(&essence),
+    }
+}
+
+/// `Content-Disposition: inline` or `attachment`, with the file name `base` and `extension`.
+/// The name is made of `[A-Za-z0-9._-]` only (see `filename`), so this is never None.
+fn content_disposition(
+    attachment: bool,
+    base: &str,
+    extension: Option<&str>,
+) -> Option<HeaderValue> {
+    let start = if attachment {
+        "attachment; filename=\""
+    } else {
+        "inline; filename=\""
+    };
+    // One buffer of the exact length: `Bytes` takes it over without another allocation.
+    let dot_extension = extension.map_or(0, |e| e.len() + 1);
+    let mut value = Vec::with_capacity(start.len() + base.len() + dot_extension + 1);
+    value.extend_from_slice(start.as_bytes());
+    value.extend_from_slice(base.as_bytes());
+    if let Some(extension) = extension {
+        value.push(b'.');
+        value.extend_from_slice(extension.as_bytes());
+    }
+    value.push(b'"');
+    HeaderValue::from_maybe_shared(Bytes::from(value)).ok()
 }
 
 /// The media type without parameters, lowercased (borrowed when it already is).
@@ -302,9 +387,40 @@ mod tests {
         assert_eq!(filename(None, "image/png"), "binary.png");
     }
 
+    #[test]
+    fn the_common_table_agrees_with_the_parser() {
+        for (text, known) in COMMON_PRESENTATIONS {
+            assert_eq!(known, parsed_presentation(text), "{text}");
+        }
+        // Every content type the transcoder serves from a static value takes the table.
+        for header in crate::transcode::COMMON_CONTENT_TYPES.iter() {
+            let text = header.to_str().unwrap();
+            assert!(
+                COMMON_PRESENTATIONS.iter().any(|(known, _)| *known == text),
+                "{text}"
+            );
+        }
+        // Whatever is not written exactly as in the table takes the parser, to the same result.
+        for text in [
+            "application/pdf",
+            "Application/PDF",
+            "application/pdf; charset=x",
+            "text/html",
+            "TEXT/HTML",
+            "image/svg+xml",
+            "application/fhir+json",
+            "application/x-unknown",
+            "nonsense",
+        ] {
+            let header = HeaderValue::from_str(text).unwrap();
+            assert_eq!(presentation(&header), parsed_presentation(text), "{text}");
+        }
+    }
+
     fn applied(policy: SecurityPolicy, content_type: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        policy.apply(&mut headers, content_type, Some("doc"));
+        let content_type = HeaderValue::from_str(content_type).unwrap();
+        policy.apply(&mut headers, &content_type, Some("doc"));
         headers
     }
 
@@ -347,7 +463,8 @@ mod tests {
             CONTENT_SECURITY_POLICY,
             HeaderValue::from_static("default-src 'none'"),
         );
-        SecurityPolicy::Standard.apply(&mut headers, "text/html", None);
+        let html = HeaderValue::from_static("text/html");
+        SecurityPolicy::Standard.apply(&mut headers, &html, None);
         let all: Vec<_> = headers.get_all(CONTENT_SECURITY_POLICY).iter().collect();
         assert_eq!(all, ["default-src 'none'", "sandbox"]);
     }

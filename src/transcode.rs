@@ -618,7 +618,7 @@ fn common_content_type(text: &[u8]) -> Option<HeaderValue> {
     COMMON_CONTENT_TYPES
         .iter()
         .find(|known| known.as_bytes() == text)
-        .map(|known| HeaderValue::from_static(known))
+        .cloned()
 }
 
 /// [`common_content_type`] of a JSON string written plainly (`"application/pdf"`), read as it
@@ -628,18 +628,19 @@ fn plain_common_content_type(json: &[u8]) -> Option<HeaderValue> {
 }
 
 /// Content types most Binaries have, served from static header values (no copy, no
-/// allocation). Each is a bare media type, as [`is_bare_media_type`] accepts.
-const COMMON_CONTENT_TYPES: [&str; 10] = [
-    "application/pdf",
-    "image/jpeg",
-    "image/png",
-    "application/dicom",
-    "text/plain",
-    "application/octet-stream",
-    "text/xml",
-    "application/xml",
-    "application/hl7-v3+xml",
-    "text/html",
+/// allocation, checked once at compile time). Each is a bare media type, as
+/// [`is_bare_media_type`] accepts.
+pub(crate) static COMMON_CONTENT_TYPES: [HeaderValue; 10] = [
+    HeaderValue::from_static("application/pdf"),
+    HeaderValue::from_static("image/jpeg"),
+    HeaderValue::from_static("image/png"),
+    HeaderValue::from_static("application/dicom"),
+    HeaderValue::from_static("text/plain"),
+    HeaderValue::from_static("application/octet-stream"),
+    HeaderValue::from_static("text/xml"),
+    HeaderValue::from_static("application/xml"),
+    HeaderValue::from_static("application/hl7-v3+xml"),
+    HeaderValue::from_static("text/html"),
 ];
 
 /// [`checked_content_type`] for any text, with the media type parser.
@@ -775,7 +776,7 @@ mod tests {
 
     #[test]
     fn common_content_types_are_bare_media_types() {
-        for text in COMMON_CONTENT_TYPES {
+        for text in COMMON_CONTENT_TYPES.iter().map(|h| h.to_str().unwrap()) {
             assert!(is_bare_media_type(text), "{text}");
             let header = checked_content_type(Some(Cow::Borrowed(text))).unwrap();
             assert_eq!(header, parsed_content_type(text).unwrap(), "{text}");
