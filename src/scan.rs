@@ -27,7 +27,7 @@ mod plain;
 use members::CAPTURED;
 pub(crate) use members::{Member, Members};
 use nesting::Nesting;
-use plain::{plain_prefix, Gathered};
+use plain::{plain_ascii_prefix, plain_prefix, Gathered};
 
 /// Which element carries the payload.
 ///
@@ -346,6 +346,9 @@ pub(crate) struct Scanner {
 
 impl Scanner {
     /// A scanner at the start of a body.
+    ///
+    /// Inlined, so that the scanner is built where it is kept rather than built and then moved.
+    #[inline]
     pub(crate) fn new(limits: ScanLimits) -> Self {
         Scanner {
             limits,
@@ -1301,8 +1304,8 @@ fn hex4(digits: [u8; 4]) -> Option<u32> {
 /// when the closing quote is in `input` and the content is ASCII without escapes or control
 /// characters: such a string is valid JSON as it stands.
 fn plain_ascii_string(input: &[u8]) -> Option<usize> {
-    let len = plain_prefix(input);
-    (input.get(len) == Some(&b'"') && input[..len].is_ascii()).then_some(len)
+    let len = plain_ascii_prefix(input);
+    (input.get(len) == Some(&b'"')).then_some(len)
 }
 
 fn is_ws(b: u8) -> bool {

@@ -46,7 +46,7 @@ pub(crate) enum Member {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct Members {
     /// The text of every captured member, one after another.
-    text: Vec<u8>,
+    text: Text,
     /// Where the member in each place of [`CAPTURED`] lies in `text`; empty for none (a JSON
     /// value is never empty).
     spans: [(usize, usize); CAPTURED.len()],
@@ -60,7 +60,7 @@ impl Members {
 
     fn raw_at(&self, slot: usize) -> Option<&[u8]> {
         let (start, end) = self.spans[slot];
-        (end > start).then(|| &self.text[start..end])
+        (end > start).then(|| &self.text.as_slice()[start..end])
     }
 
     /// Whether the member named `key` was captured.
@@ -120,21 +120,87 @@ impl Members {
 
     /// The text from `start` on: the member being captured.
     pub(super) fn text_from(&self, start: usize) -> &[u8] {
-        &self.text[start..]
+        &self.text.as_slice()[start..]
     }
 
     /// Appends text to the member being captured.
     pub(super) fn extend(&mut self, bytes: &[u8]) {
-        if self.text.capacity() == 0 {
-            // Once, with room for the usual members, rather than growing in steps.
-            self.text.reserve(128);
-        }
-        self.text.extend_from_slice(bytes);
+        self.text.extend(bytes);
     }
 
     /// Records the text from `start` on as the member in `slot` of [`CAPTURED`].
     pub(super) fn close(&mut self, slot: usize, start: usize) {
         self.spans[slot] = (start, self.text.len());
+    }
+}
+
+/// Room for the usual members (`resourceType`, `id`, a short `meta`, `contentType`) without
+/// an allocation.
+const INLINE: usize = 128;
+
+/// Bytes kept inline up to [`INLINE`], and all on the heap from the first one that does not
+/// fit: a response whose members fit allocates nothing for them.
+#[derive(Clone)]
+struct Text {
+    inline: [u8; INLINE],
+    /// Bytes held: inline up to [`INLINE`], on the heap beyond.
+    len: usize,
+    /// Every byte, once they do not all fit inline; empty until then.
+    heap: Vec<u8>,
+}
+
+impl Text {
+    #[inline]
+    fn as_slice(&self) -> &[u8] {
+        match self.inline.get(..self.len) {
+            Some(inline) => inline,
+            None => &self.heap,
+        }
+    }
+
+    #[inline]
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline]
+    fn extend(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        if let Some(room) = self.inline.get_mut(self.len..end) {
+            room.copy_from_slice(bytes);
+            self.len = end;
+            return;
+        }
+        if self.len <= INLINE {
+            // Once, with room to grow, rather than in steps.
+            self.heap.reserve(end.max(2 * INLINE));
+            self.heap.extend_from_slice(&self.inline[..self.len]);
+        }
+        self.heap.extend_from_slice(bytes);
+        self.len = end;
+    }
+}
+
+impl Default for Text {
+    fn default() -> Self {
+        Text {
+            inline: [0; INLINE],
+            len: 0,
+            heap: Vec::new(),
+        }
+    }
+}
+
+/// Equal when the bytes held are, wherever they are kept.
+impl PartialEq for Text {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl fmt::Debug for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&String::from_utf8_lossy(self.as_slice()), f)
     }
 }
 
@@ -528,6 +594,27 @@ mod tests {
             }
             assert_eq!(string_fields(json.as_bytes(), names), expected, "{json}");
         }
+    }
+
+    #[test]
+    fn text_moves_to_the_heap_when_it_outgrows_the_inline_room() {
+        let mut text = Text::default();
+        let mut expect = Vec::new();
+        for n in 0..40 {
+            let piece = vec![b'a' + n as u8 % 26; n % 13];
+            text.extend(&piece);
+            expect.extend_from_slice(&piece);
+            assert_eq!(text.as_slice(), expect);
+            assert_eq!(text.len(), expect.len());
+            assert_eq!(text.heap.is_empty(), expect.len() <= INLINE);
+        }
+        let mut inline = Text::default();
+        inline.extend(b"abc");
+        let mut spilled = Text::default();
+        spilled.extend(&[b'x'; INLINE + 1]);
+        assert_ne!(inline, spilled);
+        assert_eq!(inline, inline.clone());
+        assert_eq!(spilled, spilled.clone());
     }
 
     #[test]

@@ -7,10 +7,13 @@
 //! compared in SIMD registers by `wide` (SSE2 on x86_64, NEON on aarch64, plain code elsewhere),
 //! finds their ends.
 
-use wide::u8x32;
+use wide::{i8x16, u8x16, u8x32};
 
 /// The block the search looks at in one step.
 const BLOCK: usize = 32;
+
+/// The block the search of short strings looks at in one step.
+const SHORT_BLOCK: usize = 16;
 
 /// Payload text gathered across escapes, to be handed to the decoder in large pieces.
 ///
@@ -113,6 +116,27 @@ impl Gathered {
     }
 }
 
+/// The length of the prefix of `input` that holds no `"`, `\`, control character or non-ASCII
+/// byte: string content that is valid JSON and UTF-8 as it stands, found in one pass.
+///
+/// Member names and the strings around them are short: blocks of 16 bytes cost half as much
+/// to look at, and leave less to the byte loop at the end.
+pub(super) fn plain_ascii_prefix(input: &[u8]) -> usize {
+    let mut i = 0;
+    while let Some(block) = input.get(i..i + SHORT_BLOCK) {
+        let marks = special_or_non_ascii_bytes(block.try_into().unwrap_or([0; SHORT_BLOCK]));
+        if marks != 0 {
+            return i + marks.trailing_zeros() as usize;
+        }
+        i += SHORT_BLOCK;
+    }
+    let rest = &input[i..];
+    i + rest
+        .iter()
+        .position(|&b| is_special(b) || !b.is_ascii())
+        .unwrap_or(rest.len())
+}
+
 /// The length of the prefix of `input` that holds no `"`, `\`, or control character.
 pub(super) fn plain_prefix(input: &[u8]) -> usize {
     let mut i = 0;
@@ -123,7 +147,11 @@ pub(super) fn plain_prefix(input: &[u8]) -> usize {
         }
         i += BLOCK;
     }
-    i + plain_tail(&input[i..])
+    let rest = &input[i..];
+    i + rest
+        .iter()
+        .position(|&b| is_special(b))
+        .unwrap_or(rest.len())
 }
 
 /// One bit for each byte of `block` that ends a plain run: `"`, `\`, or a control character.
@@ -135,18 +163,27 @@ fn special_bytes(block: [u8; BLOCK]) -> u32 {
     (quote | backslash | control).to_bitmask()
 }
 
+/// One bit for each byte of `block` that ends a plain ASCII run: `"`, `\`, a control character,
+/// or a non-ASCII byte.
+fn special_or_non_ascii_bytes(block: [u8; SHORT_BLOCK]) -> u32 {
+    let x = u8x16::new(block);
+    let quote = x.simd_eq(u8x16::splat(b'"'));
+    let backslash = x.simd_eq(u8x16::splat(b'\\'));
+    // Taken as signed, non-ASCII bytes are negative: one comparison finds them and the
+    // control characters.
+    let control_or_non_ascii = x.cast_signed().simd_lt(i8x16::splat(0x20)).cast_unsigned();
+    (quote | backslash | control_or_non_ascii).to_bitmask()
+}
+
 /// One bit for each `"` or `\` in `block`.
 fn quotes_and_backslashes(block: [u8; BLOCK]) -> u32 {
     let x = u8x32::new(block);
     (x.simd_eq(u8x32::splat(b'"')) | x.simd_eq(u8x32::splat(b'\\'))).to_bitmask()
 }
 
-/// [`plain_prefix`] a byte at a time, for what is left after the last whole block.
-fn plain_tail(input: &[u8]) -> usize {
-    input
-        .iter()
-        .position(|&b| matches!(b, b'"' | b'\\' | 0..=0x1f))
-        .unwrap_or(input.len())
+/// Whether `b` ends a plain run: `"`, `\`, or a control character.
+fn is_special(b: u8) -> bool {
+    matches!(b, b'"' | b'\\' | 0..=0x1f)
 }
 
 #[cfg(test)]
@@ -193,6 +230,17 @@ mod tests {
             let mut input = vec![b'x'; 20];
             input[11] = b;
             assert_eq!(plain_prefix(&input), naive(&input), "byte {b}");
+        }
+    }
+
+    #[test]
+    fn plain_ascii_prefix_also_stops_at_non_ascii() {
+        for input in inputs() {
+            let expect = input
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20 || b >= 0x80)
+                .unwrap_or(input.len());
+            assert_eq!(plain_ascii_prefix(&input), expect, "{input:?}");
         }
     }
 
