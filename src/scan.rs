@@ -25,7 +25,7 @@ mod nesting;
 mod plain;
 
 use members::CAPTURED;
-pub(crate) use members::{Member, Members};
+pub(crate) use members::{Field, Member, Members};
 use nesting::Nesting;
 use plain::{plain_ascii_prefix, plain_prefix, Gathered};
 
@@ -321,6 +321,8 @@ pub(crate) struct Scanner {
     // The generic value machine.
     g: G,
     stack: Nesting,
+    /// The [`Field`] whose name was just read in the captured member, its value to come.
+    field: Option<Field>,
 
     // What was found.
     members: Members,
@@ -367,6 +369,7 @@ impl Scanner {
             captured_total: 0,
             g: G::Value,
             stack: Nesting::default(),
+            field: None,
             members: Members::default(),
             seen: 0,
             payload_key: None,
@@ -533,6 +536,9 @@ impl Scanner {
                     self.g = G::Value;
                     self.capture_start = self.members.len();
                     self.capture_unchecked = false;
+                    if self.route == Route::Capture {
+                        self.members.track_fields(self.slot);
+                    }
                 }
                 (St::AfterMember, b',') => {
                     self.st = St::Key;
@@ -892,13 +898,20 @@ impl Scanner {
                 }
                 (G::ObjKeyOrEnd | G::ObjKey, b'"') => {
                     if let Some(len) = plain_ascii_string(&input[i..]) {
+                        self.note_name(Some(&input[i..i + len]));
                         i += len + 1;
                         self.g = G::Colon;
                         continue;
                     }
+                    self.note_name(None);
                     self.g = G::Str { key: true };
                 }
-                (G::Colon, b':') => self.g = G::Value,
+                (G::Colon, b':') => {
+                    self.g = G::Value;
+                    if let Some(field) = self.field.take() {
+                        i += self.field_value(field, input, i);
+                    }
+                }
                 (G::AfterValue, b',') => {
                     self.g = if self.stack.innermost_is_object() == Some(true) {
                         G::ObjKey
@@ -927,6 +940,43 @@ impl Scanner {
             }
         }
         Ok((i, false))
+    }
+
+    /// Notes the name of a member of a captured object (None: one not read on the way, being
+    /// escaped or split), when it may be one of the [`Field`]s the layer reads.
+    fn note_name(&mut self, name: Option<&[u8]>) {
+        if self.route != Route::Capture || self.stack.depth() != 1 {
+            return;
+        }
+        match name {
+            Some(name) => self.field = Field::of(self.slot, name),
+            None => self.members.untrack_fields(self.slot),
+        }
+    }
+
+    /// Reads the value of `field` at `from` in `input` (just after its colon) when it is a
+    /// plain ASCII string whole in the input, and records where its content lies in the
+    /// captured text; returns how much was consumed. Anything else is left to the value
+    /// machine, and the field to be read from the text when asked for.
+    ///
+    /// `input` is what the value machine was given: it is appended to the captured text, from
+    /// its first byte, once the machine returns.
+    fn field_value(&mut self, field: Field, input: &[u8], from: usize) -> usize {
+        let rest = &input[from..];
+        let start = rest.iter().take_while(|&&b| is_ws(b)).count();
+        let len = match rest.get(start..) {
+            Some([b'"', content @ ..]) => plain_ascii_string(content),
+            _ => None,
+        };
+        let Some(len) = len else {
+            self.members.unknown_field(field);
+            return 0;
+        };
+        let at = self.members.len() + from + start + 1;
+        self.members.plain_field(field, at, at + len);
+        // Inside the member's object: a value is never the whole member.
+        self.g = G::AfterValue;
+        start + len + 2
     }
 
     fn push(&mut self, object: bool, at: usize) -> Result<(), ScanError> {
@@ -1337,6 +1387,8 @@ fn show(b: u8) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::borrow::Cow;
+
     use super::*;
 
     const LIMITS: ScanLimits = ScanLimits {
@@ -1422,6 +1474,50 @@ mod tests {
                 Event::End
             ]
         );
+    }
+
+    #[test]
+    fn fields_seen_on_the_way_agree_with_the_text_however_it_is_split() {
+        let metas = [
+            r#"{"versionId":"1","lastUpdated":"2024-01-01T00:00:00Z"}"#,
+            r#"{ "versionId" : "2" , "tag":[{"versionId":"x"}] }"#,
+            r#"{"versionId":"1","versionId":3}"#,
+            r#"{"versionId":3,"versionId":"1"}"#,
+            r#"{"versionId":"1","v\u0065rsionId":"x"}"#,
+            r#"{"v\u0065rsionId":"x","versionId":"1","lastUpdated":"y"}"#,
+            r#"{"versionId":"\u00e9","lastUpdated":null}"#,
+            "{\"versionId\":\"\u{e9}\",\"lastUpdated\":\"\u{1F600}\"}",
+            r#"{"lastUpdated":{"versionId":"1"},"reference":"r"}"#,
+            r#"[{"versionId":"1"}]"#,
+            r#""versionId""#,
+            "{}",
+        ];
+        for meta in metas {
+            let input = format!(
+                r#"{{"meta":{meta},"securityContext":{{"reference":"a/1","versionId":"2"}},"data":""}}"#
+            );
+            let parsed: serde_json::Value = serde_json::from_str(meta).unwrap();
+            let expect = |name: &str| parsed.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+            for piece in 1..=input.len() {
+                let found = scan(input.as_bytes(), piece, PayloadMode::Decode).unwrap();
+                let members = &found.members;
+                let [version, updated] =
+                    members.fields(Member::Meta, [Field::VersionId, Field::LastUpdated]);
+                let [reference] = members.fields(Member::SecurityContext, [Field::Reference]);
+                let context = format!("{input}, pieces of {piece}");
+                assert_eq!(
+                    version.map(Cow::into_owned),
+                    expect("versionId"),
+                    "{context}"
+                );
+                assert_eq!(
+                    updated.map(Cow::into_owned),
+                    expect("lastUpdated"),
+                    "{context}"
+                );
+                assert_eq!(reference.as_deref(), Some("a/1"), "{context}");
+            }
+        }
     }
 
     #[test]

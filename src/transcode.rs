@@ -179,13 +179,14 @@ impl Transcoder {
 
     /// What the Binary says about itself that the native head carries, as far as it is known.
     pub(crate) fn metadata(&self) -> Metadata<'_> {
+        use crate::scan::Field;
         let [version_id, last_updated] = self
             .holder(Member::Meta)
-            .map(|m| m.fields(Member::Meta, ["versionId", "lastUpdated"]))
+            .map(|m| m.fields(Member::Meta, [Field::VersionId, Field::LastUpdated]))
             .unwrap_or_default();
         let [security_context] = self
             .holder(Member::SecurityContext)
-            .map(|m| m.fields(Member::SecurityContext, ["reference"]))
+            .map(|m| m.fields(Member::SecurityContext, [Field::Reference]))
             .unwrap_or_default();
         Metadata {
             id: self.holder(Member::Id).and_then(|m| m.str(Member::Id)),

@@ -13,6 +13,7 @@ use serde_core::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess,
 use serde_json::{Map, Value};
 
 use super::is_ws;
+use super::plain::quote_or_backslash;
 
 /// Top-level members the scanner captures: the elements of Binary in every FHIR release, and
 /// their primitive extensions. Anything else is validated and dropped.
@@ -42,14 +43,77 @@ pub(crate) enum Member {
     SecurityContext = 6,
 }
 
+/// The string fields of captured objects that the layer reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Field {
+    /// `meta.versionId`.
+    VersionId = 0,
+    /// `meta.lastUpdated`.
+    LastUpdated = 1,
+    /// `securityContext.reference`.
+    Reference = 2,
+}
+
+impl Field {
+    const ALL: [Field; 3] = [Field::VersionId, Field::LastUpdated, Field::Reference];
+
+    /// Its name in the object.
+    fn name(self) -> &'static str {
+        match self {
+            Field::VersionId => "versionId",
+            Field::LastUpdated => "lastUpdated",
+            Field::Reference => "reference",
+        }
+    }
+
+    /// The member it is a field of.
+    fn member(self) -> Member {
+        match self {
+            Field::VersionId | Field::LastUpdated => Member::Meta,
+            Field::Reference => Member::SecurityContext,
+        }
+    }
+
+    /// The field named `name` of the member in `slot` of [`CAPTURED`], if it is one.
+    pub(super) fn of(slot: usize, name: &[u8]) -> Option<Field> {
+        Self::ALL
+            .into_iter()
+            .find(|f| f.member() as usize == slot && f.name().as_bytes() == name)
+    }
+}
+
+/// What the scanner saw of a [`Field`] while it read the member.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Found {
+    /// Nothing it can vouch for (the member was not read by the scanner, or the field's last
+    /// occurrence may be one it did not read on the way): the text is read when asked.
+    #[default]
+    Unknown,
+    /// Not in the member (so far).
+    Absent,
+    /// A string whose content, plain ASCII, lies at this span of the text.
+    Plain(usize, usize),
+}
+
 /// The members captured so far, as their JSON text.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Members {
     /// The text of every captured member, one after another.
     text: Text,
     /// Where the member in each place of [`CAPTURED`] lies in `text`; empty for none (a JSON
     /// value is never empty).
     spans: [(usize, usize); CAPTURED.len()],
+    /// What the scanner saw of each [`Field`], so that reading one takes no second pass over
+    /// the text.
+    found: [Found; Field::ALL.len()],
+}
+
+/// Equal when the text of every member is: what the scanner saw of the fields on the way
+/// depends on how the input was split, and only spares reading the text again.
+impl PartialEq for Members {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text && self.spans == other.spans
+    }
 }
 
 impl Members {
@@ -83,17 +147,62 @@ impl Members {
         serde_json::from_slice(self.raw_at(slot)?).ok()
     }
 
-    /// The string members `names` of the object `member` (the last of each, as `serde_json`
-    /// keeps it); None for a name that is missing or not a string, and for every name when the
-    /// member is missing or not an object.
+    /// The string fields `fields` of the object `member` (the last of each, as `serde_json`
+    /// keeps it); None for a field that is missing or not a string, and for every field when
+    /// the member is missing or not an object.
     pub(crate) fn fields<const N: usize>(
         &self,
         member: Member,
-        names: [&str; N],
+        fields: [Field; N],
     ) -> [Option<Cow<'_, str>>; N] {
-        self.raw(member)
-            .and_then(|json| string_fields(json, names))
-            .unwrap_or_else(|| std::array::from_fn(|_| None))
+        debug_assert!(fields.iter().all(|f| f.member() == member));
+        let Some(json) = self.raw(member) else {
+            return std::array::from_fn(|_| None);
+        };
+        if fields
+            .iter()
+            .any(|&f| self.found[f as usize] == Found::Unknown)
+        {
+            return string_fields(json, fields.map(Field::name))
+                .unwrap_or_else(|| std::array::from_fn(|_| None));
+        }
+        fields.map(|f| match self.found[f as usize] {
+            Found::Plain(start, end) => std::str::from_utf8(&self.text.as_slice()[start..end])
+                .ok()
+                .map(Cow::Borrowed),
+            Found::Absent | Found::Unknown => None,
+        })
+    }
+
+    /// The scanner starts reading the member in `slot`: none of its fields is there yet.
+    pub(super) fn track_fields(&mut self, slot: usize) {
+        self.set_fields(slot, Found::Absent);
+    }
+
+    /// The scanner met a name in the member in `slot` that it did not read: any of its fields
+    /// may be that one, and is read from the text when asked for.
+    pub(super) fn untrack_fields(&mut self, slot: usize) {
+        self.set_fields(slot, Found::Unknown);
+    }
+
+    fn set_fields(&mut self, slot: usize, found: Found) {
+        for field in Field::ALL {
+            if field.member() as usize == slot {
+                self.found[field as usize] = found;
+            }
+        }
+    }
+
+    /// The scanner met `field` with a plain ASCII string, whose content lies at `start..end`
+    /// of the text (once the text is captured that far).
+    pub(super) fn plain_field(&mut self, field: Field, start: usize, end: usize) {
+        self.found[field as usize] = Found::Plain(start, end);
+    }
+
+    /// The scanner met `field` with something else than a plain ASCII string: it is read from
+    /// the text when asked for.
+    pub(super) fn unknown_field(&mut self, field: Field) {
+        self.found[field as usize] = Found::Unknown;
     }
 
     /// The names of the captured members, in the order of [`CAPTURED`].
@@ -114,6 +223,7 @@ impl Members {
     }
 
     /// Bytes of text held.
+    #[inline]
     pub(super) fn len(&self) -> usize {
         self.text.len()
     }
@@ -124,6 +234,7 @@ impl Members {
     }
 
     /// Appends text to the member being captured.
+    #[inline]
     pub(super) fn extend(&mut self, bytes: &[u8]) {
         self.text.extend(bytes);
     }
@@ -220,7 +331,7 @@ fn json_str(json: &[u8]) -> Option<Cow<'_, str>> {
 /// control characters.
 fn plain_string(json: &[u8]) -> Option<&str> {
     let inner = json.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
-    if inner.iter().any(|&b| b == b'"' || b == b'\\') {
+    if quote_or_backslash(inner).is_some() {
         return None;
     }
     std::str::from_utf8(inner).ok()
@@ -261,7 +372,7 @@ fn plain_object_fields<'a, const N: usize>(
             _ => {}
         }
         let name_start = i + 1;
-        let name_end = name_start + memchr::memchr2(b'"', b'\\', json.get(name_start..)?)?;
+        let name_end = name_start + quote_or_backslash(json.get(name_start..)?)?;
         if json[name_end] != b'"' {
             return None;
         }
@@ -323,7 +434,7 @@ fn value_end(json: &[u8], start: usize) -> Option<usize> {
 fn string_end(json: &[u8], start: usize) -> Option<usize> {
     let mut i = start + 1;
     loop {
-        i += memchr::memchr2(b'"', b'\\', json.get(i..)?)?;
+        i += quote_or_backslash(json.get(i..)?)?;
         if json[i] == b'"' {
             return Some(i + 1);
         }
@@ -521,17 +632,23 @@ mod tests {
             2,
             r#"{"versionId":"1","tag":[{"versionId":"x"}],"lastUpdated":3,"v\u0065rsionId":"2\n"}"#,
         )]);
-        let [version, updated, missing] =
-            m.fields(Member::Meta, ["versionId", "lastUpdated", "source"]);
+        let [version, updated] = m.fields(Member::Meta, [Field::VersionId, Field::LastUpdated]);
         assert_eq!(version.as_deref(), Some("2\n"));
         assert_eq!(updated, None);
+        let m = members(&[(2, r#"{"versionId":"1"}"#)]);
+        let [version, missing] = m.fields(Member::Meta, [Field::VersionId, Field::LastUpdated]);
+        assert_eq!(version.as_deref(), Some("1"));
         assert_eq!(missing, None);
         for other in [r#""text""#, "[1]", "null", "true", "1.5", "-1"] {
             let m = members(&[(2, other)]);
-            assert_eq!(m.fields(Member::Meta, ["versionId"]), [None], "{other}");
+            assert_eq!(
+                m.fields(Member::Meta, [Field::VersionId]),
+                [None],
+                "{other}"
+            );
         }
         assert_eq!(
-            Members::default().fields(Member::Meta, ["versionId"]),
+            Members::default().fields(Member::Meta, [Field::VersionId]),
             [None]
         );
     }
