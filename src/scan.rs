@@ -505,6 +505,9 @@ impl Scanner {
                         i += len + 1;
                         self.route_name(name, i)?;
                         self.st = St::Colon;
+                        if let Some(end) = self.plain_string_member(input, i)? {
+                            return Ok((end, Event::Member));
+                        }
                         continue;
                     }
                     self.key_len = 0;
@@ -534,11 +537,7 @@ impl Scanner {
                 (St::Value, _) => {
                     self.st = St::Nested;
                     self.g = G::Value;
-                    self.capture_start = self.members.len();
-                    self.capture_unchecked = false;
-                    if self.route == Route::Capture {
-                        self.members.track_fields(self.slot);
-                    }
+                    self.start_value();
                 }
                 (St::AfterMember, b',') => {
                     self.st = St::Key;
@@ -585,19 +584,72 @@ impl Scanner {
         Err(e)
     }
 
+    /// Reads, in one step, the colon and value of the member whose name ends just before
+    /// `from` in `input` when the value is a plain ASCII string whole in the input (the usual
+    /// `resourceType`, `id`, `contentType`), and returns where the member ends. None when the
+    /// member goes on some other way (the payload, an object, an escape, the end of the
+    /// input), left to the state machine.
+    fn plain_string_member(
+        &mut self,
+        input: &[u8],
+        from: usize,
+    ) -> Result<Option<usize>, ScanError> {
+        if self.route == Route::Payload {
+            return Ok(None);
+        }
+        let mut i = from;
+        i += input[i..].iter().take_while(|&&b| is_ws(b)).count();
+        if input.get(i) != Some(&b':') {
+            return Ok(None);
+        }
+        i += 1;
+        i += input[i..].iter().take_while(|&&b| is_ws(b)).count();
+        if input.get(i) != Some(&b'"') {
+            return Ok(None);
+        }
+        let Some(len) = plain_ascii_string(&input[i + 1..]) else {
+            return Ok(None);
+        };
+        let end = i + len + 2;
+        self.start_value();
+        if self.route == Route::Capture {
+            self.capture_bytes(&input[i..end], i)?;
+        }
+        self.finish_member(end)?;
+        Ok(Some(end))
+    }
+
+    /// Sets up the capture of a member's value, which starts here.
+    #[inline]
+    fn start_value(&mut self) {
+        self.capture_start = self.members.len();
+        self.capture_unchecked = false;
+        if self.route == Route::Capture {
+            self.members.track_fields(self.slot);
+        }
+    }
+
+    /// Appends captured text. Inlined at both of its few callers: a call costs more than the
+    /// usual short member's copy.
+    #[inline(always)]
     fn capture_bytes(&mut self, bytes: &[u8], at: usize) -> Result<(), ScanError> {
         self.captured_total += bytes.len();
         if self.captured_total > self.limits.max_metadata {
-            return Err(self.err(
-                at,
-                format!(
-                    "the Binary's elements other than its payload exceed the limit of {} bytes",
-                    self.limits.max_metadata
-                ),
-            ));
+            return Err(self.too_much_captured(at));
         }
         self.members.extend(bytes);
         Ok(())
+    }
+
+    #[cold]
+    fn too_much_captured(&self, at: usize) -> ScanError {
+        self.err(
+            at,
+            format!(
+                "the Binary's elements other than its payload exceed the limit of {} bytes",
+                self.limits.max_metadata
+            ),
+        )
     }
 
     /// Decides what to do with the member whose name was just read into `key`.
@@ -646,6 +698,9 @@ impl Scanner {
         Ok(())
     }
 
+    /// Closes the member just read. Inlined, like [`Self::capture_bytes`]: it is a few stores
+    /// in the usual case.
+    #[inline(always)]
     fn finish_member(&mut self, at: usize) -> Result<(), ScanError> {
         self.st = St::AfterMember;
         if self.route != Route::Capture {
@@ -654,13 +709,21 @@ impl Scanner {
         let start = self.capture_start;
         // Longer texts may hold a number with hundreds of digits.
         if self.capture_unchecked || self.members.len() - start > LONG_CAPTURE {
-            let text = self.members.text_from(start);
-            if let Err(e) = serde_json::from_slice::<serde_json::Value>(text) {
-                return Err(self.err(at, format!("invalid JSON: {e}")));
-            }
+            self.parse_capture(start, at)?;
         }
         self.members.close(self.slot, start);
         Ok(())
+    }
+
+    /// Parses the captured text from `start` on, for what `serde_json` refuses and the scanner
+    /// does not check.
+    #[cold]
+    fn parse_capture(&self, start: usize, at: usize) -> Result<(), ScanError> {
+        let text = self.members.text_from(start);
+        match serde_json::from_slice::<serde_json::Value>(text) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.err(at, format!("invalid JSON: {e}"))),
+        }
     }
 
     /// Advances through the content of a string that is not the payload. Returns how much was

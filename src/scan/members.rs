@@ -233,8 +233,9 @@ impl Members {
         &self.text.as_slice()[start..]
     }
 
-    /// Appends text to the member being captured.
-    #[inline]
+    /// Appends text to the member being captured. Inlined where the scanner captures: a call
+    /// costs more than copying the usual short member.
+    #[inline(always)]
     pub(super) fn extend(&mut self, bytes: &[u8]) {
         self.text.extend(bytes);
     }
@@ -274,7 +275,7 @@ impl Text {
         self.len
     }
 
-    #[inline]
+    #[inline(always)]
     fn extend(&mut self, bytes: &[u8]) {
         let end = self.len + bytes.len();
         if let Some(room) = self.inline.get_mut(self.len..end) {

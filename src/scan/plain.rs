@@ -256,7 +256,7 @@ mod tests {
         for input in inputs() {
             let expect = input
                 .iter()
-                .position(|&b| b == b'"' || b == b'\\' || b < 0x20 || b >= 0x80)
+                .position(|&b| b == b'"' || b == b'\\' || !(0x20..0x80).contains(&b))
                 .unwrap_or(input.len());
             assert_eq!(plain_ascii_prefix(&input), expect, "{input:?}");
         }
