@@ -125,6 +125,9 @@ impl Transcoder {
     /// A driver for one response to a client with this preference; `fixed` is its decision
     /// when that does not depend on the content type (`preference.fixed()`, made at request
     /// time), and `count_only` says the raw document is only counted (`HEAD`).
+    ///
+    /// Inlined, so that it is built in the allocation that keeps it (see `Reading::new`).
+    #[inline]
     pub(crate) fn new(
         preference: Preference,
         fixed: Option<Decision>,
@@ -341,7 +344,10 @@ impl Transcoder {
         // Made only when needed: a decision fixed at request time does not read it.
         let text = || content_type.to_str().unwrap_or_default();
         // A decision fixed at request time is what `resolve` gives for any content type.
-        let decision = match self.fixed.unwrap_or_else(|| self.preference.resolve(text())) {
+        let decision = match self
+            .fixed
+            .unwrap_or_else(|| self.preference.resolve(text()))
+        {
             Decision::NotAcceptable if self.native_when_not_acceptable => Decision::Serve {
                 representation: Representation::Native,
                 spelling: Spelling::Unspecified,

@@ -86,12 +86,17 @@ where
         // Moved rather than copied: a browser's Accept list is a dozen small allocations.
         let preference = std::mem::take(&mut negotiated.preference);
         // On the heap once: it is large, and moves with the future and then the body.
-        let transcoder = Box::new(Transcoder::new(
-            preference,
-            negotiated.fixed,
-            &negotiated.config,
-            negotiated.is_head,
-        ));
+        // Allocated first and then written, so that it is built where it stays rather than
+        // built and copied in.
+        let transcoder = Box::write(
+            Box::new_uninit(),
+            Transcoder::new(
+                preference,
+                negotiated.fixed,
+                &negotiated.config,
+                negotiated.is_head,
+            ),
+        );
         Reading {
             parts: Some(parts),
             inner,
