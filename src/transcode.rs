@@ -16,7 +16,7 @@ use crate::frames::FrameQueue;
 use crate::layer::Config;
 use crate::negotiate::{Decision, Preference, Representation, Spelling};
 use crate::scan::{
-    Event, Member, Members, PayloadElement, PayloadMode, ScanError, ScanLimits, Scanner,
+    Event, Field, Member, Members, PayloadElement, PayloadMode, ScanError, ScanLimits, Scanner,
 };
 use crate::xml;
 use crate::FhirVersion;
@@ -182,7 +182,6 @@ impl Transcoder {
 
     /// What the Binary says about itself that the native head carries, as far as it is known.
     pub(crate) fn metadata(&self) -> Metadata<'_> {
-        use crate::scan::Field;
         let [version_id, last_updated] = self
             .holder(Member::Meta)
             .map(|m| m.fields(Member::Meta, [Field::VersionId, Field::LastUpdated]))
