@@ -122,19 +122,10 @@ impl Gathered {
 /// Member names and the strings around them are short: blocks of 16 bytes cost half as much
 /// to look at, and leave less to the byte loop at the end.
 pub(super) fn plain_ascii_prefix(input: &[u8]) -> usize {
-    let mut i = 0;
-    while let Some(block) = input.get(i..i + SHORT_BLOCK) {
-        let marks = special_or_non_ascii_bytes(block.try_into().unwrap_or([0; SHORT_BLOCK]));
-        if marks != 0 {
-            return i + marks.trailing_zeros() as usize;
-        }
-        i += SHORT_BLOCK;
-    }
-    let rest = &input[i..];
-    i + rest
-        .iter()
-        .position(|&b| is_special(b) || !b.is_ascii())
-        .unwrap_or(rest.len())
+    first_marked(input, special_or_non_ascii_bytes, |b| {
+        is_special(b) || !b.is_ascii()
+    })
+    .unwrap_or(input.len())
 }
 
 /// Where the first `"` or `\` of `input` is.
@@ -142,34 +133,34 @@ pub(super) fn plain_ascii_prefix(input: &[u8]) -> usize {
 /// For the captured members' text, mostly a few short strings: blocks of 16 bytes and a byte
 /// loop for the rest cost less there than a general search costs to start.
 pub(super) fn quote_or_backslash(input: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while let Some(block) = input.get(i..i + SHORT_BLOCK) {
-        let x = u8x16::new(block.try_into().unwrap_or([0; SHORT_BLOCK]));
-        let marks = (x.simd_eq(u8x16::splat(b'"')) | x.simd_eq(u8x16::splat(b'\\'))).to_bitmask();
-        if marks != 0 {
-            return Some(i + marks.trailing_zeros() as usize);
-        }
-        i += SHORT_BLOCK;
-    }
-    let rest = &input[i..];
-    Some(i + rest.iter().position(|&b| b == b'"' || b == b'\\')?)
+    first_marked(input, short_quotes_and_backslashes, |b| {
+        b == b'"' || b == b'\\'
+    })
 }
 
 /// The length of the prefix of `input` that holds no `"`, `\`, or control character.
 pub(super) fn plain_prefix(input: &[u8]) -> usize {
+    first_marked(input, special_bytes, is_special).unwrap_or(input.len())
+}
+
+/// Where the first byte of `input` that `marks` flags is: `marks` gives one bit for each
+/// flagged byte of a block of `N`, and `marked` tells the same of a byte after the last whole
+/// block.
+#[inline(always)]
+fn first_marked<const N: usize>(
+    input: &[u8],
+    marks: impl Fn([u8; N]) -> u32,
+    marked: impl Fn(u8) -> bool,
+) -> Option<usize> {
     let mut i = 0;
-    while let Some(block) = input.get(i..i + BLOCK) {
-        let marks = special_bytes(block.try_into().unwrap_or([0; BLOCK]));
-        if marks != 0 {
-            return i + marks.trailing_zeros() as usize;
+    while let Some(block) = input.get(i..i + N) {
+        let found = marks(block.try_into().unwrap_or([0; N]));
+        if found != 0 {
+            return Some(i + found.trailing_zeros() as usize);
         }
-        i += BLOCK;
+        i += N;
     }
-    let rest = &input[i..];
-    i + rest
-        .iter()
-        .position(|&b| is_special(b))
-        .unwrap_or(rest.len())
+    Some(i + input[i..].iter().position(|&b| marked(b))?)
 }
 
 /// One bit for each byte of `block` that ends a plain run: `"`, `\`, or a control character.
@@ -197,6 +188,12 @@ fn special_or_non_ascii_bytes(block: [u8; SHORT_BLOCK]) -> u32 {
 fn quotes_and_backslashes(block: [u8; BLOCK]) -> u32 {
     let x = u8x32::new(block);
     (x.simd_eq(u8x32::splat(b'"')) | x.simd_eq(u8x32::splat(b'\\'))).to_bitmask()
+}
+
+/// [`quotes_and_backslashes`] of a block of 16 bytes.
+fn short_quotes_and_backslashes(block: [u8; SHORT_BLOCK]) -> u32 {
+    let x = u8x16::new(block);
+    (x.simd_eq(u8x16::splat(b'"')) | x.simd_eq(u8x16::splat(b'\\'))).to_bitmask()
 }
 
 /// Whether `b` ends a plain run: `"`, `\`, or a control character.
