@@ -90,27 +90,66 @@ impl SecurityPolicy {
 
 /// What the policy needs to know of a media type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Presentation {
+pub(crate) struct Presentation {
     /// See [`is_active_essence`].
     active: bool,
     /// See [`extension_of_essence`].
     extension: Option<&'static str>,
 }
 
-/// The [`Presentation`] of the content types most Binaries have, as the transcoder serves them
-/// (lowercase, without parameters): what the parsing path gives for them, without parsing.
-const COMMON_PRESENTATIONS: [(&str, Presentation); 10] = [
-    ("application/pdf", Presentation::passive("pdf")),
-    ("image/jpeg", Presentation::passive("jpg")),
-    ("image/png", Presentation::passive("png")),
-    ("application/dicom", Presentation::passive("dcm")),
-    ("text/plain", Presentation::passive("txt")),
-    ("application/octet-stream", Presentation::passive("bin")),
-    ("text/xml", Presentation::active("xml")),
-    ("application/xml", Presentation::active("xml")),
-    ("application/hl7-v3+xml", Presentation::active("xml")),
-    ("text/html", Presentation::active("html")),
+/// Content types most Binaries have, each a bare media type (lowercase, without parameters),
+/// with its [`Presentation`]: the transcoder serves them from these static header values (no
+/// copy, no allocation, checked once at compile time), and the policy takes what the parsing
+/// path would give for them without parsing.
+pub(crate) static COMMON_CONTENT_TYPES: [(HeaderValue, Presentation); 10] = [
+    (
+        HeaderValue::from_static("application/pdf"),
+        Presentation::passive("pdf"),
+    ),
+    (
+        HeaderValue::from_static("image/jpeg"),
+        Presentation::passive("jpg"),
+    ),
+    (
+        HeaderValue::from_static("image/png"),
+        Presentation::passive("png"),
+    ),
+    (
+        HeaderValue::from_static("application/dicom"),
+        Presentation::passive("dcm"),
+    ),
+    (
+        HeaderValue::from_static("text/plain"),
+        Presentation::passive("txt"),
+    ),
+    (
+        HeaderValue::from_static("application/octet-stream"),
+        Presentation::passive("bin"),
+    ),
+    (
+        HeaderValue::from_static("text/xml"),
+        Presentation::active("xml"),
+    ),
+    (
+        HeaderValue::from_static("application/xml"),
+        Presentation::active("xml"),
+    ),
+    (
+        HeaderValue::from_static("application/hl7-v3+xml"),
+        Presentation::active("xml"),
+    ),
+    (
+        HeaderValue::from_static("text/html"),
+        Presentation::active("html"),
+    ),
 ];
+
+/// The entry of [`COMMON_CONTENT_TYPES`] written exactly as `text`.
+pub(crate) fn common_content_type(text: &[u8]) -> Option<&'static (HeaderValue, Presentation)> {
+    COMMON_CONTENT_TYPES
+        .iter()
+        .find(|(known, _)| known.as_bytes() == text)
+}
 
 impl Presentation {
     /// A type a browser only shows, saved with `extension`.
@@ -130,14 +169,10 @@ impl Presentation {
     }
 }
 
-/// The [`Presentation`] of a whole content type: from [`COMMON_PRESENTATIONS`] when it is
+/// The [`Presentation`] of a whole content type: from [`COMMON_CONTENT_TYPES`] when it is
 /// written as there, else from its essence.
 fn presentation(content_type: &HeaderValue) -> Presentation {
-    let bytes = content_type.as_bytes();
-    if let Some((_, known)) = COMMON_PRESENTATIONS
-        .iter()
-        .find(|(text, _)| text.as_bytes() == bytes)
-    {
+    if let Some((_, known)) = common_content_type(content_type.as_bytes()) {
         return *known;
     }
     parsed_presentation(content_type.to_str().unwrap_or_default())
@@ -389,16 +424,10 @@ mod tests {
 
     #[test]
     fn the_common_table_agrees_with_the_parser() {
-        for (text, known) in COMMON_PRESENTATIONS {
-            assert_eq!(known, parsed_presentation(text), "{text}");
-        }
-        // Every content type the transcoder serves from a static value takes the table.
-        for header in crate::transcode::COMMON_CONTENT_TYPES.iter() {
+        for (header, known) in &COMMON_CONTENT_TYPES {
             let text = header.to_str().unwrap();
-            assert!(
-                COMMON_PRESENTATIONS.iter().any(|(known, _)| *known == text),
-                "{text}"
-            );
+            assert_eq!(*known, parsed_presentation(text), "{text}");
+            assert_eq!(presentation(header), *known, "{text}");
         }
         // Whatever is not written exactly as in the table takes the parser, to the same result.
         for text in [

@@ -15,6 +15,7 @@ use http::HeaderValue;
 use crate::frames::FrameQueue;
 use crate::layer::Config;
 use crate::negotiate::{Decision, Preference, Representation, Spelling};
+use crate::policy::common_content_type;
 use crate::scan::{
     Event, Field, Member, Members, PayloadElement, PayloadMode, ScanError, ScanLimits, Scanner,
 };
@@ -604,8 +605,8 @@ fn checked_content_type(text: Option<Cow<'_, str>>) -> Result<HeaderValue, Strin
     let Some(text) = text else {
         return Err("the Binary's contentType is not a string".into());
     };
-    if let Some(known) = common_content_type(text.as_bytes()) {
-        return Ok(known);
+    if let Some((known, _)) = common_content_type(text.as_bytes()) {
+        return Ok(known.clone());
     }
     if is_bare_media_type(&text) {
         // Visible ASCII only: a valid header value, kept without another copy when owned.
@@ -619,35 +620,13 @@ fn checked_content_type(text: Option<Cow<'_, str>>) -> Result<HeaderValue, Strin
     parsed_content_type(&text)
 }
 
-/// The static header value of `text` when it is one of [`COMMON_CONTENT_TYPES`].
-fn common_content_type(text: &[u8]) -> Option<HeaderValue> {
-    COMMON_CONTENT_TYPES
-        .iter()
-        .find(|known| known.as_bytes() == text)
-        .cloned()
-}
-
-/// [`common_content_type`] of a JSON string written plainly (`"application/pdf"`), read as it
-/// stands in the text.
+/// The static header value of a common content type (see
+/// [`COMMON_CONTENT_TYPES`](crate::policy::COMMON_CONTENT_TYPES)) written
+/// plainly as a JSON string (`"application/pdf"`), read as it stands in the text.
 fn plain_common_content_type(json: &[u8]) -> Option<HeaderValue> {
-    common_content_type(json.strip_prefix(b"\"")?.strip_suffix(b"\"")?)
+    let text = json.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    common_content_type(text).map(|(known, _)| known.clone())
 }
-
-/// Content types most Binaries have, served from static header values (no copy, no
-/// allocation, checked once at compile time). Each is a bare media type, as
-/// [`is_bare_media_type`] accepts.
-pub(crate) static COMMON_CONTENT_TYPES: [HeaderValue; 10] = [
-    HeaderValue::from_static("application/pdf"),
-    HeaderValue::from_static("image/jpeg"),
-    HeaderValue::from_static("image/png"),
-    HeaderValue::from_static("application/dicom"),
-    HeaderValue::from_static("text/plain"),
-    HeaderValue::from_static("application/octet-stream"),
-    HeaderValue::from_static("text/xml"),
-    HeaderValue::from_static("application/xml"),
-    HeaderValue::from_static("application/hl7-v3+xml"),
-    HeaderValue::from_static("text/html"),
-];
 
 /// [`checked_content_type`] for any text, with the media type parser.
 fn parsed_content_type(text: &str) -> Result<HeaderValue, String> {
@@ -782,7 +761,8 @@ mod tests {
 
     #[test]
     fn common_content_types_are_bare_media_types() {
-        for text in COMMON_CONTENT_TYPES.iter().map(|h| h.to_str().unwrap()) {
+        for (header, _) in &crate::policy::COMMON_CONTENT_TYPES {
+            let text = header.to_str().unwrap();
             assert!(is_bare_media_type(text), "{text}");
             let header = checked_content_type(Some(Cow::Borrowed(text))).unwrap();
             assert_eq!(header, parsed_content_type(text).unwrap(), "{text}");
