@@ -597,19 +597,14 @@ impl Scanner {
         if self.route == Route::Payload {
             return Ok(None);
         }
-        let mut i = from;
-        i += input[i..].iter().take_while(|&&b| is_ws(b)).count();
-        if input.get(i) != Some(&b':') {
+        let colon = from + ws_len(&input[from..]);
+        if input.get(colon) != Some(&b':') {
             return Ok(None);
         }
-        i += 1;
-        i += input[i..].iter().take_while(|&&b| is_ws(b)).count();
-        if input.get(i) != Some(&b'"') {
-            return Ok(None);
-        }
-        let Some(len) = plain_ascii_string(&input[i + 1..]) else {
+        let Some((quote, len)) = plain_ascii_string_after_ws(&input[colon + 1..]) else {
             return Ok(None);
         };
+        let i = colon + 1 + quote;
         let end = i + len + 2;
         self.start_value();
         if self.route == Route::Capture {
@@ -1025,13 +1020,7 @@ impl Scanner {
     /// `input` is what the value machine was given: it is appended to the captured text, from
     /// its first byte, once the machine returns.
     fn field_value(&mut self, field: Field, input: &[u8], from: usize) -> usize {
-        let rest = &input[from..];
-        let start = rest.iter().take_while(|&&b| is_ws(b)).count();
-        let len = match rest.get(start..) {
-            Some([b'"', content @ ..]) => plain_ascii_string(content),
-            _ => None,
-        };
-        let Some(len) = len else {
+        let Some((start, len)) = plain_ascii_string_after_ws(&input[from..]) else {
             self.members.unknown_field(field);
             return 0;
         };
@@ -1419,6 +1408,21 @@ fn hex4(digits: [u8; 4]) -> Option<u32> {
 fn plain_ascii_string(input: &[u8]) -> Option<usize> {
     let len = plain_ascii_prefix(input);
     (input.get(len) == Some(&b'"')).then_some(len)
+}
+
+/// A [`plain_ascii_string`] after optional whitespace at the start of `input`: where its
+/// opening quote is, and the length of its content.
+fn plain_ascii_string_after_ws(input: &[u8]) -> Option<(usize, usize)> {
+    let quote = ws_len(input);
+    match input.get(quote..) {
+        Some([b'"', content @ ..]) => Some((quote, plain_ascii_string(content)?)),
+        _ => None,
+    }
+}
+
+/// The length of the whitespace at the start of `input`.
+fn ws_len(input: &[u8]) -> usize {
+    input.iter().take_while(|&&b| is_ws(b)).count()
 }
 
 fn is_ws(b: u8) -> bool {
