@@ -474,6 +474,12 @@ impl Base64Decoder {
         }
     }
 
+    /// Whether the next character starts a group of data symbols: no symbols carried, no
+    /// padding seen.
+    pub(crate) fn at_group_start(&self) -> bool {
+        self.phase == Phase::Data && self.quad_len == 0
+    }
+
     /// Number of decoded bytes produced (or, validating, checked) so far. Unspecified after an
     /// error.
     pub(crate) fn decoded_len(&self) -> u64 {

@@ -413,6 +413,35 @@ impl Scanner {
         self.decoder.decoded_len()
     }
 
+    /// How much output feeding `input` can make, for reserving the output at once. Exact for
+    /// the usual payload (plain base64 that ends in `input`), so that the buffer holds nothing
+    /// unused and is handed on without a separate shared header; an upper bound otherwise,
+    /// except for XML text, whose few escapes may grow it.
+    pub(crate) fn output_room(&self, input: &[u8]) -> usize {
+        if self.mode != PayloadMode::Decode {
+            return input.len();
+        }
+        if self.payload_done {
+            return 0;
+        }
+        let plain = self.st == St::Payload
+            && self.esc == Esc::None
+            && self.plain_run
+            && self.unescaped.is_empty()
+            && self.decoder.at_group_start();
+        if plain {
+            if let Some(q) = closing_quote_near_end(input) {
+                let text = &input[..q];
+                if text.len().is_multiple_of(4) {
+                    let pads = text.iter().rev().take(2).filter(|&&b| b == b'=').count();
+                    return (text.len() / 4 * 3).saturating_sub(pads);
+                }
+            }
+        }
+        // Three bytes for every four characters, and a group begun in an earlier input.
+        input.len() / 4 * 3 + 3
+    }
+
     /// Bytes consumed so far.
     pub(crate) fn position(&self) -> u64 {
         self.pos
@@ -1200,14 +1229,7 @@ impl Scanner {
     /// an escape, whitespace, an error) goes the general way, and so does the rest of the
     /// string once the decoder has stopped short of the end.
     fn plain_payload(&mut self, input: &[u8], mode: PayloadMode, out: &mut BytesMut) -> usize {
-        /// How far from the end a closing quote is looked for: a payload that is not the last
-        /// member costs one attempt that stops at its end.
-        const TAIL: usize = 64;
-        let tail_start = input.len().saturating_sub(TAIL);
-        let candidate = match memchr::memrchr(b'"', &input[tail_start..]) {
-            Some(q) => &input[..tail_start + q],
-            None => input,
-        };
+        let candidate = &input[..closing_quote_near_end(input).unwrap_or(input.len())];
         if candidate.is_empty() {
             return 0;
         }
@@ -1373,6 +1395,17 @@ impl Scanner {
         result.map_err(|e| payload_error(self.payload_key, e, self.payload_start))
     }
 }
+
+/// Where the last quote in the final [`QUOTE_TAIL`] bytes of `input` is: in a payload string,
+/// usually the one that closes it.
+fn closing_quote_near_end(input: &[u8]) -> Option<usize> {
+    let tail_start = input.len().saturating_sub(QUOTE_TAIL);
+    memchr::memrchr(b'"', &input[tail_start..]).map(|q| tail_start + q)
+}
+
+/// How far from the end of an input the closing quote of a payload is looked for: a payload
+/// that is not the last member costs one attempt that stops at its end.
+const QUOTE_TAIL: usize = 64;
 
 fn payload_error(
     key: Option<PayloadElement>,
@@ -1541,6 +1574,68 @@ mod tests {
                 Event::End
             ]
         );
+    }
+
+    /// Feeds `input` in pieces cut at `cuts`, the payload decoded; returns, for each call
+    /// that reached the payload, the room asked for and the output made.
+    fn rooms(input: &[u8], cuts: &[usize]) -> Vec<(usize, usize)> {
+        let mut scanner = Scanner::new(LIMITS);
+        let mut out = BytesMut::new();
+        let mut seen = Vec::new();
+        let bounds: Vec<usize> = [0]
+            .iter()
+            .chain(cuts)
+            .chain([&input.len()])
+            .copied()
+            .collect();
+        for piece in bounds.windows(2).map(|w| &input[w[0]..w[1]]) {
+            let mut rest = piece;
+            while !rest.is_empty() {
+                let room = scanner.output_room(rest);
+                let before = out.len();
+                let (n, event) = scanner.feed(rest, &mut out).unwrap();
+                rest = &rest[n..];
+                if event == Event::PayloadStart {
+                    scanner.set_payload_mode(PayloadMode::Decode);
+                } else if scanner.mode == PayloadMode::Decode {
+                    seen.push((room, out.len() - before));
+                }
+            }
+        }
+        scanner.finish().unwrap();
+        seen
+    }
+
+    #[test]
+    fn output_room_is_exact_for_a_plain_payload_and_a_bound_otherwise() {
+        // Whole in the input after the opening quote: exact, with and without padding.
+        for payload in ["", "QUJD", "QUJDRA==", "QUJDREU=", "QUJDREVG"] {
+            let input = format!(r#"{{"contentType":"a/b","data":"{payload}"}}"#);
+            let start = input.find("data").unwrap() + 7;
+            let decoded =
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, payload)
+                    .unwrap()
+                    .len();
+            assert_eq!(
+                rooms(input.as_bytes(), &[start])[0],
+                (decoded, decoded),
+                "{payload}"
+            );
+        }
+        // Split anywhere, escaped, spaced, not last, or followed by padding-like text: never
+        // less than what is made.
+        for input in [
+            r#"{"contentType":"a/b","data":"QUJDREVG\/\/8\/","id":"=="}"#,
+            r#"{"contentType":"a/b","data":"QUJD REVG\nQUJD","id":"x"}"#,
+            r#"{"contentType":"a/b","data":"QUJDREVGRw==","id":"aa=="}"#,
+            r#"{"contentType":"a/b","data":"QUJDREVGRw=="}"#,
+        ] {
+            for cut in 1..input.len() {
+                for (room, made) in rooms(input.as_bytes(), &[cut]) {
+                    assert!(made <= room, "{input} cut at {cut}: {made} > {room}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -525,8 +525,8 @@ impl Transcoder {
                 break;
             };
             let take = front.len().min(self.frame_size);
-            // Room for this input's output at once (decoded base64 is shorter than its text).
-            self.out.reserve(take);
+            // Room for this input's output at once.
+            self.out.reserve(self.scanner.output_room(&front[..take]));
             let result = self.scanner.feed(&front[..take], &mut self.out);
             let checked = match result {
                 Ok((n, event)) => {
@@ -588,7 +588,9 @@ impl Transcoder {
         if self.out.is_empty() {
             None
         } else {
-            Some(self.out.split().freeze())
+            // Taken whole rather than split off: a buffer filled to its capacity becomes
+            // `Bytes` without a shared header to allocate.
+            Some(std::mem::take(&mut self.out).freeze())
         }
     }
 
