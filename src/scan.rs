@@ -418,11 +418,11 @@ impl Scanner {
     /// unused and is handed on without a separate shared header; an upper bound otherwise,
     /// except for XML text, whose few escapes may grow it.
     pub(crate) fn output_room(&self, input: &[u8]) -> usize {
-        if self.mode != PayloadMode::Decode {
-            return input.len();
-        }
-        if self.payload_done {
-            return 0;
+        match self.mode {
+            PayloadMode::Text => return input.len(),
+            PayloadMode::Pause | PayloadMode::Skip | PayloadMode::Validate => return 0,
+            PayloadMode::Decode if self.payload_done => return 0,
+            PayloadMode::Decode => {}
         }
         let plain = self.st == St::Payload
             && self.esc == Esc::None
@@ -1604,6 +1604,23 @@ mod tests {
         }
         scanner.finish().unwrap();
         seen
+    }
+
+    #[test]
+    fn output_room_is_none_where_nothing_is_written() {
+        let input = br#"{"contentType":"a/b","data":"QUJDREVG"}"#;
+        for mode in [PayloadMode::Pause, PayloadMode::Skip, PayloadMode::Validate] {
+            let mut scanner = Scanner::new(LIMITS);
+            scanner.set_payload_mode(mode);
+            let mut out = BytesMut::new();
+            let mut rest = &input[..];
+            while !rest.is_empty() {
+                assert_eq!(scanner.output_room(rest), 0, "{mode:?}");
+                let (n, _) = scanner.feed(rest, &mut out).unwrap();
+                rest = &rest[n..];
+            }
+            assert!(out.is_empty(), "{mode:?}");
+        }
     }
 
     #[test]
