@@ -33,7 +33,7 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use http::header::{HeaderMap, ACCEPT};
+use http::header::{HeaderMap, HeaderValue, ACCEPT};
 use mediatype::{MediaType, MediaTypeList, ReadParams};
 
 /// A qvalue in thousandths: `0` is "not acceptable", [`Q_ONE`] is `q=1`.
@@ -166,8 +166,10 @@ impl Preference {
         });
         let source = match format {
             Some(decision) => Source::Format(decision),
-            None if accepts_anything(headers) => Source::Unstated,
-            None => accept_list(headers).map_or(Source::Unstated, Source::Accept),
+            None => match only_accept_line(headers) {
+                Some(line) if accepts_anything(line) => Source::Unstated,
+                only => accept_list(headers, only).map_or(Source::Unstated, Source::Accept),
+            },
         };
         Preference { source }
     }
@@ -450,13 +452,21 @@ thread_local! {
     static LAST_ACCEPT: RefCell<ParsedAccept> = const { RefCell::new(None) };
 }
 
-/// [`AcceptList::from_headers`], taken from [`LAST_ACCEPT`] when the request's only `Accept`
-/// line is the one parsed last on this thread.
-fn accept_list(headers: &HeaderMap) -> Option<Arc<AcceptList>> {
-    let parse = || AcceptList::from_headers(headers).map(Arc::new);
+/// The request's `Accept` line, when it has exactly one.
+fn only_accept_line(headers: &HeaderMap) -> Option<&HeaderValue> {
     let mut lines = headers.get_all(ACCEPT).iter();
-    let line = match (lines.next(), lines.next()) {
-        (Some(line), None) if line.len() <= CACHED_ACCEPT_MAX => line.as_bytes(),
+    match (lines.next(), lines.next()) {
+        (Some(line), None) => Some(line),
+        _ => None,
+    }
+}
+
+/// [`AcceptList::from_headers`], taken from [`LAST_ACCEPT`] when the request's only `Accept`
+/// line (`only`, see [`only_accept_line`]) is the one parsed last on this thread.
+fn accept_list(headers: &HeaderMap, only: Option<&HeaderValue>) -> Option<Arc<AcceptList>> {
+    let parse = || AcceptList::from_headers(headers).map(Arc::new);
+    let line = match only {
+        Some(line) if line.len() <= CACHED_ACCEPT_MAX => line.as_bytes(),
         _ => return parse(),
     };
     let cached = |last: &RefCell<ParsedAccept>| {
@@ -482,12 +492,8 @@ fn accept_list(headers: &HeaderMap) -> Option<Arc<AcceptList>> {
 /// Whether the only `Accept` line is `*/*`, as curl and many HTTP libraries send it: that asks
 /// for nothing in particular, and every decision it gives is the one for no `Accept` at all,
 /// so the line needs no parsing.
-fn accepts_anything(headers: &HeaderMap) -> bool {
-    let mut lines = headers.get_all(ACCEPT).iter();
-    matches!(
-        (lines.next(), lines.next()),
-        (Some(line), None) if line.as_bytes().trim_ascii() == b"*/*"
-    )
+fn accepts_anything(only_line: &HeaderValue) -> bool {
+    only_line.as_bytes().trim_ascii() == b"*/*"
 }
 
 /// A media type without its parameters (`type/subtype`, trimmed, case kept).
