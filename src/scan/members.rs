@@ -12,8 +12,8 @@ use std::fmt;
 use serde_core::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess};
 use serde_json::{Map, Value};
 
-use super::is_ws;
 use super::plain::quote_or_backslash;
+use super::{is_ws, ws_len};
 
 /// Top-level members the scanner captures: the elements of Binary in every FHIR release, and
 /// their primitive extensions. Anything else is validated and dropped.
@@ -388,11 +388,9 @@ fn plain_object_fields<'a, const N: usize>(
     }
 }
 
-fn skip_ws(json: &[u8], mut i: usize) -> usize {
-    while json.get(i).is_some_and(|&b| is_ws(b)) {
-        i += 1;
-    }
-    i
+/// Where the whitespace from `i` on ends.
+fn skip_ws(json: &[u8], i: usize) -> usize {
+    i + json.get(i..).map_or(0, ws_len)
 }
 
 /// Where the valid JSON value starting at `start` ends.
