@@ -96,3 +96,31 @@ fn the_layer_agrees_with_the_reference() {
         assert!(pass * 20 > cases, "too few pass-throughs: {pass}");
     }
 }
+
+/// A number is complete only once the byte after it shows, so a decision that rests on a number
+/// (here a `resourceType` that is not a string: not a Binary, passed through) falls one byte
+/// after it. With one-byte frames, a number whose last digit is the reorder limit's last byte is
+/// decided in time; one byte later, the layer holds more than the limit undecided and refuses.
+/// The fuzz target found the reference one byte off here.
+#[test]
+fn a_decision_on_a_number_waits_for_the_byte_after_it() {
+    let limits = oracle::Limits::SMALL;
+    let fixed = r#"{"note":"","resourceType":42}"#.len();
+    for number_end in limits.reorder_limit - 2..=limits.reorder_limit + 2 {
+        // `note` is not captured, so its length counts only towards the reorder limit.
+        let filler = "x".repeat(number_end + 1 - fixed);
+        let body = format!(r#"{{"note":"{filler}","resourceType":42}}"#);
+        assert_eq!(&body[number_end - 2..number_end], "42");
+        let ends: Vec<usize> = (1..=body.len()).collect();
+        let expect = check(body.as_bytes(), &ends, false, Mode::Native, &limits)
+            .unwrap_or_else(|difference| panic!("number ending at {number_end}: {difference}"));
+        if number_end <= limits.reorder_limit {
+            assert_eq!(expect, Expect::PassThrough, "number ending at {number_end}");
+        } else {
+            assert!(
+                matches!(expect, Expect::Reject(_)),
+                "number ending at {number_end}: {expect:?}"
+            );
+        }
+    }
+}

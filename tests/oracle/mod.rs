@@ -29,10 +29,10 @@
 //! gone out as the untouched inner body (a resource that is not a Binary, a Binary without a
 //! payload, FHIR JSON chosen by the client) is not taken back by a fault later in the body. So
 //! the reference records the point where the decision falls (after the member that completes
-//! it, or at the opening quote of the payload) and lets a pass-through decided there stand
-//! whatever follows. The reorder buffer is modelled the same way: the layer gives up when it
-//! has received more than `reorder_limit` bytes without having decided, which depends on where
-//! the frames end.
+//! it, one byte later if that member is a number, or at the opening quote of the payload) and
+//! lets a pass-through decided there stand whatever follows. The reorder buffer is modelled the
+//! same way: the layer gives up when it has received more than `reorder_limit` bytes without
+//! having decided, which depends on where the frames end.
 
 #![allow(dead_code)]
 
@@ -588,10 +588,10 @@ impl Walk<'_> {
 
     fn other_member(&mut self, key: &str, known: bool, at: usize) -> Result<usize, String> {
         let body = self.body;
-        let (raw, n) = if body
+        let is_number = body
             .get(at)
-            .is_some_and(|&b| b == b'-' || b.is_ascii_digit())
-        {
+            .is_some_and(|&b| b == b'-' || b.is_ascii_digit());
+        let (raw, n) = if is_number {
             // A number ends at the first byte that cannot continue it (`-06` is the number
             // `-0` and then `6`); the layer has read the member and may decide before it looks
             // at that byte, where serde_json refuses the whole token.
@@ -628,7 +628,10 @@ impl Walk<'_> {
         } else if !surrogates_paired(raw) {
             return Err("invalid JSON: lone surrogate".into());
         }
-        self.decide(Event::Member, at + n);
+        // The layer knows a number has ended only when it has seen the byte after it, so
+        // that byte counts towards the reorder limit.
+        let decided_at = if is_number { at + n + 1 } else { at + n };
+        self.decide(Event::Member, decided_at);
         Ok(at + n)
     }
 
