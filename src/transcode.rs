@@ -638,7 +638,7 @@ fn parsed_content_type(text: &str) -> Result<HeaderValue, String> {
     }
     let header = HeaderValue::from_str(text).map_err(|_| {
         format!(
-            "the Binary's contentType {:?} cannot be sent as a header (control or non-ASCII characters)",
+            "the Binary's contentType {:?} cannot be sent as a header (control characters)",
             text
         )
     })?;

@@ -56,3 +56,43 @@ async fn content_types_the_media_type_parser_is_lenient_about_are_refused() {
         assert_eq!(got.bytes().as_ref(), b"Hello");
     }
 }
+
+/// RFC 9110 lets a quoted parameter value hold obs-text, so a `contentType` with non-ASCII
+/// text there (from a JSON escape such as `\u008e`, or as it stands) is served, its header the
+/// UTF-8 octets of the JSON string; outside a quoted string, non-ASCII is not a media type. The
+/// fuzz target found the reference reading the header as text, which `to_str` refuses.
+#[tokio::test]
+async fn non_ascii_content_type_text_is_served_only_inside_a_quoted_parameter() {
+    for content_type in [
+        "application/hl7-v3+xml; charset=\"x\u{8e}y\"",
+        "text/plain; title=\"r\u{e9}sum\u{e9}\"",
+    ] {
+        let json = serde_json::json!({
+            "resourceType": "Binary",
+            "contentType": content_type,
+            "data": "SGVsbG8=",
+        });
+        let got = get(json.to_string().as_bytes(), Split::Every(1)).await;
+        assert_eq!(got.status, StatusCode::OK, "{content_type:?}");
+        assert_eq!(
+            got.headers["content-type"].as_bytes(),
+            content_type.as_bytes(),
+            "{content_type:?}"
+        );
+        assert_eq!(got.bytes().as_ref(), b"Hello");
+    }
+    for content_type in ["text/pl\u{e9}in", "text/plain; charset=utf\u{e9}8"] {
+        let json = serde_json::json!({
+            "resourceType": "Binary",
+            "contentType": content_type,
+            "data": "SGVsbG8=",
+        });
+        let got = get(json.to_string().as_bytes(), Split::Every(1)).await;
+        assert_eq!(got.status, StatusCode::BAD_GATEWAY, "{content_type:?}");
+        assert!(
+            got.diagnostics().contains("is not a media type"),
+            "{content_type:?}: {}",
+            got.diagnostics()
+        );
+    }
+}
