@@ -779,17 +779,24 @@ pub fn now<F: std::future::Future>(future: F) -> F::Output {
 /// `ends`, as `200 application/fhir+json`.
 pub fn run_layer(body: &[u8], ends: &[usize], exact: bool, mode: Mode, limits: &Limits) -> Got {
     let frames = Frames::new(body, ends, exact);
+    respond(limits, StatusCode::OK, frames, mode.request())
+}
+
+/// Runs `request` through the layer over an inner service that answers with `status`, FHIR
+/// JSON and `frames`, and reads the whole response.
+pub fn respond(limits: &Limits, status: StatusCode, frames: Frames, request: Request<()>) -> Got {
     let mut frames = Some(frames);
     let inner = tower::service_fn(move |_request: Request<()>| {
         let body = frames.take().expect("one request");
         let response = Response::builder()
+            .status(status)
             .header("content-type", "application/fhir+json")
             .body(body)
             .unwrap();
         std::future::ready(Ok::<_, std::convert::Infallible>(response))
     });
     let mut service = limits.layer().layer(inner);
-    let response: Response<NegotiatedBody<Frames>> = match now(service.call(mode.request())) {
+    let response: Response<NegotiatedBody<Frames>> = match now(service.call(request)) {
         Ok(response) => response,
         Err(never) => match never {},
     };
