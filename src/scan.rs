@@ -344,6 +344,11 @@ pub(crate) struct Scanner {
     /// The payload has shown nothing but plain base64 so far: hand the input to the decoder
     /// whole, without searching it for the end of the string first.
     plain_run: bool,
+    /// Text mode: base64 symbols (and `=`) written so far in the current group of four. FHIR's
+    /// base64Binary pattern, which the XML schemas check, allows whitespace only between
+    /// groups; the decoder takes it anywhere, so whitespace inside a group is left out of the
+    /// text. A document has one payload, so this starts at 0 with the scanner.
+    text_group: u8,
 }
 
 impl Scanner {
@@ -380,6 +385,7 @@ impl Scanner {
             payload_start: 0,
             unescaped: Gathered::default(),
             plain_run: true,
+            text_group: 0,
         }
     }
 
@@ -1238,7 +1244,7 @@ impl Scanner {
             PayloadMode::Validate => self.decoder.feed_plain(candidate, None),
             PayloadMode::Text => {
                 let taken = self.decoder.feed_plain(candidate, None);
-                out.extend_from_slice(&candidate[..taken]);
+                self.push_text(&candidate[..taken], out);
                 taken
             }
             PayloadMode::Skip | PayloadMode::Pause => 0,
@@ -1287,6 +1293,22 @@ impl Scanner {
             i += len;
         }
         Ok(i)
+    }
+
+    /// Text mode: appends raw payload text the decoder has taken (symbols, `=` and spaces),
+    /// leaving out the spaces that stand inside a group (see `text_group`).
+    fn push_text(&mut self, text: &[u8], out: &mut BytesMut) {
+        let mut rest = text;
+        while let Some(space) = memchr::memchr(b' ', rest) {
+            out.extend_from_slice(&rest[..space]);
+            self.text_group = ((usize::from(self.text_group) + space) % 4) as u8;
+            if self.text_group == 0 {
+                out.extend_from_slice(b" ");
+            }
+            rest = &rest[space + 1..];
+        }
+        out.extend_from_slice(rest);
+        self.text_group = ((usize::from(self.text_group) + rest.len()) % 4) as u8;
     }
 
     /// Decodes the text gathered from runs broken up by escapes.
@@ -1342,7 +1364,7 @@ impl Scanner {
             PayloadMode::Text => {
                 let r = self.decoder.feed_raw(seg, None);
                 if r.is_ok() {
-                    out.extend_from_slice(seg);
+                    self.push_text(seg, out);
                 }
                 r
             }
@@ -1380,12 +1402,15 @@ impl Scanner {
                     // and CR become character references, so that XML attribute-value
                     // normalization keeps them; raw segments never hold them (JSON forbids it).
                     match ch {
+                        ' ' | '\t' | '\n' | '\r' if self.text_group != 0 => {}
+                        ' ' => out.extend_from_slice(b" "),
                         '\t' => out.extend_from_slice(b"&#9;"),
                         '\n' => out.extend_from_slice(b"&#10;"),
                         '\r' => out.extend_from_slice(b"&#13;"),
                         _ => {
                             let mut buf = [0; 4];
                             out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+                            self.text_group = (self.text_group + 1) % 4;
                         }
                     }
                 }
@@ -1720,7 +1745,33 @@ mod tests {
         assert!(text.is_err());
         let text =
             scan_all_ways(br#"{"data":"\/w\u002B\n\r\tA Q Q =="}"#, PayloadMode::Text).unwrap();
-        assert_eq!(text.output, b"/w+&#10;&#13;&#9;A Q Q ==");
+        // Whitespace inside a group is left out of the text, between groups it stays.
+        assert_eq!(text.output, b"/w+A QQ==");
+    }
+
+    #[test]
+    fn text_keeps_whitespace_only_between_groups_of_four() {
+        for (input, text) in [
+            (
+                &br#"{"data":" QUJD QUJD\nQUJD "}"#[..],
+                &b" QUJD QUJD&#10;QUJD "[..],
+            ),
+            (
+                br#"{"data":"QU JD Q\u0020UJ\tD\r\nQQ =="}"#,
+                b"QUJD QUJD&#13;&#10;QQ==",
+            ),
+            (br#"{"data":"Q Q = = \n"}"#, b"QQ== &#10;"),
+            (br#"{"data":"  "}"#, b"  "),
+        ] {
+            let found = scan_all_ways(input, PayloadMode::Text).unwrap();
+            assert_eq!(
+                found.output,
+                text,
+                "{}: {}",
+                String::from_utf8_lossy(input),
+                String::from_utf8_lossy(&found.output)
+            );
+        }
     }
 
     #[test]
