@@ -1244,7 +1244,9 @@ impl Scanner {
             PayloadMode::Validate => self.decoder.feed_plain(candidate, None),
             PayloadMode::Text => {
                 let taken = self.decoder.feed_plain(candidate, None);
-                self.push_text(&candidate[..taken], out);
+                // Plain symbols only: no whitespace to look for.
+                out.extend_from_slice(&candidate[..taken]);
+                self.text_group = ((usize::from(self.text_group) + taken) % 4) as u8;
                 taken
             }
             PayloadMode::Skip | PayloadMode::Pause => 0,
