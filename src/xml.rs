@@ -25,8 +25,8 @@
 //! - Primitive values are copied, not checked against their datatype; a resource valid for the
 //!   target version gives a document valid for it. The payload's text is the exception: the
 //!   scanner leaves out whitespace inside a group of four, which its decoder accepts and the
-//!   base64Binary pattern does not. Numbers are written as serde_json prints
-//!   them, but never in exponent notation (STU3 and DSTU2 decimals have none).
+//!   base64Binary pattern does not. Numbers are written as serde_json prints them, but never
+//!   in exponent notation (STU3 and DSTU2 decimals have none).
 //! - The Binary payload element is named after the JSON key it came from (`data` or
 //!   `content`), as the caller says, even if the target version's schema names it otherwise.
 //!
