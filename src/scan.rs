@@ -1246,7 +1246,7 @@ impl Scanner {
                 let taken = self.decoder.feed_plain(candidate, None);
                 // Plain symbols only: no whitespace to look for.
                 out.extend_from_slice(&candidate[..taken]);
-                self.text_group = ((usize::from(self.text_group) + taken) % 4) as u8;
+                self.count_text_symbols(taken);
                 taken
             }
             PayloadMode::Skip | PayloadMode::Pause => 0,
@@ -1303,14 +1303,19 @@ impl Scanner {
         let mut rest = text;
         while let Some(space) = memchr::memchr(b' ', rest) {
             out.extend_from_slice(&rest[..space]);
-            self.text_group = ((usize::from(self.text_group) + space) % 4) as u8;
+            self.count_text_symbols(space);
             if self.text_group == 0 {
                 out.extend_from_slice(b" ");
             }
             rest = &rest[space + 1..];
         }
         out.extend_from_slice(rest);
-        self.text_group = ((usize::from(self.text_group) + rest.len()) % 4) as u8;
+        self.count_text_symbols(rest.len());
+    }
+
+    /// Text mode: `n` more base64 symbols (or `=`) written.
+    fn count_text_symbols(&mut self, n: usize) {
+        self.text_group = ((usize::from(self.text_group) + n) % 4) as u8;
     }
 
     /// Decodes the text gathered from runs broken up by escapes.
@@ -1412,7 +1417,7 @@ impl Scanner {
                         _ => {
                             let mut buf = [0; 4];
                             out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
-                            self.text_group = (self.text_group + 1) % 4;
+                            self.count_text_symbols(1);
                         }
                     }
                 }
