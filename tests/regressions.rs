@@ -5,6 +5,16 @@ mod common;
 use common::*;
 use http::StatusCode;
 
+/// A Binary whose document is `Hello`, with this `contentType`, fetched as the document.
+async fn hello_as(content_type: &str, how: Split) -> Got {
+    let json = serde_json::json!({
+        "resourceType": "Binary",
+        "contentType": content_type,
+        "data": "SGVsbG8=",
+    });
+    get(json.to_string().as_bytes(), how).await
+}
+
 /// `text/plain; charset=` has an empty parameter value, which RFC 9110 does not allow (a value
 /// is a token or a quoted-string); the media type parser took it and the layer sent it on as
 /// the document's Content-Type. Wildcards and names outside RFC 6838's characters likewise.
@@ -21,12 +31,7 @@ async fn content_types_the_media_type_parser_is_lenient_about_are_refused() {
         "text/plain; charset=utf%8",
         "\u{a0}text/plain",
     ] {
-        let json = serde_json::json!({
-            "resourceType": "Binary",
-            "contentType": content_type,
-            "data": "SGVsbG8=",
-        });
-        let got = get(json.to_string().as_bytes(), Split::Whole).await;
+        let got = hello_as(content_type, Split::Whole).await;
         assert_eq!(got.status, StatusCode::BAD_GATEWAY, "{content_type:?}");
         assert!(
             got.diagnostics().contains("contentType"),
@@ -41,12 +46,7 @@ async fn content_types_the_media_type_parser_is_lenient_about_are_refused() {
         "image/png;",
         "application/vnd.ms-excel",
     ] {
-        let json = serde_json::json!({
-            "resourceType": "Binary",
-            "contentType": content_type,
-            "data": "SGVsbG8=",
-        });
-        let got = get(json.to_string().as_bytes(), Split::Whole).await;
+        let got = hello_as(content_type, Split::Whole).await;
         assert_eq!(
             got.status,
             StatusCode::OK,
@@ -67,12 +67,7 @@ async fn non_ascii_content_type_text_is_served_only_inside_a_quoted_parameter() 
         "application/hl7-v3+xml; charset=\"x\u{8e}y\"",
         "text/plain; title=\"r\u{e9}sum\u{e9}\"",
     ] {
-        let json = serde_json::json!({
-            "resourceType": "Binary",
-            "contentType": content_type,
-            "data": "SGVsbG8=",
-        });
-        let got = get(json.to_string().as_bytes(), Split::Every(1)).await;
+        let got = hello_as(content_type, Split::Every(1)).await;
         assert_eq!(got.status, StatusCode::OK, "{content_type:?}");
         assert_eq!(
             got.headers["content-type"].as_bytes(),
@@ -82,12 +77,7 @@ async fn non_ascii_content_type_text_is_served_only_inside_a_quoted_parameter() 
         assert_eq!(got.bytes().as_ref(), b"Hello");
     }
     for content_type in ["text/pl\u{e9}in", "text/plain; charset=utf\u{e9}8"] {
-        let json = serde_json::json!({
-            "resourceType": "Binary",
-            "contentType": content_type,
-            "data": "SGVsbG8=",
-        });
-        let got = get(json.to_string().as_bytes(), Split::Every(1)).await;
+        let got = hello_as(content_type, Split::Every(1)).await;
         assert_eq!(got.status, StatusCode::BAD_GATEWAY, "{content_type:?}");
         assert!(
             got.diagnostics().contains("is not a media type"),
