@@ -57,11 +57,8 @@ fuzz_target!(|data: &[u8]| {
         }
         check_well_formed(&got.body);
         if let Some(div) = narrative(&got.body) {
-            let again = ask_for_xml(
-                StatusCode::NOT_FOUND,
-                &outcome_with_div(div),
-                &[outcome_with_div(div).len()],
-            );
+            let outcome = outcome_with_div(div);
+            let again = ask_for_xml(StatusCode::NOT_FOUND, &outcome, &[outcome.len()]);
             assert_eq!(
                 narrative(&again.body),
                 Some(div),
