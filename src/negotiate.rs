@@ -47,6 +47,7 @@ const FORMAT_PARAM: &str = "_format";
 
 /// The representation a negotiated response carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Representation {
     /// The document itself: the decoded bytes of the Binary's `data` (R4 and later) or
     /// `content` (DSTU2, STU3), served with the Binary's own `contentType`. This is what a
