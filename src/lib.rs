@@ -57,8 +57,9 @@
 //! - [`BinaryNegotiationLayer`]: the layer, configured with consuming builder methods, each of
 //!   which documents its default and what it bounds. It makes a [`BinaryNegotiation`], the
 //!   service, whose [`ResponseFuture`] resolves to a response with a [`NegotiatedBody`].
-//! - `Selector`: which requests are negotiated (`BinaryNegotiationLayer::select`).
-//! - `Negotiation`: what the layer did, in the extensions of every response; a
+//! - [`Selector`]: which requests are negotiated ([`BinaryNegotiationLayer::select`]);
+//!   [`BinaryEndpoint`] by default, [`AllRequests`], or a closure over the request head.
+//! - [`Negotiation`]: what the layer did, in the extensions of every response; a
 //!   [`Representation`] when it served one.
 //! - [`FhirVersion`]: the release the layer writes where it must choose.
 //! - [`SecurityPolicy`]: the headers that protect a browser from the documents served.
@@ -87,31 +88,31 @@
 
 // Lowest first: a module imports only those listed before it (`tests/layering.rs`).
 // Plain sync modules.
-mod conditional;
-mod config;
 mod decode;
-mod error;
-mod extension;
+mod conditional;
 mod frames;
-mod head;
 mod negotiate;
 mod outcome;
-mod policy;
-mod request;
-mod scan;
 mod select;
+mod version;
+mod scan;
+mod policy;
+mod error;
+mod extension;
+mod xml;
+mod config;
+mod request;
+mod transcode;
+mod head;
 #[cfg(test)]
 mod test_rng;
-mod transcode;
-mod version;
-mod xml;
 // The response path, driven by the Tower types.
 mod body;
 mod respond;
 // The Tower types.
 mod future;
-mod layer;
 mod service;
+mod layer;
 
 pub use body::NegotiatedBody;
 pub use error::{BoxError, InvalidBinary};
@@ -125,6 +126,7 @@ pub use service::BinaryNegotiation;
 pub use version::FhirVersion;
 
 #[cfg(feature = "proxy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
 pub mod proxy;
 
 /// The README's code blocks, compiled by `cargo test --doc` so that the README cannot rot.
