@@ -196,6 +196,7 @@
 mod body;
 mod conditional;
 mod decode;
+mod encode;
 mod error;
 mod frames;
 mod future;
@@ -209,6 +210,7 @@ mod service;
 #[cfg(test)]
 mod test_rng;
 mod transcode;
+mod upload;
 mod version;
 mod xml;
 
