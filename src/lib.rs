@@ -205,6 +205,7 @@ mod layer;
 mod negotiate;
 mod outcome;
 mod policy;
+mod request_body;
 mod scan;
 mod service;
 #[cfg(test)]
@@ -220,6 +221,7 @@ pub use future::ResponseFuture;
 pub use layer::BinaryNegotiationLayer;
 pub use negotiate::Representation;
 pub use policy::SecurityPolicy;
+pub use request_body::RequestBody;
 pub use service::BinaryNegotiation;
 pub use version::FhirVersion;
 

@@ -773,7 +773,10 @@ mod tests {
             let text = String::from_utf8(json).unwrap();
             let at = |s: &str| text.find(s).unwrap();
             assert!(at("resourceType") < at("\"id\"") && at("\"id\"") < at("contentType"));
-            assert!(at("contentType") < at("securityContext") && at("securityContext") < at(&format!("\"{key}\":")));
+            assert!(
+                at("contentType") < at("securityContext")
+                    && at("securityContext") < at(&format!("\"{key}\":"))
+            );
         }
         let headers = head(&[("content-type", "application/pdf")]);
         let envelope = document(plan(
