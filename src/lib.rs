@@ -213,6 +213,7 @@ mod test_rng;
 mod transcode;
 mod upload;
 mod version;
+mod write;
 mod xml;
 
 pub use body::NegotiatedBody;
