@@ -24,12 +24,9 @@ use http::header::{HeaderMap, HeaderName, CONTENT_ENCODING, CONTENT_LENGTH, CONT
 use http::{Method, StatusCode};
 use mediatype::MediaType;
 
+use crate::head::X_SECURITY_CONTEXT;
 use crate::outcome::Outcome;
 use crate::FhirVersion;
-
-/// The header a raw upload names its security label with (as Google's Cloud Healthcare API and
-/// the FHIR spec's Binary section do).
-pub(crate) const X_SECURITY_CONTEXT: HeaderName = HeaderName::from_static("x-security-context");
 
 /// The closing of the Binary JSON after the base64 text.
 pub(crate) const SUFFIX: &[u8] = b"\"}";

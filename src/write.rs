@@ -7,9 +7,10 @@ use http::header::{
 use http::Request;
 use http_body::Body;
 
+use crate::head::X_SECURITY_CONTEXT;
 use crate::outcome::Outcome;
 use crate::request_body::{RequestBody, UploadWatch};
-use crate::upload::{plan, Upload, UploadOptions, X_SECURITY_CONTEXT};
+use crate::upload::{plan, Upload, UploadOptions};
 use crate::FhirVersion;
 
 /// Headers that describe the raw bytes, not the Binary JSON made of them.
