@@ -5,7 +5,6 @@ use http::header::{
     HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING,
 };
 use http::Request;
-use http_body::Body;
 
 use crate::head::X_SECURITY_CONTEXT;
 use crate::outcome::Outcome;
@@ -38,7 +37,7 @@ pub(crate) struct Prepared<B> {
 /// Every other header (`Authorization`, `If-Match`, `If-None-Exist`, `Prefer`, ...) goes on.
 /// A request the layer must refuse gives the [`Outcome`] to answer with; the inner service
 /// must then not be called.
-pub(crate) fn prepare<B: Body>(
+pub(crate) fn prepare<B>(
     request: Request<B>,
     version: FhirVersion,
     options: &UploadOptions,
@@ -61,10 +60,7 @@ pub(crate) fn prepare<B: Body>(
         Upload::Document(envelope) => envelope,
     };
     let (mut parts, body) = request.into_parts();
-    let json_length = envelope
-        .upload_length()
-        .or_else(|| body.size_hint().exact())
-        .map(|n| envelope.json_length(n));
+    let json_length = envelope.upload_length().map(|n| envelope.json_length(n));
     let (body, watch) = RequestBody::upload(body, &envelope, options.max_upload_size, frame_size);
     let headers = &mut parts.headers;
     headers.insert(
@@ -99,6 +95,8 @@ mod tests {
     use http::StatusCode;
     use http_body_util::{BodyExt, Full};
     use serde_json::Value;
+
+    use http_body::Body;
 
     use super::*;
 
@@ -150,7 +148,7 @@ mod tests {
             .header("content-length", "3")
             .body(frames)
             .unwrap();
-        // Content-Length known from the header even though the body cannot tell.
+        // The length is the announced one: the body is not asked.
         let prepared =
             prepare(request, FhirVersion::Stu3, &UploadOptions::default(), 1024).unwrap();
         assert!(prepared.request.headers().get("content-length").is_some());
