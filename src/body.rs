@@ -40,6 +40,7 @@ pin_project! {
         Full {
             data: Option<Bytes>,
         },
+        Head,
         Replay {
             held: FrameQueue,
             body: Option<Pin<Box<B>>>,
@@ -70,11 +71,18 @@ impl<B> NegotiatedBody<B> {
         }
     }
 
-    /// No body (`HEAD`).
+    /// No body (`304`, `416`).
     pub(crate) fn empty() -> Self {
         NegotiatedBody {
             kind: Kind::Full { data: None },
         }
+    }
+
+    /// No body, in answer to `HEAD`: ended, and of no known length, so that a server takes
+    /// the length from the `Content-Length` header the `GET` would have, or sends none, rather
+    /// than counting this empty body as the representation.
+    pub(crate) fn head() -> Self {
+        NegotiatedBody { kind: Kind::Head }
     }
 
     /// Frames already read from the inner body, then the rest of it, untouched.
@@ -109,6 +117,7 @@ impl<B> fmt::Debug for NegotiatedBody<B> {
         let kind = match &self.kind {
             Kind::Inner { .. } => "Inner",
             Kind::Full { .. } => "Full",
+            Kind::Head => "Head",
             Kind::Replay { .. } => "Replay",
             Kind::Transcode { .. } => "Transcode",
         };
@@ -133,6 +142,7 @@ where
         match self.project().kind.project() {
             KindProj::Inner { body } => poll_inner(body, cx),
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Head => Poll::Ready(None),
             KindProj::Replay { held, body } => match held.pop_front() {
                 Some(frame) => Poll::Ready(Some(Ok(Frame::data(frame)))),
                 None => match body {
@@ -156,6 +166,7 @@ where
         match &self.kind {
             Kind::Inner { body } => body.is_end_stream(),
             Kind::Full { data } => data.is_none(),
+            Kind::Head => true,
             Kind::Replay { held, body } => {
                 held.is_empty() && body.as_ref().is_none_or(|b| b.is_end_stream())
             }
@@ -177,6 +188,7 @@ where
             Kind::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
+            Kind::Head => SizeHint::new(),
             Kind::Replay { held, body } => {
                 let held = held.byte_len();
                 let rest = body

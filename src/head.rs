@@ -145,6 +145,8 @@ pub(crate) struct InnerHead {
     /// `Content-Type` (its first value) is FHIR JSON, and every `Content-Encoding` is
     /// `identity`.
     pub(crate) plain_fhir_json: bool,
+    /// `Content-Type` is FHIR JSON, but a `Content-Encoding` other than `identity` applies.
+    pub(crate) encoded_fhir_json: bool,
     /// `Vary` lists `Accept` or `*` already.
     pub(crate) varies_with_accept: bool,
     // The headers a new head replaces or keeps.
@@ -190,7 +192,16 @@ impl InnerHead {
             *flag = true;
         }
         inner.plain_fhir_json = identity && fhir_json == Some(true);
+        inner.encoded_fhir_json = !identity && fhir_json == Some(true);
         inner
+    }
+}
+
+/// The head of a `HEAD` response made from the inner response to a `GET`: the length the `GET`
+/// has when the inner head or body tells it.
+pub(crate) fn head_length(headers: &mut HeaderMap, inner: &InnerHead, length: Option<u64>) {
+    if let (false, Some(length)) = (inner.content_length, length) {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
     }
 }
 

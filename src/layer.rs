@@ -1,18 +1,18 @@
-//! The layer and its options.
+//! The layer.
 
 use tower_layer::Layer;
 
-use crate::policy::SecurityPolicy;
-use crate::scan::ScanLimits;
+use crate::config::{option_methods, Config};
+use crate::select::{AllRequests, BinaryEndpoint, Selector};
 use crate::service::BinaryNegotiation;
-use crate::FhirVersion;
 
 /// Serves FHIR Binary resources the way the FHIR spec asks, in front of a service that only
 /// answers with Binary JSON.
 ///
-/// For `GET` and `HEAD` requests it records what the client asked for (`_format`, then
-/// `Accept`), asks the inner service plainly for FHIR JSON, and turns a Binary JSON answer into
-/// the raw document (the default), passes the FHIR JSON through, or renders FHIR XML. See the
+/// For `GET` and `HEAD` requests to the Binary endpoint (see [`select`](Self::select)) it
+/// records what the client asked for (`_format`, then `Accept`), asks the inner service plainly
+/// for FHIR JSON, and turns a Binary JSON answer into the raw document (the default), passes the
+/// FHIR JSON through, or renders FHIR XML. Every other request passes untouched. See the
 /// [crate documentation](crate) for the rules.
 ///
 /// The options are set with consuming builder methods:
@@ -25,127 +25,62 @@ use crate::FhirVersion;
 ///     .reorder_buffer_limit(8 * 1024 * 1024);
 /// # let _ = layer;
 /// ```
-#[derive(Clone, Debug, Default)]
-pub struct BinaryNegotiationLayer {
+#[derive(Clone, Debug)]
+pub struct BinaryNegotiationLayer<P = BinaryEndpoint> {
     config: Config,
+    selector: P,
 }
 
-/// Everything the service needs to know. A few words, copied into each request's state: a copy
-/// is cheaper than counting references to a shared one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Config {
-    pub(crate) fhir_version: FhirVersion,
-    pub(crate) limits: ScanLimits,
-    pub(crate) reorder_buffer_limit: usize,
-    pub(crate) read_whole_limit: usize,
-    pub(crate) frame_size: usize,
-    pub(crate) native_when_not_acceptable: bool,
-    pub(crate) security_policy: SecurityPolicy,
-}
-
-impl Default for Config {
+impl Default for BinaryNegotiationLayer {
     fn default() -> Self {
-        Config {
-            fhir_version: FhirVersion::R4,
-            limits: ScanLimits {
-                max_depth: 128,
-                max_metadata: 64 * 1024,
-            },
-            reorder_buffer_limit: 4 * 1024 * 1024,
-            read_whole_limit: 256 * 1024,
-            frame_size: 64 * 1024,
-            native_when_not_acceptable: false,
-            security_policy: SecurityPolicy::Standard,
+        BinaryNegotiationLayer {
+            config: Config::default(),
+            selector: BinaryEndpoint,
         }
     }
 }
 
 impl BinaryNegotiationLayer {
-    /// A layer with the default options.
+    /// A layer with the default options: it negotiates the requests to the Binary endpoint
+    /// ([`BinaryEndpoint`]).
     pub fn new() -> Self {
         Self::default()
     }
-
-    /// The FHIR release the layer speaks where it must choose (default R4): DSTU2 makes it send
-    /// `Accept: application/json+fhir` to the inner service and label its own FHIR responses
-    /// with the DSTU2 media types. Binary JSON of every release is read either way.
-    pub fn fhir_version(mut self, version: FhirVersion) -> Self {
-        self.config.fhir_version = version;
-        self
-    }
-
-    /// The most of the inner body held in memory while the Binary cannot be decided yet
-    /// (default 4 MiB).
-    ///
-    /// The raw document can only be served once `resourceType` and `contentType` are known.
-    /// When a server writes them after `data` (the official HL7 examples put `data` before
-    /// `meta`; DSTU2 packages sort keys, so `content` comes before `contentType`), the layer
-    /// holds what it has read until they show up. A Binary that does not show them within this
-    /// limit is answered with 502 Bad Gateway.
-    pub fn reorder_buffer_limit(mut self, bytes: usize) -> Self {
-        self.config.reorder_buffer_limit = bytes;
-        self
-    }
-
-    /// Inner bodies of at most this many bytes, when their size is known in advance
-    /// (`Content-Length`), are read whole before the response head goes out (default 256 KiB).
-    ///
-    /// Such responses get a `Content-Length` for the decoded document, and any fault in the
-    /// Binary becomes a 502 rather than a broken transfer. Larger bodies are streamed.
-    ///
-    /// The same number of bytes of decoded output is kept before the head goes out when a
-    /// streamed document is asked for a range, or under a condition whose validators are not
-    /// known yet (see the [crate documentation](crate#conditional-and-range-requests)).
-    pub fn read_whole_limit(mut self, bytes: usize) -> Self {
-        self.config.read_whole_limit = bytes;
-        self
-    }
-
-    /// Largest total size, in bytes of JSON text, of the Binary's elements other than its
-    /// payload (`id`, `meta`, `securityContext`, ...) that the layer keeps (default 64 KiB).
-    /// A Binary with more is answered with 502 Bad Gateway.
-    pub fn max_metadata_size(mut self, bytes: usize) -> Self {
-        self.config.limits.max_metadata = bytes;
-        self
-    }
-
-    /// Deepest nesting of JSON objects and arrays accepted, the Binary itself counting as one
-    /// level (default 128). Deeper documents are answered with 502 Bad Gateway.
-    pub fn max_depth(mut self, levels: usize) -> Self {
-        self.config.limits.max_depth = levels.max(1);
-        self
-    }
-
-    /// Most bytes of the inner body read for one frame of output (default 64 KiB), which
-    /// bounds the size of the frames the layer produces.
-    pub fn frame_size(mut self, bytes: usize) -> Self {
-        self.config.frame_size = bytes.max(1);
-        self
-    }
-
-    /// Serve the raw document instead of 406 Not Acceptable when the client's `Accept` allows
-    /// neither FHIR nor the Binary's content type (default false: 406 with an
-    /// OperationOutcome, as FHIR servers do). An unknown `_format` is answered with 406 either
-    /// way: it names a format the server cannot produce.
-    pub fn serve_native_when_not_acceptable(mut self, yes: bool) -> Self {
-        self.config.native_when_not_acceptable = yes;
-        self
-    }
-
-    /// How the raw document is presented to browsers (default [`SecurityPolicy::Standard`]:
-    /// active content such as HTML or SVG is sandboxed and downloaded, passive content such as
-    /// a PDF or an image is shown inline). `X-Content-Type-Options: nosniff` is sent whatever
-    /// the policy.
-    pub fn security_policy(mut self, policy: SecurityPolicy) -> Self {
-        self.config.security_policy = policy;
-        self
-    }
 }
 
-impl<S> Layer<S> for BinaryNegotiationLayer {
-    type Service = BinaryNegotiation<S>;
+impl<P: Selector> BinaryNegotiationLayer<P> {
+    /// Negotiates the requests `selector` selects, instead of those to the Binary endpoint
+    /// ([`BinaryEndpoint`], the default); the others, and their responses, pass untouched.
+    ///
+    /// Which to use:
+    ///
+    /// - On a whole axum `Router` (`Router::layer`), a `nest`ed FHIR router, a hyper service or
+    ///   a tonic server's `Server::builder().layer(...)`: the default. The layer sees every
+    ///   request and negotiates only the Binary endpoint's, under any base path.
+    /// - With axum's `route_layer` on the Binary routes alone, or for a service that serves
+    ///   nothing but Binaries: [`select_all`](Self::select_all), or the default, which selects
+    ///   the same requests when the routes are the FHIR ones.
+    /// - Documents under another path layout: a closure over the request head, as in
+    ///   [`Selector`]'s example.
+    pub fn select<Q: Selector>(self, selector: Q) -> BinaryNegotiationLayer<Q> {
+        BinaryNegotiationLayer {
+            config: self.config,
+            selector,
+        }
+    }
+
+    /// Negotiates every `GET` and `HEAD` request, whatever its path ([`AllRequests`]).
+    pub fn select_all(self) -> BinaryNegotiationLayer<AllRequests> {
+        self.select(AllRequests)
+    }
+
+    option_methods!();
+}
+
+impl<S, P: Clone> Layer<S> for BinaryNegotiationLayer<P> {
+    type Service = BinaryNegotiation<S, P>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        BinaryNegotiation::from_config(inner, self.config)
+        BinaryNegotiation::from_parts(inner, self.config, self.selector.clone())
     }
 }

@@ -193,36 +193,52 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-mod body;
+// Lowest first: a module imports only those listed before it (`tests/layering.rs`).
+// Plain sync modules.
 mod conditional;
+mod config;
 mod decode;
 mod encode;
 mod error;
+mod extension;
 mod frames;
-mod future;
 mod head;
-mod layer;
 mod negotiate;
 mod outcome;
 mod policy;
-mod request_body;
+mod request;
 mod scan;
-mod service;
+mod select;
 #[cfg(test)]
 mod test_rng;
 mod transcode;
-mod upload;
 mod version;
-mod write;
 mod xml;
+
+// Writes, lowest first, each in a block of its own so that rustfmt keeps the order.
+mod upload;
+
+mod request_body;
+
+mod write;
+
+// The response path, driven by the Tower types.
+mod body;
+mod respond;
+// The Tower types.
+mod future;
+mod layer;
+mod service;
 
 pub use body::NegotiatedBody;
 pub use error::{BoxError, InvalidBinary};
+pub use extension::Negotiation;
 pub use future::ResponseFuture;
 pub use layer::BinaryNegotiationLayer;
 pub use negotiate::Representation;
 pub use policy::SecurityPolicy;
 pub use request_body::RequestBody;
+pub use select::{AllRequests, BinaryEndpoint, Selector};
 pub use service::BinaryNegotiation;
 pub use version::FhirVersion;
 

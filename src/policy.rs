@@ -59,6 +59,12 @@ const NOSNIFF: HeaderValue = HeaderValue::from_static("nosniff");
 /// `Content-Security-Policy: sandbox`, checked once at compile time.
 const SANDBOX: HeaderValue = HeaderValue::from_static("sandbox");
 
+/// Sets `X-Content-Type-Options: nosniff`, which every response the layer makes or negotiates
+/// carries: a browser must take it for the type it says it is.
+pub(crate) fn nosniff(headers: &mut HeaderMap) {
+    headers.insert(X_CONTENT_TYPE_OPTIONS, NOSNIFF);
+}
+
 impl SecurityPolicy {
     /// Adds the headers of this policy for a document of `content_type` whose Binary has the
     /// id `id`.
@@ -68,7 +74,7 @@ impl SecurityPolicy {
         content_type: &HeaderValue,
         id: Option<&str>,
     ) {
-        headers.insert(X_CONTENT_TYPE_OPTIONS, NOSNIFF);
+        nosniff(headers);
         if self == SecurityPolicy::NosniffOnly {
             return;
         }

@@ -2,37 +2,62 @@
 
 use std::task::{Context, Poll};
 
-use http::header::{HeaderValue, ACCEPT, IF_RANGE, RANGE};
-use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
 use crate::body::NegotiatedBody;
 use crate::conditional::Conditions;
+use crate::config::{option_methods, Config};
 use crate::error::BoxError;
-use crate::future::{Negotiated, ResponseFuture};
-use crate::layer::Config;
-use crate::negotiate::{strip_format, Decision, Preference};
+use crate::future::ResponseFuture;
+use crate::negotiate::{Decision, Preference, Representation, Spelling};
+use crate::request::rewrite_request;
+use crate::request_body::RequestBody;
+use crate::respond::Negotiated;
+use crate::select::{AllRequests, BinaryEndpoint, Selector};
+use crate::write::{prepare, Prepared};
 
 /// Middleware that serves FHIR Binary resources natively, as FHIR JSON or as FHIR XML, in front
 /// of a service that answers with Binary JSON. Made by
-/// [`BinaryNegotiationLayer`](crate::BinaryNegotiationLayer).
+/// [`BinaryNegotiationLayer`](crate::BinaryNegotiationLayer), or with [`new`](Self::new) and
+/// the same option methods.
 #[derive(Clone, Debug)]
-pub struct BinaryNegotiation<S> {
+pub struct BinaryNegotiation<S, P = BinaryEndpoint> {
     inner: S,
     config: Config,
+    selector: P,
 }
 
 impl<S> BinaryNegotiation<S> {
-    /// Wraps `inner` with the default options.
+    /// Wraps `inner` with the default options: the requests to the Binary endpoint are
+    /// negotiated ([`BinaryEndpoint`]).
     pub fn new(inner: S) -> Self {
-        Self::from_config(inner, Config::default())
+        Self::from_parts(inner, Config::default(), BinaryEndpoint)
+    }
+}
+
+impl<S, P> BinaryNegotiation<S, P> {
+    pub(crate) fn from_parts(inner: S, config: Config, selector: P) -> Self {
+        BinaryNegotiation {
+            inner,
+            config,
+            selector,
+        }
     }
 
-    pub(crate) fn from_config(inner: S, config: Config) -> Self {
-        BinaryNegotiation { inner, config }
+    /// Negotiates the requests `selector` selects (see
+    /// [`BinaryNegotiationLayer::select`](crate::BinaryNegotiationLayer::select)).
+    pub fn select<Q: Selector>(self, selector: Q) -> BinaryNegotiation<S, Q> {
+        BinaryNegotiation::from_parts(self.inner, self.config, selector)
     }
+
+    /// Negotiates every `GET` and `HEAD` request, whatever its path ([`AllRequests`]).
+    pub fn select_all(self) -> BinaryNegotiation<S, AllRequests> {
+        self.select(AllRequests)
+    }
+
+    option_methods!();
 
     /// The inner service.
     pub fn get_ref(&self) -> &S {
@@ -50,15 +75,16 @@ impl<S> BinaryNegotiation<S> {
     }
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for BinaryNegotiation<S>
+impl<S, P, ReqBody, ResBody> Service<Request<ReqBody>> for BinaryNegotiation<S, P>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+    P: Selector,
     ResBody: Body,
     ResBody::Error: Into<BoxError>,
 {
     type Response = Response<NegotiatedBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S::Future, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -66,8 +92,15 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let is_head = request.method() == Method::HEAD;
-        if !is_head && request.method() != Method::GET {
-            return ResponseFuture::pass_through(self.inner.call(request));
+        let is_read = is_head || request.method() == Method::GET;
+        let is_write = request.method() == Method::POST || request.method() == Method::PUT;
+        if !(is_read || is_write) || !self.selector.select(&request) {
+            return ResponseFuture::not_negotiated(
+                self.inner.call(request.map(RequestBody::untouched)),
+            );
+        }
+        if is_write {
+            return self.write(request);
         }
         let preference = Preference::from_request(request.uri().query(), request.headers());
         let negotiated = Negotiated {
@@ -83,114 +116,74 @@ where
         if negotiated.fixed == Some(Decision::NotAcceptable)
             && (!negotiated.config.native_when_not_acceptable || negotiated.preference.is_format())
         {
-            return ResponseFuture::not_acceptable(negotiated);
+            return ResponseFuture::not_acceptable(&negotiated);
         }
         rewrite_request(
             &mut request,
             &self.config,
             negotiated.conditions.names_a_range(),
         );
-        ResponseFuture::negotiated(self.inner.call(request), negotiated)
+        ResponseFuture::negotiated(
+            self.inner.call(request.map(RequestBody::untouched)),
+            negotiated,
+        )
     }
 }
 
-/// Asks the inner service plainly for FHIR JSON: it may not know `_format`, misread `Accept`
-/// or not implement `HEAD`.
-fn rewrite_request<B>(request: &mut Request<B>, config: &Config, names_a_range: bool) {
-    if request.method() == Method::HEAD {
-        *request.method_mut() = Method::GET;
-    }
-    let headers = request.headers_mut();
-    headers.insert(
-        ACCEPT,
-        HeaderValue::from_static(config.fhir_version.json_media_type()),
-    );
-    // A range of the JSON is no range of the document: ranges are the layer's to serve.
-    // (Removed only when named: a removal costs a hashed lookup even when it finds nothing.)
-    if names_a_range {
-        headers.remove(RANGE);
-        headers.remove(IF_RANGE);
-    }
-    if let Some(uri) = uri_without_format(request.uri()) {
-        *request.uri_mut() = uri;
-    }
-}
-
-/// The URI without its `_format` parameters, or None when it has none.
-fn uri_without_format(uri: &Uri) -> Option<Uri> {
-    let query = uri.query()?;
-    let stripped = strip_format(query);
-    if stripped.as_deref() == Some(query) {
-        return None;
-    }
-    let path_and_query = match stripped {
-        Some(rest) => format!("{}?{rest}", uri.path()),
-        None => uri.path().to_owned(),
-    };
-    let mut parts = uri.clone().into_parts();
-    parts.path_and_query = Some(PathAndQuery::try_from(path_and_query).ok()?);
-    Uri::from_parts(parts).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rewritten(method: Method, uri: &str, accept: Option<&str>) -> Request<()> {
-        let mut builder = Request::builder().method(method).uri(uri);
-        if let Some(accept) = accept {
-            builder = builder.header(ACCEPT, accept);
-        }
-        let mut request = builder
-            .header("authorization", "Bearer t")
-            .header(RANGE, "bytes=0-1")
-            .header(RANGE, "bytes=2-3")
-            .header(IF_RANGE, "\"a\"")
-            .body(())
-            .unwrap();
-        let names_a_range = Conditions::from_request(request.headers(), false).names_a_range();
-        rewrite_request(&mut request, &Config::default(), names_a_range);
-        request
-    }
-
-    #[test]
-    fn inner_is_asked_for_fhir_json_without_format() {
-        let request = rewritten(
-            Method::GET,
-            "http://h/fhir/Binary/1?a=1&_format=xml&b=%20x",
-            Some("application/fhir+xml"),
-        );
-        assert_eq!(request.uri(), "http://h/fhir/Binary/1?a=1&b=%20x");
-        assert_eq!(request.headers()[ACCEPT], "application/fhir+json");
-        assert_eq!(request.headers().get_all(ACCEPT).iter().count(), 1);
-        assert_eq!(request.headers()["authorization"], "Bearer t");
-        // Two Range lines are no usable range, but neither may reach the inner service.
-        assert!(request.headers().get(RANGE).is_none());
-        assert!(request.headers().get(IF_RANGE).is_none());
-        assert_eq!(request.method(), Method::GET);
-    }
-
-    #[test]
-    fn head_goes_on_as_get_and_a_lone_format_leaves_no_question_mark() {
-        let request = rewritten(Method::HEAD, "/Binary/1?_format=json", None);
-        assert_eq!(request.method(), Method::GET);
-        assert_eq!(request.uri(), "/Binary/1");
-    }
-
-    #[test]
-    fn query_without_format_is_kept_as_is() {
-        let request = rewritten(Method::GET, "/Binary/1?x=%2B&y", None);
-        assert_eq!(request.uri(), "/Binary/1?x=%2B&y");
-    }
-
-    #[test]
-    fn dstu2_asks_with_the_dstu2_spelling() {
-        let mut request = Request::get("/Binary/1").body(()).unwrap();
-        let config = Config {
-            fhir_version: crate::FhirVersion::Dstu2,
-            ..Config::default()
+impl<S, P> BinaryNegotiation<S, P> {
+    /// A `POST` or `PUT` to the Binary endpoint: a raw document goes on as Binary JSON (see
+    /// [`prepare`]), and the answer comes back as FHIR, never as a document: FHIR XML when the
+    /// client asked for XML, else the inner service's FHIR JSON untouched.
+    fn write<ReqBody, ResBody>(
+        &mut self,
+        request: Request<ReqBody>,
+    ) -> ResponseFuture<S::Future, ResBody>
+    where
+        S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+    {
+        let preference = Preference::from_request(request.uri().query(), request.headers());
+        let prefers_xml = preference.prefers_xml();
+        let (representation, spelling) = match preference.resolve("") {
+            Decision::Serve {
+                representation: Representation::FhirXml,
+                spelling,
+            } => (Representation::FhirXml, spelling),
+            _ if prefers_xml => (Representation::FhirXml, Spelling::Unspecified),
+            _ => (Representation::FhirJson, Spelling::Unspecified),
         };
-        rewrite_request(&mut request, &config, false);
-        assert_eq!(request.headers()[ACCEPT], "application/json+fhir");
+        let unknown_format =
+            preference.is_format() && preference.fixed() == Some(Decision::NotAcceptable);
+        let negotiated = Negotiated {
+            fixed: Some(Decision::Serve {
+                representation,
+                spelling,
+            }),
+            prefers_xml,
+            preference,
+            is_head: false,
+            // The conditions of a write (`If-Match`, `If-None-Match`) are the inner service's.
+            conditions: Conditions::default(),
+            config: self.config,
+        };
+        if unknown_format {
+            return ResponseFuture::not_acceptable(&negotiated);
+        }
+        let prepared = prepare(
+            request,
+            self.config.fhir_version,
+            &self.config.uploads,
+            self.config.frame_size,
+        );
+        match prepared {
+            Err(outcome) => ResponseFuture::refused(&outcome, &negotiated),
+            Ok(Prepared {
+                request,
+                watch: Some(watch),
+            }) => ResponseFuture::upload(self.inner.call(request), negotiated, watch),
+            Ok(Prepared {
+                request,
+                watch: None,
+            }) => ResponseFuture::negotiated(self.inner.call(request), negotiated),
+        }
     }
 }

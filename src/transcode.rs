@@ -12,8 +12,8 @@ use std::borrow::Cow;
 use bytes::{Buf, Bytes, BytesMut};
 use http::HeaderValue;
 
+use crate::config::Config;
 use crate::frames::FrameQueue;
-use crate::layer::Config;
 use crate::negotiate::{Decision, Preference, Representation, Spelling};
 use crate::policy::common_content_type;
 use crate::scan::{

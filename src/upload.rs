@@ -8,7 +8,7 @@
 //! - FHIR XML (`application/fhir+xml`, `application/xml+fhir`, `application/xml`): refused with
 //!   415 for now (no XML to JSON conversion yet).
 //! - Anything else, `text/xml` included (a CDA document is `text/xml`): the raw document. With
-//!   [`UploadOptions::generic_types_as_documents`], plain `application/json` and
+//!   `UploadOptions::generic_types_as_documents`, plain `application/json` and
 //!   `application/xml` are documents too.
 //! - No `Content-Type`: 400. A raw upload says what it is; guessing `application/octet-stream`
 //!   would store a document nobody can open as what it is.
@@ -24,31 +24,13 @@ use http::header::{HeaderMap, HeaderName, CONTENT_ENCODING, CONTENT_LENGTH, CONT
 use http::{Method, StatusCode};
 use mediatype::MediaType;
 
+pub(crate) use crate::config::UploadOptions;
 use crate::head::X_SECURITY_CONTEXT;
 use crate::outcome::Outcome;
 use crate::FhirVersion;
 
 /// The closing of the Binary JSON after the base64 text.
 pub(crate) const SUFFIX: &[u8] = b"\"}";
-
-/// The options of uploads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct UploadOptions {
-    /// Largest raw document accepted, in bytes (default 1 GiB).
-    pub(crate) max_upload_size: u64,
-    /// Whether plain `application/json` and `application/xml` bodies are raw documents rather
-    /// than FHIR resources (default false: FHIR clients label resources so).
-    pub(crate) generic_types_as_documents: bool,
-}
-
-impl Default for UploadOptions {
-    fn default() -> Self {
-        UploadOptions {
-            max_upload_size: 1 << 30,
-            generic_types_as_documents: false,
-        }
-    }
-}
 
 /// What a request to the Binary endpoint is, as far as writing goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -200,7 +182,7 @@ pub(crate) fn plan(
     };
     if let Some(length) = upload_length {
         if length > options.max_upload_size {
-            return Err(too_large(length, options.max_upload_size));
+            return Err(too_large(Some(length), options.max_upload_size));
         }
     }
     Ok(Upload::Document(envelope(
@@ -213,13 +195,15 @@ pub(crate) fn plan(
 }
 
 /// 413 for an upload of `length` bytes (`None`: more than the limit, found while streaming).
-pub(crate) fn too_large(length: u64, max: u64) -> Outcome {
+pub(crate) fn too_large(length: Option<u64>, max: u64) -> Outcome {
+    let what = match length {
+        Some(length) => format!("the upload of {length} bytes"),
+        None => "the upload".to_owned(),
+    };
     Outcome {
         status: StatusCode::PAYLOAD_TOO_LARGE,
         code: "too-costly",
-        diagnostics: format!(
-            "the upload of {length} bytes is larger than the {max} bytes this server accepts"
-        ),
+        diagnostics: format!("{what} is larger than the {max} bytes this server accepts"),
     }
 }
 

@@ -17,7 +17,7 @@ use http::{Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use tower::{service_fn, ServiceBuilder, ServiceExt};
-use tower_fhir_binary::BinaryNegotiationLayer;
+use tower_fhir_binary::{BinaryNegotiationLayer, Negotiation};
 use tower_http::compression::CompressionLayer;
 use tower_http::decompression::DecompressionLayer;
 use tower_http::trace::TraceLayer;
@@ -31,10 +31,9 @@ async fn bounded<T>(test: impl std::future::Future<Output = T>) -> T {
 }
 
 /// A legacy FHIR server: the official PDF Binary in JSON, whatever is asked.
-fn legacy_pdf(
-) -> impl tower::Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible>
-       + Clone {
-    service_fn(|_request: Request<Full<Bytes>>| async {
+fn legacy_pdf<B>(
+) -> impl tower::Service<Request<B>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone {
+    service_fn(|_request: Request<B>| async {
         Ok::<_, Infallible>(
             Response::builder()
                 .header("content-type", "application/fhir+json")
@@ -132,16 +131,46 @@ async fn compression_inside_hides_the_binary_from_the_layer() {
             .layer(CompressionLayer::new())
             .service(legacy_pdf());
         // The client's Accept-Encoding reaches the compression, which gzips the Binary JSON;
-        // the layer does not read compressed bodies and passes it on: FHIR JSON, not the PDF.
+        // the layer cannot read it, and rather than pass FHIR JSON to a client that asked for
+        // the document it answers 502, naming the misordered layer.
+        let response = service
+            .clone()
+            .oneshot(request("/Binary/example", &[("accept-encoding", "gzip")]))
+            .await
+            .unwrap();
+        assert_eq!(
+            response.extensions().get::<Negotiation>(),
+            Some(&Negotiation::BadGateway)
+        );
+        let got = read(response).await;
+        assert_eq!(got.status, StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            got.header("content-type"),
+            Some("application/fhir+json;charset=utf-8")
+        );
+        assert_eq!(got.header("content-encoding"), None);
+        let outcome: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+        assert_eq!(outcome["resourceType"], "OperationOutcome");
+        let diagnostics = outcome["issue"][0]["diagnostics"].as_str().unwrap();
+        assert!(
+            diagnostics.contains("compressed")
+                && diagnostics.contains("decompression layer inside"),
+            "{diagnostics}"
+        );
+
+        // A client that asked for FHIR JSON gets it, compressed as it accepts.
         let got = read(
             service
                 .clone()
-                .oneshot(request("/Binary/example", &[("accept-encoding", "gzip")]))
+                .oneshot(request(
+                    "/Binary/example?_format=json",
+                    &[("accept-encoding", "gzip")],
+                ))
                 .await
                 .unwrap(),
         )
         .await;
-        assert_eq!(got.header("content-type"), Some("application/fhir+json"));
+        assert_eq!(got.status, StatusCode::OK);
         assert_eq!(got.header("content-encoding"), Some("gzip"));
         assert_eq!(gunzip(got.body).await, fixture("r4/binary-example.json"));
 
@@ -194,7 +223,8 @@ async fn decompression_outside_decodes_too_late() {
             .layer(BinaryNegotiationLayer::new())
             .layer(CompressionLayer::new())
             .service(legacy_pdf());
-        // The layer saw gzip and passed it on; the client gets the Binary JSON.
+        // The layer saw gzip, which it cannot read: 502, never the Binary JSON in place of the
+        // document.
         let got = read(
             service
                 .oneshot(request("/Binary/example", &[]))
@@ -202,8 +232,12 @@ async fn decompression_outside_decodes_too_late() {
                 .unwrap(),
         )
         .await;
-        assert_eq!(got.header("content-type"), Some("application/fhir+json"));
-        assert_eq!(got.body, fixture("r4/binary-example.json"));
+        assert_eq!(got.status, StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            got.header("content-type"),
+            Some("application/fhir+json;charset=utf-8")
+        );
+        assert!(String::from_utf8_lossy(&got.body).contains("compressed"));
     })
     .await
 }
@@ -285,7 +319,7 @@ fn axum_get(uri: &str) -> Request<axum::body::Body> {
 }
 
 #[tokio::test]
-async fn axum_router_layer_covers_every_route_and_the_fallback() {
+async fn axum_router_layer_negotiates_the_binary_route_only() {
     bounded(async {
         let app = Router::new()
             .route("/fhir/Binary/{id}", get(read_binary_json))
@@ -310,10 +344,15 @@ async fn axum_router_layer_covers_every_route_and_the_fallback() {
         assert_eq!(got.status, StatusCode::NOT_FOUND);
         assert_eq!(got.header("vary"), Some("Accept"));
 
-        // The fallback is wrapped too.
-        let got = read(app.oneshot(axum_get("/elsewhere")).await.unwrap()).await;
+        // The fallback is wrapped too, but not negotiated: its response comes back untouched.
+        let response = app.oneshot(axum_get("/elsewhere")).await.unwrap();
+        assert_eq!(
+            response.extensions().get::<Negotiation>(),
+            Some(&Negotiation::NotNegotiated)
+        );
+        let got = read(response).await;
         assert_eq!(got.status, StatusCode::NOT_FOUND);
-        assert_eq!(got.header("vary"), Some("Accept"));
+        assert_eq!(got.header("vary"), None);
     })
     .await
 }

@@ -1,4 +1,4 @@
-//! Reading a Binary: the state machine between the inner response head and the response
+//! BinaryReading a Binary: the state machine between the inner response head and the response
 //! head of the chosen representation (read whole, streamed, or kept until a range or a
 //! condition can be answered).
 
@@ -15,15 +15,18 @@ use super::{outcome_response, Negotiated};
 use crate::body::{poll_inner, NegotiatedBody, Window};
 use crate::conditional::{ByteRange, Ranges, Validators};
 use crate::error::BoxError;
+use crate::extension::Negotiation;
 use crate::head::{self, InnerHead};
+use crate::negotiate::Representation;
 use crate::outcome::Outcome;
+use crate::policy::nosniff;
 use crate::transcode::{Head, Transcoder};
 
-/// Reading a Binary until the response head can be made.
+/// BinaryReading a Binary until the response head can be made.
 ///
 /// The inner body is pinned on the heap once, here, because it is polled before the response
 /// exists and must then move into it.
-pub(super) struct Reading<B> {
+pub(crate) struct BinaryReading<B> {
     parts: Option<Parts>,
     /// What `parts` said as the inner service sent them.
     inner: InnerHead,
@@ -32,6 +35,8 @@ pub(super) struct Reading<B> {
     negotiated: Negotiated,
     /// Set when the whole representation is made before the head goes out.
     whole: Option<Box<Whole>>,
+    /// The representation being made, once decided.
+    made: Option<Made>,
 }
 
 /// A representation made before the head goes out: whole, or, for a conditional or range
@@ -49,7 +54,7 @@ struct Whole {
     /// When set, the head goes out, with what is known by then, as soon as more than this
     /// many bytes are kept; else the whole inner body is read first.
     cap: Option<u64>,
-    /// Set once only the requested range is kept (see [`Reading::overflow`]).
+    /// Set once only the requested range is kept (see [`BinaryReading::overflow`]).
     window: Option<Window>,
     /// The range being served in a window.
     range: Option<(u64, u64)>,
@@ -62,7 +67,7 @@ enum Made {
     Xml,
 }
 
-/// Why [`Reading::step`] stopped.
+/// Why [`BinaryReading::step`] stopped.
 enum Stop {
     /// The output at hand is made: more input is needed.
     More,
@@ -76,13 +81,13 @@ enum Stop {
     WindowComplete,
 }
 
-impl<B> Reading<B>
+impl<B> BinaryReading<B>
 where
     B: Body,
     B::Error: Into<BoxError>,
 {
     /// Starts reading the Binary in `body`, the inner response of a negotiated request.
-    pub(super) fn new(parts: Parts, inner: InnerHead, body: B, mut negotiated: Negotiated) -> Self {
+    pub(crate) fn new(parts: Parts, inner: InnerHead, body: B, mut negotiated: Negotiated) -> Self {
         // Moved rather than copied: a browser's Accept list is a dozen small allocations.
         let preference = std::mem::take(&mut negotiated.preference);
         // On the heap once: it is large, and moves with the future and then the body.
@@ -97,17 +102,18 @@ where
                 negotiated.is_head,
             ),
         );
-        Reading {
+        BinaryReading {
             parts: Some(parts),
             inner,
             body: Some(Box::pin(body)),
             transcoder: Some(transcoder),
             negotiated,
             whole: None,
+            made: None,
         }
     }
 
-    pub(super) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Response<NegotiatedBody<B>>> {
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Response<NegotiatedBody<B>>> {
         loop {
             let frame = match self.body.as_mut() {
                 Some(body) => ready!(poll_inner(body.as_mut(), cx)),
@@ -141,7 +147,7 @@ where
                     None => transcoder.end_head(),
                 };
                 if let Some(response) = self.on_head(head) {
-                    return Poll::Ready(response);
+                    return Poll::Ready(self.tagged(response));
                 }
                 continue;
             }
@@ -149,9 +155,21 @@ where
                 transcoder.push(data);
             }
             if let Some(response) = self.read_whole() {
-                return Poll::Ready(response);
+                return Poll::Ready(self.tagged(response));
             }
         }
+    }
+
+    /// `response` with what the layer did in its extensions: the layer's own outcomes carry
+    /// it already; the others carry the representation chosen, if any.
+    fn tagged(&self, mut response: Response<NegotiatedBody<B>>) -> Response<NegotiatedBody<B>> {
+        let negotiation = match self.made {
+            Some(Made::Native) => Negotiation::Served(Representation::Native),
+            Some(Made::Xml) => Negotiation::Served(Representation::FhirXml),
+            None => Negotiation::PassedThrough,
+        };
+        response.extensions_mut().get_or_insert(negotiation);
+        response
     }
 
     /// Makes the response for a decided head, or returns None to read the representation
@@ -160,8 +178,15 @@ where
         let parts = self.parts.take().expect("head decided once");
         match head {
             Head::PassThrough(held) => {
+                let mut parts = parts;
+                nosniff(&mut parts.headers);
                 let body = match (self.negotiated.is_head, self.body.take()) {
-                    (true, _) => NegotiatedBody::empty(),
+                    (true, rest) => {
+                        let rest = rest.map_or(Some(0), |rest| rest.size_hint().exact());
+                        let length = rest.map(|rest| rest + held.byte_len());
+                        head::head_length(&mut parts.headers, &self.inner, length);
+                        NegotiatedBody::head()
+                    }
                     (false, body) => NegotiatedBody::replay(held, body),
                 };
                 Some(Response::from_parts(parts, body))
@@ -197,6 +222,7 @@ where
             .body
             .as_ref()
             .is_none_or(|body| body.size_hint().exact().is_some_and(|len| len <= limit));
+        self.made = Some(made);
         let conditional = made == Made::Native && parts.status == StatusCode::OK;
         self.parts = Some(parts);
         let cap = if self.negotiated.is_head || known_small {
@@ -228,6 +254,7 @@ where
         match made {
             Made::Xml => {
                 head::replace_body_headers(&mut parts.headers, &self.inner, content_type, None);
+                nosniff(&mut parts.headers);
             }
             Made::Native => {
                 set_native_headers(
@@ -355,8 +382,9 @@ where
                 whole.content_type,
                 Some(whole.length),
             );
+            nosniff(&mut parts.headers);
             let body = if is_head {
-                NegotiatedBody::empty()
+                NegotiatedBody::head()
             } else {
                 NegotiatedBody::full(concat(whole.frames))
             };
@@ -374,7 +402,7 @@ where
         );
         let body = |bytes| {
             if is_head {
-                NegotiatedBody::empty()
+                NegotiatedBody::head()
             } else {
                 NegotiatedBody::full(bytes)
             }
