@@ -15,12 +15,13 @@
 //! use http::{Request, Response};
 //! use http_body_util::{BodyExt, Full};
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
-//! use tower_fhir_binary::BinaryNegotiationLayer;
+//! use tower_fhir_binary::{BinaryNegotiationLayer, RequestBody};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! // A legacy FHIR server: Binary JSON, whatever the client asked for.
-//! let legacy = service_fn(|_request: Request<Full<Bytes>>| async {
+//! // It receives the client's body as a `RequestBody` (a raw upload becomes Binary JSON).
+//! let legacy = service_fn(|_request: Request<RequestBody<Full<Bytes>>>| async {
 //!     let json = r#"{"resourceType":"Binary","id":"1","contentType":"text/plain","data":"SGVsbG8="}"#;
 //!     Ok::<_, std::convert::Infallible>(
 //!         Response::builder()
@@ -50,7 +51,10 @@
 //!
 //! # Choosing the representation
 //!
-//! Only `GET` and `HEAD` are negotiated; every other request passes through untouched.
+//! `GET` and `HEAD` of the Binary endpoint are negotiated as reads. `POST` and `PUT` of it are
+//! writes: a raw document becomes Binary JSON for the inner service (see [`RequestBody`]), and
+//! the answer comes back as FHIR JSON, or FHIR XML when asked. Every other request passes
+//! through untouched.
 //!
 //! 1. `_format` wins over `Accept`. `json`, `application/json`, `application/fhir+json`,
 //!    `application/json+fhir` and `text/json` mean FHIR JSON; `xml`, `application/xml`,

@@ -242,13 +242,22 @@ async fn preconditions_refuse_a_lost_update() {
     .await
 }
 
+/// Method, URL, headers, body, and the status a strict server answers.
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    &'a [(&'a str, &'a str)],
+    &'a str,
+    StatusCode,
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_strict_server_refuses_is_refused_and_not_stored() {
     bounded(async {
         let (server, base) = demo().await;
         let post = format!("{base}/Binary");
         let put = format!("{base}/Binary/x1");
-        let cases: &[(&str, &str, &[(&str, &str)], &str, StatusCode)] = &[
+        let cases: &[Case] = &[
             ("POST", &post, &[("content-type", "application/pdf")], "%PDF-1.4", StatusCode::UNSUPPORTED_MEDIA_TYPE),
             ("POST", &post, &[], HELLO, StatusCode::UNSUPPORTED_MEDIA_TYPE),
             ("POST", &post, &[("content-type", "application/fhir+xml")], "<Binary/>", StatusCode::UNSUPPORTED_MEDIA_TYPE),
