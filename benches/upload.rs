@@ -45,6 +45,11 @@ impl Body for Upload {
         Poll::Ready(Some(Ok(Frame::data(self.frame.slice(..n)))))
     }
 
+    fn is_end_stream(&self) -> bool {
+        // As hyper's body says once its `Content-Length` has arrived.
+        self.remaining == 0
+    }
+
     fn size_hint(&self) -> SizeHint {
         SizeHint::with_exact(self.remaining as u64)
     }

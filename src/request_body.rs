@@ -61,8 +61,9 @@ impl<B: fmt::Debug> fmt::Debug for RequestBody<B> {
 struct UploadState {
     /// The Binary JSON up to the base64, until it has gone out.
     prefix: Option<Bytes>,
-    /// The Binary JSON of an empty upload.
-    empty_document: Bytes,
+    /// The length of the prefix without the payload member's name: an empty upload is that
+    /// much of it and `}`.
+    head_len: usize,
     encoder: Base64Encoder,
     /// Received and not encoded yet (output frames are bounded).
     pending: Bytes,
@@ -75,7 +76,9 @@ struct UploadState {
     /// Bytes of Binary JSON still to come, when the upload's length is known.
     remaining: Option<u64>,
     done: bool,
-    watch: UploadWatch,
+    /// Only for an upload of unknown length: one that announced its length cannot grow past
+    /// the limit without going past its length first.
+    watch: Option<UploadWatch>,
 }
 
 /// Tells the layer, after the inner service has answered, whether the upload went over the
@@ -108,12 +111,12 @@ impl<B> RequestBody<B> {
         envelope: &Envelope,
         max_upload_size: u64,
         frame_size: usize,
-    ) -> (Self, UploadWatch) {
+    ) -> (Self, Option<UploadWatch>) {
         let expected = envelope.upload_length();
-        let watch = UploadWatch::default();
+        let watch = expected.is_none().then(UploadWatch::default);
         let state = UploadState {
             prefix: Some(envelope.prefix().clone()),
-            empty_document: envelope.empty_document(),
+            head_len: envelope.head_len(),
             encoder: Base64Encoder::default(),
             pending: Bytes::new(),
             received: 0,
@@ -214,7 +217,9 @@ impl UploadState {
         self.received += n as u64;
         if self.received > self.max_upload_size {
             self.done = true;
-            self.watch.0.store(true, Ordering::Relaxed);
+            if let Some(watch) = &self.watch {
+                watch.0.store(true, Ordering::Relaxed);
+            }
             return Err(UploadError::TooLarge {
                 max: self.max_upload_size,
             }
@@ -259,7 +264,10 @@ impl UploadState {
             }
         }
         if self.received == 0 {
-            out.put_slice(&self.empty_document);
+            if let Some(prefix) = self.prefix.take() {
+                out.put_slice(&prefix[..self.head_len]);
+                out.put_u8(b'}');
+            }
             return Ok(());
         }
         if let Some(prefix) = self.prefix.take() {
@@ -451,13 +459,14 @@ mod tests {
                     let envelope = envelope(announced.then_some(n as u64), FhirVersion::R4);
                     let client = frames(&[&bytes[..at], &bytes[at..]]);
                     let (body, watch) = RequestBody::upload(client, &envelope, 1 << 30, frame_size);
+                    assert_eq!(watch.is_some(), !announced);
                     let json = read_all(body, frame_size).await.unwrap();
                     assert_eq!(
                         strict_payload(&json, "data"),
                         Ok(bytes.clone()),
                         "n={n} at={at}"
                     );
-                    assert!(!watch.too_large());
+                    assert!(!too_large(&watch));
                 }
             }
         }
@@ -497,6 +506,10 @@ mod tests {
             };
             assert_eq!(strict_payload(&json, key).unwrap(), bytes, "round {round}");
         }
+    }
+
+    fn too_large(watch: &Option<UploadWatch>) -> bool {
+        watch.as_ref().is_some_and(UploadWatch::too_large)
     }
 
     /// The error, and that what came before it is no valid Binary.
@@ -539,7 +552,7 @@ mod tests {
             let (body, watch) =
                 RequestBody::upload(client, &envelope(None, FhirVersion::R4), 1 << 30, 1024);
             assert_eq!(broken(body).await, "connection reset");
-            assert!(!watch.too_large());
+            assert!(!too_large(&watch));
         }
         // Over the limit while streaming, the length unknown.
         let bytes = sample(100);
@@ -550,7 +563,7 @@ mod tests {
             1024,
         );
         assert!(broken(body).await.contains("larger than the 99 bytes"));
-        assert!(watch.too_large());
+        assert!(too_large(&watch));
         let (body, watch) = RequestBody::upload(
             frames(&[&bytes]),
             &envelope(None, FhirVersion::R4),
@@ -561,7 +574,7 @@ mod tests {
             strict_payload(&read_all(body, 1024).await.unwrap(), "data"),
             Ok(bytes)
         );
-        assert!(!watch.too_large());
+        assert!(!too_large(&watch));
     }
 
     #[tokio::test]

@@ -143,13 +143,13 @@ impl<S, P> BinaryNegotiation<S, P> {
     {
         let preference = Preference::from_request(request.uri().query(), request.headers());
         let prefers_xml = preference.prefers_xml();
-        let (representation, spelling) = match preference.resolve("") {
-            Decision::Serve {
-                representation: Representation::FhirXml,
-                spelling,
-            } => (Representation::FhirXml, spelling),
-            _ if prefers_xml => (Representation::FhirXml, Spelling::Unspecified),
-            _ => (Representation::FhirJson, Spelling::Unspecified),
+        let (representation, spelling) = match prefers_xml {
+            false => (Representation::FhirJson, Spelling::Unspecified),
+            // The spelling the client used for FHIR XML, if it named one.
+            true => match preference.resolve("") {
+                Decision::Serve { spelling, .. } => (Representation::FhirXml, spelling),
+                Decision::NotAcceptable => (Representation::FhirXml, Spelling::Unspecified),
+            },
         };
         let unknown_format =
             preference.is_format() && preference.fixed() == Some(Decision::NotAcceptable);

@@ -19,7 +19,9 @@
 //! rather than dropped). An empty upload becomes a Binary without `data`: FHIR JSON allows no
 //! empty strings.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
+#[cfg(test)]
+use bytes::{BufMut, BytesMut};
 use http::header::{HeaderMap, HeaderName, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, StatusCode};
 use mediatype::MediaType;
@@ -62,7 +64,13 @@ impl Envelope {
         &self.prefix
     }
 
+    /// The length of the prefix without the payload member's name (`,"data":"`).
+    pub(crate) fn head_len(&self) -> usize {
+        self.head_len
+    }
+
     /// The whole Binary JSON of an empty upload: no payload member at all.
+    #[cfg(test)]
     pub(crate) fn empty_document(&self) -> Bytes {
         let mut json = BytesMut::with_capacity(self.head_len + 1);
         json.put_slice(&self.prefix[..self.head_len]);
@@ -241,10 +249,20 @@ fn envelope(
     }
 }
 
-/// Appends `text` as a JSON string.
+/// Appends `text` as a JSON string: `"` and `\` escaped, control characters as `\u00XX`.
 fn push_json_string(out: &mut String, text: &str) {
-    // A `&str` always serialises.
-    out.push_str(&serde_json::to_string(text).unwrap_or_default());
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => {
+                out.push_str(&format!("\\u{:04x}", u32::from(c)));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// Where in the Binary endpoint a path points.
@@ -771,6 +789,27 @@ mod tests {
         let value: Value = serde_json::from_slice(&binary_json(&envelope, b"\0")).unwrap();
         assert_eq!(value["content"], "AA==");
         assert!(value.get("id").is_none());
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        for text in [
+            "plain",
+            "a\"b",
+            "back\\slash",
+            "tab\there",
+            "\u{1}\u{1f}",
+            "é€😀",
+            "",
+        ] {
+            let mut json = String::new();
+            push_json_string(&mut json, text);
+            assert_eq!(
+                serde_json::from_str::<String>(&json).unwrap(),
+                text,
+                "{json}"
+            );
+        }
     }
 
     #[test]

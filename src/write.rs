@@ -12,8 +12,11 @@ use crate::request_body::{RequestBody, UploadWatch};
 use crate::upload::{plan, Upload, UploadOptions};
 use crate::FhirVersion;
 
-/// Headers that describe the raw bytes, not the Binary JSON made of them.
-const DIGESTS: [HeaderName; 4] = [
+/// Headers of the upload that must not reach the inner service with the Binary JSON: the
+/// security context (now inside the resource), the encoding and the digests of the raw bytes.
+const NOT_FOR_THE_JSON: [HeaderName; 6] = [
+    X_SECURITY_CONTEXT,
+    CONTENT_ENCODING,
     HeaderName::from_static("content-md5"),
     HeaderName::from_static("digest"),
     HeaderName::from_static("content-digest"),
@@ -25,7 +28,7 @@ const DIGESTS: [HeaderName; 4] = [
 pub(crate) struct Prepared<B> {
     /// The request to send on.
     pub(crate) request: Request<RequestBody<B>>,
-    /// For a raw document, whether it went over the limit while streaming.
+    /// For a raw document of unknown length, whether it grew over the limit while streaming.
     pub(crate) watch: Option<UploadWatch>,
 }
 
@@ -67,23 +70,20 @@ pub(crate) fn prepare<B>(
         CONTENT_TYPE,
         HeaderValue::from_static(envelope.json_media_type()),
     );
-    headers.remove(X_SECURITY_CONTEXT);
-    headers.remove(CONTENT_ENCODING);
-    for name in DIGESTS {
-        headers.remove(name);
+    // A removal hashes the name even when it finds nothing: look at the few headers first.
+    if headers.keys().any(|name| NOT_FOR_THE_JSON.contains(name)) {
+        for name in NOT_FOR_THE_JSON {
+            headers.remove(name);
+        }
     }
-    match json_length {
-        Some(length) => {
-            headers.remove(TRANSFER_ENCODING);
-            headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
-        }
-        None => {
-            headers.remove(CONTENT_LENGTH);
-        }
+    // Without a `Content-Length` from the client there is none to remove: chunked it is.
+    if let Some(length) = json_length {
+        headers.remove(TRANSFER_ENCODING);
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
     }
     Ok(Prepared {
         request: Request::from_parts(parts, body),
-        watch: Some(watch),
+        watch,
     })
 }
 
@@ -120,7 +120,8 @@ mod tests {
             .body(Full::new(Bytes::from_static(b"%PDF-")))
             .unwrap();
         let Prepared { request, watch } = prepared(request, FhirVersion::R4).unwrap();
-        assert!(watch.is_some());
+        // Its length is announced: it cannot grow past the limit unnoticed.
+        assert!(watch.is_none());
         assert_eq!(request.uri(), "http://h/fhir/Binary/r1?x=1");
         let headers = request.headers().clone();
         assert_eq!(headers["content-type"], "application/fhir+json");
@@ -157,8 +158,9 @@ mod tests {
             .header("transfer-encoding", "chunked")
             .body(futures_frames(&[b"ab", b"c"]))
             .unwrap();
-        let Prepared { request, .. } =
+        let Prepared { request, watch } =
             prepare(request, FhirVersion::Stu3, &UploadOptions::default(), 1024).unwrap();
+        assert!(watch.is_some());
         assert!(request.headers().get("content-length").is_none());
         assert_eq!(request.headers()["transfer-encoding"], "chunked");
         let json = request.into_body().collect().await.unwrap().to_bytes();
