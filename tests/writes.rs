@@ -600,3 +600,177 @@ async fn python_requests_uploads_with_a_length_and_chunked() {
     })
     .await
 }
+
+// ---------------------------------------------------------------------------------------------
+// Random uploads, headers and cuts: the inner service either sees a body that fails, or a valid
+// Binary JSON carrying exactly the bytes sent.
+
+/// An upload cut into frames that may end early, or fail.
+struct Cut {
+    frames: std::collections::VecDeque<Bytes>,
+    fail: bool,
+}
+
+impl Body for Cut {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Poll::Ready(match self.frames.pop_front() {
+            Some(frame) => Some(Ok(Frame::data(frame))),
+            None if self.fail => {
+                self.fail = false;
+                Some(Err("connection reset by peer".into()))
+            }
+            None => None,
+        })
+    }
+}
+
+#[tokio::test]
+async fn random_uploads_headers_and_cuts_never_give_a_valid_binary_of_other_bytes() {
+    bounded(async {
+        type Seen = Arc<Mutex<Option<Result<Bytes, String>>>>;
+        let seen: Seen = Arc::default();
+        let inner = {
+            let seen = seen.clone();
+            service_fn(
+                move |request: Request<tower_fhir_binary::RequestBody<Cut>>| {
+                    let seen = seen.clone();
+                    async move {
+                        let body = request
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|c| c.to_bytes())
+                            .map_err(|e| e.to_string());
+                        *seen.lock().unwrap() = Some(body);
+                        Ok::<_, Infallible>(
+                            Response::builder()
+                                .status(201)
+                                .body(Full::default())
+                                .unwrap(),
+                        )
+                    }
+                },
+            )
+        };
+        let mut rng = common::Rng::new(0x5eed_0018);
+        let content_types = [
+            "application/pdf",
+            "text/xml",
+            "image/png; q=1",
+            "application/fhir+json",
+            "application/xml",
+            "pdf",
+            "",
+        ];
+        let contexts = ["Patient/1", "urn:uuid:1-2", "bad context", ""];
+        let (mut complete, mut broken, mut refused) = (0, 0, 0);
+        for round in 0..3000 {
+            let n = match rng.below(4) {
+                0 => rng.below(8),
+                1 => rng.below(300),
+                _ => rng.below(70_000),
+            };
+            let bytes: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
+            let content_type = content_types[rng.below(content_types.len())];
+            let context = contexts[rng.below(contexts.len())];
+            let max = if rng.below(4) == 0 {
+                rng.below(n + 2) as u64
+            } else {
+                1 << 30
+            };
+            // The announced length: none, right, or wrong.
+            let announced = match rng.below(4) {
+                0 => None,
+                1 => Some(n.saturating_sub(1 + rng.below(3))),
+                2 => Some(n + 1 + rng.below(3)),
+                _ => Some(n),
+            };
+            // What is sent: all of it or a prefix, in random frames, maybe failing at the end.
+            let sent = if rng.below(3) == 0 {
+                rng.below(n + 1)
+            } else {
+                n
+            };
+            let fail = rng.below(5) == 0;
+            let mut cuts: Vec<usize> = (0..rng.below(6)).map(|_| rng.below(sent + 1)).collect();
+            cuts.extend([0, sent]);
+            cuts.sort_unstable();
+            let frames = cuts
+                .windows(2)
+                .map(|w| Bytes::copy_from_slice(&bytes[w[0]..w[1]]))
+                .collect();
+            let mut request = Request::put("/fhir/Binary/r-1");
+            if !content_type.is_empty() {
+                request = request.header("content-type", content_type);
+            }
+            if !context.is_empty() {
+                request = request.header("x-security-context", context);
+            }
+            if let Some(length) = announced {
+                request = request.header("content-length", length);
+            }
+            let layer = BinaryNegotiationLayer::new().max_upload_size(max);
+            *seen.lock().unwrap() = None;
+            let got = through(
+                &layer,
+                inner.clone(),
+                request.body(Cut { frames, fail }).unwrap(),
+            )
+            .await;
+            let Some(received) = seen.lock().unwrap().take() else {
+                assert!(
+                    got.status.is_client_error(),
+                    "round {round}: {}",
+                    got.status
+                );
+                refused += 1;
+                continue;
+            };
+            let json = match received {
+                Err(_) => {
+                    broken += 1;
+                    continue;
+                }
+                Ok(json) => json,
+            };
+            if content_type == "application/fhir+json" {
+                // Not a document: passed on untouched.
+                assert_eq!(&json[..], &bytes[..sent], "round {round}");
+                continue;
+            }
+            // A complete body: a valid Binary of exactly the bytes sent, as many as announced.
+            // (A body of unknown length that ends cleanly is complete: so does a chunked upload
+            // end; a dropped connection is an error of the client's body.)
+            let value: Value =
+                serde_json::from_slice(&json).unwrap_or_else(|e| panic!("round {round}: {e}"));
+            let data = value
+                .get("data")
+                .map_or_else(Vec::new, |d| STANDARD.decode(d.as_str().unwrap()).unwrap());
+            assert_eq!(
+                data,
+                &bytes[..sent],
+                "round {round}: a complete Binary of other bytes"
+            );
+            assert!(!fail, "round {round}: a failed upload completed");
+            assert!(
+                announced.is_none_or(|a| a == sent),
+                "round {round}: not the announced length"
+            );
+            assert!(sent as u64 <= max, "round {round}: over the limit");
+            assert_eq!(value["contentType"], content_type);
+            complete += 1;
+        }
+        // Every kind of case happened.
+        assert!(
+            complete > 200 && broken > 300 && refused > 300,
+            "{complete} {broken} {refused}"
+        );
+    })
+    .await
+}
