@@ -822,9 +822,14 @@ mod tests {
                     request.extend_from_slice(b"\r\n");
                 }
                 request.extend_from_slice(b"0\r\n\r\n");
-                stream.write_all(&request).await.unwrap();
-                let error = received.recv().await.unwrap().expect_err("an oversized upload was stored");
-                assert!(error.starts_with("body read failed"), "{error}");
+                // The front may answer and close before the client has written everything.
+                let _ = stream.write_all(&request).await;
+                // The body fails at byte 100 001: either the backend's read fails, or (when it
+                // fails before hyper's client has connected) the request never reaches it.
+                if let Ok(got) = tokio::time::timeout(Duration::from_secs(2), received.recv()).await {
+                    let error = got.unwrap().expect_err("an oversized upload was stored");
+                    assert!(error.starts_with("body read failed"), "{error}");
+                }
             })
             .await
         }
