@@ -23,7 +23,7 @@ use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tower::{service_fn, Service, ServiceExt};
-use tower_fhir_binary::BinaryNegotiationLayer;
+use tower_fhir_binary::{BinaryNegotiationLayer, RequestBody};
 use tower_layer::Layer;
 
 /// The inner body: ready frames, as a fast upstream delivers them; the size is not announced.
@@ -93,11 +93,11 @@ fn document(size: usize, frame: usize, escape_slashes: bool) -> Document {
     Document { decoded, frames }
 }
 
-fn inner(
+fn inner<B>(
     frames: Vec<Bytes>,
-) -> impl Service<Request<()>, Response = Response<Frames>, Error = Infallible, Future: Send> + Clone
+) -> impl Service<Request<B>, Response = Response<Frames>, Error = Infallible, Future: Send> + Clone
 {
-    service_fn(move |_request: Request<()>| {
+    service_fn(move |_request: Request<B>| {
         let body = Frames(frames.iter().cloned().collect());
         async move {
             Ok::<_, Infallible>(
@@ -371,17 +371,18 @@ fn bench_first_byte(c: &mut Criterion) {
         // Frames handed out one by one from a shared list, so that making and dropping the
         // inner body costs the same whatever its size.
         let frames: Arc<[Bytes]> = doc.frames.into();
-        let service = BinaryNegotiationLayer::new().layer(service_fn(move |_: Request<()>| {
-            let body = Shared(Arc::clone(&frames), 0);
-            async move {
-                Ok::<_, Infallible>(
-                    Response::builder()
-                        .header("content-type", "application/fhir+json")
-                        .body(body)
-                        .unwrap(),
-                )
-            }
-        }));
+        let service =
+            BinaryNegotiationLayer::new().layer(service_fn(move |_: Request<RequestBody<()>>| {
+                let body = Shared(Arc::clone(&frames), 0);
+                async move {
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .header("content-type", "application/fhir+json")
+                            .body(body)
+                            .unwrap(),
+                    )
+                }
+            }));
         group.bench_function(format!("{mib} MiB Binary"), |b| {
             b.iter(|| {
                 runtime.block_on(async {

@@ -10,7 +10,6 @@ use std::convert::Infallible;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -21,7 +20,7 @@ use tower_fhir_binary::BinaryNegotiationLayer;
 const PDF_BINARY: &str = include_str!("../tests/fixtures/r4/binary-example.json");
 
 /// A legacy FHIR endpoint: Binary JSON, whatever the client asked for.
-async fn legacy(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn legacy<B>(request: Request<B>) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, body) = if request.uri().path() == "/fhir/Binary/example" {
         (StatusCode::OK, PDF_BINARY)
     } else {

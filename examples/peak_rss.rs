@@ -20,7 +20,7 @@ use http::{Request, Response};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tower::{service_fn, ServiceExt};
-use tower_fhir_binary::BinaryNegotiationLayer;
+use tower_fhir_binary::{BinaryNegotiationLayer, RequestBody};
 use tower_layer::Layer;
 
 /// Decoded bytes per generated frame (64 KiB of base64).
@@ -96,7 +96,7 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("a runtime");
-    let inner = service_fn(move |_request: Request<()>| async move {
+    let inner = service_fn(move |_request: Request<RequestBody<()>>| async move {
         Ok::<_, Infallible>(
             Response::builder()
                 .header("content-type", "application/fhir+json")

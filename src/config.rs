@@ -15,6 +15,26 @@ pub(crate) struct Config {
     pub(crate) frame_size: usize,
     pub(crate) native_when_not_acceptable: bool,
     pub(crate) security_policy: SecurityPolicy,
+    pub(crate) uploads: UploadOptions,
+}
+
+/// The options of raw uploads (`POST`/`PUT` of a document to the Binary endpoint).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct UploadOptions {
+    /// Largest raw document accepted, in bytes (default 1 GiB).
+    pub(crate) max_upload_size: u64,
+    /// Whether plain `application/json` and `application/xml` bodies are raw documents rather
+    /// than FHIR resources (default false: FHIR clients label resources so).
+    pub(crate) generic_types_as_documents: bool,
+}
+
+impl Default for UploadOptions {
+    fn default() -> Self {
+        UploadOptions {
+            max_upload_size: 1 << 30,
+            generic_types_as_documents: false,
+        }
+    }
 }
 
 impl Default for Config {
@@ -30,6 +50,7 @@ impl Default for Config {
             frame_size: 64 * 1024,
             native_when_not_acceptable: false,
             security_policy: SecurityPolicy::Standard,
+            uploads: UploadOptions::default(),
         }
     }
 }
@@ -112,6 +133,25 @@ macro_rules! option_methods {
         /// the policy.
         pub fn security_policy(mut self, policy: $crate::SecurityPolicy) -> Self {
             self.config.security_policy = policy;
+            self
+        }
+
+        /// Largest raw document a client may upload, in bytes (default 1 GiB, as Google's Cloud
+        /// Healthcare API). An upload whose `Content-Length` says more is answered with 413
+        /// before the inner service is called; one of unknown length that grows past it is
+        /// broken off (the inner service's request body fails) and answered with 413.
+        pub fn max_upload_size(mut self, bytes: u64) -> Self {
+            self.config.uploads.max_upload_size = bytes;
+            self
+        }
+
+        /// Treat uploads labelled plain `application/json` or `application/xml` as raw
+        /// documents to store in a Binary (default false: they are FHIR resources, as FHIR
+        /// clients label them, and go to the inner service as they are; FHIR XML is refused
+        /// with 415 for now). For deployments whose clients upload JSON or XML files as
+        /// documents. `application/fhir+json` and `application/fhir+xml` are FHIR either way.
+        pub fn generic_json_and_xml_as_documents(mut self, yes: bool) -> Self {
+            self.config.uploads.generic_types_as_documents = yes;
             self
         }
     };

@@ -32,6 +32,11 @@ pub enum Negotiation {
     /// The layer answered `406 Not Acceptable` itself: the client accepts no representation
     /// it can produce.
     NotAcceptable,
+    /// The layer refused a write itself with a `4xx` and an OperationOutcome (an upload whose
+    /// `Content-Type`, id, `X-Security-Context` or size it cannot accept): the inner service
+    /// was not called, or its answer was replaced (`413` for an upload that grew past the
+    /// limit while streaming).
+    Refused,
     /// The layer answered `502 Bad Gateway` itself: the inner response could not be served
     /// as asked (not a valid Binary, a failed or compressed body).
     BadGateway,

@@ -12,7 +12,10 @@ use pin_project_lite::pin_project;
 use crate::body::NegotiatedBody;
 use crate::error::BoxError;
 use crate::extension::Negotiation;
+use crate::outcome::Outcome;
+use crate::request_body::UploadWatch;
 use crate::respond::{self, BinaryReading, Negotiated, Next, ReadingOutcome};
+use crate::upload::too_large;
 
 pin_project! {
     /// The response future of [`BinaryNegotiation`](crate::BinaryNegotiation): `F` is the inner
@@ -38,6 +41,13 @@ pin_project! {
             #[pin]
             future: F,
             negotiated: Option<Negotiated>,
+        },
+        // A raw upload: answered with 413 if it grew past the limit while streaming.
+        Upload {
+            #[pin]
+            future: F,
+            negotiated: Option<Negotiated>,
+            watch: UploadWatch,
         },
         Reading {
             reading: BinaryReading<B>,
@@ -69,6 +79,26 @@ impl<F, B> ResponseFuture<F, B> {
         }
     }
 
+    /// A raw upload, sent on to the inner service as Binary JSON.
+    pub(crate) fn upload(future: F, negotiated: Negotiated, watch: UploadWatch) -> Self {
+        ResponseFuture {
+            state: State::Upload {
+                future,
+                negotiated: Some(negotiated),
+                watch,
+            },
+        }
+    }
+
+    /// A write the layer refuses itself; the inner service is not called.
+    pub(crate) fn refused(outcome: &Outcome, negotiated: &Negotiated) -> Self {
+        ResponseFuture {
+            state: State::Ready {
+                response: Some(respond::outcome_response(outcome, negotiated)),
+            },
+        }
+    }
+
     /// A request that can only be answered with 406, whatever the inner service would say.
     pub(crate) fn not_acceptable(negotiated: &Negotiated) -> Self {
         ResponseFuture {
@@ -84,6 +114,7 @@ impl<F, B> fmt::Debug for ResponseFuture<F, B> {
         let state = match &self.state {
             State::NotNegotiated { .. } => "NotNegotiated",
             State::Negotiated { .. } => "Negotiated",
+            State::Upload { .. } => "Upload",
             State::Reading { .. } => "Reading",
             State::ReadingOutcome { .. } => "ReadingOutcome",
             State::Ready { .. } => "Ready",
@@ -125,6 +156,27 @@ where
                             }
                             State::Reading { reading }
                         }
+                        Next::Outcome(reading) => State::ReadingOutcome { reading },
+                    }
+                }
+                StateProj::Upload {
+                    future,
+                    negotiated,
+                    watch,
+                } => {
+                    let response = ready!(future.poll(cx))?;
+                    let negotiated = negotiated
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    if watch.too_large() {
+                        // Whatever the inner service made of the broken body.
+                        let max = negotiated.config.uploads.max_upload_size;
+                        let outcome = too_large(None, max);
+                        return Poll::Ready(Ok(respond::outcome_response(&outcome, &negotiated)));
+                    }
+                    match respond::on_response(response, negotiated) {
+                        Next::Done(response) => return Poll::Ready(Ok(response)),
+                        Next::Binary(reading) => State::Reading { reading },
                         Next::Outcome(reading) => State::ReadingOutcome { reading },
                     }
                 }

@@ -12,8 +12,11 @@ use crate::service::BinaryNegotiation;
 /// For `GET` and `HEAD` requests to the Binary endpoint (see [`select`](Self::select)) it
 /// records what the client asked for (`_format`, then `Accept`), asks the inner service plainly
 /// for FHIR JSON, and turns a Binary JSON answer into the raw document (the default), passes the
-/// FHIR JSON through, or renders FHIR XML. Every other request passes untouched. See the
-/// [crate documentation](crate) for the rules.
+/// FHIR JSON through, or renders FHIR XML. `POST` and `PUT` to it are writes: a raw document
+/// (any `Content-Type` but FHIR JSON and FHIR XML) reaches the inner service as the equivalent
+/// Binary JSON, made as the upload arrives (see [`RequestBody`](crate::RequestBody)), and the
+/// answer comes back as FHIR JSON, or FHIR XML when asked. Every other request passes
+/// untouched. See the [crate documentation](crate) for the rules.
 ///
 /// The options are set with consuming builder methods:
 ///

@@ -15,12 +15,13 @@
 //! use http::{Request, Response};
 //! use http_body_util::{BodyExt, Full};
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
-//! use tower_fhir_binary::BinaryNegotiationLayer;
+//! use tower_fhir_binary::{BinaryNegotiationLayer, RequestBody};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! // A legacy FHIR server: Binary JSON, whatever the client asked for.
-//! let legacy = service_fn(|_request: Request<Full<Bytes>>| async {
+//! // It receives the client's body as a `RequestBody` (a raw upload becomes Binary JSON).
+//! let legacy = service_fn(|_request: Request<RequestBody<Full<Bytes>>>| async {
 //!     let json = r#"{"resourceType":"Binary","id":"1","contentType":"text/plain","data":"SGVsbG8="}"#;
 //!     Ok::<_, std::convert::Infallible>(
 //!         Response::builder()
@@ -51,6 +52,11 @@
 //! With axum, put the layer on the whole `Router` (`Router::new().route(...).layer(...)`): it
 //! negotiates the requests addressed to the Binary endpoint and passes every other one through.
 //! The README has the complete example.
+//!
+//! `GET` and `HEAD` of the Binary endpoint are negotiated as reads. `POST` and `PUT` of it are
+//! writes: a raw document becomes Binary JSON for the inner service (see [`RequestBody`]), and
+//! the answer comes back as FHIR JSON, or FHIR XML when asked. Every other request passes
+//! through untouched.
 //!
 //! # The API
 //!
@@ -89,6 +95,7 @@
 // Lowest first: a module imports only those listed before it (`tests/layering.rs`).
 // Plain sync modules.
 mod decode;
+mod encode;
 mod conditional;
 mod frames;
 mod negotiate;
@@ -104,9 +111,12 @@ mod config;
 mod request;
 mod transcode;
 mod head;
+mod upload;
 #[cfg(test)]
 mod test_rng;
-// The response path, driven by the Tower types.
+// The request and response paths, driven by the Tower types.
+mod request_body;
+mod write;
 mod body;
 mod respond;
 // The Tower types.
@@ -121,6 +131,7 @@ pub use future::ResponseFuture;
 pub use layer::BinaryNegotiationLayer;
 pub use negotiate::Representation;
 pub use policy::SecurityPolicy;
+pub use request_body::RequestBody;
 pub use select::{AllRequests, BinaryEndpoint, Selector};
 pub use service::BinaryNegotiation;
 pub use version::FhirVersion;

@@ -249,6 +249,7 @@ pub(crate) fn outcome_response<B>(
     }
     let negotiation = match outcome.status {
         StatusCode::NOT_ACCEPTABLE => Negotiation::NotAcceptable,
+        status if status.is_client_error() => Negotiation::Refused,
         _ => Negotiation::BadGateway,
     };
     response.extensions_mut().insert(negotiation);

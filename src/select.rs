@@ -44,8 +44,8 @@ impl Selector for BinaryEndpoint {
 }
 
 /// Selects every request: each `GET` and `HEAD` is negotiated as a Binary read, whatever its
-/// path. For an inner service that serves nothing but Binaries (a route of its own, a
-/// dedicated server).
+/// path (a `POST` or `PUT` is a write only at `.../Binary` or `.../Binary/{id}`). For an inner
+/// service that serves nothing but Binaries (a route of its own, a dedicated server).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct AllRequests;

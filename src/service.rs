@@ -11,10 +11,12 @@ use crate::conditional::Conditions;
 use crate::config::{option_methods, Config};
 use crate::error::BoxError;
 use crate::future::ResponseFuture;
-use crate::negotiate::{Decision, Preference};
+use crate::negotiate::{Decision, Preference, Representation, Spelling};
 use crate::request::rewrite_request;
+use crate::request_body::RequestBody;
 use crate::respond::Negotiated;
 use crate::select::{AllRequests, BinaryEndpoint, Selector};
+use crate::write::{prepare, Prepared};
 
 /// Middleware that serves FHIR Binary resources natively, as FHIR JSON or as FHIR XML, in front
 /// of a service that answers with Binary JSON. Made by
@@ -75,7 +77,7 @@ impl<S, P> BinaryNegotiation<S, P> {
 
 impl<S, P, ReqBody, ResBody> Service<Request<ReqBody>> for BinaryNegotiation<S, P>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
     P: Selector,
     ResBody: Body,
     ResBody::Error: Into<BoxError>,
@@ -90,8 +92,15 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let is_head = request.method() == Method::HEAD;
-        if (!is_head && request.method() != Method::GET) || !self.selector.select(&request) {
-            return ResponseFuture::not_negotiated(self.inner.call(request));
+        let is_read = is_head || request.method() == Method::GET;
+        let is_write = request.method() == Method::POST || request.method() == Method::PUT;
+        if !(is_read || is_write) || !self.selector.select(&request) {
+            return ResponseFuture::not_negotiated(
+                self.inner.call(request.map(RequestBody::untouched)),
+            );
+        }
+        if is_write {
+            return self.write(request);
         }
         let preference = Preference::from_request(request.uri().query(), request.headers());
         let negotiated = Negotiated {
@@ -114,6 +123,67 @@ where
             &self.config,
             negotiated.conditions.names_a_range(),
         );
-        ResponseFuture::negotiated(self.inner.call(request), negotiated)
+        ResponseFuture::negotiated(
+            self.inner.call(request.map(RequestBody::untouched)),
+            negotiated,
+        )
+    }
+}
+
+impl<S, P> BinaryNegotiation<S, P> {
+    /// A `POST` or `PUT` to the Binary endpoint: a raw document goes on as Binary JSON (see
+    /// [`prepare`]), and the answer comes back as FHIR, never as a document: FHIR XML when the
+    /// client asked for XML, else the inner service's FHIR JSON untouched.
+    fn write<ReqBody, ResBody>(
+        &mut self,
+        request: Request<ReqBody>,
+    ) -> ResponseFuture<S::Future, ResBody>
+    where
+        S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+    {
+        let preference = Preference::from_request(request.uri().query(), request.headers());
+        let prefers_xml = preference.prefers_xml();
+        let (representation, spelling) = match prefers_xml {
+            false => (Representation::FhirJson, Spelling::Unspecified),
+            // The spelling the client used for FHIR XML, if it named one.
+            true => match preference.resolve("") {
+                Decision::Serve { spelling, .. } => (Representation::FhirXml, spelling),
+                Decision::NotAcceptable => (Representation::FhirXml, Spelling::Unspecified),
+            },
+        };
+        let unknown_format =
+            preference.is_format() && preference.fixed() == Some(Decision::NotAcceptable);
+        let negotiated = Negotiated {
+            fixed: Some(Decision::Serve {
+                representation,
+                spelling,
+            }),
+            prefers_xml,
+            preference,
+            is_head: false,
+            // The conditions of a write (`If-Match`, `If-None-Match`) are the inner service's.
+            conditions: Conditions::default(),
+            config: self.config,
+        };
+        if unknown_format {
+            return ResponseFuture::not_acceptable(&negotiated);
+        }
+        let prepared = prepare(
+            request,
+            self.config.fhir_version,
+            &self.config.uploads,
+            self.config.frame_size,
+        );
+        match prepared {
+            Err(outcome) => ResponseFuture::refused(&outcome, &negotiated),
+            Ok(Prepared {
+                request,
+                watch: Some(watch),
+            }) => ResponseFuture::upload(self.inner.call(request), negotiated, watch),
+            Ok(Prepared {
+                request,
+                watch: None,
+            }) => ResponseFuture::negotiated(self.inner.call(request), negotiated),
+        }
     }
 }

@@ -31,10 +31,9 @@ async fn bounded<T>(test: impl std::future::Future<Output = T>) -> T {
 }
 
 /// A legacy FHIR server: the official PDF Binary in JSON, whatever is asked.
-fn legacy_pdf(
-) -> impl tower::Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible>
-       + Clone {
-    service_fn(|_request: Request<Full<Bytes>>| async {
+fn legacy_pdf<B>(
+) -> impl tower::Service<Request<B>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone {
+    service_fn(|_request: Request<B>| async {
         Ok::<_, Infallible>(
             Response::builder()
                 .header("content-type", "application/fhir+json")

@@ -28,19 +28,28 @@ struct Refused(&'static str);
 
 #[tokio::test]
 async fn an_error_from_call_is_the_layers_error() {
-    let inner = service_fn(|_request: Request<()>| async {
-        Err::<Response<Frames>, _>(Refused("backend down"))
-    });
+    let inner = service_fn(
+        |_request: Request<tower_fhir_binary::RequestBody<()>>| async {
+            Err::<Response<Frames>, _>(Refused("backend down"))
+        },
+    );
     let service = BinaryNegotiationLayer::new().layer(inner);
-    for (method, uri) in [
-        ("GET", "/Binary/1"),
-        ("HEAD", "/Binary/1"),
-        ("GET", "/Binary/1?_format=xml"),
-        ("POST", "/Binary"),
+    for (method, uri, content_type) in [
+        ("GET", "/Binary/1", None),
+        ("HEAD", "/Binary/1", None),
+        ("GET", "/Binary/1?_format=xml", None),
+        ("POST", "/Binary", Some("application/fhir+json")),
+        ("PUT", "/Binary/1", Some("application/pdf")),
     ] {
+        let mut request = request(method, uri, &[]);
+        if let Some(content_type) = content_type {
+            request
+                .headers_mut()
+                .insert("content-type", content_type.parse().unwrap());
+        }
         let error = service
             .clone()
-            .oneshot(request(method, uri, &[]))
+            .oneshot(request)
             .await
             .expect_err("the inner error");
         assert_eq!(error, Refused("backend down"), "{method} {uri}");
@@ -50,7 +59,7 @@ async fn an_error_from_call_is_the_layers_error() {
 #[tokio::test]
 async fn an_error_from_poll_ready_is_the_layers_error() {
     struct NotReady;
-    impl tower::Service<Request<()>> for NotReady {
+    impl<B> tower::Service<Request<B>> for NotReady {
         type Response = Response<Frames>;
         type Error = Refused;
         type Future = std::future::Ready<Result<Response<Frames>, Refused>>;
@@ -60,7 +69,7 @@ async fn an_error_from_poll_ready_is_the_layers_error() {
         ) -> std::task::Poll<Result<(), Refused>> {
             std::task::Poll::Ready(Err(Refused("overloaded")))
         }
-        fn call(&mut self, _request: Request<()>) -> Self::Future {
+        fn call(&mut self, _request: Request<B>) -> Self::Future {
             unreachable!("not ready")
         }
     }
@@ -191,17 +200,19 @@ fn canned(frames: Vec<Bytes>, error: Option<&'static str>) -> impl Fn() -> Body 
 }
 
 async fn serve_canned(make: impl Fn() -> Body + Clone + Send + Sync + 'static) -> SocketAddr {
-    let inner = service_fn(move |_request: Request<Incoming>| {
-        let body = make();
-        async move {
-            Ok::<_, Infallible>(
-                Response::builder()
-                    .header("content-type", "application/fhir+json")
-                    .body(body)
-                    .unwrap(),
-            )
-        }
-    });
+    let inner = service_fn(
+        move |_request: Request<tower_fhir_binary::RequestBody<Incoming>>| {
+            let body = make();
+            async move {
+                Ok::<_, Infallible>(
+                    Response::builder()
+                        .header("content-type", "application/fhir+json")
+                        .body(body)
+                        .unwrap(),
+                )
+            }
+        },
+    );
     serve(BinaryNegotiationLayer::new().layer(inner)).await
 }
 
@@ -290,19 +301,21 @@ async fn upstream(response: Vec<u8>) -> SocketAddr {
 
 /// The layer in front of a proxy to `upstream`: the inner body is hyper's `Incoming`.
 async fn serve_proxy(upstream: SocketAddr) -> SocketAddr {
-    let inner = service_fn(move |_request: Request<Incoming>| async move {
-        let stream = TcpStream::connect(upstream).await?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(connection);
-        let request = Request::get("/Binary/1")
-            .header("host", "upstream")
-            .body(Empty::<Bytes>::new())?;
-        let response = sender.send_request(request).await?;
-        Ok::<_, BoxError>(
-            response.map(|body| body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()),
-        )
-    });
+    let inner = service_fn(
+        move |_request: Request<tower_fhir_binary::RequestBody<Incoming>>| async move {
+            let stream = TcpStream::connect(upstream).await?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(connection);
+            let request = Request::get("/Binary/1")
+                .header("host", "upstream")
+                .body(Empty::<Bytes>::new())?;
+            let response = sender.send_request(request).await?;
+            Ok::<_, BoxError>(
+                response.map(|body| body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()),
+            )
+        },
+    );
     serve(BinaryNegotiationLayer::new().layer(inner)).await
 }
 

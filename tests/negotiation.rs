@@ -239,7 +239,11 @@ async fn other_methods_pass_through_untouched() {
     let got = call(
         &BinaryNegotiationLayer::new(),
         legacy,
-        request("POST", "/Binary?_format=xml", &["application/fhir+xml"]),
+        request(
+            "DELETE",
+            "/Binary/f006?_format=xml",
+            &["application/fhir+xml"],
+        ),
     )
     .await;
     assert_eq!(got.header("content-type"), Some("application/fhir+json"));
@@ -249,7 +253,7 @@ async fn other_methods_pass_through_untouched() {
         fixture("r4/binary-f006.json").as_slice()
     );
     let requests = seen.requests.lock().unwrap();
-    assert_eq!(requests[0].1, "/Binary?_format=xml");
+    assert_eq!(requests[0].1, "/Binary/f006?_format=xml");
     assert_eq!(requests[0].2["accept"], "application/fhir+xml");
 }
 

@@ -458,8 +458,17 @@ async fn a_large_post_streams_through_intact() {
             .unwrap();
         let got = send(request).await;
         assert_eq!(got.status, StatusCode::CREATED);
-        assert_eq!(sha256_hex(got.bytes()), sha256_hex(&body));
-        assert_eq!(sha256_hex(&upstream.last().3), sha256_hex(&body));
+        // A raw upload reaches the upstream as Binary JSON, with its exact length.
+        let (_, _, headers, json) = upstream.last();
+        assert_eq!(headers["content-type"], "application/fhir+json");
+        assert_eq!(headers["content-length"], json.len().to_string().as_str());
+        let resource: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(resource["contentType"], "application/octet-stream");
+        let data = decode_base64(resource["data"].as_str().unwrap());
+        assert_eq!(sha256_hex(&data), sha256_hex(&body));
+        // The upstream's answer (here, what it received) comes back untouched, as FHIR JSON.
+        assert_eq!(got.header("content-type"), Some("application/fhir+json"));
+        assert_eq!(sha256_hex(got.bytes()), sha256_hex(&json));
     })
     .await
 }

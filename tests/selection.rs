@@ -23,7 +23,9 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceBuilder;
-use tower_fhir_binary::{BinaryNegotiation, BinaryNegotiationLayer, Negotiation, Representation};
+use tower_fhir_binary::{
+    BinaryNegotiation, BinaryNegotiationLayer, Negotiation, Representation, RequestBody,
+};
 use tower_http::services::ServeFile;
 
 const PATIENT_JSON: &str = r#"{"resourceType":"Patient","id":"p","active":true}"#;
@@ -291,7 +293,7 @@ async fn under_axum_a_head_reports_the_length_of_its_get() {
 /// A legacy service of documents at `/docs/{id}` (Binary JSON, its length known or not), and
 /// other resources elsewhere.
 async fn legacy(
-    request: Request<hyper::body::Incoming>,
+    request: Request<RequestBody<hyper::body::Incoming>>,
 ) -> Result<Response<LegacyBody>, Infallible> {
     let path = request.uri().path();
     let (status, json): (u16, Vec<u8>) = match path {
@@ -388,7 +390,7 @@ async fn under_hyper_a_predicate_selects_and_a_head_reports_the_length_of_its_ge
 async fn every_response_says_what_the_layer_did() {
     use tower::ServiceExt;
     let service = BinaryNegotiation::new(tower::service_fn(
-        |request: Request<Full<Bytes>>| async move {
+        |request: Request<RequestBody<Full<Bytes>>>| async move {
             let json = match request.uri().path() {
                 "/Binary/bad" => {
                     r#"{"resourceType":"Binary","contentType":"text/plain","data":"!!"}"#.to_owned()
@@ -411,7 +413,7 @@ async fn every_response_says_what_the_layer_did() {
             )
         },
     ));
-    let cases: [(&str, &str, Negotiation); 8] = [
+    let cases: [(&str, &str, Negotiation); 9] = [
         (
             "GET",
             "/Binary/1",
@@ -431,7 +433,9 @@ async fn every_response_says_what_the_layer_did() {
         ("GET", "/Binary/bad", Negotiation::BadGateway),
         ("GET", "/Binary/outcome", Negotiation::PassedThrough),
         ("GET", "/Patient/1", Negotiation::NotNegotiated),
-        ("POST", "/Binary", Negotiation::NotNegotiated),
+        // A write without a Content-Type: refused by the layer.
+        ("POST", "/Binary", Negotiation::Refused),
+        ("DELETE", "/Binary/1", Negotiation::NotNegotiated),
     ];
     for (method, uri, expected) in cases {
         let request = Request::builder()

@@ -247,20 +247,22 @@ fn two_hundred_thousand_mixed_requests_neither_fail_nor_leak() {
     let json: Vec<Bytes> = docs.iter().map(|d| d.json.clone()).collect();
     // The inner service: the Binary named by the path, in frames cut at seeded places, the
     // size announced for some, failing midway for some.
-    let inner = tower::service_fn(move |request: Request<()>| {
-        let path = request.uri().path();
-        let index: usize = path.rsplit('/').next().unwrap().parse().unwrap();
-        let body = &json[index];
-        let mut rng = Rng::new(index as u64 ^ request.headers().len() as u64);
-        let ends = oracle::gen::cuts(&mut rng, body.len());
-        let frames = Frames::new(body, &ends, rng.chance(30));
-        std::future::ready(Ok::<_, Infallible>(
-            Response::builder()
-                .header("content-type", "application/fhir+json")
-                .body(frames)
-                .unwrap(),
-        ))
-    });
+    let inner = tower::service_fn(
+        move |request: Request<tower_fhir_binary::RequestBody<()>>| {
+            let path = request.uri().path();
+            let index: usize = path.rsplit('/').next().unwrap().parse().unwrap();
+            let body = &json[index];
+            let mut rng = Rng::new(index as u64 ^ request.headers().len() as u64);
+            let ends = oracle::gen::cuts(&mut rng, body.len());
+            let frames = Frames::new(body, &ends, rng.chance(30));
+            std::future::ready(Ok::<_, Infallible>(
+                Response::builder()
+                    .header("content-type", "application/fhir+json")
+                    .body(frames)
+                    .unwrap(),
+            ))
+        },
+    );
     let mut service = BinaryNegotiationLayer::new()
         .read_whole_limit(64 * 1024)
         .layer(inner);

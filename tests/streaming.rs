@@ -15,7 +15,7 @@ use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 use tower::{service_fn, ServiceExt};
-use tower_fhir_binary::BinaryNegotiationLayer;
+use tower_fhir_binary::{BinaryNegotiationLayer, RequestBody};
 use tower_layer::Layer;
 
 /// A body fed through a channel, as a slow upstream would send it.
@@ -50,7 +50,7 @@ async fn the_first_half_reaches_the_client_before_the_second_is_sent() {
 
     let (tx, rx) = mpsc::channel(4);
     let mut rx = Some(rx);
-    let inner = service_fn(move |_request: Request<()>| {
+    let inner = service_fn(move |_request: Request<RequestBody<()>>| {
         let rx = rx.take().expect("one request");
         async move {
             Ok::<_, Infallible>(
@@ -109,7 +109,7 @@ async fn output_frames_are_bounded_by_the_frame_size() {
     );
     // One 4 MiB frame from the inner service still comes out in bounded pieces.
     let json = Bytes::from(json);
-    let inner = service_fn(move |_request: Request<()>| {
+    let inner = service_fn(move |_request: Request<RequestBody<()>>| {
         let json = json.clone();
         async move {
             Ok::<_, Infallible>(

@@ -20,7 +20,7 @@ use crate::{Negotiation, Representation};
 /// ([`Negotiation`]): `native`, `fhir-json` or `fhir-xml` for a representation it served,
 /// `passed-through` for an upstream answer it passed on as it came (an OperationOutcome, a
 /// Bundle, a 304), `not-negotiated` for a request it did not negotiate, `not-acceptable` and
-/// `bad-gateway` for its own 406 and 502.
+/// `refused` and `bad-gateway` for its own 406, refused writes (4xx) and 502.
 #[derive(Clone, Debug)]
 pub struct AccessLog<S> {
     inner: S,
@@ -210,6 +210,7 @@ fn representation(negotiation: Option<&Negotiation>) -> &'static str {
         Some(Negotiation::Served(Representation::FhirXml)) => "fhir-xml",
         Some(Negotiation::PassedThrough) => "passed-through",
         Some(Negotiation::NotAcceptable) => "not-acceptable",
+        Some(Negotiation::Refused) => "refused",
         Some(Negotiation::BadGateway) => "bad-gateway",
         Some(Negotiation::NotNegotiated) => "not-negotiated",
         None => "unknown",
@@ -228,6 +229,7 @@ mod tests {
             representation(Some(&Negotiation::Served(Representation::FhirXml))),
             representation(Some(&Negotiation::PassedThrough)),
             representation(Some(&Negotiation::NotAcceptable)),
+            representation(Some(&Negotiation::Refused)),
             representation(Some(&Negotiation::BadGateway)),
             representation(Some(&Negotiation::NotNegotiated)),
             representation(None),
@@ -235,6 +237,6 @@ mod tests {
         let distinct: std::collections::HashSet<_> = names.iter().collect();
         assert_eq!(distinct.len(), names.len(), "{names:?}");
         assert_eq!(names[0], "native");
-        assert_eq!(names[7], "unknown");
+        assert_eq!(names[8], "unknown");
     }
 }

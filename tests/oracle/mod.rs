@@ -786,15 +786,17 @@ pub fn run_layer(body: &[u8], ends: &[usize], exact: bool, mode: Mode, limits: &
 /// JSON and `frames`, and reads the whole response.
 pub fn respond(limits: &Limits, status: StatusCode, frames: Frames, request: Request<()>) -> Got {
     let mut frames = Some(frames);
-    let inner = tower::service_fn(move |_request: Request<()>| {
-        let body = frames.take().expect("one request");
-        let response = Response::builder()
-            .status(status)
-            .header("content-type", "application/fhir+json")
-            .body(body)
-            .unwrap();
-        std::future::ready(Ok::<_, std::convert::Infallible>(response))
-    });
+    let inner = tower::service_fn(
+        move |_request: Request<tower_fhir_binary::RequestBody<()>>| {
+            let body = frames.take().expect("one request");
+            let response = Response::builder()
+                .status(status)
+                .header("content-type", "application/fhir+json")
+                .body(body)
+                .unwrap();
+            std::future::ready(Ok::<_, std::convert::Infallible>(response))
+        },
+    );
     let mut service = limits.layer().layer(inner);
     let response: Response<NegotiatedBody<Frames>> = match now(service.call(request)) {
         Ok(response) => response,
