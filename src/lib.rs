@@ -201,6 +201,7 @@ mod frames;
 mod future;
 mod head;
 mod layer;
+mod model;
 mod negotiate;
 mod outcome;
 mod policy;
