@@ -149,13 +149,7 @@ impl JsonToXml {
         let error = match result {
             Ok(()) => return Ok(()),
             Err(FeedError::Handler(error)) => error,
-            Err(FeedError::Json(error)) => {
-                let mut error = self.converter.error(&error.to_string());
-                if error.message.starts_with("invalid JSON at byte") && error.path.is_empty() {
-                    error.path.clear();
-                }
-                error
-            }
+            Err(FeedError::Json(error)) => self.converter.error(&error.to_string()),
         };
         self.failed = Some(error.clone());
         Err(error)
@@ -1518,5 +1512,150 @@ mod tests {
         let error = convert_with(FhirVersion::R4, &late, limits, 3).unwrap_err();
         assert!(error.to_string().contains("reorder limit"), "{error}");
         assert_eq!(convert(FhirVersion::R4, &late).unwrap(), small);
+    }
+
+    /// Converts every `*.json` of `$FHIR_EXAMPLES_DIR` (FHIR release `$FHIR_RELEASE`: dstu2,
+    /// stu3, r4, r4b, r5) into `$FHIR_XML_OUT/<name>.xml`, split at random points, and prints
+    /// what could not be converted; `scripts/fhir-examples.sh` runs it on the official example
+    /// packages and validates the output with xmllint.
+    #[test]
+    #[ignore = "needs the official example packages (scripts/fhir-examples.sh)"]
+    fn convert_example_directory() {
+        let dir = std::env::var("FHIR_EXAMPLES_DIR").expect("FHIR_EXAMPLES_DIR");
+        let out_dir = std::env::var("FHIR_XML_OUT").expect("FHIR_XML_OUT");
+        let version = release(&std::env::var("FHIR_RELEASE").expect("FHIR_RELEASE"));
+        let mut failures = Vec::new();
+        let mut count = 0;
+        let mut paths: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        paths.sort();
+        for path in paths {
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let json = std::fs::read(&path).unwrap();
+            let Ok(value) = serde_json::from_slice::<serde_json::Value>(&json) else {
+                continue;
+            };
+            if value.get("resourceType").is_none() {
+                continue; // package.json, .index.json
+            }
+            count += 1;
+            let json = String::from_utf8(json).unwrap();
+            let limits = match std::env::var("FHIR_REORDER_LIMIT") {
+                Ok(limit) => ConvertLimits {
+                    reorder_limit: limit.parse().unwrap(),
+                    ..ConvertLimits::default()
+                },
+                Err(_) => ConvertLimits::default(),
+            };
+            match convert_with(version, &json, limits, count) {
+                Ok(xml) => {
+                    let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+                    std::fs::write(format!("{out_dir}/{name}.xml"), xml).unwrap();
+                }
+                Err(error) => failures.push(format!("{}: {error}", path.display())),
+            }
+        }
+        for failure in &failures {
+            println!("not converted: {failure}");
+        }
+        println!("{count} examples, {} not converted", failures.len());
+    }
+
+    pub(super) fn release(name: &str) -> FhirVersion {
+        match name {
+            "dstu2" => FhirVersion::Dstu2,
+            "stu3" => FhirVersion::Stu3,
+            "r4" => FhirVersion::R4,
+            "r4b" => FhirVersion::R4B,
+            "r5" => FhirVersion::R5,
+            _ => panic!("unknown release {name}"),
+        }
+    }
+
+    /// Converts every official example committed for a release, whole and split at random
+    /// points (which must give the same bytes), and validates the XML with xmllint against
+    /// the release's official schema (R4B, which has none, is checked to be well-formed).
+    fn official_examples(release_dir: &str, version: FhirVersion, schema: Option<&str>) {
+        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+        let dir = format!("{fixtures}/examples/{release_dir}");
+        let out_dir =
+            std::env::temp_dir().join(format!("fhir-xml-{release_dir}-{}", std::process::id()));
+        std::fs::create_dir_all(&out_dir).unwrap();
+        let mut paths: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        paths.sort();
+        let mut files = Vec::new();
+        for (seed, path) in paths.iter().enumerate() {
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let json = std::fs::read_to_string(path).unwrap();
+            let whole = convert_with(version, &json, ConvertLimits::default(), 0)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            for round in 0..3 {
+                let split = convert_with(
+                    version,
+                    &json,
+                    ConvertLimits::default(),
+                    1 + seed as u64 * 3 + round,
+                );
+                assert_eq!(split.as_ref(), Ok(&whole), "{}", path.display());
+            }
+            let mut reader = quick_xml::Reader::from_str(&whole);
+            loop {
+                match reader.read_event() {
+                    Ok(quick_xml::events::Event::Eof) => break,
+                    Ok(_) => {}
+                    Err(e) => panic!("{}: not well-formed: {e}", path.display()),
+                }
+            }
+            let xml_path = out_dir.join(path.with_extension("xml").file_name().unwrap());
+            std::fs::write(&xml_path, whole).unwrap();
+            files.push(xml_path);
+        }
+        assert!(files.len() > 100, "{}", files.len());
+        if let Some(schema) = schema {
+            let output = std::process::Command::new("xmllint")
+                .arg("--noout")
+                .arg("--schema")
+                .arg(format!("{fixtures}/xsd/{schema}/fhir-single.xsd"))
+                .args(&files)
+                .output()
+                .expect("xmllint (Debian/Ubuntu: apt-get install libxml2-utils)");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let failed: Vec<&str> = stderr
+                .lines()
+                .filter(|l| !l.ends_with(" validates"))
+                .collect();
+            assert!(failed.is_empty(), "{}", failed.join("\n"));
+            assert_eq!(stderr.lines().count(), files.len());
+        }
+        std::fs::remove_dir_all(&out_dir).unwrap();
+    }
+
+    #[test]
+    fn official_examples_stu3() {
+        official_examples("stu3", FhirVersion::Stu3, Some("stu3"));
+    }
+
+    #[test]
+    fn official_examples_r4() {
+        official_examples("r4", FhirVersion::R4, Some("r4"));
+    }
+
+    #[test]
+    fn official_examples_r4b() {
+        official_examples("r4b", FhirVersion::R4B, None);
+    }
+
+    #[test]
+    fn official_examples_r5() {
+        official_examples("r5", FhirVersion::R5, Some("r5"));
     }
 }

@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+const TOO_LARGE: &str = "a single value is larger than the reorder limit";
+
 /// A JSON token.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Token<'a> {
@@ -32,7 +34,11 @@ pub(crate) struct TokenError {
 
 impl fmt::Display for TokenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid JSON at byte {}: {}", self.offset, self.message)
+        if self.message == TOO_LARGE {
+            write!(f, "{} (at byte {})", self.message, self.offset)
+        } else {
+            write!(f, "invalid JSON at byte {}: {}", self.offset, self.message)
+        }
     }
 }
 
@@ -297,10 +303,7 @@ impl Tokenizer {
 
     fn check_token_size<E>(&self, extra: usize) -> Result<(), FeedError<E>> {
         if self.partial_bytes.len() + extra > self.max_token {
-            return Err(self.error(
-                "a single value is larger than the reorder limit",
-                self.offset,
-            ));
+            return Err(self.error(TOO_LARGE, self.offset));
         }
         Ok(())
     }
@@ -322,7 +325,7 @@ impl Tokenizer {
         handler: &mut impl FnMut(Token<'_>) -> Result<(), E>,
     ) -> Result<(), FeedError<E>> {
         if raw.len() > self.max_token {
-            return Err(self.error("a single value is larger than the reorder limit", at));
+            return Err(self.error(TOO_LARGE, at));
         }
         if key {
             self.expect = Expect::Colon;
