@@ -133,7 +133,7 @@ impl Model {
         let tables = self.tables;
         let named = &tables.type_name[..usize::from(tables.named_types)];
         let index = named
-            .binary_search_by(|&n| tables.names[usize::from(n)].cmp(name))
+            .binary_search_by(|&n| compare_names(tables.names[usize::from(n)], name))
             .ok()?;
         Some(TypeRef::new(tables, index))
     }
@@ -249,7 +249,9 @@ impl TypeRef {
         let name_of = |offset: u8| {
             tables.names[usize::from(tables.element_name[own.start + usize::from(offset)])]
         };
-        if let Ok(found) = sorted.binary_search_by(|&offset| name_of(offset).cmp(json_name)) {
+        if let Ok(found) =
+            sorted.binary_search_by(|&offset| compare_names(name_of(offset), json_name))
+        {
             let offset = usize::from(sorted[found]);
             let element = ElementRef::new(tables, own.start + offset, base_count + offset);
             if let Some(ty) = element.ty() {
@@ -276,6 +278,29 @@ impl TypeRef {
         self.base()?.element(json_name)
     }
 
+    /// Like [`TypeRef::element`], trying first the element that follows `previous` (an
+    /// element of this type) in definition order: JSON usually comes in that order.
+    pub(crate) fn element_after(
+        self,
+        previous: Option<ElementRef>,
+        json_name: &str,
+    ) -> Option<ElementMatch> {
+        if let Some(previous) = previous {
+            let next = usize::from(previous.index) + 1;
+            let tables = self.tables;
+            if self.own().contains(&next)
+                && usize::from(previous.index) >= self.own().start
+                && tables.element_flags[next] & FLAG_CHOICE == 0
+                && tables.names[usize::from(tables.element_name[next])] == json_name
+            {
+                let element = ElementRef::new(tables, next, previous.position() + 1);
+                let ty = element.ty()?;
+                return Some(ElementMatch { element, ty });
+            }
+        }
+        self.element(json_name)
+    }
+
     /// The elements in definition order, the base's first: the order FHIR XML writes them.
     pub(crate) fn elements(self) -> Elements {
         let mut chain = [0u16; MAX_DEPTH];
@@ -299,6 +324,18 @@ impl TypeRef {
 
 /// The longest chain of bases in the tables, with room to spare.
 const MAX_DEPTH: usize = 8;
+
+/// Orders names as `str::cmp` does, in a loop that beats a call to `memcmp` for the short
+/// names of the tables.
+fn compare_names(a: &str, b: &str) -> std::cmp::Ordering {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    for (x, y) in a.iter().zip(b) {
+        if x != y {
+            return x.cmp(y);
+        }
+    }
+    a.len().cmp(&b.len())
+}
 
 /// `Quantity` in `valueQuantity` names the type `Quantity`, `String` the type `string`.
 fn is_choice_suffix(suffix: &str, type_name: &str) -> bool {
@@ -509,6 +546,28 @@ mod tests {
         assert_eq!(gender.ty.json_kind(), Some(JsonKind::String));
         assert!(patient.element("resourceType").is_none());
         assert!(patient.element("genderX").is_none());
+    }
+
+    #[test]
+    fn lookups_after_an_element_agree_with_plain_lookups() {
+        for version in [FhirVersion::Dstu2, FhirVersion::R4, FhirVersion::R5] {
+            let model = Model::of(version);
+            for name in ["Patient", "Observation", "Bundle", "Questionnaire"] {
+                let ty = model.resource(name).unwrap();
+                let elements: Vec<ElementRef> = ty.elements().collect();
+                for previous in &elements {
+                    for element in elements.iter().filter(|e| !e.is_choice()) {
+                        assert_eq!(
+                            ty.element_after(Some(*previous), element.name()),
+                            ty.element(element.name()),
+                            "{name}.{}",
+                            element.name()
+                        );
+                    }
+                    assert_eq!(ty.element_after(Some(*previous), "nothing"), None);
+                }
+            }
+        }
     }
 
     #[test]

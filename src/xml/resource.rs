@@ -108,6 +108,7 @@ impl JsonToXml {
                 pool: Vec::new(),
                 done: false,
                 scratch: Vec::new(),
+                unchecked: 0,
             },
             failed: None,
         }
@@ -219,7 +220,11 @@ struct Frame {
     arena: Vec<u8>,
     attributes: Vec<(&'static str, u32, u32)>,
     parts: Vec<Part>,
+    /// The element of the last member read, where the next lookup starts.
+    last: Option<ElementRef>,
+    /// The primitive slots in use are `slots[..slots_used]`.
     slots: Vec<Slot>,
+    slots_used: usize,
     /// The member whose key was read and whose value comes next.
     pending: Option<Member>,
     /// The member whose value is being read (an array, an object).
@@ -260,7 +265,12 @@ struct Converter {
     pool: Vec<Box<Frame>>,
     done: bool,
     scratch: Vec<u8>,
+    /// About how many bytes were added since the limit was last checked.
+    unchecked: usize,
 }
+
+/// How often the reorder limit is checked, in bytes of input (about).
+const CHECK_EVERY: usize = 4096;
 
 fn bit(set: &[u64; 4], position: usize) -> bool {
     position < 256 && set[position / 64] & (1 << (position % 64)) != 0
@@ -354,6 +364,8 @@ impl Converter {
                 attributes: Vec::new(),
                 parts: Vec::new(),
                 slots: Vec::new(),
+                slots_used: 0,
+                last: None,
                 pending: None,
                 open: None,
                 seq: 0,
@@ -373,7 +385,8 @@ impl Converter {
         frame.arena.clear();
         frame.attributes.clear();
         frame.parts.clear();
-        frame.slots.clear();
+        frame.slots_used = 0;
+        frame.last = None;
         frame.pending = None;
         frame.open = None;
         frame.seq = 0;
@@ -384,16 +397,7 @@ impl Converter {
 
     /// Bytes held by the conversion.
     fn held(&self) -> usize {
-        self.stack
-            .iter()
-            .map(|ctx| match ctx {
-                Ctx::Frame(frame) => {
-                    frame.arena.len() + frame.slots.len() * 64 + frame.parts.len() * 12
-                }
-                Ctx::Record(record) => record.tokens.len(),
-                _ => 0,
-            })
-            .sum()
+        held_in(&self.stack)
     }
 
     fn token(
@@ -438,7 +442,7 @@ impl Converter {
                             array.index += 1;
                         }
                         self.value(member, token, Some(index))?;
-                        self.check_limit(tokenizer_held, out)
+                        self.check_limit_now_and_then(&token, tokenizer_held, out)
                     }
                 }
             }
@@ -447,7 +451,7 @@ impl Converter {
                     Token::Key(key) => self.key(key),
                     Token::EndObject => {
                         self.end_frame(out)?;
-                        self.check_limit(tokenizer_held, out)
+                        self.check_limit_now_and_then(&token, tokenizer_held, out)
                     }
                     _ => Err(self.error("unexpected JSON token")),
                 },
@@ -469,7 +473,7 @@ impl Converter {
                         // A primitive, complete.
                         self.frame().open = None;
                     }
-                    self.check_limit(tokenizer_held, out)
+                    self.check_limit_now_and_then(&token, tokenizer_held, out)
                 }
             },
         }
@@ -491,7 +495,8 @@ impl Converter {
             Some(name) => (true, name),
             None => (false, key),
         };
-        let Some(found) = ty.element(name) else {
+        let previous = self.frame().last;
+        let Some(found) = ty.element_after(previous, name) else {
             return Err(self.error(&format!("unknown element `{key}` in {}", ty.name())));
         };
         let member = Member {
@@ -506,6 +511,7 @@ impl Converter {
         let position = found.element.position();
         let frame = self.frame();
         frame.pending = Some(member);
+        frame.last = Some(found.element);
         let seen = if partner {
             &mut frame.seen_partner
         } else {
@@ -516,8 +522,7 @@ impl Converter {
         }
         set_bit(seen, position);
         if frame.live && position <= frame.cursor {
-            let held_slot = frame
-                .slots
+            let held_slot = frame.slots[..frame.slots_used]
                 .iter()
                 .any(|slot| !slot.written && slot.member.element.position() == position);
             if !(position == frame.cursor && held_slot) {
@@ -528,8 +533,7 @@ impl Converter {
             }
         }
         // The two parts of a primitive must agree on the choice type.
-        if let Some(slot) = frame
-            .slots
+        if let Some(slot) = frame.slots[..frame.slots_used]
             .iter()
             .find(|s| s.member.element == found.element)
         {
@@ -597,23 +601,32 @@ impl Converter {
     /// The slot of a primitive member in the current object, made on first use.
     fn slot(&mut self, member: Member) -> u32 {
         let frame = self.frame();
-        if let Some(at) = frame
-            .slots
+        if let Some(at) = frame.slots[..frame.slots_used]
             .iter()
             .position(|s| s.member.element == member.element)
         {
             return at as u32;
         }
-        let at = frame.slots.len() as u32;
-        frame.slots.push(Slot {
-            member: Member {
-                partner: false,
-                ..member
-            },
-            values: Vec::new(),
-            extras: Vec::new(),
-            written: false,
-        });
+        let at = frame.slots_used as u32;
+        let member_value = Member {
+            partner: false,
+            ..member
+        };
+        // Slots, and their vectors, are reused from object to object.
+        if let Some(slot) = frame.slots.get_mut(frame.slots_used) {
+            slot.member = member_value;
+            slot.values.clear();
+            slot.extras.clear();
+            slot.written = false;
+        } else {
+            frame.slots.push(Slot {
+                member: member_value,
+                values: Vec::new(),
+                extras: Vec::new(),
+                written: false,
+            });
+        }
+        frame.slots_used += 1;
         let seq = frame.seq;
         frame.seq += 1;
         frame.parts.push(Part {
@@ -986,15 +999,33 @@ impl Converter {
         }
         if frame.parts.is_empty() {
             frame.arena.clear();
-            frame.slots.clear();
+            frame.slots_used = 0;
         } else if kept > 0 && frame.arena.len() > 4096 {
             compact(frame);
         }
         Ok(())
     }
 
+    /// Checks the limit every few KiB of input: what is held grows with the input read.
+    fn check_limit_now_and_then(
+        &mut self,
+        token: &Token<'_>,
+        tokenizer_held: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ConvertError> {
+        self.unchecked += match token {
+            Token::String(s) | Token::Number(s) => s.len() + 16,
+            _ => 16,
+        };
+        if self.unchecked < CHECK_EVERY {
+            return Ok(());
+        }
+        self.unchecked = 0;
+        self.check_limit(tokenizer_held, out)
+    }
+
     /// When more than the reorder limit is held, writes out what is held, in order, from the
-    /// root down to the member being read.
+    /// root down towards the member being read, until less than the limit is held.
     fn check_limit(
         &mut self,
         tokenizer_held: usize,
@@ -1036,6 +1067,10 @@ impl Converter {
             if before != usize::MAX {
                 frame.cursor = frame.cursor.max(before);
             }
+            // Write out no more than needed: deeper objects keep their freedom of order.
+            if held_in(&stack) + tokenizer_held <= self.limit {
+                break;
+            }
         }
         self.stack = stack;
         result?;
@@ -1046,6 +1081,18 @@ impl Converter {
         }
         Ok(())
     }
+}
+
+/// Bytes held by the contexts of a conversion.
+fn held_in(stack: &[Ctx]) -> usize {
+    stack
+        .iter()
+        .map(|ctx| match ctx {
+            Ctx::Frame(frame) => frame.arena.len() + frame.slots_used * 64 + frame.parts.len() * 12,
+            Ctx::Record(record) => record.tokens.len(),
+            _ => 0,
+        })
+        .sum()
 }
 
 /// Writes a primitive element (each item of an array): `<name id=".." value="..">` with
