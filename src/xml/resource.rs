@@ -1668,22 +1668,28 @@ mod tests {
         }
         assert!(files.len() > 100, "{}", files.len());
         if let Some(schema) = schema {
-            let output = std::process::Command::new("xmllint")
-                .arg("--noout")
-                .arg("--schema")
-                .arg(format!("{fixtures}/xsd/{schema}/fhir-single.xsd"))
-                .args(&files)
-                .output()
-                .expect("xmllint (Debian/Ubuntu: apt-get install libxml2-utils)");
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            let failed: Vec<&str> = stderr
-                .lines()
-                .filter(|l| !l.ends_with(" validates"))
-                .collect();
-            assert!(failed.is_empty(), "{}", failed.join("\n"));
-            assert_eq!(stderr.lines().count(), files.len());
+            assert_schema_valid(schema, &files);
         }
         std::fs::remove_dir_all(&out_dir).unwrap();
+    }
+
+    /// Validates `files` with xmllint against the official schema of a release.
+    fn assert_schema_valid(schema: &str, files: &[std::path::PathBuf]) {
+        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+        let output = std::process::Command::new("xmllint")
+            .arg("--noout")
+            .arg("--schema")
+            .arg(format!("{fixtures}/xsd/{schema}/fhir-single.xsd"))
+            .args(files)
+            .output()
+            .expect("xmllint (Debian/Ubuntu: apt-get install libxml2-utils)");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let failed: Vec<&str> = stderr
+            .lines()
+            .filter(|l| !l.ends_with(" validates"))
+            .collect();
+        assert!(failed.is_empty(), "{}", failed.join("\n"));
+        assert_eq!(stderr.lines().count(), files.len());
     }
 
     #[test]
@@ -1704,5 +1710,96 @@ mod tests {
     #[test]
     fn official_examples_r5() {
         official_examples("r5", FhirVersion::R5, Some("r5"));
+    }
+
+    #[test]
+    fn memory_stays_bounded_on_a_large_bundle() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/examples/r4");
+        let mut resources = Vec::new();
+        for name in [
+            "Patient-ihe-pcd.json",
+            "Observation-eye-color.json",
+            "Binary-f006.json",
+        ] {
+            resources.push(std::fs::read_to_string(format!("{dir}/{name}")).unwrap());
+        }
+        let mut json = String::from(r#"{"resourceType":"Bundle","type":"searchset","entry":["#);
+        let mut i = 0;
+        while json.len() < 8 << 20 {
+            if i > 0 {
+                json.push(',');
+            }
+            json.push_str(&format!(
+                r#"{{"fullUrl":"urn:x:{i}","resource":{}}}"#,
+                resources[i % resources.len()]
+            ));
+            i += 1;
+        }
+        json.push_str("]}");
+        let limit = 64 << 10;
+        let mut converter = JsonToXml::new(
+            FhirVersion::R4,
+            ConvertLimits {
+                reorder_limit: limit,
+                max_depth: 64,
+            },
+        );
+        let mut out = Vec::new();
+        let mut xml = Vec::new();
+        let mut most = 0;
+        for chunk in json.as_bytes().chunks(8 << 10) {
+            converter.feed(chunk, &mut out).unwrap();
+            most = most.max(converter.converter.held() + converter.tokenizer.held());
+            xml.extend_from_slice(&out);
+            out.clear();
+        }
+        converter.finish(&mut xml).unwrap();
+        assert!(
+            most <= limit + 2 * CHECK_EVERY,
+            "held {most} bytes with a limit of {limit}"
+        );
+        let whole = convert_with(
+            FhirVersion::R4,
+            &json,
+            ConvertLimits {
+                reorder_limit: 64 << 20,
+                max_depth: 64,
+            },
+            0,
+        )
+        .unwrap();
+        assert_eq!(String::from_utf8(xml).unwrap(), whole);
+        assert_eq!(whole.matches("<entry>").count(), i);
+    }
+
+    #[test]
+    fn dstu2_binary_and_comments() {
+        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dstu2");
+        let json = std::fs::read_to_string(format!("{fixtures}/binary-f006.json")).unwrap();
+        let xml = convert(FhirVersion::Dstu2, &json).unwrap();
+        assert!(
+            xml.contains("<contentType value=\"image/jpeg\"/><content value=\"/9j/"),
+            "{}",
+            &xml[..200]
+        );
+        let path = std::env::temp_dir().join(format!("fhir-xml-dstu2-{}.xml", std::process::id()));
+        std::fs::write(&path, &xml).unwrap();
+        assert_schema_valid("dstu2", std::slice::from_ref(&path));
+        std::fs::remove_file(&path).unwrap();
+        let json = r#"{"resourceType":"Patient","fhir_comments":["a comment"],"id":"1","name":[{"fhir_comments":["x"],"family":["F"]}]}"#;
+        assert_eq!(
+            convert(FhirVersion::Dstu2, json).unwrap(),
+            format!("{DECL}<Patient xmlns=\"http://hl7.org/fhir\"><id value=\"1\"/><name><family value=\"F\"/></name></Patient>")
+        );
+        assert!(convert(FhirVersion::R4, json)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown element `fhir_comments`"));
+        // DSTU2 `Binary.content` is R4's `data`.
+        let r4 = r#"{"resourceType":"Binary","contentType":"text/plain","data":"SGk="}"#;
+        assert!(convert(FhirVersion::Dstu2, r4)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown element `data`"));
     }
 }
