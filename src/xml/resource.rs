@@ -1802,4 +1802,64 @@ mod tests {
             .to_string()
             .contains("unknown element `data`"));
     }
+
+    /// Mangled FHIR JSON (bytes changed, dropped, repeated; split anywhere): errors, never a
+    /// panic, and never XML after an error.
+    #[test]
+    fn mangled_json_gives_errors_not_panics() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/examples/r4");
+        let sources: Vec<Vec<u8>> = [
+            "Patient-ihe-pcd.json",
+            "Observation-eye-color.json",
+            "QuestionnaireResponse-gcs.json",
+        ]
+        .iter()
+        .map(|name| std::fs::read(format!("{dir}/{name}")).unwrap())
+        .collect();
+        let noise = b"{}[]\",:0-1.5e9truefalsenull_ \\u00\n<&>valueString";
+        let mut rng = Rng(11);
+        let mut errors = 0;
+        for round in 0..3000 {
+            let mut json = sources[round % sources.len()].clone();
+            for _ in 0..1 + rng.below(4) {
+                if json.is_empty() {
+                    break;
+                }
+                let at = rng.below(json.len());
+                match rng.below(4) {
+                    0 => json[at] = noise[rng.below(noise.len())],
+                    1 => {
+                        json.remove(at);
+                    }
+                    2 => json.insert(at, noise[rng.below(noise.len())]),
+                    _ => json.truncate(at),
+                }
+            }
+            let limits = ConvertLimits {
+                reorder_limit: 256 + rng.below(4096),
+                max_depth: 4 + rng.below(40),
+            };
+            let mut converter = JsonToXml::new(FhirVersion::R4, limits);
+            let mut out = Vec::new();
+            let mut result = Ok(());
+            let mut at = 0;
+            while at < json.len() && result.is_ok() {
+                let end = (at + 1 + rng.below(64)).min(json.len());
+                result = converter.feed(&json[at..end], &mut out);
+                at = end;
+            }
+            if result.is_ok() {
+                result = converter.finish(&mut out);
+            }
+            if let Err(error) = result {
+                errors += 1;
+                assert!(!error.to_string().is_empty());
+                let before = out.len();
+                assert!(converter.feed(b"{}", &mut out).is_err());
+                assert!(converter.finish(&mut out).is_err());
+                assert_eq!(out.len(), before);
+            }
+        }
+        assert!(errors > 1000, "{errors}");
+    }
 }
