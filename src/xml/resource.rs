@@ -1179,8 +1179,10 @@ fn compact(frame: &mut Frame) {
 fn escape_attribute(s: &str, out: &mut Vec<u8>) -> Result<(), &'static str> {
     let bytes = s.as_bytes();
     let mut copied = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let replacement: &[u8] = match b {
+    let mut i = 0;
+    while let Some(found) = bytes[i..].iter().position(|&b| NEEDS_CARE[usize::from(b)]) {
+        i += found;
+        let replacement: &[u8] = match bytes[i] {
             b'&' => b"&amp;",
             b'<' => b"&lt;",
             b'>' => b"&gt;",
@@ -1189,20 +1191,42 @@ fn escape_attribute(s: &str, out: &mut Vec<u8>) -> Result<(), &'static str> {
             b'\n' => b"&#10;",
             b'\r' => b"&#13;",
             0x00..=0x1F => return Err("a control character XML cannot carry"),
-            0xEF if bytes.get(i + 1) == Some(&0xBF)
+            // 0xEF: U+FFFE and U+FFFF are EF BF BE and EF BF BF.
+            _ if bytes.get(i + 1) == Some(&0xBF)
                 && matches!(bytes.get(i + 2), Some(0xBE | 0xBF)) =>
             {
                 return Err("U+FFFE or U+FFFF, which XML cannot carry");
             }
-            _ => continue,
+            _ => {
+                i += 1;
+                continue;
+            }
         };
         out.extend_from_slice(&bytes[copied..i]);
         out.extend_from_slice(replacement);
-        copied = i + 1;
+        i += 1;
+        copied = i;
     }
     out.extend_from_slice(&bytes[copied..]);
     Ok(())
 }
+
+/// The bytes [`escape_attribute`] must look at: markup, controls, and the lead byte of
+/// U+FFFE and U+FFFF.
+static NEEDS_CARE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'&' as usize] = true;
+    table[b'<' as usize] = true;
+    table[b'>' as usize] = true;
+    table[b'"' as usize] = true;
+    table[0xEF] = true;
+    table
+};
 
 /// Spells a JSON number with an exponent positionally, with the same digits: `1.5E-3` ->
 /// `0.0015`, `2E2` -> `200`.

@@ -198,7 +198,11 @@ impl Tokenizer {
             let at = self.offset + i as u64;
             match b {
                 b' ' | b'\t' | b'\n' | b'\r' => {
+                    // Indentation comes in runs.
                     i += 1;
+                    while i < input.len() && matches!(input[i], b' ' | b'\t' | b'\n' | b'\r') {
+                        i += 1;
+                    }
                     continue;
                 }
                 b'"' => {
