@@ -22,6 +22,10 @@
 //!   decimals, which have no exponent in XML, are spelled out positionally with the same
 //!   digits. Integers must be integers.
 //! - The narrative `div` is checked and rewritten by the XHTML rewriter (`super::xhtml`).
+//! - A string value larger than the reorder limit (the base64 of a large Binary, in a Bundle
+//!   or not) streams into its `value` attribute: what comes before it in XML order is written
+//!   out first, and a later member that XML puts before it is an error. Where it cannot
+//!   stream (before `resourceType`, in an array, the `div`) it is an error.
 //! - `fhir_comments` (DSTU2, STU3) are dropped.
 //! - Not FHIR for the release is a [`ConvertError`] naming the element path: an unknown
 //!   element or resource type, the wrong JSON kind, an array for a single element or the
@@ -45,8 +49,8 @@ use tokens::{FeedError, Token, Tokenizer};
 /// The bounds of a conversion's memory.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ConvertLimits {
-    /// The most bytes held to put elements in definition order (and the largest single JSON
-    /// value).
+    /// The most bytes held to put elements in definition order: what is held, the largest
+    /// key, and the largest value that is not streamed.
     pub(crate) reorder_limit: usize,
     /// The deepest JSON nesting accepted.
     pub(crate) max_depth: usize,
@@ -109,6 +113,7 @@ impl JsonToXml {
                 done: false,
                 scratch: Vec::new(),
                 unchecked: 0,
+                stream_tail: None,
             },
             failed: None,
         }
@@ -267,6 +272,8 @@ struct Converter {
     scratch: Vec<u8>,
     /// About how many bytes were added since the limit was last checked.
     unchecked: usize,
+    /// A string value being streamed: what closes its element.
+    stream_tail: Option<Vec<u8>>,
 }
 
 /// How often the reorder limit is checked, in bytes of input (about).
@@ -334,7 +341,11 @@ impl Converter {
                         );
                     }
                 }
-                Ctx::Array(array) => push(&mut path, &format!("[{}]", array.index)),
+                // `index` counts the items begun: the current one is the last of them.
+                Ctx::Array(array) if array.index > 0 => {
+                    push(&mut path, &format!("[{}]", array.index - 1));
+                }
+                Ctx::Array(_) => {}
                 Ctx::Record(_) | Ctx::Skip(_) => {}
             }
         }
@@ -406,6 +417,23 @@ impl Converter {
         tokenizer_held: usize,
         out: &mut Vec<u8>,
     ) -> Result<(), ConvertError> {
+        if let Some(tail) = &self.stream_tail {
+            match token {
+                Token::StringPart(text) => {
+                    escape_attribute(text, out).map_err(|message| self.error(message))?;
+                }
+                _ => {
+                    // The tokenizer ends a string in pieces with `StringEnd`.
+                    out.extend_from_slice(tail);
+                    self.stream_tail = None;
+                    self.frame().open = None;
+                }
+            }
+            return Ok(());
+        }
+        if token == Token::StringStart && !matches!(self.stack.last(), Some(Ctx::Skip(_))) {
+            return self.stream_start(tokenizer_held, out);
+        }
         match self.stack.last_mut() {
             None => {
                 if token != Token::BeginObject {
@@ -421,8 +449,8 @@ impl Converter {
             }
             Some(Ctx::Skip(depth)) => {
                 match token {
-                    Token::BeginObject | Token::BeginArray => *depth += 1,
-                    Token::EndObject | Token::EndArray => *depth -= 1,
+                    Token::BeginObject | Token::BeginArray | Token::StringStart => *depth += 1,
+                    Token::EndObject | Token::EndArray | Token::StringEnd => *depth -= 1,
                     _ => {}
                 }
                 if *depth == 0 {
@@ -477,6 +505,74 @@ impl Converter {
                 }
             },
         }
+    }
+
+    /// A string value larger than the reorder limit: written out as it comes, when it is a
+    /// primitive that does not repeat and everything before it can be written out first.
+    fn stream_start(
+        &mut self,
+        tokenizer_held: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ConvertError> {
+        const TOO_LARGE: &str = "a value larger than the reorder limit where it cannot be streamed";
+        let Some(Ctx::Frame(frame)) = self.stack.last_mut() else {
+            return Err(self.error(TOO_LARGE));
+        };
+        let Some(member) = frame.pending.take() else {
+            return Err(self.error(TOO_LARGE));
+        };
+        frame.open = Some(member);
+        if member.partner
+            || member.element.is_array()
+            || member.element.is_attribute()
+            || member.element.is_xhtml()
+            || member.ty.json_kind() != Some(JsonKind::String)
+        {
+            return Err(self.error(TOO_LARGE));
+        }
+        self.write_out(true, tokenizer_held, out)?;
+        let frame = self.frame();
+        if !frame.live {
+            // A member before resourceType, or inside a `_name`: not in order yet.
+            return Err(self.error(TOO_LARGE));
+        }
+        // A `_name` part read before: its id and extensions.
+        let mut id = None;
+        let mut children = None;
+        if let Some(slot) = frame.slots[..frame.slots_used]
+            .iter_mut()
+            .position(|s| s.member.element == member.element)
+        {
+            frame.slots[slot].written = true;
+            if let Some(Some(extras)) = frame.slots[slot].extras.first() {
+                id = extras.id;
+                children = Some(extras.children);
+            }
+            frame
+                .parts
+                .retain(|p| !matches!(p.body, Body::Slot(s) if s as usize == slot));
+        }
+        out.push(b'<');
+        write_name(out, &member);
+        if let Some(id) = id {
+            out.extend_from_slice(b" id=\"");
+            out.extend_from_slice(slice(&frame.arena, id));
+            out.push(b'"');
+        }
+        out.extend_from_slice(b" value=\"");
+        let mut tail = Vec::new();
+        match children {
+            Some(children) if children.1 > children.0 => {
+                tail.extend_from_slice(b"\">");
+                tail.extend_from_slice(slice(&frame.arena, children));
+                tail.extend_from_slice(b"</");
+                write_name(&mut tail, &member);
+                tail.push(b'>');
+            }
+            _ => tail.extend_from_slice(b"\"/>"),
+        }
+        self.stream_tail = Some(tail);
+        Ok(())
     }
 
     /// A member's name in an object.
@@ -790,6 +886,9 @@ impl Converter {
             }
             return Ok(());
         }
+        if token == Token::StringStart {
+            return Err(self.error("the members before resourceType pass the reorder limit"));
+        }
         if record.depth == 0 {
             match token {
                 Token::Key("resourceType") => {
@@ -1034,6 +1133,23 @@ impl Converter {
         if self.held() + tokenizer_held <= self.limit {
             return Ok(());
         }
+        self.write_out(false, tokenizer_held, out)?;
+        if self.held() + tokenizer_held > self.limit {
+            return Err(
+                self.error("the document needs more than the reorder limit to be put in XML order")
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes out what is held, in order, from the root down towards the member being read:
+    /// all the way with `all`, else until less than the limit is held.
+    fn write_out(
+        &mut self,
+        all: bool,
+        tokenizer_held: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ConvertError> {
         let mut stack = std::mem::take(&mut self.stack);
         let mut result = Ok(());
         for i in 0..stack.len() {
@@ -1068,18 +1184,12 @@ impl Converter {
                 frame.cursor = frame.cursor.max(before);
             }
             // Write out no more than needed: deeper objects keep their freedom of order.
-            if held_in(&stack) + tokenizer_held <= self.limit {
+            if !all && held_in(&stack) + tokenizer_held <= self.limit {
                 break;
             }
         }
         self.stack = stack;
-        result?;
-        if self.held() + tokenizer_held > self.limit {
-            return Err(
-                self.error("the document needs more than the reorder limit to be put in XML order")
-            );
-        }
-        Ok(())
+        result
     }
 }
 
@@ -1295,6 +1405,8 @@ fn encode_token(token: Token<'_>, out: &mut Vec<u8>) {
         Token::Bool(true) => (T_TRUE, None),
         Token::Bool(false) => (T_FALSE, None),
         Token::Null => (T_NULL, None),
+        // Values larger than the reorder limit are not kept (`Converter::record`).
+        Token::StringStart | Token::StringPart(_) | Token::StringEnd => return,
     };
     out.push(tag);
     if let Some(text) = text {
@@ -1511,7 +1623,7 @@ mod tests {
             ),
             (
                 r#"{"resourceType":"Patient","name":[]}"#,
-                "Patient.name[0]",
+                "Patient.name",
                 "empty array",
             ),
             (
@@ -1885,5 +1997,99 @@ mod tests {
             }
         }
         assert!(errors > 1000, "{errors}");
+    }
+
+    #[test]
+    fn a_value_larger_than_the_limit_streams() {
+        // Base64 with JSON-escaped slashes and a non-ASCII string, both larger than the limit.
+        let data: String = (0..3000)
+            .map(|i| ["QUJD", "ZA\\/+", "\\u00e9t\\u00e9"][i % 3])
+            .collect();
+        let expected_data: String = (0..3000)
+            .map(|i| ["QUJD", "ZA/+", "\u{e9}t\u{e9}"][i % 3])
+            .collect();
+        for (partner, tail) in [
+            ("", "/>".to_string()),
+            (
+                r#""_data":{"id":"d","extension":[{"url":"u","valueBoolean":true}]},"#,
+                "><extension url=\"u\"><valueBoolean value=\"true\"/></extension></data>"
+                    .to_string(),
+            ),
+        ] {
+            let binary = format!(
+                r#"{{"resourceType":"Binary","id":"b","contentType":"text/plain",{partner}"data":"{data}","meta":{{"versionId":"1"}}}}"#
+            );
+            let json = format!(
+                r#"{{"resourceType":"Bundle","type":"searchset","entry":[{{"resource":{binary}}},{{"fullUrl":"urn:x","resource":{binary}}}],"total":2}}"#
+            );
+            let whole = convert_with(
+                FhirVersion::R4,
+                &json,
+                ConvertLimits {
+                    reorder_limit: 1 << 20,
+                    max_depth: 64,
+                },
+                0,
+            )
+            .unwrap();
+            let id = if partner.is_empty() { "" } else { " id=\"d\"" };
+            assert!(
+                whole.contains(&format!(
+                    "<contentType value=\"text/plain\"/><data{id} value=\"{expected_data}\"{tail}"
+                )),
+                "{}",
+                &whole[..300]
+            );
+            // `total` comes after the entries and `meta` after `data`, past the limit: errors,
+            // not documents without them.
+            let small = ConvertLimits {
+                reorder_limit: 4096,
+                max_depth: 64,
+            };
+            let error = convert_with(FhirVersion::R4, &json, small, 1).unwrap_err();
+            assert_eq!(
+                error.path(),
+                "Bundle.entry[0].resource.Binary.meta",
+                "{error}"
+            );
+            let in_order = json
+                .replace(r#","meta":{"versionId":"1"}"#, "")
+                .replace(r#","total":2"#, "")
+                .replace(r#""id":"b","#, r#""id":"b","meta":{"versionId":"1"},"#)
+                .replace(r#""type":"searchset","#, r#""type":"searchset","total":2,"#);
+            let whole = convert_with(
+                FhirVersion::R4,
+                &in_order,
+                ConvertLimits {
+                    reorder_limit: 1 << 20,
+                    max_depth: 64,
+                },
+                0,
+            )
+            .unwrap();
+            for seed in 1..30 {
+                assert_eq!(
+                    convert_with(FhirVersion::R4, &in_order, small, seed).as_ref(),
+                    Ok(&whole),
+                    "seed {seed}"
+                );
+            }
+        }
+        // Where it cannot stream: before resourceType, in an array, in an attribute.
+        let late =
+            format!(r#"{{"contentType":"text/plain","data":"{data}","resourceType":"Binary"}}"#);
+        let small = ConvertLimits {
+            reorder_limit: 4096,
+            max_depth: 64,
+        };
+        assert!(convert_with(FhirVersion::R4, &late, small, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("reorder limit"));
+        let array = format!(r#"{{"resourceType":"Patient","name":[{{"given":["{data}"]}}]}}"#);
+        assert!(convert_with(FhirVersion::R4, &array, small, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("cannot be streamed"));
     }
 }

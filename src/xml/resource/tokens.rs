@@ -23,6 +23,11 @@ pub(crate) enum Token<'a> {
     Number(&'a str),
     Bool(bool),
     Null,
+    /// A string value larger than the token limit comes in pieces: `StringStart`, then
+    /// `StringPart`s (unescaped, split between characters), then `StringEnd`.
+    StringStart,
+    StringPart(&'a str),
+    StringEnd,
 }
 
 /// Why the input is not JSON (or a token too large), with the byte offset.
@@ -86,6 +91,9 @@ pub(crate) struct Tokenizer {
     scratch: Vec<u8>,
     /// Bytes consumed before the current piece.
     offset: u64,
+    /// A string value larger than `max_token` is being handed out in pieces; `scratch`
+    /// holds the start of a character split between pieces.
+    streaming: bool,
 }
 
 /// The handler's error or the tokenizer's.
@@ -105,6 +113,7 @@ impl Tokenizer {
             partial_bytes: Vec::new(),
             scratch: Vec::new(),
             offset: 0,
+            streaming: false,
         }
     }
 
@@ -160,20 +169,26 @@ impl Tokenizer {
             Partial::String { key, escape } => match find_string_end(&input[i..], escape) {
                 StringEnd::At(end) => {
                     self.partial_bytes.extend_from_slice(&input[..end]);
-                    self.check_token_size(0)?;
-                    let raw = std::mem::take(&mut self.partial_bytes);
-                    let at = self.offset;
-                    let result = self.string(&raw, key, at, handler);
-                    self.partial_bytes = raw;
-                    self.partial_bytes.clear();
-                    self.partial = Partial::None;
-                    result?;
-                    i = end + 1;
+                    if !key && (self.streaming || self.partial_bytes.len() > self.max_token) {
+                        self.stream(true, handler)?;
+                        self.partial = Partial::None;
+                        i = end + 1;
+                    } else {
+                        self.check_token_size(0)?;
+                        let raw = std::mem::take(&mut self.partial_bytes);
+                        let at = self.offset;
+                        let result = self.string(&raw, key, at, handler);
+                        self.partial_bytes = raw;
+                        self.partial_bytes.clear();
+                        self.partial = Partial::None;
+                        result?;
+                        i = end + 1;
+                    }
                 }
                 StringEnd::Open { escape } => {
                     self.partial_bytes.extend_from_slice(input);
                     self.partial = Partial::String { key, escape };
-                    return self.check_token_size(0);
+                    return self.string_piece(key, handler);
                 }
             },
             Partial::Bare => {
@@ -212,6 +227,13 @@ impl Tokenizer {
                         _ => return Err(self.error("unexpected string", at)),
                     };
                     match find_string_end(&input[i + 1..], false) {
+                        StringEnd::At(len) if !key && len > self.max_token => {
+                            self.partial_bytes.clear();
+                            self.partial_bytes
+                                .extend_from_slice(&input[i + 1..i + 1 + len]);
+                            self.stream(true, handler)?;
+                            i += len + 2;
+                        }
                         StringEnd::At(len) => {
                             self.string(&input[i + 1..i + 1 + len], key, at, handler)?;
                             i += len + 2;
@@ -220,7 +242,7 @@ impl Tokenizer {
                             self.partial_bytes.clear();
                             self.partial_bytes.extend_from_slice(&input[i + 1..]);
                             self.partial = Partial::String { key, escape };
-                            return self.check_token_size(0);
+                            return self.string_piece(key, handler);
                         }
                     }
                 }
@@ -301,6 +323,59 @@ impl Tokenizer {
                     i += len;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// After a piece of a string that goes on in the next piece: a value past the token limit
+    /// is handed out as far as it goes.
+    fn string_piece<E>(
+        &mut self,
+        key: bool,
+        handler: &mut impl FnMut(Token<'_>) -> Result<(), E>,
+    ) -> Result<(), FeedError<E>> {
+        if !key && (self.streaming || self.partial_bytes.len() > self.max_token) {
+            return self.stream(false, handler);
+        }
+        self.check_token_size(0)
+    }
+
+    /// Hands out the raw string bytes in `partial_bytes` as a `StringPart` (after a
+    /// `StringStart` for the first), keeping an escape or a character that is not complete
+    /// yet; `last`: the closing quote follows them, so `StringEnd` too.
+    fn stream<E>(
+        &mut self,
+        last: bool,
+        handler: &mut impl FnMut(Token<'_>) -> Result<(), E>,
+    ) -> Result<(), FeedError<E>> {
+        let at = self.offset;
+        if !self.streaming {
+            self.streaming = true;
+            handler(Token::StringStart).map_err(FeedError::Handler)?;
+        }
+        let consumed = match unescape_prefix(&self.partial_bytes, &mut self.scratch) {
+            Ok(consumed) => consumed,
+            Err(message) => return Err(self.error(message, at)),
+        };
+        if last && consumed != self.partial_bytes.len() {
+            return Err(self.error("unfinished escape", at));
+        }
+        self.partial_bytes.drain(..consumed);
+        let valid = match std::str::from_utf8(&self.scratch) {
+            Ok(_) => self.scratch.len(),
+            Err(e) if e.error_len().is_none() && !last => e.valid_up_to(),
+            Err(_) => return Err(self.error("invalid UTF-8 in a string", at)),
+        };
+        if valid > 0 {
+            let text = std::str::from_utf8(&self.scratch[..valid]).unwrap_or_default();
+            handler(Token::StringPart(text)).map_err(FeedError::Handler)?;
+        }
+        self.scratch.drain(..valid);
+        if last {
+            self.streaming = false;
+            self.partial_bytes.clear();
+            self.after_value();
+            handler(Token::StringEnd).map_err(FeedError::Handler)?;
         }
         Ok(())
     }
@@ -522,6 +597,32 @@ fn unescape(raw: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Unescapes the raw bytes of a string value into `out`, up to an escape that `raw` ends in
+/// the middle of; returns how many raw bytes were used.
+fn unescape_prefix(raw: &[u8], out: &mut Vec<u8>) -> Result<usize, &'static str> {
+    // An escape is at most 12 bytes (a surrogate pair): the last one may be unfinished.
+    let mut end = raw.len();
+    let mut i = 0;
+    while let Some(found) = memchr::memchr(b'\\', &raw[i..]) {
+        let at = i + found;
+        let needed = match raw.get(at + 1) {
+            None => 2,
+            Some(b'u') => match hex4(raw.get(at + 2..at + 6)) {
+                Some(high) if (0xD800..0xDC00).contains(&high) => 12,
+                _ => 6,
+            },
+            Some(_) => 2,
+        };
+        if at + needed > raw.len() {
+            end = at;
+            break;
+        }
+        i = at + needed;
+    }
+    unescape(&raw[..end], out)?;
+    Ok(end)
+}
+
 fn hex4(digits: Option<&[u8]>) -> Option<u32> {
     let digits = digits?;
     let mut value = 0;
@@ -547,6 +648,9 @@ mod tests {
         Number(String),
         Bool(bool),
         Null,
+        StringStart,
+        StringPart(String),
+        StringEnd,
     }
 
     fn own(token: Token<'_>) -> Owned {
@@ -560,6 +664,9 @@ mod tests {
             Token::Number(n) => Owned::Number(n.into()),
             Token::Bool(b) => Owned::Bool(b),
             Token::Null => Owned::Null,
+            Token::StringStart => Owned::StringStart,
+            Token::StringPart(s) => Owned::StringPart(s.into()),
+            Token::StringEnd => Owned::StringEnd,
         }
     }
 
@@ -632,6 +739,92 @@ mod tests {
         }
     }
 
+    /// Tokens of `pieces` with strings larger than `max_token` joined back from their parts.
+    fn joined_tokens(pieces: &[&[u8]], max_token: usize) -> Result<Vec<Owned>, TokenError> {
+        let mut tokenizer = Tokenizer::new(64, max_token);
+        let mut all = Vec::new();
+        let mut handler = |t: Token<'_>| {
+            match (t, all.last_mut()) {
+                (Token::StringPart(part), Some(Owned::StringPart(text))) => text.push_str(part),
+                (Token::StringPart(part), Some(Owned::StringStart)) => {
+                    all.pop();
+                    all.push(Owned::StringPart(part.into()));
+                }
+                (Token::StringEnd, Some(Owned::StringPart(text))) => {
+                    let text = std::mem::take(text);
+                    all.pop();
+                    all.push(Owned::String(text));
+                }
+                (t, _) => all.push(own(t)),
+            }
+            Ok::<_, ()>(())
+        };
+        for piece in pieces {
+            match tokenizer.feed(piece, &mut handler) {
+                Ok(()) => {}
+                Err(FeedError::Json(e)) => return Err(e),
+                Err(FeedError::Handler(())) => unreachable!(),
+            }
+        }
+        match tokenizer.finish(&mut handler) {
+            Ok(()) => Ok(all),
+            Err(FeedError::Json(e)) => Err(e),
+            Err(FeedError::Handler(())) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn long_string_values_come_in_parts_split_anywhere() {
+        let doc = br#"{"key-longer-than-8": ["abc\/def\\\"\u00e9\ud83d\ude00ghi\u0041\n\u00e9\u00e9\u00e9", "short", "\u00e9t\u00e9\u00e9t\u00e9 and more"]}"#;
+        let expected = vec![
+            Owned::BeginObject,
+            Owned::Key("key-longer-than-8".into()),
+            Owned::BeginArray,
+            Owned::String("abc/def\\\"\u{e9}\u{1F600}ghiA\n\u{e9}\u{e9}\u{e9}".into()),
+            Owned::String("short".into()),
+            Owned::String("\u{e9}t\u{e9}\u{e9}t\u{e9} and more".into()),
+            Owned::EndArray,
+            Owned::EndObject,
+        ];
+        // Keys are never streamed: a key longer than the limit is an error.
+        assert!(joined_tokens(&[doc], 8).is_err());
+        let limit = 18;
+        assert_eq!(joined_tokens(&[doc], limit).unwrap(), expected);
+        for split in 0..=doc.len() {
+            let (a, b) = doc.split_at(split);
+            assert_eq!(
+                joined_tokens(&[a, b], limit).unwrap(),
+                expected,
+                "split at {split}"
+            );
+        }
+        let mut rng = Rng(5);
+        for _ in 0..300 {
+            let mut pieces = Vec::new();
+            let mut rest = &doc[..];
+            while !rest.is_empty() {
+                let n = 1 + rng.below(5).min(rest.len() - 1);
+                let (a, b) = rest.split_at(n);
+                pieces.push(a);
+                rest = b;
+            }
+            assert_eq!(joined_tokens(&pieces, limit).unwrap(), expected);
+        }
+        // Bad escapes, UTF-8 and surrogates in a streamed string are errors too.
+        for bad in [
+            &br#"["aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\x"]"#[..],
+            b"[\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\xff\"]",
+            br#"["aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\ud800"]"#,
+            br#"["aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\u00"]"#,
+        ] {
+            assert!(
+                joined_tokens(&[bad], limit).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
     #[test]
     fn a_number_at_the_end_of_the_document() {
         assert_eq!(
@@ -680,7 +873,8 @@ mod tests {
             Err(FeedError::Json(_))
         ));
         let mut tokenizer = Tokenizer::new(2, 8);
-        assert!(tokenizer.feed(b"[\"12345", &mut handler).is_ok());
+        // Keys are held whole; string values past the limit come in parts.
+        assert!(tokenizer.feed(b"{\"12345", &mut handler).is_ok());
         assert!(matches!(
             tokenizer.feed(b"6789", &mut handler),
             Err(FeedError::Json(_))
