@@ -2092,4 +2092,62 @@ mod tests {
             .to_string()
             .contains("cannot be streamed"));
     }
+
+    /// The Binary and OperationOutcome writers of `super` and this converter write the same
+    /// bytes for the official Binary and OperationOutcome examples.
+    #[test]
+    fn same_xml_as_the_binary_and_operation_outcome_writers() {
+        use crate::scan::PayloadElement;
+        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+        for (dir, version) in [
+            ("dstu2", FhirVersion::Dstu2),
+            ("stu3", FhirVersion::Stu3),
+            ("r4", FhirVersion::R4),
+            ("r4b", FhirVersion::R4B),
+            ("r5", FhirVersion::R5),
+        ] {
+            for name in ["binary-example.json", "binary-f006.json"] {
+                let json = std::fs::read_to_string(format!("{fixtures}/{dir}/{name}")).unwrap();
+                let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+                let mut map = value.as_object().unwrap().clone();
+                let payload = [PayloadElement::Data, PayloadElement::Content]
+                    .into_iter()
+                    .find(|p| map.contains_key(p.name()))
+                    .unwrap();
+                let text = map.remove(payload.name()).unwrap();
+                let mut old = Vec::new();
+                super::super::binary_prefix(&map, Some(payload), version, &mut old).unwrap();
+                super::super::escape_payload_text(text.as_str().unwrap().as_bytes(), &mut old);
+                super::super::binary_suffix(&map, payload, version, &mut old).unwrap();
+                let new = convert(version, &json).unwrap();
+                assert_eq!(new, String::from_utf8(old).unwrap(), "{dir}/{name}");
+            }
+        }
+        let mut compared = 0;
+        for (dir, version) in [
+            ("stu3", FhirVersion::Stu3),
+            ("r4", FhirVersion::R4),
+            ("r4b", FhirVersion::R4B),
+            ("r5", FhirVersion::R5),
+        ] {
+            for entry in std::fs::read_dir(format!("{fixtures}/examples/{dir}")).unwrap() {
+                let path = entry.unwrap().path();
+                let json = std::fs::read_to_string(&path).unwrap();
+                let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+                if value["resourceType"] != "OperationOutcome" {
+                    continue;
+                }
+                let mut old = Vec::new();
+                super::super::operation_outcome(&value, version, &mut old).unwrap();
+                assert_eq!(
+                    convert(version, &json).unwrap(),
+                    String::from_utf8(old).unwrap(),
+                    "{}",
+                    path.display()
+                );
+                compared += 1;
+            }
+        }
+        assert_eq!(compared, 4);
+    }
 }
