@@ -815,6 +815,12 @@ mod tests {
                 .filter(|t| t.kind() == TypeKind::Resource && !t.is_abstract())
                 .count();
             assert_eq!(concrete, resources, "{version:?}");
+            // Converters keep a bit per element position in 256 bits.
+            let most = (0..tables.type_name.len())
+                .map(|index| TypeRef::new(tables, index).element_count())
+                .max()
+                .unwrap();
+            assert!(most <= 256, "{version:?}: {most}");
             // Every element of every type is found again by its name, at its position.
             for index in 0..tables.type_name.len() {
                 let ty = TypeRef::new(tables, index);

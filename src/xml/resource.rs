@@ -50,7 +50,7 @@ use tokens::{FeedError, Token, Tokenizer};
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ConvertLimits {
     /// The most bytes held to put elements in definition order: what is held, the largest
-    /// key, and the largest value that is not streamed.
+    /// key, and the largest value that is not streamed (at most 1 GiB).
     pub(crate) reorder_limit: usize,
     /// The deepest JSON nesting accepted.
     pub(crate) max_depth: usize,
@@ -101,6 +101,11 @@ pub(crate) struct JsonToXml {
 
 impl JsonToXml {
     pub(crate) fn new(version: FhirVersion, limits: ConvertLimits) -> JsonToXml {
+        // Held pieces are addressed by `u32` offsets.
+        let limits = ConvertLimits {
+            reorder_limit: limits.reorder_limit.min(1 << 30),
+            ..limits
+        };
         JsonToXml {
             tokenizer: Tokenizer::new(limits.max_depth, limits.reorder_limit),
             converter: Converter {
@@ -276,6 +281,9 @@ struct Converter {
     stream_tail: Option<Vec<u8>>,
 }
 
+/// The largest buffer a frame keeps for reuse.
+const POOLED_ARENA: usize = 64 << 10;
+
 /// How often the reorder limit is checked, in bytes of input (about).
 const CHECK_EVERY: usize = 4096;
 
@@ -290,7 +298,7 @@ fn set_bit(set: &mut [u64; 4], position: usize) {
 }
 
 fn range(start: usize, end: usize) -> (u32, u32) {
-    // Bounded by the reorder limit, far below 4 GiB.
+    // Bounded by the reorder limit, at most 1 GiB.
     (start as u32, end as u32)
 }
 
@@ -394,6 +402,10 @@ impl Converter {
         frame.seen = [0; 4];
         frame.seen_partner = [0; 4];
         frame.arena.clear();
+        if frame.arena.capacity() > POOLED_ARENA {
+            // Reused frames keep small buffers only: the reorder limit bounds what is held.
+            frame.arena = Vec::new();
+        }
         frame.attributes.clear();
         frame.parts.clear();
         frame.slots_used = 0;
