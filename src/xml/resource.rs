@@ -2163,3 +2163,61 @@ mod tests {
         assert_eq!(compared, 4);
     }
 }
+
+#[cfg(test)]
+mod memory {
+    use super::*;
+
+    /// Converts a generated searchset Bundle of `$BUNDLE_MIB` MiB (default 64) of official
+    /// examples, fed in 16 KiB pieces without ever holding it, for measuring the resident
+    /// memory from outside: `/usr/bin/time -f %M <test binary> memory --ignored`.
+    #[test]
+    #[ignore = "a measurement, run by hand"]
+    fn generated_bundle() {
+        let mib: usize = std::env::var("BUNDLE_MIB").map_or(64, |m| m.parse().unwrap());
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/examples/r4");
+        let mut entries = Vec::new();
+        for name in [
+            "Patient-ihe-pcd.json",
+            "Observation-eye-color.json",
+            "Binary-f006.json",
+            "Questionnaire-f201.json",
+        ] {
+            let r = std::fs::read_to_string(format!("{dir}/{name}")).unwrap();
+            entries.push(format!(
+                r#"{{"fullUrl":"urn:x","resource":{r},"search":{{"mode":"match"}}}},"#
+            ));
+        }
+        let mut c = JsonToXml::new(FhirVersion::R4, ConvertLimits::default());
+        let mut out = Vec::new();
+        c.feed(
+            br#"{"resourceType":"Bundle","type":"searchset","entry":["#,
+            &mut out,
+        )
+        .unwrap();
+        let mut fed = 0;
+        let mut xml = 0usize;
+        let mut i = 0;
+        while fed < mib << 20 {
+            let e = entries[i % entries.len()].as_bytes();
+            for chunk in e.chunks(16 << 10) {
+                c.feed(chunk, &mut out).unwrap();
+                xml += out.len();
+                out.clear();
+            }
+            fed += e.len();
+            i += 1;
+        }
+        let last = entries[0].trim_end_matches(',');
+        c.feed(last.as_bytes(), &mut out).unwrap();
+        c.feed(b"]}", &mut out).unwrap();
+        c.finish(&mut out).unwrap();
+        xml += out.len();
+        println!(
+            "{} MiB JSON, {} entries -> {} MiB XML",
+            fed >> 20,
+            i + 1,
+            xml >> 20
+        );
+    }
+}
