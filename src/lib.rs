@@ -103,6 +103,7 @@ mod outcome;
 mod select;
 mod version;
 mod scan;
+mod model;
 mod policy;
 mod error;
 mod extension;
