@@ -42,12 +42,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:3000".into());
 
-    // `route_layer` puts the layer on the Binary route only; `layer` would cover every route
-    // and the fallback (harmless: only Binary JSON answers are changed).
+    // On the whole router: the layer negotiates the requests to the Binary endpoint and
+    // passes every other one, `/fhir/metadata` and the fallback included, untouched.
     let app = Router::new()
         .route("/fhir/Binary/{id}", get(read_binary_json))
-        .route_layer(BinaryNegotiationLayer::new())
-        .route("/fhir/metadata", get(metadata));
+        .route("/fhir/metadata", get(metadata))
+        .layer(BinaryNegotiationLayer::new());
 
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     let url = format!("http://{}/fhir", listener.local_addr()?);

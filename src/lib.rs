@@ -1,11 +1,11 @@
-//! Serve FHIR `Binary` resources the way the FHIR spec asks, in front of a server that can only
-//! answer with Binary JSON.
+//! Serve FHIR `Binary` resources the way the FHIR specification asks, in front of a server that
+//! can only answer with Binary JSON.
 //!
 //! `GET [base]/Binary/[id]` should return the document itself (a PDF, a JPEG, a CDA document)
 //! with its own `Content-Type`, unless the client explicitly asks for the FHIR resource, and
 //! `_format` overrides `Accept`. [`BinaryNegotiationLayer`] wraps an inner service that always
 //! answers with FHIR Binary JSON and, on the way back, passes the JSON through, renders FHIR
-//! XML, or decodes the base64 payload and streams the raw bytes, without ever holding the whole
+//! XML, or decodes the base64 payload and streams the raw bytes, without holding the whole
 //! document in memory.
 //!
 //! # Example
@@ -49,190 +49,83 @@
 //! # }
 //! ```
 //!
-//! # Choosing the representation
+//! With axum, put the layer on the whole `Router` (`Router::new().route(...).layer(...)`): it
+//! negotiates the requests addressed to the Binary endpoint and passes every other one through.
+//! The README has the complete example.
 //!
 //! `GET` and `HEAD` of the Binary endpoint are negotiated as reads. `POST` and `PUT` of it are
-//! writes: a raw document becomes Binary JSON for the inner service (see [`RequestBody`]), and
-//! the answer comes back as FHIR JSON, or FHIR XML when asked. Every other request passes
-//! through untouched.
+//! writes: a raw document becomes Binary JSON for the inner service, and the answer comes back
+//! as FHIR JSON, or FHIR XML when asked.
 //!
-//! 1. `_format` wins over `Accept`. `json`, `application/json`, `application/fhir+json`,
-//!    `application/json+fhir` and `text/json` mean FHIR JSON; `xml`, `application/xml`,
-//!    `application/fhir+xml`, `application/xml+fhir` and `text/xml` mean FHIR XML. The value is
-//!    percent-decoded, a space stands for an unescaped `+`, parameters are ignored. Anything
-//!    else is answered with 406 Not Acceptable.
-//! 2. Otherwise `Accept` (every line, with q-values): an explicit FHIR media type
-//!    (`application/fhir+json`, `application/fhir+xml` and the DSTU2 spellings) that weighs at
-//!    least as much as the Binary's own content type chooses FHIR; else the Binary's content
-//!    type, matched by its most specific range (`image/jpeg`, `image/*`, `*/*`), chooses the
-//!    document; else 406. Wildcards and plain `application/json` or `application/xml` never
-//!    ask for FHIR, so a browser's navigation gets the document.
-//! 3. No `_format` and no `Accept`: the document.
+//! # The API
 //!
-//! # What goes to the inner service
+//! - [`BinaryNegotiationLayer`]: the layer, configured with consuming builder methods, each of
+//!   which documents its default and what it bounds. It makes a [`BinaryNegotiation`], the
+//!   service, whose [`ResponseFuture`] resolves to a response with a [`NegotiatedBody`].
+//! - [`Selector`]: which requests are negotiated ([`BinaryNegotiationLayer::select`]);
+//!   [`BinaryEndpoint`] by default, [`AllRequests`], or a closure over the request head.
+//! - [`Negotiation`]: what the layer did, in the extensions of every response; a
+//!   [`Representation`] when it served one.
+//! - [`RequestBody`]: the request body the inner service receives: the client's, or, for a raw
+//!   document posted or put to the Binary endpoint, the equivalent Binary JSON made as the
+//!   upload arrives.
+//! - [`FhirVersion`]: the release the layer writes where it must choose.
+//! - [`SecurityPolicy`]: the headers that protect a browser from the documents served.
+//! - [`InvalidBinary`], [`BoxError`]: the body's errors.
+#![cfg_attr(
+    feature = "proxy",
+    doc = "- [`proxy`] (feature `proxy`): `fhir-binary-proxy`, run in-process."
+)]
+#![cfg_attr(
+    not(feature = "proxy"),
+    doc = "- `proxy` (feature `proxy`): `fhir-binary-proxy`, run in-process."
+)]
 //!
-//! For negotiated requests the inner service is asked plainly: `Accept: application/fhir+json`
-//! (`application/json+fhir` with [`FhirVersion::Dstu2`]), `_format` removed from the query
-//! (the rest kept byte for byte), `HEAD` sent as `GET`. `Range` and `If-Range` are removed: a
-//! range of the JSON is not a range of the document; the layer serves ranges itself. Every
-//! other header goes on, conditional ones included.
+//! # More in the repository
 //!
-//! # What comes back
+//! - `docs/negotiation.md`: the rules, included below.
+//! - `docs/bad-inputs.md`: every bad input an inner service can send, and what the client gets.
+//! - `docs/proxy.md`: the proxy's flags, deployment, and what it does to headers.
+//! - `docs/performance.md`: figures, baselines, and how to reproduce them.
+//! - `docs/architecture.md`: how a request and its response go through the modules.
 //!
-//! Only a 2xx FHIR JSON response (`application/fhir+json`, `application/json+fhir` or
-//! `application/json`, without `Content-Encoding`) whose `resourceType` is `Binary` is changed.
-//! Anything else, a 404 OperationOutcome, a search Bundle, a compressed body, passes through
-//! untouched, with `Vary: Accept` added. A Binary without `data` is answered with its FHIR JSON.
-//!
-//! # FHIR XML
-//!
-//! `<Binary xmlns="http://hl7.org/fhir">`, valid against the official schema: elements in
-//! schema order whatever order the JSON keys came in, `meta` and `securityContext` nested,
-//! primitive extensions merged, the base64 text streamed into the `value` attribute of `<data>`
-//! (R4 and later) or `<content>` (DSTU2, STU3), `application/fhir+xml;charset=utf-8` (or
-//! `application/xml+fhir` when the client spelled it so, or with [`FhirVersion::Dstu2`]).
-//! Because XML puts `meta` before `data` and the HL7 examples write it after, the layer reads
-//! the Binary whole within the reorder buffer before writing, so faults are 502s; a larger one
-//! streams with the elements known so far, and an element XML needs before the payload that
-//! only comes after it breaks the transfer instead of going missing. An OperationOutcome, the
-//! layer's own or the inner service's error, is rendered as XML too for a client that asked
-//! for XML.
-//!
-//! # The head of the raw document
-//!
-//! - `Content-Type`: the Binary's `contentType`, checked to be a media type and a valid header
-//!   value. `Content-Length` when the decoded size is known before the head goes out: inner
-//!   bodies of known size up to [`BinaryNegotiationLayer::read_whole_limit`], and `HEAD`;
-//!   larger ones stream chunked as the inner body arrives.
-//! - `ETag: W/"<meta.versionId>"` and `Last-Modified` (an HTTP-date) from `meta.lastUpdated`,
-//!   unless the inner service set them; a `versionId` that cannot stand in an entity tag, or a
-//!   `lastUpdated` that is not a FHIR instant between 1970 and 9999, gives none.
-//!   `Content-Location` and the inner service's other headers stay.
-//! - `X-Security-Context: <securityContext.reference>`, when it is a valid header value.
-//! - `Vary: Accept`, merged with the inner service's `Vary`, on every negotiated response
-//!   (the raw document, FHIR JSON, FHIR XML, 406, 502).
-//! - `Accept-Ranges: bytes`.
-//! - `X-Content-Type-Options: nosniff`, and what the [`SecurityPolicy`] adds: by default
-//!   `Content-Security-Policy: sandbox` and `Content-Disposition: attachment` for active
-//!   content (HTML, SVG, XML, scripts), `Content-Disposition: inline` for passive content
-//!   (PDF, images, text), with a file name made of the Binary's id and an extension
-//!   (`example.pdf`).
-//!
-//! **Metadata that comes after the payload.** The official HL7 examples put `meta` after
-//! `data`. When the layer reads the inner body whole before the head (known size within the
-//! limit, `HEAD`, and conditional or range requests within the limit, see below), the head is
-//! made from every member of the Binary. When it streams, the head goes out at the first byte
-//! of the payload, so it carries only what came before the payload: a streamed `GET` of such
-//! a Binary has no `ETag` or `Last-Modified` (and no `Content-Length`), while its `HEAD` has
-//! them. Servers that write `meta` before `data`, or send `Content-Length`, avoid the
-//! difference.
-//!
-//! # Conditional and range requests
-//!
-//! The client's `Range`, `If-Range`, `If-None-Match` and `If-Modified-Since` are recorded at
-//! request time and applied to the raw document when the inner service answered 200 (RFC 9110
-//! sections 13 and 14). `If-None-Match` and `If-Modified-Since` also go on to the inner
-//! service: a 304 it answers itself passes on, with `Vary`.
-//!
-//! - `If-None-Match` (weak comparison, lists, `*`), else `If-Modified-Since`, gives 304 Not
-//!   Modified with the validators, `Vary` and `Content-Location`, for `GET` and `HEAD`.
-//! - `Range: bytes=a-b`, `bytes=a-` and `bytes=-n` give 206 Partial Content with
-//!   `Content-Range`, or 416 Range Not Satisfiable with `Content-Range: bytes */length`.
-//!   Several ranges are answered with the whole document (200), and an invalid `Range` is
-//!   ignored, as RFC 9110 allows. `HEAD` ignores `Range` (ranges are defined for `GET` only).
-//! - `If-Range` holds with the exact `Last-Modified` date, or with a strong entity tag equal
-//!   to the `ETag`. The layer's own `ETag` is weak, and RFC 9110 says a weak tag never
-//!   matches `If-Range`: clients resume with the date (browsers do), or the inner service
-//!   sets a strong `ETag`. When `If-Range` does not hold, the whole document is sent.
-//!
-//! The validators must be known before the head, and a range's position needs the output
-//! made so far. So, when the body is streamed and the request has a `Range`, or a condition
-//! whose validator is not known yet (`meta` not read yet, not set by the inner service), the
-//! layer keeps up to `read_whole_limit` bytes of decoded output before answering:
-//!
-//! - If the document ends within the limit, everything is known and answered exactly
-//!   (`Content-Range: bytes a-b/length`).
-//! - If not, the head goes out with what is known then: a condition whose validator is still
-//!   unknown does not hold (the document is sent); `bytes=a-b` is answered with
-//!   `Content-Range: bytes a-b/*` and `Content-Length` once byte `b` is made, keeping only
-//!   the range; `bytes=a-` and `bytes=-n`, which need the length, get the whole document (200).
-//!   If a range larger than the limit turns out to pass the end of the document after its
-//!   head went out, the body fails rather than end short of its announced length.
-//! - As soon as a range is complete, decoding stops and the inner body is dropped.
-//!
-//! # Errors
-//!
-//! When the inner service's body is not a valid Binary (invalid JSON, bad base64, junk after
-//! the padding, a missing or invalid `contentType`, duplicate members) the client gets 502 Bad
-//! Gateway with an OperationOutcome that says what was wrong, if the response head has not gone
-//! out yet; after that, the body fails with [`InvalidBinary`] so that the client sees a broken
-//! transfer, never a document silently cut short. Errors of the inner service itself are
-//! returned as they are (`Error = S::Error`).
-//!
-//! The memory the layer uses is bounded by its options: the frame size, the reorder buffer
-//! (for Binaries that write `contentType` after `data`), the metadata cap and the depth cap.
-//!
-//! # With tower-http
-//!
-//! Put `CompressionLayer` outside this layer and `DecompressionLayer` inside it (between it and
-//! an inner service that compresses): the layer leaves compressed bodies untouched, so it must
-//! see the Binary JSON uncompressed, and compression belongs to the document it produces.
-//! `TraceLayer` works on either side; outside, it records what the client gets.
-//!
-//! ```ignore
-//! let service = ServiceBuilder::new()
-//!     .layer(TraceLayer::new_for_http())
-//!     .layer(CompressionLayer::new())
-//!     .layer(BinaryNegotiationLayer::new())
-//!     .layer(DecompressionLayer::new())
-//!     .service(legacy_fhir_service);
-//! ```
-//!
-//! # The proxy
-//!
-//! With the cargo feature `proxy` (off by default, so that library users compile none of its
-//! runtime dependencies) the crate also builds the `fhir-binary-proxy` binary, a reverse proxy
-//! that puts the layer in front of a FHIR server you cannot change, with an embedded demo
-//! backend; the module `proxy` runs the same pieces in-process.
+#![doc = include_str!("../docs/negotiation.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 // Lowest first: a module imports only those listed before it (`tests/layering.rs`).
 // Plain sync modules.
-mod conditional;
-mod config;
 mod decode;
 mod encode;
-mod error;
-mod extension;
+mod conditional;
 mod frames;
-mod head;
 mod negotiate;
 mod outcome;
-mod policy;
-mod request;
-mod scan;
 mod select;
+mod version;
+mod scan;
+mod policy;
+mod error;
+mod extension;
+mod xml;
+mod config;
+mod request;
+mod transcode;
+mod head;
 #[cfg(test)]
 mod test_rng;
-mod transcode;
-mod version;
-mod xml;
-
-// Writes, lowest first, each in a block of its own so that rustfmt keeps the order.
+// Writes: what an upload is, the body it becomes, the request the inner service gets.
 mod upload;
-
 mod request_body;
-
 mod write;
-
 // The response path, driven by the Tower types.
 mod body;
 mod respond;
 // The Tower types.
 mod future;
-mod layer;
 mod service;
+mod layer;
 
 pub use body::NegotiatedBody;
 pub use error::{BoxError, InvalidBinary};
@@ -247,4 +140,10 @@ pub use service::BinaryNegotiation;
 pub use version::FhirVersion;
 
 #[cfg(feature = "proxy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
 pub mod proxy;
+
+/// The README's code blocks, compiled by `cargo test --doc` so that the README cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme_doctests {}

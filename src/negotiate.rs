@@ -1,30 +1,8 @@
 //! Choosing the representation of a Binary read: the raw document, FHIR JSON or FHIR XML.
 //!
-//! The rules, in order:
-//!
-//! 1. `_format` in the query string overrides `Accept`. Its value is form-decoded, a space
-//!    stands for a `+` the client forgot to escape, media-type parameters are dropped, and the
-//!    comparison ignores case and surrounding whitespace. `json`, `application/json`,
-//!    `application/fhir+json`, `application/json+fhir` and `text/json` mean FHIR JSON; `xml`,
-//!    `application/xml`, `application/fhir+xml`, `application/xml+fhir` and `text/xml` mean FHIR
-//!    XML; anything else (including an empty value) is not acceptable. The parameter name is
-//!    matched after decoding and case-sensitively (FHIR parameter names are case-sensitive);
-//!    when it appears several times the first one counts.
-//! 2. Otherwise every `Accept` line is read as a comma list of weighted media ranges
-//!    (RFC 9110, section 12.5.1). An entry that does not parse, or whose `q` is not a valid
-//!    qvalue, is skipped. A line that is not visible ASCII is skipped.
-//!    - `q_json` is the weight of an explicit `application/fhir+json` or `application/json+fhir`
-//!      range, `q_xml` that of `application/fhir+xml` or `application/xml+fhir` (the highest
-//!      when several are listed). Wildcards and plain `application/json` or `application/xml`
-//!      never count as asking for FHIR: browsers list `application/xml` on every navigation.
-//!    - `q_native` is the weight the list gives the Binary's own content type through its most
-//!      specific matching range: `type/subtype`, then `type/*`, then `*/*`, parameters ignored
-//!      on both sides. When the same range is listed several times, the highest weight wins.
-//!    - With `fhir = max(q_json, q_xml)`: if `fhir > 0` and `fhir >= q_native`, FHIR (JSON when
-//!      `q_json >= q_xml`); else if `q_native > 0`, the raw document; else not acceptable.
-//! 3. With no `_format` and no usable `Accept` entry (no header, only empty values, or only
-//!    entries that fail to parse), the raw document: an unusable header says nothing about what
-//!    the client wants, and FHIR servers must serve Binary natively when asked nothing.
+//! The rules (`_format` over `Accept`, q-values, what counts as asking for FHIR, when the
+//! answer is 406) are written once, in `docs/negotiation.md`, which the crate documentation
+//! includes; `decision_table` below checks them. This module implements them.
 //!
 //! The Binary's content type is only known once the inner service's body shows it, so a
 //! [`Preference`] is recorded at request time and [`Preference::resolve`]d later.
@@ -47,6 +25,7 @@ const FORMAT_PARAM: &str = "_format";
 
 /// The representation a negotiated response carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Representation {
     /// The document itself: the decoded bytes of the Binary's `data` (R4 and later) or
     /// `content` (DSTU2, STU3), served with the Binary's own `contentType`. This is what a

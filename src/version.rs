@@ -11,6 +11,7 @@ use crate::negotiate::Spelling;
 /// must choose: the `Accept` it sends to the inner service, the media types of the FHIR
 /// responses it makes, and which elements FHIR XML may carry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum FhirVersion {
     /// DSTU2 (1.0): `application/json+fhir`, `application/xml+fhir`.
     Dstu2,

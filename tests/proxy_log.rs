@@ -78,6 +78,8 @@ fn every_request_is_logged_with_its_representation() {
             get("/Binary/f006?_format=xml"),
             get("/Binary/nope"),
             create,
+            get("/Binary/f006?_format=ttl"),
+            get("/metadata"),
         ];
         let mut sent = Vec::new();
         for request in requests {
@@ -94,7 +96,7 @@ fn every_request_is_logged_with_its_representation() {
         sent
     });
     let lines = logged(&captured);
-    assert_eq!(lines.len(), 5, "{lines:#?}");
+    assert_eq!(lines.len(), 7, "{lines:#?}");
     let expect = [
         ("method=GET path=/Binary/f006", "representation=\"native\""),
         (
@@ -107,16 +109,23 @@ fn every_request_is_logged_with_its_representation() {
         ),
         (
             "method=GET path=/Binary/nope",
-            "representation=\"fhir-json\"",
+            "representation=\"passed-through\"",
+        ),
+        // A write: the created Binary comes back as FHIR JSON.
+        ("method=POST path=/Binary", "representation=\"fhir-json\""),
+        (
+            "method=GET path=/Binary/f006",
+            "representation=\"not-acceptable\"",
         ),
         (
-            "method=POST path=/Binary",
-            "representation=\"pass-through\"",
+            "method=GET path=/metadata",
+            "representation=\"not-negotiated\"",
         ),
     ];
     assert_eq!(sent[0], (200, 26626));
     assert_eq!(sent[3].0, 404);
     assert_eq!(sent[4].0, 201);
+    assert_eq!(sent[5].0, 406);
     for ((line, (request, representation)), (status, bytes)) in lines.iter().zip(expect).zip(sent) {
         assert!(line.contains(request), "{line}");
         assert!(line.contains(representation), "{line}");

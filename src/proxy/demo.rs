@@ -89,8 +89,10 @@ pub const DEMO_BINARIES: [DemoBinary; 6] = [
     },
 ];
 
-const PDF_JSON: &[u8] = include_bytes!("demo/binary-example.json");
-const JPEG_JSON: &[u8] = include_bytes!("demo/binary-f006.json");
+// The official HL7 examples, the same files the tests read (one copy in the repository and
+// in the package).
+const PDF_JSON: &[u8] = include_bytes!("../../tests/fixtures/r4/binary-example.json");
+const JPEG_JSON: &[u8] = include_bytes!("../../tests/fixtures/r4/binary-f006.json");
 
 const CDA: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 <ClinicalDocument xmlns="urn:hl7-org:v3">

@@ -25,7 +25,6 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::headers::{add_forwarded, client_host, remove_hop_by_hop, Rebase};
-use super::log::UpstreamHead;
 use super::outcome::outcome_response;
 use super::{ConnInfo, ProxyOptions};
 use crate::{BoxError, FhirVersion};
@@ -147,7 +146,6 @@ impl Shared {
         B::Error: Into<BoxError>,
     {
         let (mut parts, body) = request.into_parts();
-        let upstream_head = parts.extensions.get::<UpstreamHead>().cloned();
         let host = client_host(&parts.headers, &parts.uri);
         let conn = parts.extensions.get::<ConnInfo>().copied();
         let public_base = match (&self.public_base, &host, conn) {
@@ -197,9 +195,6 @@ impl Shared {
         };
 
         let (mut parts, body) = response.into_parts();
-        if let Some(head) = upstream_head {
-            head.record(&parts.headers);
-        }
         remove_hop_by_hop(&mut parts.headers);
         if !public_base.is_empty() {
             for name in [LOCATION, CONTENT_LOCATION] {

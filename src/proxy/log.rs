@@ -2,25 +2,25 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Buf;
-use http::header::{HeaderValue, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS};
-use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
+use crate::{Negotiation, Representation};
+
 /// Logs every request at `INFO` with target `fhir_binary_proxy`: method, path,
 /// representation, status, bytes of body sent and duration, when the response body ends.
 ///
-/// The representation is told by comparing the response with what the upstream answered (the
-/// [`Forward`](super::Forward) service below records it): `native` when the layer decoded the
-/// document, `fhir-xml` when it rendered XML, `fhir-json` for FHIR JSON, `pass-through` for
-/// anything else and for methods other than `GET` and `HEAD`. Without that record (a response
-/// the proxy made itself) it is read off the response alone.
+/// The representation is what the negotiation layer recorded in the response's extensions
+/// ([`Negotiation`]): `native`, `fhir-json` or `fhir-xml` for a representation it served,
+/// `passed-through` for an upstream answer it passed on as it came (an OperationOutcome, a
+/// Bundle, a 304), `not-negotiated` for a request it did not negotiate, `not-acceptable` and
+/// `bad-gateway` for its own 406 and 502.
 #[derive(Clone, Debug)]
 pub struct AccessLog<S> {
     inner: S,
@@ -46,11 +46,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let upstream = UpstreamHead::default();
-        request.extensions_mut().insert(upstream.clone());
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let entry = Entry {
-            upstream,
             method: request.method().clone(),
             path: request.uri().path().to_owned(),
             start: Instant::now(),
@@ -91,13 +88,7 @@ where
         Poll::Ready(match result {
             Ok(response) => {
                 entry.status = response.status();
-                let upstream = entry.upstream.take();
-                entry.representation = representation(
-                    &entry.method,
-                    entry.status,
-                    response.headers(),
-                    upstream.as_ref(),
-                );
+                entry.representation = representation(response.extensions().get());
                 entry.expected = response.body().size_hint().exact();
                 Ok(response.map(|body| AccessLogBody { body, entry }))
             }
@@ -163,35 +154,8 @@ where
     }
 }
 
-/// The head of the upstream's answer, as far as the access log needs it: put into the request's
-/// extensions by [`AccessLog`], filled in by the service that talks to the upstream.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct UpstreamHead(Arc<Mutex<Option<UpstreamSeen>>>);
-
-#[derive(Clone, Debug)]
-pub(crate) struct UpstreamSeen {
-    /// Whether the upstream itself sent `X-Content-Type-Options: nosniff`.
-    nosniff: bool,
-}
-
-impl UpstreamHead {
-    /// Records the upstream's response headers.
-    pub(crate) fn record(&self, headers: &HeaderMap) {
-        if let Ok(mut slot) = self.0.lock() {
-            *slot = Some(UpstreamSeen {
-                nosniff: headers.contains_key(X_CONTENT_TYPE_OPTIONS),
-            });
-        }
-    }
-
-    fn take(&self) -> Option<UpstreamSeen> {
-        self.0.lock().ok().and_then(|mut slot| slot.take())
-    }
-}
-
 /// What is logged for one request.
 struct Entry {
-    upstream: UpstreamHead,
     method: Method,
     path: String,
     start: Instant,
@@ -238,56 +202,18 @@ fn millis(duration: Duration) -> f64 {
     (duration.as_secs_f64() * 1000.0 * 10.0).round() / 10.0
 }
 
-/// The representation a response carries.
-fn representation(
-    method: &Method,
-    status: StatusCode,
-    headers: &HeaderMap,
-    upstream: Option<&UpstreamSeen>,
-) -> &'static str {
-    if method != Method::GET && method != Method::HEAD {
-        return "pass-through";
-    }
-    let kind = media_kind(headers.get(CONTENT_TYPE));
-    match upstream {
-        Some(upstream) => {
-            // The layer marks every document it decodes with nosniff.
-            if headers.contains_key(X_CONTENT_TYPE_OPTIONS) && !upstream.nosniff {
-                "native"
-            } else {
-                match kind {
-                    Kind::Json => "fhir-json",
-                    Kind::Xml => "fhir-xml",
-                    Kind::Other => "pass-through",
-                }
-            }
-        }
-        None => match kind {
-            Kind::Json => "fhir-json",
-            Kind::Xml => "fhir-xml",
-            Kind::Other if status.is_success() || status == StatusCode::NOT_MODIFIED => "native",
-            Kind::Other => "error",
-        },
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Json,
-    Xml,
-    Other,
-}
-
-fn media_kind(content_type: Option<&HeaderValue>) -> Kind {
-    let essence = content_type
-        .and_then(|v| v.to_str().ok())
-        .map(crate::negotiate::essence)
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    match essence.as_str() {
-        "application/fhir+json" | "application/json+fhir" => Kind::Json,
-        "application/fhir+xml" | "application/xml+fhir" => Kind::Xml,
-        _ => Kind::Other,
+/// The name the log gives what the layer did.
+fn representation(negotiation: Option<&Negotiation>) -> &'static str {
+    match negotiation {
+        Some(Negotiation::Served(Representation::Native)) => "native",
+        Some(Negotiation::Served(Representation::FhirJson)) => "fhir-json",
+        Some(Negotiation::Served(Representation::FhirXml)) => "fhir-xml",
+        Some(Negotiation::PassedThrough) => "passed-through",
+        Some(Negotiation::NotAcceptable) => "not-acceptable",
+        Some(Negotiation::Refused) => "refused",
+        Some(Negotiation::BadGateway) => "bad-gateway",
+        Some(Negotiation::NotNegotiated) => "not-negotiated",
+        None => "unknown",
     }
 }
 
@@ -295,73 +221,22 @@ fn media_kind(content_type: Option<&HeaderValue>) -> Kind {
 mod tests {
     use super::*;
 
-    fn headers(content_type: &str, nosniff: bool) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, content_type.parse().unwrap());
-        if nosniff {
-            headers.insert(X_CONTENT_TYPE_OPTIONS, "nosniff".parse().unwrap());
-        }
-        headers
-    }
-
-    fn seen(nosniff: bool) -> UpstreamSeen {
-        UpstreamSeen { nosniff }
-    }
-
     #[test]
-    fn representation_is_told_by_what_the_layer_changed() {
-        let json = seen(false);
-        let ok = StatusCode::OK;
-        let get = Method::GET;
-        let native = headers("application/pdf", true);
-        assert_eq!(representation(&get, ok, &native, Some(&json)), "native");
-        // A Binary whose own content type is FHIR JSON, served natively.
-        let fhir_native = headers("application/fhir+json", true);
-        assert_eq!(
-            representation(&get, ok, &fhir_native, Some(&json)),
-            "native"
-        );
-        let passed = headers("application/fhir+json", false);
-        assert_eq!(representation(&get, ok, &passed, Some(&json)), "fhir-json");
-        let xml = headers("application/fhir+xml;charset=utf-8", false);
-        assert_eq!(
-            representation(&Method::HEAD, ok, &xml, Some(&json)),
-            "fhir-xml"
-        );
-        let html = headers("text/html", false);
-        let page = seen(false);
-        assert_eq!(representation(&get, ok, &html, Some(&page)), "pass-through");
-        assert_eq!(
-            representation(&Method::POST, ok, &native, Some(&json)),
-            "pass-through"
-        );
-    }
-
-    #[test]
-    fn without_the_upstream_it_is_read_off_the_response() {
-        let ok = StatusCode::OK;
-        let get = Method::GET;
-        assert_eq!(
-            representation(&get, ok, &headers("application/pdf", true), None),
-            "native"
-        );
-        assert_eq!(
-            representation(
-                &get,
-                StatusCode::BAD_GATEWAY,
-                &headers("application/fhir+json", false),
-                None
-            ),
-            "fhir-json"
-        );
-        assert_eq!(
-            representation(
-                &get,
-                StatusCode::BAD_GATEWAY,
-                &headers("text/plain", false),
-                None
-            ),
-            "error"
-        );
+    fn every_decision_has_its_own_name() {
+        let names = [
+            representation(Some(&Negotiation::Served(Representation::Native))),
+            representation(Some(&Negotiation::Served(Representation::FhirJson))),
+            representation(Some(&Negotiation::Served(Representation::FhirXml))),
+            representation(Some(&Negotiation::PassedThrough)),
+            representation(Some(&Negotiation::NotAcceptable)),
+            representation(Some(&Negotiation::BadGateway)),
+            representation(Some(&Negotiation::NotNegotiated)),
+            representation(Some(&Negotiation::Refused)),
+            representation(None),
+        ];
+        let distinct: std::collections::HashSet<_> = names.iter().collect();
+        assert_eq!(distinct.len(), names.len(), "{names:?}");
+        assert_eq!(names[0], "native");
+        assert_eq!(names[8], "unknown");
     }
 }
