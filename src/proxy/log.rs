@@ -22,13 +22,13 @@ use tower_service::Service;
 /// anything else and for methods other than `GET` and `HEAD`. Without that record (a response
 /// the proxy made itself) it is read off the response alone.
 #[derive(Clone, Debug)]
-pub struct AccessLog<S> {
+pub(crate) struct AccessLog<S> {
     inner: S,
 }
 
 impl<S> AccessLog<S> {
     /// Logs the requests `inner` serves.
-    pub fn new(inner: S) -> Self {
+    pub(crate) fn new(inner: S) -> Self {
         AccessLog { inner }
     }
 }
@@ -70,7 +70,7 @@ where
 
 pin_project! {
     /// The response future of [`AccessLog`].
-    pub struct AccessLogFuture<F> {
+    pub(crate) struct AccessLogFuture<F> {
         #[pin]
         future: F,
         entry: Option<Entry>,
@@ -114,7 +114,7 @@ where
 pin_project! {
     /// The response body of [`AccessLog`]: the inner body, counted; the request is logged when
     /// it ends or is dropped.
-    pub struct AccessLogBody<B> {
+    pub(crate) struct AccessLogBody<B> {
         #[pin]
         body: B,
         entry: Entry,
