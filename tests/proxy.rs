@@ -517,11 +517,14 @@ async fn dstu2_speaks_the_dstu2_media_types() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_https_upstream_is_refused_up_front() {
+async fn an_upstream_that_is_not_http_is_refused_up_front() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let options = ProxyOptions::new("https://127.0.0.1:1/fhir".parse().unwrap());
+    let options = ProxyOptions::new("ftp://127.0.0.1:1/fhir".parse().unwrap());
     let error = start_proxy(listener, options).unwrap_err();
-    assert!(error.to_string().contains("only http://"), "{error}");
+    assert!(
+        error.to_string().contains("only http:// and https://"),
+        "{error}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -38,7 +39,7 @@ pub(crate) struct Args {
     )]
     pub(crate) listen: SocketAddr,
 
-    /// Base URL of the FHIR server to forward to (http only), e.g. http://127.0.0.1:9090/fhir.
+    /// Base URL of the FHIR server to forward to (http or https), e.g. http://127.0.0.1:9090/fhir.
     /// User info in it (http://user:password@host/...) is sent as Basic authorization and never
     /// printed. Without it, an embedded demo backend with sample Binaries is started.
     #[arg(
@@ -48,6 +49,46 @@ pub(crate) struct Args {
         hide_env_values = true
     )]
     pub(crate) upstream: Option<Uri>,
+
+    /// PEM file of the CA certificates to trust for an https upstream, instead of the system's.
+    #[arg(long, value_name = "FILE", env = "FHIR_BINARY_PROXY_UPSTREAM_CA")]
+    pub(crate) upstream_ca: Option<PathBuf>,
+
+    /// PEM certificate chain to present to an https upstream that asks for one (mutual TLS).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "upstream_client_key",
+        env = "FHIR_BINARY_PROXY_UPSTREAM_CLIENT_CERT"
+    )]
+    pub(crate) upstream_client_cert: Option<PathBuf>,
+
+    /// PEM private key of --upstream-client-cert.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "upstream_client_cert",
+        env = "FHIR_BINARY_PROXY_UPSTREAM_CLIENT_KEY"
+    )]
+    pub(crate) upstream_client_key: Option<PathBuf>,
+
+    /// PEM certificate chain of the proxy: it then listens with TLS (ALPN h2 and http/1.1).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        env = "FHIR_BINARY_PROXY_TLS_CERT"
+    )]
+    pub(crate) tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_cert",
+        env = "FHIR_BINARY_PROXY_TLS_KEY"
+    )]
+    pub(crate) tls_key: Option<PathBuf>,
 
     /// FHIR release the proxy speaks where it must choose (media types, Accept sent upstream).
     #[arg(
@@ -155,6 +196,12 @@ impl Args {
         let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         let mut options = ProxyOptions::new(upstream);
         options.fhir_version = self.fhir_version;
+        options.upstream_ca = self.upstream_ca.clone();
+        options.upstream_client_cert = self
+            .upstream_client_cert
+            .clone()
+            .zip(self.upstream_client_key.clone());
+        options.tls = self.tls_cert.clone().zip(self.tls_key.clone());
         options.connect_timeout = self.connect_timeout;
         options.response_timeout = self.response_timeout;
         options.upstream_idle_timeout = self.upstream_idle_timeout;
@@ -316,8 +363,13 @@ async fn run(args: Args) -> Result<(), BoxError> {
              sends; set --public-base-url or list the real host names"
         );
     }
+    let scheme = if options.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let proxy = start_proxy(listener, options)?;
-    let url = format!("http://{}", proxy.local_addr());
+    let url = format!("{scheme}://{}", proxy.local_addr());
     let upstream = redacted(&upstream);
     println!("fhir-binary-proxy listening on {url}, forwarding to {upstream}");
     if demo.is_some() {
@@ -423,5 +475,29 @@ mod tests {
         assert_eq!(args.response_timeout, Duration::from_millis(250));
 
         assert!(Args::try_parse_from(["fhir-binary-proxy", "--fhir-version", "r6"]).is_err());
+        // Certificates come with their keys.
+        assert!(Args::try_parse_from(["fhir-binary-proxy", "--tls-cert", "c.pem"]).is_err());
+        assert!(
+            Args::try_parse_from(["fhir-binary-proxy", "--upstream-client-key", "k.pem"]).is_err()
+        );
+        let args = Args::try_parse_from([
+            "fhir-binary-proxy",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--trusted-proxies",
+            "10.0.0.0/8,::1",
+            "--max-request-body",
+            "10MiB",
+        ])
+        .unwrap();
+        let options = args.options("http://u/fhir".parse().unwrap());
+        assert_eq!(
+            options.tls,
+            Some((PathBuf::from("c.pem"), PathBuf::from("k.pem")))
+        );
+        assert_eq!(options.trusted_proxies, ["10.0.0.0/8", "::1"]);
+        assert_eq!(options.max_request_body, 10 << 20);
     }
 }

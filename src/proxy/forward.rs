@@ -16,6 +16,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -32,13 +33,14 @@ use super::limits::{LimitedBody, StallBody, Tripped};
 use super::log::UpstreamHead;
 use super::outcome::outcome_response;
 use super::server::ConnInfo;
+use super::tls;
 use super::ProxyOptions;
 use crate::{BoxError, FhirVersion};
 
 /// The body of the forwarder's responses (and of the requests it sends on).
 pub(crate) type ForwardBody = UnsyncBoxBody<Bytes, BoxError>;
 
-type UpstreamClient = Decompression<Client<HttpConnector, ForwardBody>>;
+type UpstreamClient = Decompression<Client<HttpsConnector<HttpConnector>, ForwardBody>>;
 
 type UpstreamResponse =
     Response<tower_http::decompression::DecompressionBody<hyper::body::Incoming>>;
@@ -80,8 +82,8 @@ struct Shared {
 impl Forward {
     /// A forwarder to `options.upstream`.
     ///
-    /// Fails when the upstream URL is not an absolute `http` URL, or a trusted proxy is not an
-    /// address or CIDR.
+    /// Fails when the upstream URL is not an absolute `http` or `https` URL, a trusted proxy is
+    /// not an address or CIDR, or the TLS configuration cannot be made.
     pub(crate) fn new(options: &ProxyOptions) -> io::Result<Forward> {
         let invalid = |what: &str| {
             io::Error::new(
@@ -93,8 +95,15 @@ impl Forward {
             )
         };
         let upstream = &options.upstream;
-        if upstream.scheme() != Some(&Scheme::HTTP) {
-            return Err(invalid("only http:// upstreams are supported"));
+        let scheme = match upstream.scheme() {
+            Some(s) if *s == Scheme::HTTP || *s == Scheme::HTTPS => s.clone(),
+            _ => return Err(invalid("only http:// and https:// upstreams are supported")),
+        };
+        let https = scheme == Scheme::HTTPS;
+        if !https && (options.upstream_ca.is_some() || options.upstream_client_cert.is_some()) {
+            return Err(invalid(
+                "an upstream CA or client certificate needs an https:// upstream",
+            ));
         }
         let with_user_info = upstream.authority().ok_or_else(|| invalid("no host"))?;
         let (authorization, authority) = match with_user_info.as_str().rsplit_once('@') {
@@ -123,6 +132,23 @@ impl Forward {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(options.connect_timeout));
         connector.set_nodelay(true);
+        connector.enforce_http(false);
+        let tls = if https {
+            tls::client_config(
+                options.upstream_ca.as_deref(),
+                options
+                    .upstream_client_cert
+                    .as_ref()
+                    .map(|(cert, key)| (cert.as_path(), key.as_path())),
+            )?
+        } else {
+            tls::unused_client_config()?
+        };
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .http1_max_buf_size(options.max_upstream_head)
             .build(connector);
@@ -131,7 +157,7 @@ impl Forward {
         Ok(Forward {
             shared: Arc::new(Shared {
                 client,
-                scheme: Scheme::HTTP,
+                scheme,
                 authority,
                 authorization,
                 base_path: upstream.path().trim_end_matches('/').to_owned(),
@@ -212,10 +238,15 @@ impl Shared {
             .extensions
             .get::<StallSeen>()
             .map_or_else(Tripped::default, |s| s.0.clone());
+        let proto = if conn.is_some_and(|c| c.tls) {
+            "https"
+        } else {
+            "http"
+        };
         let public_base = match (&self.public_base, &host, conn) {
             (Some(base), _, _) => base.clone(),
-            (None, Some(host), _) if self.allowed_hosts.allows(host) => format!("http://{host}"),
-            (None, _, Some(conn)) => format!("http://{}", conn.local),
+            (None, Some(host), _) if self.allowed_hosts.allows(host) => format!("{proto}://{host}"),
+            (None, _, Some(conn)) => format!("{proto}://{}", conn.local),
             (None, _, None) => String::new(),
         };
 
@@ -240,7 +271,7 @@ impl Shared {
             client_ip,
             client_ip.is_some_and(|ip| self.trusted_proxies.contains(ip)),
             host.as_deref(),
-            "http",
+            proto,
         );
         if let Some(authorization) = &self.authorization {
             if !parts.headers.contains_key(AUTHORIZATION) {

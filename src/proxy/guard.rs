@@ -199,7 +199,10 @@ pub(crate) fn head_size(start: usize, headers: &HeaderMap) -> usize {
 /// A request head above `limit`: 431. (hyper's buffer limit stops a head somewhere between
 /// the limit and twice it; this makes the limit exact.)
 pub(crate) fn check_head_size(parts: &http::request::Parts, limit: usize) -> Result<(), Rejection> {
-    let start = parts.method.as_str().len() + parts.uri.to_string().len() + 11;
+    let target = parts.uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + parts.uri.authority().map_or(0, |a| a.as_str().len() + 3)
+        + parts.uri.scheme_str().map_or(0, str::len);
+    let start = parts.method.as_str().len() + target + 11;
     let size = head_size(start, &parts.headers);
     if size > limit {
         return Err(Rejection {

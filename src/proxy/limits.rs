@@ -298,8 +298,8 @@ pin_project! {
         body: B,
         timeout: Duration,
         waiting_since: Option<Instant>,
-        #[pin]
-        timer: Sleep,
+        // Made the first time the body has to wait: a body that never waits costs no timer.
+        timer: Option<Pin<Box<Sleep>>>,
         tripped: Tripped,
     }
 }
@@ -310,7 +310,7 @@ impl<B> StallBody<B> {
             body,
             timeout,
             waiting_since: None,
-            timer: tokio::time::sleep_until(Instant::now() + timeout),
+            timer: None,
             tripped,
         }
     }
@@ -328,17 +328,19 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let mut this = self.project();
+        let this = self.project();
         if let Poll::Ready(frame) = this.body.poll_frame(cx) {
             *this.waiting_since = None;
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        let now = Instant::now();
-        let deadline = *this.waiting_since.get_or_insert(now) + *this.timeout;
-        if this.timer.deadline() != deadline {
-            this.timer.as_mut().reset(deadline);
+        let deadline = *this.waiting_since.get_or_insert_with(Instant::now) + *this.timeout;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
         }
-        ready!(this.timer.as_mut().poll(cx));
+        ready!(timer.as_mut().poll(cx));
         this.tripped.trip();
         Poll::Ready(Some(Err(UpstreamStalled(*this.timeout).into())))
     }

@@ -56,8 +56,11 @@ mod limits;
 mod log;
 mod outcome;
 mod server;
+mod tls;
 
 use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Uri;
@@ -80,9 +83,19 @@ use server::ConnectionLimits;
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ProxyOptions {
-    /// The upstream FHIR base URL (`http://host:port/base`); request paths and queries are
-    /// appended after its path. Only `http` is supported.
+    /// The upstream FHIR base URL (`http://` or `https://host:port/base`); request paths and
+    /// queries are appended after its path. User info in it (`user:password@`) is sent as
+    /// `Basic` authorization when the client sends none.
     pub upstream: Uri,
+    /// A PEM file of CA certificates that are the only roots trusted for an `https` upstream;
+    /// by default the system's roots.
+    pub upstream_ca: Option<PathBuf>,
+    /// A PEM certificate chain and private key the proxy presents to an `https` upstream that
+    /// asks for one (mutual TLS).
+    pub upstream_client_cert: Option<(PathBuf, PathBuf)>,
+    /// A PEM certificate chain and private key: the proxy then listens with TLS (ALPN `h2` and
+    /// `http/1.1`) instead of plain HTTP.
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// The FHIR release the layer speaks where it must choose (see
     /// [`BinaryNegotiationLayer::fhir_version`]).
     pub fhir_version: FhirVersion,
@@ -134,6 +147,9 @@ impl ProxyOptions {
     pub fn new(upstream: Uri) -> Self {
         ProxyOptions {
             upstream,
+            upstream_ca: None,
+            upstream_client_cert: None,
+            tls: None,
             fhir_version: FhirVersion::R4,
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(60),
@@ -201,9 +217,16 @@ fn proxy_service(options: &ProxyOptions) -> io::Result<ProxyService> {
 
 /// Starts the proxy on `listener`, on the current tokio runtime.
 ///
-/// Fails when the upstream URL is not an absolute `http` URL, or an option is out of range.
+/// Fails when the upstream URL is not an absolute `http` or `https` URL, an option is out of
+/// range, or a certificate or key cannot be read.
 pub fn start_proxy(listener: TcpListener, options: ProxyOptions) -> io::Result<Server> {
     let limits = options.connection_limits()?;
     let service = proxy_service(&options)?;
-    Server::spawn_with_limits(listener, service, limits)
+    let tls = match &options.tls {
+        Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+            tls::server_config(cert, key)?,
+        ))),
+        None => None,
+    };
+    Server::spawn_with_limits(listener, service, limits, tls)
 }

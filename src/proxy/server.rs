@@ -19,6 +19,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
 
 use super::limits::{Dropped, Watchdog};
@@ -38,6 +39,8 @@ pub(crate) struct ConnInfo {
     pub(crate) remote: SocketAddr,
     /// The address the client connected to.
     pub(crate) local: SocketAddr,
+    /// Whether the connection is TLS.
+    pub(crate) tls: bool,
 }
 
 /// How much a client connection may take.
@@ -87,14 +90,15 @@ impl Server {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        Server::spawn_with_limits(listener, service, ConnectionLimits::default())
+        Server::spawn_with_limits(listener, service, ConnectionLimits::default(), None)
     }
 
-    /// Serves `service` on `listener` with `limits`.
+    /// Serves `service` on `listener` with `limits`, over TLS when `tls` is given.
     pub(crate) fn spawn_with_limits<S, B>(
         listener: TcpListener,
         service: S,
         limits: ConnectionLimits,
+        tls: Option<TlsAcceptor>,
     ) -> io::Result<Server>
     where
         S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
@@ -108,7 +112,9 @@ impl Server {
     {
         let local_addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(accept_loop(listener, local_addr, service, limits, stopped));
+        let task = tokio::spawn(accept_loop(
+            listener, local_addr, service, limits, tls, stopped,
+        ));
         Ok(Server {
             local_addr,
             stop: Some(stop),
@@ -182,6 +188,7 @@ async fn accept_loop<S, B>(
     local: SocketAddr,
     service: S,
     limits: ConnectionLimits,
+    tls: Option<TlsAcceptor>,
     mut stopped: oneshot::Receiver<()>,
 ) where
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
@@ -230,7 +237,11 @@ async fn accept_loop<S, B>(
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(WithConnInfo {
             inner: service.clone(),
-            info: ConnInfo { remote, local },
+            info: ConnInfo {
+                remote,
+                local,
+                tls: tls.is_some(),
+            },
         });
         let io = Watchdog::new(
             stream,
@@ -238,15 +249,44 @@ async fn accept_loop<S, B>(
             limits.idle_timeout,
             limits.client_send_timeout,
         );
-        let connection = builder
-            .serve_connection(TokioIo::new(io), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let result = match &tls {
+            None => {
+                let connection = builder
+                    .serve_connection(TokioIo::new(io), service)
+                    .into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    let result = connection.await;
+                    drop(permit);
+                    result
+                })
+            }
+            Some(acceptor) => {
+                let handshake = acceptor.accept(io);
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                let timeout = limits.header_read_timeout;
+                tokio::spawn(async move {
+                    let result = match tokio::time::timeout(timeout, handshake).await {
+                        Ok(Ok(stream)) => {
+                            let connection =
+                                builder.serve_connection(TokioIo::new(stream), service);
+                            watcher.watch(connection.into_owned()).await
+                        }
+                        Ok(Err(e)) => Err(TlsFailed(e.to_string()).into()),
+                        Err(_) => {
+                            Err(TlsFailed(format!("no TLS handshake within {timeout:?}")).into())
+                        }
+                    };
+                    drop(permit);
+                    result
+                })
+            }
+        };
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            if let Ok(Err(e)) = result.await {
                 log_connection_error(remote, &*e);
             }
-            drop(permit);
         });
     }
     drop(listener);
@@ -257,6 +297,18 @@ async fn accept_loop<S, B>(
         }
     }
 }
+
+/// A TLS handshake that failed or did not finish in time.
+#[derive(Debug)]
+struct TlsFailed(String);
+
+impl std::fmt::Display for TlsFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TLS handshake: {}", self.0)
+    }
+}
+
+impl std::error::Error for TlsFailed {}
 
 /// Tells a connection beyond the cap to come back later, without waiting for it.
 fn refuse(stream: &TcpStream) {
@@ -273,6 +325,10 @@ fn log_connection_error(remote: SocketAddr, error: &(dyn std::error::Error + 'st
                 tracing::info!(target: "fhir_binary_proxy", %remote, reason = %hyper, "rejected");
                 return;
             }
+        }
+        if let Some(failed) = e.downcast_ref::<TlsFailed>() {
+            tracing::info!(target: "fhir_binary_proxy", %remote, reason = %failed, "connection dropped");
+            return;
         }
         if let Some(dropped) = e.downcast_ref::<Dropped>() {
             tracing::info!(target: "fhir_binary_proxy", %remote, reason = %dropped, "connection dropped");
