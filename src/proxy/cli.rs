@@ -174,6 +174,38 @@ pub(crate) struct Args {
     #[arg(long, value_name = "SIZE", default_value = "64KiB", value_parser = parse_size, env = "FHIR_BINARY_PROXY_MAX_UPSTREAM_HEAD")]
     pub(crate) max_upstream_head: u64,
 
+    /// Path answering 200 while the proxy runs (empty: none); never forwarded.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/healthz",
+        env = "FHIR_BINARY_PROXY_HEALTH_PATH"
+    )]
+    pub(crate) health_path: String,
+
+    /// Path answering 200 when the upstream answers GET [base]/metadata in time, else 503
+    /// (empty: none); never forwarded.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/readyz",
+        env = "FHIR_BINARY_PROXY_READY_PATH"
+    )]
+    pub(crate) ready_path: String,
+
+    /// Time the readiness check waits for the upstream.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration, env = "FHIR_BINARY_PROXY_READY_TIMEOUT")]
+    pub(crate) ready_timeout: Duration,
+
+    /// Path answering the Prometheus metrics (empty: none); never forwarded.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/metrics",
+        env = "FHIR_BINARY_PROXY_METRICS_PATH"
+    )]
+    pub(crate) metrics_path: String,
+
     /// Log lines as text or as JSON objects (one a line, for log collectors).
     #[arg(
         long,
@@ -215,6 +247,10 @@ impl Args {
         options.max_request_head = size(self.max_request_head);
         options.max_request_body = self.max_request_body;
         options.max_upstream_head = size(self.max_upstream_head);
+        options.health_path = self.health_path.clone();
+        options.ready_path = self.ready_path.clone();
+        options.ready_timeout = self.ready_timeout;
+        options.metrics_path = self.metrics_path.clone();
         options
     }
 }

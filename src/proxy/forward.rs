@@ -31,6 +31,7 @@ use super::headers::{
 };
 use super::limits::{LimitedBody, StallBody, Tripped};
 use super::log::UpstreamHead;
+use super::metrics::Metrics;
 use super::outcome::outcome_response;
 use super::server::ConnInfo;
 use super::tls;
@@ -77,6 +78,7 @@ struct Shared {
     max_request_body: u64,
     max_upstream_head: usize,
     fhir_version: FhirVersion,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Forward {
@@ -84,7 +86,10 @@ impl Forward {
     ///
     /// Fails when the upstream URL is not an absolute `http` or `https` URL, a trusted proxy is
     /// not an address or CIDR, or the TLS configuration cannot be made.
-    pub(crate) fn new(options: &ProxyOptions) -> io::Result<Forward> {
+    pub(crate) fn new(
+        options: &ProxyOptions,
+        metrics: Option<Arc<Metrics>>,
+    ) -> io::Result<Forward> {
         let invalid = |what: &str| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -170,6 +175,7 @@ impl Forward {
                 max_request_body: options.max_request_body,
                 max_upstream_head: options.max_upstream_head,
                 fhir_version: options.fhir_version,
+                metrics,
             }),
         })
     }
@@ -281,7 +287,12 @@ impl Shared {
         // Clients may speak HTTP/2; the upstream is spoken to in HTTP/1.1.
         parts.version = Version::HTTP_11;
         let too_large = Tripped::default();
-        let body = LimitedBody::new(body, self.max_request_body, too_large.clone());
+        let body = LimitedBody::new(
+            body,
+            self.max_request_body,
+            too_large.clone(),
+            self.metrics.clone(),
+        );
         let request = Request::from_parts(parts, body.boxed_unsync());
 
         let answer = tokio::time::timeout(self.response_timeout, self.send(request)).await;
@@ -299,6 +310,7 @@ impl Shared {
             }
             Ok(Err(e)) => return self.upstream_error(&e),
             Err(_) => {
+                self.count_error("timeout");
                 return self.outcome(
                     StatusCode::GATEWAY_TIMEOUT,
                     "timeout",
@@ -306,11 +318,12 @@ impl Shared {
                         "the upstream FHIR server did not answer within {:?}",
                         self.response_timeout
                     ),
-                )
+                );
             }
         };
 
         if response.status().is_informational() {
+            self.count_error("other");
             // A 101 (or any 1xx as a final answer) would hand the connection over: never
             // relayed.
             return self.outcome(
@@ -325,6 +338,7 @@ impl Shared {
         let (mut parts, body) = response.into_parts();
         let size = head_size(17 + parts.status.as_str().len(), &parts.headers);
         if size > self.max_upstream_head {
+            self.count_error("head_too_large");
             return self.outcome(
                 StatusCode::BAD_GATEWAY,
                 "transient",
@@ -344,7 +358,12 @@ impl Shared {
                     .rewrite_header(&mut parts.headers, name, &public_base);
             }
         }
-        let body = StallBody::new(body, self.upstream_idle_timeout, stall);
+        let body = StallBody::new(
+            body,
+            self.upstream_idle_timeout,
+            stall,
+            self.metrics.clone(),
+        );
         Response::from_parts(parts, body.boxed_unsync())
     }
 
@@ -396,10 +415,23 @@ impl Shared {
             format!("{what}: {error}: {detail}")
         };
         tracing::warn!(target: "fhir_binary_proxy", "{diagnostics}");
+        self.count_error(if timed_out {
+            "timeout"
+        } else if error.is_connect() {
+            "connect"
+        } else {
+            "other"
+        });
         if timed_out {
             self.outcome(StatusCode::GATEWAY_TIMEOUT, "timeout", &diagnostics)
         } else {
             self.outcome(StatusCode::BAD_GATEWAY, "transient", &diagnostics)
+        }
+    }
+
+    fn count_error(&self, kind: &'static str) {
+        if let Some(metrics) = &self.metrics {
+            metrics.upstream_error(kind);
         }
     }
 

@@ -16,6 +16,7 @@ use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use super::metrics::Metrics;
 use crate::BoxError;
 
 pin_project! {
@@ -225,16 +226,24 @@ pin_project! {
         remaining: u64,
         limit: u64,
         tripped: Tripped,
+        metrics: Option<Arc<Metrics>>,
     }
 }
 
 impl<B> LimitedBody<B> {
-    pub(crate) fn new(body: B, limit: u64, tripped: Tripped) -> Self {
+    /// Counts what passes in `metrics`.
+    pub(crate) fn new(
+        body: B,
+        limit: u64,
+        tripped: Tripped,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
         LimitedBody {
             body,
             remaining: limit,
             limit,
             tripped,
+            metrics,
         }
     }
 }
@@ -261,6 +270,9 @@ where
                         return Poll::Ready(Some(Err(BodyTooLarge(*this.limit).into())));
                     }
                     *this.remaining -= len;
+                    if let Some(metrics) = this.metrics {
+                        metrics.bytes_in(len);
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -301,17 +313,25 @@ pin_project! {
         // Made the first time the body has to wait: a body that never waits costs no timer.
         timer: Option<Pin<Box<Sleep>>>,
         tripped: Tripped,
+        metrics: Option<Arc<Metrics>>,
     }
 }
 
 impl<B> StallBody<B> {
-    pub(crate) fn new(body: B, timeout: Duration, tripped: Tripped) -> Self {
+    /// Counts a stall in `metrics`.
+    pub(crate) fn new(
+        body: B,
+        timeout: Duration,
+        tripped: Tripped,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
         StallBody {
             body,
             timeout,
             waiting_since: None,
             timer: None,
             tripped,
+            metrics,
         }
     }
 }
@@ -342,6 +362,9 @@ where
         }
         ready!(timer.as_mut().poll(cx));
         this.tripped.trip();
+        if let Some(metrics) = this.metrics {
+            metrics.upstream_error("stall");
+        }
         Poll::Ready(Some(Err(UpstreamStalled(*this.timeout).into())))
     }
 
@@ -364,7 +387,12 @@ mod tests {
     #[tokio::test]
     async fn a_body_past_the_limit_fails_and_trips() {
         let tripped = Tripped::default();
-        let body = LimitedBody::new(Full::new(Bytes::from(vec![0u8; 11])), 10, tripped.clone());
+        let body = LimitedBody::new(
+            Full::new(Bytes::from(vec![0u8; 11])),
+            10,
+            tripped.clone(),
+            None,
+        );
         let error = body.collect().await.unwrap_err();
         assert_eq!(
             error.to_string(),
@@ -373,7 +401,12 @@ mod tests {
         assert!(tripped.is_tripped());
 
         let tripped = Tripped::default();
-        let body = LimitedBody::new(Full::new(Bytes::from(vec![0u8; 10])), 10, tripped.clone());
+        let body = LimitedBody::new(
+            Full::new(Bytes::from(vec![0u8; 10])),
+            10,
+            tripped.clone(),
+            None,
+        );
         assert_eq!(body.collect().await.unwrap().to_bytes().len(), 10);
         assert!(!tripped.is_tripped());
     }
@@ -386,6 +419,7 @@ mod tests {
             ChannelBody(rx),
             Duration::from_secs(60),
             tripped.clone(),
+            None,
         ));
         tx.send(Ok(Frame::data(Bytes::from_static(b"a"))))
             .await

@@ -13,6 +13,8 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
+use super::metrics::Metrics;
+
 /// Logs every request at `INFO` with target `fhir_binary_proxy`: method, path,
 /// representation, status, bytes of body sent and duration, when the response body ends.
 ///
@@ -24,12 +26,13 @@ use tower_service::Service;
 #[derive(Clone, Debug)]
 pub(crate) struct AccessLog<S> {
     inner: S,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl<S> AccessLog<S> {
-    /// Logs the requests `inner` serves.
-    pub(crate) fn new(inner: S) -> Self {
-        AccessLog { inner }
+    /// Logs the requests `inner` serves, and counts them in `metrics`.
+    pub(crate) fn new(inner: S, metrics: Option<Arc<Metrics>>) -> Self {
+        AccessLog { inner, metrics }
     }
 }
 
@@ -60,6 +63,7 @@ where
             expected: None,
             complete: false,
             logged: false,
+            metrics: self.metrics.clone(),
         };
         AccessLogFuture {
             future: self.inner.call(request),
@@ -203,6 +207,7 @@ struct Entry {
     /// Whether the body was seen to end.
     complete: bool,
     logged: bool,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Entry {
@@ -212,6 +217,15 @@ impl Entry {
         }
         self.logged = true;
         let duration = self.start.elapsed();
+        if let Some(metrics) = &self.metrics {
+            metrics.request(
+                &self.method,
+                self.representation,
+                self.status.as_u16(),
+                self.bytes,
+                duration,
+            );
+        }
         tracing::info!(
             target: "fhir_binary_proxy",
             method = %self.method,

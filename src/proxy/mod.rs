@@ -54,6 +54,8 @@ mod guard;
 mod headers;
 mod limits;
 mod log;
+mod metrics;
+mod ops;
 mod outcome;
 mod server;
 mod tls;
@@ -76,6 +78,8 @@ pub use server::Server;
 use forward::Forward;
 use guard::{Guard, GuardConfig};
 use log::AccessLog;
+use metrics::Metrics;
+use ops::{Ops, OpsConfig};
 use server::ConnectionLimits;
 
 /// What the proxy forwards to and how; [`ProxyOptions::new`] gives the defaults, then set the
@@ -140,6 +144,15 @@ pub struct ProxyOptions {
     /// The largest upstream response head accepted, in bytes (default 64 KiB, at least 8 KiB):
     /// 502 beyond it.
     pub max_upstream_head: usize,
+    /// Where `GET` answers `ok` while the proxy runs (default `/healthz`; empty: none).
+    pub health_path: String,
+    /// Where `GET` answers 200 when the upstream answers `GET [base]/metadata` with a success
+    /// within [`ready_timeout`](Self::ready_timeout), else 503 (default `/readyz`; empty: none).
+    pub ready_path: String,
+    /// How long the readiness check waits for the upstream (default 2 s).
+    pub ready_timeout: Duration,
+    /// Where `GET` answers the Prometheus metrics (default `/metrics`; empty: none).
+    pub metrics_path: String,
 }
 
 impl ProxyOptions {
@@ -164,10 +177,14 @@ impl ProxyOptions {
             max_request_head: 64 * 1024,
             max_request_body: 1 << 30,
             max_upstream_head: 64 * 1024,
+            health_path: "/healthz".into(),
+            ready_path: "/readyz".into(),
+            ready_timeout: Duration::from_secs(2),
+            metrics_path: "/metrics".into(),
         }
     }
 
-    fn connection_limits(&self) -> io::Result<ConnectionLimits> {
+    fn connection_limits(&self, metrics: &Arc<Metrics>) -> io::Result<ConnectionLimits> {
         for (name, size) in [
             ("max_request_head", self.max_request_head),
             ("max_upstream_head", self.max_upstream_head),
@@ -191,19 +208,21 @@ impl ProxyOptions {
             client_send_timeout: self.client_send_timeout,
             max_connections: self.max_connections,
             max_request_head: self.max_request_head,
+            metrics: Some(Arc::clone(metrics)),
         })
     }
 }
 
-/// The proxy's whole service: access log, refusals, the negotiation layer, the forwarder.
-type ProxyService = AccessLog<Guard<crate::BinaryNegotiation<Forward>>>;
+/// The proxy's whole service: its own endpoints, access log, refusals, the negotiation layer,
+/// the forwarder.
+type ProxyService = Ops<AccessLog<Guard<crate::BinaryNegotiation<Forward>>>>;
 
 /// Builds the proxy's service for `options`.
-fn proxy_service(options: &ProxyOptions) -> io::Result<ProxyService> {
-    let forward = Forward::new(options)?;
+fn proxy_service(options: &ProxyOptions, metrics: &Arc<Metrics>) -> io::Result<ProxyService> {
+    let forward = Forward::new(options, Some(Arc::clone(metrics)))?;
     let negotiation = BinaryNegotiationLayer::new()
         .fhir_version(options.fhir_version)
-        .layer(forward);
+        .layer(forward.clone());
     let guard = Guard::new(
         negotiation,
         GuardConfig {
@@ -212,7 +231,18 @@ fn proxy_service(options: &ProxyOptions) -> io::Result<ProxyService> {
             fhir_version: options.fhir_version,
         },
     );
-    Ok(AccessLog::new(guard))
+    let log = AccessLog::new(guard, Some(Arc::clone(metrics)));
+    Ok(Ops::new(
+        log,
+        OpsConfig {
+            health_path: options.health_path.clone(),
+            ready_path: options.ready_path.clone(),
+            metrics_path: options.metrics_path.clone(),
+            ready_timeout: options.ready_timeout,
+        },
+        forward,
+        Arc::clone(metrics),
+    ))
 }
 
 /// Starts the proxy on `listener`, on the current tokio runtime.
@@ -220,8 +250,9 @@ fn proxy_service(options: &ProxyOptions) -> io::Result<ProxyService> {
 /// Fails when the upstream URL is not an absolute `http` or `https` URL, an option is out of
 /// range, or a certificate or key cannot be read.
 pub fn start_proxy(listener: TcpListener, options: ProxyOptions) -> io::Result<Server> {
-    let limits = options.connection_limits()?;
-    let service = proxy_service(&options)?;
+    let metrics = Metrics::new();
+    let limits = options.connection_limits(&metrics)?;
+    let service = proxy_service(&options, &metrics)?;
     let tls = match &options.tls {
         Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
             tls::server_config(cert, key)?,

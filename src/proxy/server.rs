@@ -23,6 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
 
 use super::limits::{Dropped, Watchdog};
+use super::metrics::Metrics;
 use crate::BoxError;
 
 /// How long in-flight connections may take to finish once shutdown has begun.
@@ -51,6 +52,8 @@ pub(crate) struct ConnectionLimits {
     pub(crate) client_send_timeout: Duration,
     pub(crate) max_connections: usize,
     pub(crate) max_request_head: usize,
+    /// Where open and refused connections are counted.
+    pub(crate) metrics: Option<Arc<Metrics>>,
 }
 
 impl Default for ConnectionLimits {
@@ -61,6 +64,7 @@ impl Default for ConnectionLimits {
             client_send_timeout: Duration::from_secs(60),
             max_connections: 4096,
             max_request_head: 64 * 1024,
+            metrics: None,
         }
     }
 }
@@ -222,6 +226,9 @@ async fn accept_loop<S, B>(
         };
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
             refuse(&stream);
+            if let Some(metrics) = &limits.metrics {
+                metrics.refused_connections.inc();
+            }
             if let Some(suppressed) = refusals.allow() {
                 tracing::info!(
                     target: "fhir_binary_proxy",
@@ -235,6 +242,13 @@ async fn accept_loop<S, B>(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let permit = Open {
+            _permit: permit,
+            gauge: limits.metrics.as_ref().map(|m| {
+                m.open_connections.inc();
+                m.open_connections.clone()
+            }),
+        };
         let service = TowerToHyperService::new(WithConnInfo {
             inner: service.clone(),
             info: ConnInfo {
@@ -294,6 +308,20 @@ async fn accept_loop<S, B>(
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(GRACE) => {
             tracing::warn!(target: "fhir_binary_proxy", "connections still open after {GRACE:?}, closing them");
+        }
+    }
+}
+
+/// A connection's place under the cap, and in the open connections gauge.
+struct Open {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    gauge: Option<prometheus_client::metrics::gauge::Gauge>,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Some(gauge) = &self.gauge {
+            gauge.dec();
         }
     }
 }
