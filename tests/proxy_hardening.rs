@@ -719,3 +719,85 @@ async fn h2c_with_prior_knowledge_is_served() {
     })
     .await
 }
+
+// ---------------------------------------------------------------------------------------------
+// 9. Decompression limits.
+
+/// An upstream that gzips (when asked) a Binary JSON of 8 MiB of `A`: about 1,000 to 1.
+async fn bomb_upstream() -> SocketAddr {
+    use axum::routing::get;
+    let json = Bytes::from(format!(
+        r#"{{"resourceType":"Binary","contentType":"text/plain","data":"{}"}}"#,
+        "A".repeat(8 << 20)
+    ));
+    let app = axum::Router::new()
+        .route(
+            "/fhir/Binary/bomb",
+            get(move || {
+                let json = json.clone();
+                async move { ([("content-type", "application/fhir+json")], json) }
+            }),
+        )
+        .layer(tower_http::compression::CompressionLayer::new());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decompression_bomb_is_cut_off() {
+    bounded(async {
+        let upstream = bomb_upstream().await;
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let fetch = |proxy: &Server, target: &str| {
+            let uri = format!("http://{}{target}", proxy.local_addr());
+            let client = client.clone();
+            async move {
+                let response = client.get(uri.parse().unwrap()).await.unwrap();
+                let status = response.status();
+                (
+                    status,
+                    response.into_body().collect().await.map(|b| b.to_bytes()),
+                )
+            }
+        };
+
+        // Within the limits: the whole document. (The default ratio, 100, would stop it.)
+        let generous = proxy_with(upstream, |o| o.max_decompression_ratio = 10_000).await;
+        let (status, body) = fetch(&generous, "/Binary/bomb?_format=json").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body.unwrap().len(), (8 << 20) + 62);
+
+        for (name, configure) in [
+            (
+                "ratio",
+                Box::new(|o: &mut ProxyOptions| o.max_decompression_ratio = 100)
+                    as Box<dyn FnOnce(&mut ProxyOptions)>,
+            ),
+            (
+                "size",
+                Box::new(|o: &mut ProxyOptions| {
+                    o.max_decompression_ratio = 1 << 40;
+                    o.max_decompressed_size = 2 << 20;
+                }),
+            ),
+        ] {
+            let mut options = ProxyOptions::new(format!("http://{upstream}/fhir").parse().unwrap());
+            options.max_decompression_ratio = 10_000;
+            configure(&mut options);
+            let proxy =
+                start_proxy(TcpListener::bind("127.0.0.1:0").await.unwrap(), options).unwrap();
+            // Streamed untouched or decoded, the head is out: the transfer breaks.
+            for target in ["/Binary/bomb?_format=json", "/Binary/bomb"] {
+                let (status, body) = fetch(&proxy, target).await;
+                assert_eq!(status, StatusCode::OK, "{name} {target}");
+                assert!(
+                    body.is_err(),
+                    "{name} {target}: a cut-off body ended cleanly"
+                );
+            }
+        }
+    })
+    .await
+}

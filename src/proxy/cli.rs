@@ -174,6 +174,19 @@ pub(crate) struct Args {
     #[arg(long, value_name = "SIZE", default_value = "64KiB", value_parser = parse_size, env = "FHIR_BINARY_PROXY_MAX_UPSTREAM_HEAD")]
     pub(crate) max_upstream_head: u64,
 
+    /// Most a compressed upstream body may decompress to; the transfer breaks beyond it.
+    #[arg(long, value_name = "SIZE", default_value = "4GiB", value_parser = parse_size, env = "FHIR_BINARY_PROXY_MAX_DECOMPRESSED_SIZE")]
+    pub(crate) max_decompressed_size: u64,
+
+    /// Most a compressed upstream body may grow by decompression (checked past 1 MiB).
+    #[arg(
+        long,
+        value_name = "RATIO",
+        default_value = "100",
+        env = "FHIR_BINARY_PROXY_MAX_DECOMPRESSION_RATIO"
+    )]
+    pub(crate) max_decompression_ratio: u64,
+
     /// Path answering 200 while the proxy runs (empty: none); never forwarded.
     #[arg(
         long,
@@ -247,6 +260,8 @@ impl Args {
         options.max_request_head = size(self.max_request_head);
         options.max_request_body = self.max_request_body;
         options.max_upstream_head = size(self.max_upstream_head);
+        options.max_decompressed_size = self.max_decompressed_size;
+        options.max_decompression_ratio = self.max_decompression_ratio;
         options.health_path = self.health_path.clone();
         options.ready_path = self.ready_path.clone();
         options.ready_timeout = self.ready_timeout;

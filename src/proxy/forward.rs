@@ -29,7 +29,9 @@ use super::guard::{head_size, StallSeen};
 use super::headers::{
     add_forwarded, client_host, remove_hop_by_hop, AllowedHosts, Rebase, TrustedProxies,
 };
-use super::limits::{LimitedBody, StallBody, Tripped};
+use super::limits::{
+    CompressedBytes, CountedBody, InflateLimitBody, InflateLimits, LimitedBody, StallBody, Tripped,
+};
 use super::log::UpstreamHead;
 use super::metrics::Metrics;
 use super::outcome::outcome_response;
@@ -41,10 +43,32 @@ use crate::{BoxError, FhirVersion};
 /// The body of the forwarder's responses (and of the requests it sends on).
 pub(crate) type ForwardBody = UnsyncBoxBody<Bytes, BoxError>;
 
-type UpstreamClient = Decompression<Client<HttpsConnector<HttpConnector>, ForwardBody>>;
+type CountedResponse = Response<CountedBody<hyper::body::Incoming>>;
+
+/// The upstream client: hyper's, its bodies counted as received when compressed, then
+/// decompressed.
+type UpstreamClient = Decompression<
+    tower::util::MapResponse<
+        Client<HttpsConnector<HttpConnector>, ForwardBody>,
+        fn(Response<hyper::body::Incoming>) -> CountedResponse,
+    >,
+>;
 
 type UpstreamResponse =
-    Response<tower_http::decompression::DecompressionBody<hyper::body::Incoming>>;
+    Response<tower_http::decompression::DecompressionBody<CountedBody<hyper::body::Incoming>>>;
+
+/// Counts the body as received when the upstream compressed it.
+fn count_compressed(response: Response<hyper::body::Incoming>) -> CountedResponse {
+    let (mut parts, body) = response.into_parts();
+    let counter = parts
+        .headers
+        .contains_key(http::header::CONTENT_ENCODING)
+        .then(CompressedBytes::default);
+    if let Some(counter) = &counter {
+        parts.extensions.insert(counter.clone());
+    }
+    Response::from_parts(parts, CountedBody::new(body, counter))
+}
 
 type UpstreamFuture = Pin<
     Box<dyn Future<Output = Result<UpstreamResponse, hyper_util::client::legacy::Error>> + Send>,
@@ -77,6 +101,7 @@ struct Shared {
     upstream_idle_timeout: Duration,
     max_request_body: u64,
     max_upstream_head: usize,
+    inflate: InflateLimits,
     fhir_version: FhirVersion,
     metrics: Option<Arc<Metrics>>,
 }
@@ -157,7 +182,8 @@ impl Forward {
         let client = Client::builder(TokioExecutor::new())
             .http1_max_buf_size(options.max_upstream_head)
             .build(connector);
-        let client = DecompressionLayer::new().layer(client);
+        let count: fn(Response<hyper::body::Incoming>) -> CountedResponse = count_compressed;
+        let client = DecompressionLayer::new().layer(tower::util::MapResponse::new(client, count));
 
         Ok(Forward {
             shared: Arc::new(Shared {
@@ -174,6 +200,11 @@ impl Forward {
                 upstream_idle_timeout: options.upstream_idle_timeout,
                 max_request_body: options.max_request_body,
                 max_upstream_head: options.max_upstream_head,
+                inflate: InflateLimits {
+                    max_size: options.max_decompressed_size,
+                    max_ratio: options.max_decompression_ratio,
+                    ratio_after: 1 << 20,
+                },
                 fhir_version: options.fhir_version,
                 metrics,
             }),
@@ -358,6 +389,8 @@ impl Shared {
                     .rewrite_header(&mut parts.headers, name, &public_base);
             }
         }
+        let compressed = parts.extensions.remove::<CompressedBytes>();
+        let body = InflateLimitBody::new(body, compressed, self.inflate, self.metrics.clone());
         let body = StallBody::new(
             body,
             self.upstream_idle_timeout,

@@ -5,7 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -377,6 +377,165 @@ where
     }
 }
 
+/// How many compressed bytes the upstream has sent for one response; in the response's
+/// extensions when it came with a `Content-Encoding`.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct CompressedBytes(pub(crate) Arc<AtomicU64>);
+
+pin_project! {
+    /// An upstream body as received, counting its bytes into `counter` when it has one.
+    pub(crate) struct CountedBody<B> {
+        #[pin]
+        body: B,
+        counter: Option<CompressedBytes>,
+    }
+}
+
+impl<B> CountedBody<B> {
+    pub(crate) fn new(body: B, counter: Option<CompressedBytes>) -> Self {
+        CountedBody { body, counter }
+    }
+}
+
+impl<B: Body> Body for CountedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.body.poll_frame(cx));
+        if let (Some(counter), Some(Ok(frame))) = (this.counter.as_ref(), frame.as_ref()) {
+            if let Some(data) = frame.data_ref() {
+                counter
+                    .0
+                    .fetch_add(data.remaining() as u64, Ordering::Relaxed);
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Limits on what a compressed upstream body may decompress to.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct InflateLimits {
+    /// At most this many bytes decompressed.
+    pub(crate) max_size: u64,
+    /// At most this many decompressed bytes per compressed byte, checked once
+    /// `ratio_after` bytes have come out.
+    pub(crate) max_ratio: u64,
+    pub(crate) ratio_after: u64,
+}
+
+/// The error of a compressed upstream body past the [`InflateLimits`].
+#[derive(Debug)]
+pub(crate) struct InflateLimitExceeded(pub(crate) String);
+
+impl fmt::Display for InflateLimitExceeded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InflateLimitExceeded {}
+
+pin_project! {
+    /// A decompressed upstream body that fails with [`InflateLimitExceeded`] past the limits
+    /// (only when the upstream compressed it: `compressed` is then set).
+    pub(crate) struct InflateLimitBody<B> {
+        #[pin]
+        body: B,
+        compressed: Option<CompressedBytes>,
+        produced: u64,
+        limits: InflateLimits,
+        metrics: Option<Arc<Metrics>>,
+    }
+}
+
+impl<B> InflateLimitBody<B> {
+    pub(crate) fn new(
+        body: B,
+        compressed: Option<CompressedBytes>,
+        limits: InflateLimits,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
+        InflateLimitBody {
+            body,
+            compressed,
+            produced: 0,
+            limits,
+            metrics,
+        }
+    }
+}
+
+impl<B> Body for InflateLimitBody<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = match ready!(this.body.poll_frame(cx)) {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+            None => return Poll::Ready(None),
+        };
+        if let (Some(compressed), Some(data)) = (this.compressed.as_ref(), frame.data_ref()) {
+            *this.produced += data.remaining() as u64;
+            let limits = *this.limits;
+            let compressed = compressed.0.load(Ordering::Relaxed).max(1);
+            let exceeded = if *this.produced > limits.max_size {
+                Some(format!(
+                    "the upstream's compressed body decompresses to more than {} bytes",
+                    limits.max_size
+                ))
+            } else if *this.produced > limits.ratio_after
+                && *this.produced / compressed > limits.max_ratio
+            {
+                Some(format!(
+                    "the upstream's compressed body decompresses more than {} times ({} bytes from {compressed})",
+                    limits.max_ratio, this.produced
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = exceeded {
+                tracing::warn!(target: "fhir_binary_proxy", "{why}");
+                if let Some(metrics) = this.metrics {
+                    metrics.upstream_error("decompression_limit");
+                }
+                return Poll::Ready(Some(Err(InflateLimitExceeded(why).into())));
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,6 +568,65 @@ mod tests {
         );
         assert_eq!(body.collect().await.unwrap().to_bytes().len(), 10);
         assert!(!tripped.is_tripped());
+    }
+
+    #[tokio::test]
+    async fn decompressed_bodies_are_limited_in_size_and_ratio() {
+        let limits = InflateLimits {
+            max_size: 1000,
+            max_ratio: 10,
+            ratio_after: 100,
+        };
+        let chunks = |n: usize| {
+            let (tx, rx) = tokio::sync::mpsc::channel(64);
+            for _ in 0..n {
+                tx.try_send(Ok(Frame::data(Bytes::from(vec![b'a'; 50]))))
+                    .unwrap();
+            }
+            ChannelBody(rx)
+        };
+        // 10 compressed bytes: the ratio check fires past 100 bytes out (150 > 10 x 10).
+        let compressed = CompressedBytes::default();
+        compressed.0.store(10, Ordering::Relaxed);
+        let mut body = std::pin::pin!(InflateLimitBody::new(
+            chunks(10),
+            Some(compressed),
+            limits,
+            None
+        ));
+        for _ in 0..2 {
+            assert!(body.frame().await.unwrap().is_ok());
+        }
+        let error = body.frame().await.unwrap().unwrap_err();
+        assert!(error.to_string().contains("more than 10 times"), "{error}");
+
+        // A good ratio, but past the absolute size.
+        let compressed = CompressedBytes::default();
+        compressed.0.store(900, Ordering::Relaxed);
+        let mut body = std::pin::pin!(InflateLimitBody::new(
+            chunks(30),
+            Some(compressed),
+            limits,
+            None
+        ));
+        let mut passed = 0;
+        let error = loop {
+            match body.frame().await.unwrap() {
+                Ok(_) => passed += 50,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(passed, 1000);
+        assert!(
+            error.to_string().contains("more than 1000 bytes"),
+            "{error}"
+        );
+
+        // Not compressed: no limit.
+        let mut body = std::pin::pin!(InflateLimitBody::new(chunks(30), None, limits, None));
+        for _ in 0..30 {
+            assert!(body.frame().await.unwrap().is_ok());
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -144,6 +144,13 @@ pub struct ProxyOptions {
     /// The largest upstream response head accepted, in bytes (default 64 KiB, at least 8 KiB):
     /// 502 beyond it.
     pub max_upstream_head: usize,
+    /// The most a compressed upstream body may decompress to, in bytes (default 4 GiB): beyond
+    /// it the transfer is broken off (502 when the client has not had the head yet).
+    pub max_decompressed_size: u64,
+    /// The most a compressed upstream body may grow by decompression, as a ratio checked once
+    /// 1 MiB has come out (default 100; base64 in JSON compresses about 1.3 times, text rarely
+    /// past 20): beyond it the transfer is broken off.
+    pub max_decompression_ratio: u64,
     /// Where `GET` answers `ok` while the proxy runs (default `/healthz`; empty: none).
     pub health_path: String,
     /// Where `GET` answers 200 when the upstream answers `GET [base]/metadata` with a success
@@ -177,6 +184,8 @@ impl ProxyOptions {
             max_request_head: 64 * 1024,
             max_request_body: 1 << 30,
             max_upstream_head: 64 * 1024,
+            max_decompressed_size: 4 << 30,
+            max_decompression_ratio: 100,
             health_path: "/healthz".into(),
             ready_path: "/readyz".into(),
             ready_timeout: Duration::from_secs(2),
