@@ -801,3 +801,31 @@ async fn a_decompression_bomb_is_cut_off() {
     })
     .await
 }
+
+// ---------------------------------------------------------------------------------------------
+// Credentials in the upstream URL.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_info_in_the_upstream_url_is_sent_as_basic_authorization() {
+    bounded(async {
+        let (upstream, heads) = scripted_upstream(vec![Step::Send(
+            b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n".to_vec(),
+        )])
+        .await;
+        let mut options =
+            ProxyOptions::new(format!("http://alice:s%3Acret@{upstream}/fhir").parse().unwrap());
+        options.connect_timeout = Duration::from_secs(2);
+        let proxy = start_proxy(TcpListener::bind("127.0.0.1:0").await.unwrap(), options).unwrap();
+        let post = "POST /Binary HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(status_of(&raw(&proxy, post.as_bytes()).await), 201);
+        let head = heads.last();
+        // base64("alice:s:cret")
+        assert_eq!(header(&head, "authorization"), ["Basic YWxpY2U6czpjcmV0"]);
+        assert_eq!(header(&head, "host"), [upstream.to_string().as_str()]);
+        // A client's own credentials are left alone.
+        let own = "POST /Binary HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer t\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(status_of(&raw(&proxy, own.as_bytes()).await), 201);
+        assert_eq!(header(&heads.last(), "authorization"), ["Bearer t"]);
+    })
+    .await
+}

@@ -26,6 +26,14 @@ async fn bounded<T>(test: impl Future<Output = T>) -> T {
 
 async fn request(method: &str, url: &str) -> (StatusCode, String) {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    request_with(&client, method, url).await
+}
+
+async fn request_with(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    method: &str,
+    url: &str,
+) -> (StatusCode, String) {
     let request = Request::builder()
         .method(method)
         .uri(url)
@@ -153,22 +161,28 @@ async fn metrics_count_requests_bytes_errors_and_connections() {
     bounded(async {
         let demo = start_demo(TcpListener::bind("127.0.0.1:0").await.unwrap()).unwrap();
         let proxy = proxy(&format!("http://{}/fhir", demo.local_addr()), |o| {
-            o.max_connections = 1
+            o.max_connections = 2
         })
         .await;
         let base = format!("http://{}", proxy.local_addr());
+        // One client, so one connection, kept alive.
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let request = |method: &'static str, url: String| {
+            let client = client.clone();
+            async move { request_with(&client, method, &url).await }
+        };
         for _ in 0..3 {
-            assert_eq!(request("GET", &format!("{base}/Binary/example")).await.0, StatusCode::OK);
+            assert_eq!(request("GET", format!("{base}/Binary/example")).await.0, StatusCode::OK);
         }
         assert_eq!(
-            request("GET", &format!("{base}/Binary/example?_format=json")).await.0,
+            request("GET", format!("{base}/Binary/example?_format=json")).await.0,
             StatusCode::OK
         );
         assert_eq!(
-            request("GET", &format!("{base}/%2e%2e/x")).await.0,
+            request("GET", format!("{base}/%2e%2e/x")).await.0,
             StatusCode::BAD_REQUEST
         );
-        // One connection open: the next is refused.
+        // The client's connection and this one open: the next is refused.
         let held = TcpStream::connect(proxy.local_addr()).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         let mut refused = TcpStream::connect(proxy.local_addr()).await.unwrap();
@@ -176,17 +190,24 @@ async fn metrics_count_requests_bytes_errors_and_connections() {
         refused.read_to_string(&mut answer).await.unwrap();
         assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
         drop(held);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-
-        let (status, text) = request("GET", &format!("{base}/metrics")).await;
-        assert_eq!(status, StatusCode::OK);
+        // Until the proxy has seen the held connection close: then only the client's is open.
+        let mut text = String::new();
+        for _ in 0..100 {
+            let (status, got) = request("GET", format!("{base}/metrics")).await;
+            assert_eq!(status, StatusCode::OK);
+            text = got;
+            if text.contains("fhir_binary_proxy_open_connections 1\n") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         for line in [
             "fhir_binary_proxy_requests_total{method=\"GET\",representation=\"native\",status=\"200\"} 3",
             "fhir_binary_proxy_requests_total{method=\"GET\",representation=\"fhir-json\",status=\"200\"} 1",
             "fhir_binary_proxy_requests_total{method=\"GET\",representation=\"fhir-json\",status=\"400\"} 1",
             "fhir_binary_proxy_request_duration_seconds_count{method=\"GET\",representation=\"native\"} 3",
             "fhir_binary_proxy_refused_connections_total 1",
-            // This request's own connection.
+            // The client's connection.
             "fhir_binary_proxy_open_connections 1",
         ] {
             assert!(text.contains(line), "{line} not in\n{text}");
@@ -205,8 +226,8 @@ async fn metrics_count_requests_bytes_errors_and_connections() {
         drop(listener);
         let unreachable = proxy_to_down(down).await;
         let base = format!("http://{}", unreachable.local_addr());
-        assert_eq!(request("GET", &format!("{base}/Binary/1")).await.0, StatusCode::BAD_GATEWAY);
-        let (_, text) = request("GET", &format!("{base}/metrics")).await;
+        assert_eq!(request("GET", format!("{base}/Binary/1")).await.0, StatusCode::BAD_GATEWAY);
+        let (_, text) = request("GET", format!("{base}/metrics")).await;
         assert!(
             text.contains("fhir_binary_proxy_upstream_errors_total{kind=\"connect\"} 1"),
             "{text}"
@@ -219,8 +240,8 @@ async fn proxy_to_down(down: std::net::SocketAddr) -> Server {
     proxy(&format!("http://{down}/fhir"), |_| {}).await
 }
 
-/// Runs the binary with `args` and `env` until it has printed its URL, then stops it; returns
-/// what it wrote on stdout and stderr.
+/// Runs the binary with `args` and `env` until it has printed its URL (or exited), then stops
+/// it; returns what it wrote on stdout and stderr.
 fn run_binary(args: &[&str], env: &[(&str, &str)]) -> (String, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_fhir-binary-proxy"));
     command
@@ -232,26 +253,42 @@ fn run_binary(args: &[&str], env: &[(&str, &str)]) -> (String, String) {
         command.env(name, value);
     }
     let mut child = command.spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            text.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&text).contains("listening on") {
+                let _ = tx.send(());
+            }
+        }
+        String::from_utf8_lossy(&text).into_owned()
+    });
+    let err = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if rx.recv_timeout(Duration::from_millis(50)).is_ok() || child.try_wait().unwrap().is_some()
+        {
+            break;
+        }
+    }
+    // Let the start-up log lines out, then stop it.
+    std::thread::sleep(Duration::from_millis(200));
     let _ = Command::new("sh")
-        .args(["-c", &format!("kill -TERM {}", child.id())])
+        .args(["-c", &format!("kill -TERM {} 2>/dev/null", child.id())])
         .status();
-    let mut stdout = String::new();
-    let mut stderr = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
     let _ = child.wait();
-    (stdout, stderr)
+    (out.join().unwrap(), err.join().unwrap())
 }
 
 #[test]

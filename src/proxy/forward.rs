@@ -146,6 +146,12 @@ impl Forward {
         if upstream.query().is_some() {
             return Err(invalid("a base URL has no query"));
         }
+        let without_user_info = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query(upstream.path())
+            .build()
+            .map_err(|_| invalid("not a base URL"))?;
         let public_base = match &options.public_base_url {
             Some(url) => {
                 if url.scheme().is_none() || url.authority().is_none() {
@@ -192,7 +198,7 @@ impl Forward {
                 authority,
                 authorization,
                 base_path: upstream.path().trim_end_matches('/').to_owned(),
-                rebase: Rebase::new(upstream),
+                rebase: Rebase::new(&without_user_info),
                 public_base,
                 allowed_hosts: AllowedHosts::new(&options.allowed_hosts),
                 trusted_proxies: TrustedProxies::parse(&options.trusted_proxies)?,

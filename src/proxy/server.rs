@@ -263,17 +263,18 @@ async fn accept_loop<S, B>(
             limits.idle_timeout,
             limits.client_send_timeout,
         );
-        let result = match &tls {
+        match &tls {
             None => {
                 let connection = builder
                     .serve_connection(TokioIo::new(io), service)
                     .into_owned();
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
-                    let result = connection.await;
+                    if let Err(e) = connection.await {
+                        log_connection_error(remote, &*e);
+                    }
                     drop(permit);
-                    result
-                })
+                });
             }
             Some(acceptor) => {
                 let handshake = acceptor.accept(io);
@@ -281,27 +282,26 @@ async fn accept_loop<S, B>(
                 let watcher = graceful.watcher();
                 let timeout = limits.header_read_timeout;
                 tokio::spawn(async move {
-                    let result = match tokio::time::timeout(timeout, handshake).await {
-                        Ok(Ok(stream)) => {
-                            let connection =
-                                builder.serve_connection(TokioIo::new(stream), service);
-                            watcher.watch(connection.into_owned()).await
-                        }
-                        Ok(Err(e)) => Err(TlsFailed(e.to_string()).into()),
-                        Err(_) => {
-                            Err(TlsFailed(format!("no TLS handshake within {timeout:?}")).into())
-                        }
-                    };
+                    let result: Result<(), BoxError> =
+                        match tokio::time::timeout(timeout, handshake).await {
+                            Ok(Ok(stream)) => {
+                                let connection =
+                                    builder.serve_connection(TokioIo::new(stream), service);
+                                watcher.watch(connection.into_owned()).await
+                            }
+                            Ok(Err(e)) => Err(TlsFailed(e.to_string()).into()),
+                            Err(_) => {
+                                Err(TlsFailed(format!("no TLS handshake within {timeout:?}"))
+                                    .into())
+                            }
+                        };
+                    if let Err(e) = result {
+                        log_connection_error(remote, &*e);
+                    }
                     drop(permit);
-                    result
-                })
+                });
             }
-        };
-        tokio::spawn(async move {
-            if let Ok(Err(e)) = result.await {
-                log_connection_error(remote, &*e);
-            }
-        });
+        }
     }
     drop(listener);
     tokio::select! {
