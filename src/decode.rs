@@ -429,6 +429,79 @@ impl Base64Decoder {
         taken + self.fill(&input[taken..], out)
     }
 
+    /// Feeds base64 symbols that the scanner took out of string content, leaving out its
+    /// whitespace and undoing its escapes: `chars` characters of content (an escape counts as
+    /// one), of which `trailing` come after the last symbol. Data phase only.
+    ///
+    /// Returns false, with the decoder and `out` as they were, when `symbols` holds anything but
+    /// symbols (`=` included): the caller then feeds the same content the general way, which
+    /// finds the problem and reports it where it stands. `out` as for [`Self::feed_raw`].
+    pub(crate) fn feed_symbols(
+        &mut self,
+        symbols: &[u8],
+        chars: u64,
+        trailing: u64,
+        mut out: Option<&mut BytesMut>,
+    ) -> bool {
+        if self.phase != Phase::Data {
+            return false;
+        }
+        let (quad, quad_len, pos, last_symbol_pos, decoded) = (
+            self.quad,
+            self.quad_len,
+            self.pos,
+            self.last_symbol_pos,
+            self.decoded,
+        );
+        let out_len = out.as_ref().map(|out| out.len());
+        let mut taken = 0;
+        if self.quad_len > 0 {
+            taken = self.fill(symbols, out.as_deref_mut());
+        }
+        let accepted = if self.quad_len > 0 {
+            // The group is still open: every symbol went into it, or a non-symbol stopped it.
+            taken == symbols.len()
+        } else {
+            let rest = &symbols[taken..];
+            let whole = rest.len() & !3;
+            let batch = &rest[..whole];
+            // The engine takes `=` in the last group as padding: that one is not for here.
+            let batch_ok = whole == 0
+                || (!batch[whole - 4..].contains(&b'=')
+                    && match decode_batch(batch, out.as_deref_mut(), &mut self.sink) {
+                        Ok(n) => {
+                            self.decoded += n as u64;
+                            true
+                        }
+                        Err(_) => false,
+                    });
+            batch_ok && self.fill(&rest[whole..], out.as_deref_mut()) == rest.len() - whole
+        };
+        if !accepted {
+            (
+                self.quad,
+                self.quad_len,
+                self.pos,
+                self.last_symbol_pos,
+                self.decoded,
+            ) = (quad, quad_len, pos, last_symbol_pos, decoded);
+            if let (Some(out), Some(len)) = (out, out_len) {
+                out.truncate(len);
+            }
+            return false;
+        }
+        self.pos = pos + chars;
+        if !symbols.is_empty() {
+            self.last_symbol_pos = self.pos - trailing - 1;
+        }
+        true
+    }
+
+    /// Whether the decoder takes data symbols: no padding seen, no error.
+    pub(crate) fn in_data(&self) -> bool {
+        self.phase == Phase::Data
+    }
+
     /// Feeds one character that came from a JSON escape (already unescaped).
     ///
     /// Space, tab, line feed and carriage return are skipped; base64 characters and `=` count as
