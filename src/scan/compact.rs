@@ -276,7 +276,7 @@ impl Compactor {
     }
 
     /// Takes the whitespace at `c.i` and all that follows it, and notes the line it ends.
-    #[inline(never)]
+    #[inline(always)]
     fn separator<const TEXT: bool>(&mut self, c: &mut Cursor<'_, TEXT>, input: &[u8]) {
         let start = c.i;
         let mut sep = Separator::default();
@@ -422,21 +422,49 @@ fn item(input: &[u8]) -> Item {
         [b'\\', b'n', ..] => Item::Space(b"&#10;", 2),
         [b'\\', b'r', ..] => Item::Space(b"&#13;", 2),
         [b'\\', b't', ..] => Item::Space(b"&#9;", 2),
-        [b'\\', b'u', a, b, c, d, ..] => {
-            match hex4([a, b, c, d]).and_then(|cp| u8::try_from(cp).ok()) {
-                Some(b' ') => Item::Space(b" ", 6),
-                Some(b'\n') => Item::Space(b"&#10;", 6),
-                Some(b'\r') => Item::Space(b"&#13;", 6),
-                Some(b'\t') => Item::Space(b"&#9;", 6),
-                Some(symbol @ (b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'+' | b'/')) => {
-                    Item::Symbol(symbol, 6)
-                }
-                _ => Item::Stop,
+        [b'\\', b'u', a, b, c, d, ..] => match ascii_code([a, b, c, d]) {
+            Some(b' ') => Item::Space(b" ", 6),
+            Some(b'\n') => Item::Space(b"&#10;", 6),
+            Some(b'\r') => Item::Space(b"&#13;", 6),
+            Some(b'\t') => Item::Space(b"&#9;", 6),
+            Some(symbol @ (b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'+' | b'/')) => {
+                Item::Symbol(symbol, 6)
             }
-        }
+            _ => Item::Stop,
+        },
         _ => Item::Stop,
     }
 }
+
+/// The ASCII character that the four hex digits of a `\\u` escape stand for, if any: a table
+/// for the usual `00XX`, the general way for anything else.
+#[inline(always)]
+fn ascii_code(digits: [u8; 4]) -> Option<u8> {
+    match digits {
+        [b'0', b'0', hi, lo] => {
+            let (hi, lo) = (HEX[usize::from(hi)], HEX[usize::from(lo)]);
+            ((hi | lo) < 16).then_some((hi << 4) | lo)
+        }
+        _ => hex4(digits).and_then(|cp| u8::try_from(cp).ok()),
+    }
+}
+
+/// Hex digit -> value; 0xFF for other bytes.
+static HEX: [u8; 256] = {
+    let mut table = [0xFF; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        table[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
 
 /// One bit for each byte of `block` that ends a run of symbols: `"`, `\`, a space, `=`.
 fn marks(block: [u8; BLOCK]) -> u32 {
