@@ -4,7 +4,10 @@
 //! [`Base64Decoder`] its content piece by piece, split at arbitrary points: raw runs of bytes as
 //! they stand between the quotes ([`Base64Decoder::feed_raw`], never a `"` or `\`), and single
 //! characters that came from JSON escapes ([`Base64Decoder::feed_escaped`], already unescaped:
-//! `\/`, `\u002B`, `\u003d`, `\n`...). [`Base64Decoder::finish`] marks the closing quote.
+//! `\/`, `\u002B`, `\u003d`, `\n`...). Wrapped or escaped content comes in batches of bare
+//! symbols instead, whitespace left out and escapes undone by the scanner
+//! ([`Base64Decoder::feed_symbols`]), which the decoder refuses whole if they hold anything else.
+//! [`Base64Decoder::finish`] marks the closing quote.
 //!
 //! What is accepted:
 //!
@@ -1456,6 +1459,96 @@ mod tests {
         assert_error::<Base64Error>();
         fn assert_decoder<D: Clone + fmt::Debug + Default + Send + Sync>() {}
         assert_decoder::<Base64Decoder>();
+    }
+
+    #[test]
+    fn symbols_decode_like_raw_input_in_batches_cut_anywhere() {
+        let mut rng = Rng(0x5359_4d42);
+        for len in [0, 1, 2, 3, 50, 3000] {
+            let data = rng.bytes(len);
+            let text = STANDARD.encode(&data);
+            let symbols = text.trim_end_matches('=').as_bytes();
+            let cuts: Vec<Vec<usize>> = if len < 100 {
+                (0..=symbols.len()).map(|cut| vec![cut]).collect()
+            } else {
+                (0..50)
+                    .map(|_| {
+                        let mut cuts: Vec<usize> =
+                            (0..20).map(|_| rng.below(symbols.len())).collect();
+                        cuts.sort_unstable();
+                        cuts
+                    })
+                    .collect()
+            };
+            for cuts in cuts {
+                for validate_only in [false, true] {
+                    let mut d = Base64Decoder::new();
+                    let mut out = BytesMut::new();
+                    let mut at = 0;
+                    for end in cuts.iter().copied().chain([symbols.len()]) {
+                        let batch = &symbols[at..end.max(at)];
+                        let sink = (!validate_only).then_some(&mut out);
+                        assert!(d.feed_symbols(batch, batch.len() as u64, 0, sink));
+                        at = end.max(at);
+                    }
+                    let padding = &text.as_bytes()[symbols.len()..];
+                    let sink = (!validate_only).then_some(&mut out);
+                    d.feed_raw(padding, sink).unwrap();
+                    d.finish(None).unwrap();
+                    assert_eq!(d.decoded_len(), data.len() as u64);
+                    if !validate_only {
+                        assert_eq!(out, data, "cut at {cuts:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_with_anything_but_symbols_is_refused_whole() {
+        let symbols = b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5eg";
+        for bad in [b'=', b' ', b'!', b'\n', b'-', 0xC3] {
+            for at in 0..symbols.len() {
+                let mut batch = symbols.to_vec();
+                batch[at] = bad;
+                let mut d = Base64Decoder::new();
+                let mut out = BytesMut::new();
+                // A partial group carried in, completed by the batch's first symbols.
+                d.feed_raw(b"QU", Some(&mut out)).unwrap();
+                let before = format!("{d:?}");
+                assert!(!d.feed_symbols(&batch, batch.len() as u64, 0, Some(&mut out)));
+                assert_eq!(format!("{d:?}"), before, "{bad} at {at}");
+                assert!(out.is_empty(), "{bad} at {at}");
+                // It reads on as if the batch had not come.
+                d.feed_raw(b"JD", Some(&mut out)).unwrap();
+                d.finish(None).unwrap();
+                assert_eq!(&out[..], b"ABC");
+            }
+        }
+    }
+
+    #[test]
+    fn positions_after_symbols_count_the_characters_they_stood_for() {
+        // Six symbols out of nine characters, the last two of them whitespace: the next
+        // character is at 9, the last symbol at 6.
+        let mut d = Base64Decoder::new();
+        assert!(d.feed_symbols(b"QUJDRA", 9, 2, None));
+        assert_eq!(
+            d.feed_raw(b"=!", None),
+            Err(Base64Error::InvalidCharacter {
+                character: Offending::Byte(b'!'),
+                position: 10
+            })
+        );
+        let mut d = Base64Decoder::new();
+        assert!(d.feed_symbols(b"QUJDRB", 9, 2, None));
+        assert_eq!(
+            d.feed_raw(b"==", None),
+            Err(Base64Error::NonCanonical {
+                symbol: b'B',
+                position: 6
+            })
+        );
     }
 
     #[test]
