@@ -227,8 +227,9 @@ where
 /// The least work that gives the layer's native response for the benchmark's document, written
 /// for it alone: the members are found by searching for their names, nothing is checked, and
 /// the head gets the same headers (`Content-Type`, `X-Content-Type-Options`,
-/// `Content-Disposition`, `ETag`, `Accept-Ranges`, `Vary`). A floor for the per-request cost,
-/// not a way to serve documents. Returns the decoded length.
+/// `Content-Disposition`, `ETag`, `Accept-Ranges`, `Vary`) and the same `Negotiation`
+/// extension. A floor for the per-request cost, not a way to serve documents. Returns the
+/// decoded length.
 async fn minimum<S>(service: &S, mut request: Request<()>) -> usize
 where
     S: Service<Request<()>, Response = Response<Frames>, Error = Infallible> + Clone,
@@ -288,6 +289,11 @@ where
     );
     headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     headers.insert(VARY, HeaderValue::from_static("Accept"));
+    parts
+        .extensions
+        .insert(tower_fhir_binary::Negotiation::Served(
+            tower_fhir_binary::Representation::Native,
+        ));
     let response = Response::from_parts(parts, http_body_util::Full::new(Bytes::from(decoded)));
     drain(black_box(response).into_body()).await
 }
