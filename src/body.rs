@@ -11,7 +11,7 @@ use pin_project_lite::pin_project;
 use crate::error::{BoxError, InvalidBinary};
 use crate::frames::FrameQueue;
 use crate::scan::ScanError;
-use crate::transcode::Transcoder;
+use crate::transcode::{ResourceTranscoder, Transcoder};
 
 pin_project! {
     /// The response body of [`BinaryNegotiation`](crate::BinaryNegotiation).
@@ -50,6 +50,11 @@ pin_project! {
             body: Option<Pin<Box<B>>>,
             transcoder: Box<Transcoder>,
             window: Option<Window>,
+        },
+        Resource {
+            held: FrameQueue,
+            body: Option<Pin<Box<B>>>,
+            transcoder: Box<ResourceTranscoder>,
         },
     }
 }
@@ -112,6 +117,24 @@ impl<B> NegotiatedBody<B> {
     }
 }
 
+impl<B> NegotiatedBody<B> {
+    /// Output already made (`held`), then the rest of the inner body turned into FHIR XML by
+    /// `transcoder` (any resource).
+    pub(crate) fn resource(
+        held: FrameQueue,
+        body: Option<Pin<Box<B>>>,
+        transcoder: Box<ResourceTranscoder>,
+    ) -> Self {
+        NegotiatedBody {
+            kind: Kind::Resource {
+                held,
+                body,
+                transcoder,
+            },
+        }
+    }
+}
+
 impl<B> fmt::Debug for NegotiatedBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match &self.kind {
@@ -120,6 +143,7 @@ impl<B> fmt::Debug for NegotiatedBody<B> {
             Kind::Head => "Head",
             Kind::Replay { .. } => "Replay",
             Kind::Transcode { .. } => "Transcode",
+            Kind::Resource { .. } => "Resource",
         };
         f.debug_struct("NegotiatedBody")
             .field("kind", &kind)
@@ -159,6 +183,14 @@ where
                 Some(frame) => Poll::Ready(Some(Ok(Frame::data(frame)))),
                 None => poll_window(body, transcoder, window, cx),
             },
+            KindProj::Resource {
+                held,
+                body,
+                transcoder,
+            } => match held.pop_front() {
+                Some(frame) => Poll::Ready(Some(Ok(Frame::data(frame)))),
+                None => poll_resource(body, transcoder, cx),
+            },
         }
     }
 
@@ -179,6 +211,9 @@ where
                 held.is_empty()
                     && (transcoder.is_done() || window.as_ref().is_some_and(Window::is_complete))
             }
+            Kind::Resource {
+                held, transcoder, ..
+            } => held.is_empty() && transcoder.is_done(),
         }
     }
 
@@ -199,6 +234,11 @@ where
                 if let Some(upper) = rest.upper() {
                     hint.set_upper(upper + held);
                 }
+                hint
+            }
+            Kind::Resource { held, .. } => {
+                let mut hint = SizeHint::new();
+                hint.set_lower(held.byte_len());
                 hint
             }
             Kind::Transcode { held, window, .. } => {
@@ -331,6 +371,48 @@ where
         match std::task::ready!(poll_inner(inner.as_mut(), cx)) {
             Some(Ok(frame)) => {
                 // Trailers of a JSON body carry nothing the document needs.
+                if let Ok(data) = frame.into_data() {
+                    transcoder.push(data);
+                }
+            }
+            Some(Err(e)) => {
+                *body = None;
+                transcoder.abort();
+                return Poll::Ready(Some(Err(e)));
+            }
+            None => *body = None,
+        }
+    }
+}
+
+/// The next frame of FHIR XML made from the inner body; a body that turns out not to be FHIR
+/// JSON of the release fails ([`InvalidBinary`]), as the head has gone out.
+fn poll_resource<B>(
+    body: &mut Option<Pin<Box<B>>>,
+    transcoder: &mut ResourceTranscoder,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    loop {
+        let Some(inner) = body.as_mut() else {
+            return Poll::Ready(match transcoder.finish() {
+                Ok(frame) => frame.map(|f| Ok(Frame::data(f))),
+                Err(e) => Some(Err(InvalidBinary::from(ScanError::from(e)).into())),
+            });
+        };
+        match transcoder.pull() {
+            Ok(Some(frame)) => return Poll::Ready(Some(Ok(Frame::data(frame)))),
+            Ok(None) => {}
+            Err(e) => {
+                *body = None;
+                return Poll::Ready(Some(Err(InvalidBinary::from(ScanError::from(e)).into())));
+            }
+        }
+        match std::task::ready!(poll_inner(inner.as_mut(), cx)) {
+            Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
                     transcoder.push(data);
                 }

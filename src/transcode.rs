@@ -7,6 +7,8 @@
 //! deciding member came after the payload. The usual order (`contentType` before `data`)
 //! decides at the first byte of the payload, and nothing is read twice.
 
+mod resource;
+
 use std::borrow::Cow;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -21,6 +23,8 @@ use crate::scan::{
 };
 use crate::xml;
 use crate::FhirVersion;
+
+pub(crate) use resource::{ResourceError, ResourceTranscoder};
 
 /// What the response head should be, once decided.
 #[derive(Debug)]
