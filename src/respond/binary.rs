@@ -213,6 +213,11 @@ where
                     "the client accepts neither FHIR JSON, FHIR XML nor this Binary's content type {content_type}"
                 ),
             ))),
+            Head::NotAcceptableResource => Some(self.outcome_after(parts, Outcome::not_acceptable(
+                "the client accepts neither FHIR JSON nor FHIR XML, the only representations of \
+                 this resource"
+                    .into(),
+            ))),
             Head::Invalid(e) => Some(self.outcome_after(parts, Outcome::bad_gateway(format!(
                 "the inner service did not answer with a valid FHIR Binary: {e}"
             )))),
