@@ -492,10 +492,13 @@ impl Transcoder {
     }
 
     /// A resource other than a Binary: passed through (the response path renders it as XML
-    /// when the client prefers XML), unless the client accepts neither FHIR JSON nor FHIR XML.
+    /// when the client prefers XML), unless the client accepts neither FHIR JSON (nor plain
+    /// JSON) nor FHIR XML.
     fn other_resource(&mut self) -> Head {
-        let json = "application/fhir+json";
-        if self.preference.resolve(json) == Decision::NotAcceptable
+        // Plain `application/json` is FHIR JSON here, as FHIR servers take it.
+        let not_acceptable = |t| self.preference.resolve(t) == Decision::NotAcceptable;
+        if not_acceptable("application/fhir+json")
+            && not_acceptable("application/json")
             && !self.preference.prefers_xml()
             && !self.native_when_not_acceptable
         {
