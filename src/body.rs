@@ -17,12 +17,14 @@ pin_project! {
     /// The response body of [`BinaryNegotiation`](crate::BinaryNegotiation).
     ///
     /// Depending on the response it is the inner body untouched, the raw document decoded as
-    /// the inner body streams in, or a complete body the layer made (an OperationOutcome, a
-    /// small document read whole, nothing for `HEAD`).
+    /// the inner body streams in, FHIR XML converted as the inner body streams in, or a
+    /// complete body the layer made (an OperationOutcome, a small document read whole, nothing
+    /// for `HEAD`).
     ///
     /// Errors are boxed: the inner body's own errors as they are, and
-    /// [`InvalidBinary`] when the inner body turns out not to be a valid Binary after the
-    /// response head has gone out. The client then sees a broken transfer, never a document
+    /// [`InvalidBinary`] when the inner body turns out not to be a valid Binary (or, for FHIR
+    /// XML of another resource, not FHIR JSON of the release) after the response head has gone
+    /// out. The client then sees a broken transfer, never a document
     /// silently cut short.
     pub struct NegotiatedBody<B> {
         #[pin]
