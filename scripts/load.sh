@@ -6,6 +6,9 @@
 # JSON, ...), so that a machine that slows down or speeds up during the runs favours neither;
 # the ratio of each round and their median are printed.
 #
+# With BASELINE=/path/to/another/fhir-binary-proxy, the two compared are that binary and this
+# tree's, both serving the Binary natively (e.g. before and after a change).
+#
 #   scripts/load.sh [seconds per run, default 10] [connections, default 32] [rounds, default 3]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,30 +17,51 @@ duration="${1:-10}"
 connections="${2:-32}"
 rounds="${3:-3}"
 port="${LOAD_PORT:-18080}"
-base="http://127.0.0.1:${port}"
 
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
 cargo build -q --release --features proxy --bin fhir-binary-proxy
+current="${CARGO_TARGET_DIR:-target}/release/fhir-binary-proxy"
 
-# The proxy with its embedded demo backend; logs off so that they cost nothing.
-RUST_LOG=off target/release/fhir-binary-proxy --listen "127.0.0.1:${port}" >/dev/null 2>&1 &
-proxy=$!
-trap 'kill "$proxy" 2>/dev/null; wait "$proxy" 2>/dev/null || true' EXIT
-for _ in $(seq 100); do
-  curl -sf "${base}/metadata" >/dev/null 2>&1 && break
-  sleep 0.1
-done
+pids=()
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null || true; done' EXIT
 
-# A 4 KiB document, created through the proxy (POST passes through to the demo backend).
-data=$(head -c 4096 /dev/urandom | base64 -w0)
-location=$(curl -sf -D - -o /dev/null -X POST "${base}/Binary" \
-  -H 'Content-Type: application/fhir+json' \
-  --data "{\"resourceType\":\"Binary\",\"contentType\":\"application/octet-stream\",\"data\":\"${data}\"}" |
-  tr -d '\r' | sed -n 's/^[Ll]ocation: //p')
-id=$(basename "${location%%/_history*}")
-[ -n "$id" ] || { echo "could not create the Binary" >&2; exit 1; }
-native=$(curl -sf "${base}/Binary/${id}" | wc -c)
-[ "$native" -eq 4096 ] || { echo "the native document has ${native} bytes, not 4096" >&2; exit 1; }
+# Starts `binary` with its embedded demo backend on `port` (logs off so that they cost nothing),
+# creates a 4 KiB Binary through it and sets `started` to the Binary's URL.
+start() {
+  local binary="$1" port="$2" base="http://127.0.0.1:$2"
+  RUST_LOG=off "$binary" --listen "127.0.0.1:${port}" >/dev/null 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do
+    curl -sf "${base}/metadata" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  local data location id native
+  data=$(head -c 4096 /dev/urandom | base64 -w0)
+  location=$(curl -sf -D - -o /dev/null -X POST "${base}/Binary" \
+    -H 'Content-Type: application/fhir+json' \
+    --data "{\"resourceType\":\"Binary\",\"contentType\":\"application/octet-stream\",\"data\":\"${data}\"}" |
+    tr -d '\r' | sed -n 's/^[Ll]ocation: //p')
+  id=$(basename "${location%%/_history*}")
+  [ -n "$id" ] || { echo "could not create the Binary" >&2; exit 1; }
+  native=$(curl -sf "${base}/Binary/${id}" | wc -c)
+  [ "$native" -eq 4096 ] || { echo "the native document has ${native} bytes, not 4096" >&2; exit 1; }
+  started="${base}/Binary/${id}"
+}
+
+if [ -n "${BASELINE:-}" ]; then
+  a_name="baseline"
+  b_name="current"
+  start "$BASELINE" "$port"
+  a_url="$started"
+  start "$current" "$((port + 1))"
+  b_url="$started"
+else
+  a_name="FHIR JSON untouched"
+  b_name="native (decoded)"
+  start "$current" "$port"
+  a_url="${started}?_format=json"
+  b_url="${started}"
+fi
 
 rps() {
   wrk -t2 -c"$connections" -d"${duration}s" "$1" | awk '/Requests\/sec/ {print $2}'
@@ -45,15 +69,15 @@ rps() {
 ratios=()
 for round in $(seq "$rounds"); do
   if ((round % 2)); then
-    json_rps=$(rps "${base}/Binary/${id}?_format=json")
-    native_rps=$(rps "${base}/Binary/${id}")
+    a_rps=$(rps "$a_url")
+    b_rps=$(rps "$b_url")
   else
-    native_rps=$(rps "${base}/Binary/${id}")
-    json_rps=$(rps "${base}/Binary/${id}?_format=json")
+    b_rps=$(rps "$b_url")
+    a_rps=$(rps "$a_url")
   fi
-  ratio=$(awk -v n="$native_rps" -v j="$json_rps" 'BEGIN { printf "%.3f", n / j }')
+  ratio=$(awk -v b="$b_rps" -v a="$a_rps" 'BEGIN { printf "%.3f", b / a }')
   ratios+=("$ratio")
-  echo "round ${round}: FHIR JSON untouched ${json_rps} requests/s, native (decoded) ${native_rps} requests/s, ratio ${ratio}"
+  echo "round ${round}: ${a_name} ${a_rps} requests/s, ${b_name} ${b_rps} requests/s, ratio ${ratio}"
 done
 printf '%s\n' "${ratios[@]}" | sort -n |
-  awk '{ r[NR] = $1 } END { m = (NR % 2) ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2; printf "median ratio native / JSON over %d rounds: %.3f\n", NR, m }'
+  awk -v a="$a_name" -v b="$b_name" '{ r[NR] = $1 } END { m = (NR % 2) ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2; printf "median ratio %s / %s over %d rounds: %.3f\n", b, a, NR, m }'

@@ -4,7 +4,10 @@
 //! [`Base64Decoder`] its content piece by piece, split at arbitrary points: raw runs of bytes as
 //! they stand between the quotes ([`Base64Decoder::feed_raw`], never a `"` or `\`), and single
 //! characters that came from JSON escapes ([`Base64Decoder::feed_escaped`], already unescaped:
-//! `\/`, `\u002B`, `\u003d`, `\n`...). [`Base64Decoder::finish`] marks the closing quote.
+//! `\/`, `\u002B`, `\u003d`, `\n`...). Wrapped or escaped content comes in batches of bare
+//! symbols instead, whitespace left out and escapes undone by the scanner
+//! ([`Base64Decoder::feed_symbols`]), which the decoder refuses whole if they hold anything else.
+//! [`Base64Decoder::finish`] marks the closing quote.
 //!
 //! What is accepted:
 //!
@@ -427,6 +430,79 @@ impl Base64Decoder {
             }
         }
         taken + self.fill(&input[taken..], out)
+    }
+
+    /// Feeds base64 symbols that the scanner took out of string content, leaving out its
+    /// whitespace and undoing its escapes: `chars` characters of content (an escape counts as
+    /// one), of which `trailing` come after the last symbol. Data phase only.
+    ///
+    /// Returns false, with the decoder and `out` as they were, when `symbols` holds anything but
+    /// symbols (`=` included): the caller then feeds the same content the general way, which
+    /// finds the problem and reports it where it stands. `out` as for [`Self::feed_raw`].
+    pub(crate) fn feed_symbols(
+        &mut self,
+        symbols: &[u8],
+        chars: u64,
+        trailing: u64,
+        mut out: Option<&mut BytesMut>,
+    ) -> bool {
+        if self.phase != Phase::Data {
+            return false;
+        }
+        let (quad, quad_len, pos, last_symbol_pos, decoded) = (
+            self.quad,
+            self.quad_len,
+            self.pos,
+            self.last_symbol_pos,
+            self.decoded,
+        );
+        let out_len = out.as_ref().map(|out| out.len());
+        let mut taken = 0;
+        if self.quad_len > 0 {
+            taken = self.fill(symbols, out.as_deref_mut());
+        }
+        let accepted = if self.quad_len > 0 {
+            // The group is still open: every symbol went into it, or a non-symbol stopped it.
+            taken == symbols.len()
+        } else {
+            let rest = &symbols[taken..];
+            let whole = rest.len() & !3;
+            let batch = &rest[..whole];
+            // The engine takes `=` in the last group as padding: that one is not for here.
+            let batch_ok = whole == 0
+                || (!batch[whole - 4..].contains(&b'=')
+                    && match decode_batch(batch, out.as_deref_mut(), &mut self.sink) {
+                        Ok(n) => {
+                            self.decoded += n as u64;
+                            true
+                        }
+                        Err(_) => false,
+                    });
+            batch_ok && self.fill(&rest[whole..], out.as_deref_mut()) == rest.len() - whole
+        };
+        if !accepted {
+            (
+                self.quad,
+                self.quad_len,
+                self.pos,
+                self.last_symbol_pos,
+                self.decoded,
+            ) = (quad, quad_len, pos, last_symbol_pos, decoded);
+            if let (Some(out), Some(len)) = (out, out_len) {
+                out.truncate(len);
+            }
+            return false;
+        }
+        self.pos = pos + chars;
+        if !symbols.is_empty() {
+            self.last_symbol_pos = self.pos - trailing - 1;
+        }
+        true
+    }
+
+    /// Whether the decoder takes data symbols: no padding seen, no error.
+    pub(crate) fn in_data(&self) -> bool {
+        self.phase == Phase::Data
     }
 
     /// Feeds one character that came from a JSON escape (already unescaped).
@@ -1383,6 +1459,96 @@ mod tests {
         assert_error::<Base64Error>();
         fn assert_decoder<D: Clone + fmt::Debug + Default + Send + Sync>() {}
         assert_decoder::<Base64Decoder>();
+    }
+
+    #[test]
+    fn symbols_decode_like_raw_input_in_batches_cut_anywhere() {
+        let mut rng = Rng(0x5359_4d42);
+        for len in [0, 1, 2, 3, 50, 3000] {
+            let data = rng.bytes(len);
+            let text = STANDARD.encode(&data);
+            let symbols = text.trim_end_matches('=').as_bytes();
+            let cuts: Vec<Vec<usize>> = if len < 100 {
+                (0..=symbols.len()).map(|cut| vec![cut]).collect()
+            } else {
+                (0..50)
+                    .map(|_| {
+                        let mut cuts: Vec<usize> =
+                            (0..20).map(|_| rng.below(symbols.len())).collect();
+                        cuts.sort_unstable();
+                        cuts
+                    })
+                    .collect()
+            };
+            for cuts in cuts {
+                for validate_only in [false, true] {
+                    let mut d = Base64Decoder::new();
+                    let mut out = BytesMut::new();
+                    let mut at = 0;
+                    for end in cuts.iter().copied().chain([symbols.len()]) {
+                        let batch = &symbols[at..end.max(at)];
+                        let sink = (!validate_only).then_some(&mut out);
+                        assert!(d.feed_symbols(batch, batch.len() as u64, 0, sink));
+                        at = end.max(at);
+                    }
+                    let padding = &text.as_bytes()[symbols.len()..];
+                    let sink = (!validate_only).then_some(&mut out);
+                    d.feed_raw(padding, sink).unwrap();
+                    d.finish(None).unwrap();
+                    assert_eq!(d.decoded_len(), data.len() as u64);
+                    if !validate_only {
+                        assert_eq!(out, data, "cut at {cuts:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_with_anything_but_symbols_is_refused_whole() {
+        let symbols = b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5eg";
+        for bad in [b'=', b' ', b'!', b'\n', b'-', 0xC3] {
+            for at in 0..symbols.len() {
+                let mut batch = symbols.to_vec();
+                batch[at] = bad;
+                let mut d = Base64Decoder::new();
+                let mut out = BytesMut::new();
+                // A partial group carried in, completed by the batch's first symbols.
+                d.feed_raw(b"QU", Some(&mut out)).unwrap();
+                let before = format!("{d:?}");
+                assert!(!d.feed_symbols(&batch, batch.len() as u64, 0, Some(&mut out)));
+                assert_eq!(format!("{d:?}"), before, "{bad} at {at}");
+                assert!(out.is_empty(), "{bad} at {at}");
+                // It reads on as if the batch had not come.
+                d.feed_raw(b"JD", Some(&mut out)).unwrap();
+                d.finish(None).unwrap();
+                assert_eq!(&out[..], b"ABC");
+            }
+        }
+    }
+
+    #[test]
+    fn positions_after_symbols_count_the_characters_they_stood_for() {
+        // Six symbols out of nine characters, the last two of them whitespace: the next
+        // character is at 9, the last symbol at 6.
+        let mut d = Base64Decoder::new();
+        assert!(d.feed_symbols(b"QUJDRA", 9, 2, None));
+        assert_eq!(
+            d.feed_raw(b"=!", None),
+            Err(Base64Error::InvalidCharacter {
+                character: Offending::Byte(b'!'),
+                position: 10
+            })
+        );
+        let mut d = Base64Decoder::new();
+        assert!(d.feed_symbols(b"QUJDRB", 9, 2, None));
+        assert_eq!(
+            d.feed_raw(b"==", None),
+            Err(Base64Error::NonCanonical {
+                symbol: b'B',
+                position: 6
+            })
+        );
     }
 
     #[test]

@@ -83,6 +83,7 @@
 //!
 //! - `docs/negotiation.md`: the rules, included below.
 //! - `docs/bad-inputs.md`: every bad input an inner service can send, and what the client gets.
+//! - `docs/writes.md`: creating and updating a Binary with its raw bytes.
 //! - `docs/proxy.md`: the proxy's flags, deployment, and what it does to headers.
 //! - `docs/performance.md`: figures, baselines, and how to reproduce them.
 //! - `docs/architecture.md`: how a request and its response go through the modules.

@@ -20,10 +20,12 @@ use memchr::memchr2;
 use crate::decode::Base64Decoder;
 use crate::FhirVersion;
 
+mod compact;
 mod members;
 mod nesting;
 mod plain;
 
+use compact::Compactor;
 use members::CAPTURED;
 pub(crate) use members::{Field, Member, Members};
 use nesting::Nesting;
@@ -349,6 +351,11 @@ pub(crate) struct Scanner {
     /// groups; the decoder takes it anywhere, so whitespace inside a group is left out of the
     /// text. A document has one payload, so this starts at 0 with the scanner.
     text_group: u8,
+    /// Payload text made into bare symbols (and XML text) for the decoder, a batch at a time.
+    compactor: Compactor,
+    /// Body offset before which the payload goes the general way: the decoder refused a
+    /// compacted batch there, and the general path finds out why.
+    compact_from: u64,
 }
 
 impl Scanner {
@@ -386,7 +393,15 @@ impl Scanner {
             unescaped: Gathered::default(),
             plain_run: true,
             text_group: 0,
+            compactor: Compactor::default(),
+            compact_from: 0,
         }
+    }
+
+    /// Reads the payload the general way only, as the reference for the compacted way.
+    #[cfg(test)]
+    fn without_compaction(&mut self) {
+        self.compact_from = u64::MAX;
     }
 
     /// Chooses what happens to the payload from here on.
@@ -1116,6 +1131,17 @@ impl Scanner {
                             break;
                         }
                     }
+                    if !matches!(mode, PayloadMode::Skip | PayloadMode::Pause)
+                        && self.decoder.in_data()
+                        && self.pos + (base + i) as u64 >= self.compact_from
+                    {
+                        // What was gathered the general way goes first.
+                        self.flush_unescaped(mode, out)?;
+                        i += self.compact_payload(&input[i..], base + i, mode, out);
+                        if i == input.len() {
+                            break;
+                        }
+                    }
                     if !self.unescaped.is_empty()
                         && matches!(mode, PayloadMode::Decode | PayloadMode::Validate)
                     {
@@ -1255,6 +1281,54 @@ impl Scanner {
             self.plain_run = false;
         }
         taken
+    }
+
+    /// Hands the decoder the payload text at the start of `input`, made into bare symbols (see
+    /// [`compact`]), a batch at a time, and in text mode writes its XML text; returns how much
+    /// was taken. Stops before anything else (the closing quote, padding, another escape), for
+    /// the general path to handle. When the decoder refuses a batch, nothing of it is taken,
+    /// and the general path reads it again.
+    fn compact_payload(
+        &mut self,
+        input: &[u8],
+        base: usize,
+        mode: PayloadMode,
+        out: &mut BytesMut,
+    ) -> usize {
+        let text = mode == PayloadMode::Text;
+        let mut i = 0;
+        loop {
+            let made = if text {
+                self.compactor.compact::<true>(&input[i..], self.text_group)
+            } else {
+                self.compactor.compact::<false>(&input[i..], 0)
+            };
+            if made.consumed == 0 {
+                return i;
+            }
+            let sink = if mode == PayloadMode::Decode {
+                Some(&mut *out)
+            } else {
+                None
+            };
+            let symbols = self.compactor.symbols(&made);
+            if !self
+                .decoder
+                .feed_symbols(symbols, made.chars, made.trailing, sink)
+            {
+                self.compact_from = self.pos + (base + i + made.consumed) as u64;
+                self.compactor.forget_lines();
+                return i;
+            }
+            if text {
+                out.extend_from_slice(self.compactor.text(&made));
+                self.count_text_symbols(made.symbols);
+            }
+            i += made.consumed;
+            if !made.full {
+                return i;
+            }
+        }
     }
 
     /// Gathers payload text broken up by escapes that stand for base64 characters or
@@ -1995,5 +2069,129 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.output, [0xff, 0xff, 0xff, b'A', b'B', b'C']);
+    }
+
+    /// Scans `input` cut at `cuts`, choosing `mode` at the payload, with or without
+    /// compaction; the error, if any, as its message and offset.
+    fn scan_cut(
+        input: &[u8],
+        cuts: &[usize],
+        mode: PayloadMode,
+        compact: bool,
+    ) -> Result<Vec<u8>, (String, u64)> {
+        let mut scanner = Scanner::new(LIMITS);
+        if !compact {
+            scanner.without_compaction();
+        }
+        let mut out = BytesMut::new();
+        let mut at = 0;
+        for &end in cuts.iter().chain([&input.len()]) {
+            let mut rest = &input[at..end.max(at)];
+            at = end.max(at);
+            while !rest.is_empty() {
+                let (n, event) = scanner
+                    .feed(rest, &mut out)
+                    .map_err(|e| (e.message().to_owned(), e.offset()))?;
+                rest = &rest[n..];
+                if event == Event::PayloadStart {
+                    scanner.set_payload_mode(mode);
+                }
+            }
+        }
+        scanner
+            .finish()
+            .map_err(|e| (e.message().to_owned(), e.offset()))?;
+        Ok(out.to_vec())
+    }
+
+    /// The payloads of the benchmark's forms, and broken ones: each byte and escape that the
+    /// compacted way takes and the decoder refuses, or that it leaves to the general path.
+    fn forms(rng: &mut crate::test_rng::Rng, len: usize) -> Vec<String> {
+        use base64::Engine as _;
+        let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let text = base64::engine::general_purpose::STANDARD.encode(&bytes);
+        let wrap = |separator: &str, trailing: bool| {
+            let lines: Vec<&str> = text
+                .as_bytes()
+                .chunks(76)
+                .map(|line| std::str::from_utf8(line).unwrap())
+                .collect();
+            lines.join(separator) + if trailing { separator } else { "" }
+        };
+        let mut forms = vec![
+            text.clone(),
+            wrap(" ", false),
+            wrap("\\r\\n", false),
+            wrap("\\n", true),
+            wrap("\\u000a", false),
+            text.replace('/', "\\/"),
+            text.replace('+', "\\u002B"),
+            text.replace('+', "\\u002b").replace('/', "\\u002f"),
+            text.replace('=', "\\u003d"),
+            wrap(" ", false).replace('/', "\\/"),
+        ];
+        let broken: Vec<String> = forms
+            .iter()
+            .flat_map(|form| {
+                [
+                    "!", "\\u0001", "\u{1}", "=", "\"", "\\b", "\\ud800", "-", "\u{e9}", "  ",
+                    "\\n\\n",
+                ]
+                .iter()
+                .map(move |bad| {
+                    let mut at = form.len() / 3;
+                    while !form.is_char_boundary(at) || form[..at].ends_with('\\') {
+                        at += 1;
+                    }
+                    format!("{}{bad}{}", &form[..at], &form[at..])
+                })
+            })
+            .collect();
+        forms.extend(broken);
+        forms
+    }
+
+    #[test]
+    fn compacted_payloads_read_like_the_general_path_split_at_every_byte() {
+        let mut rng = crate::test_rng::Rng(0x6469_6666_6572);
+        for len in [0, 2, 40, 100] {
+            for payload in forms(&mut rng, len) {
+                let input = format!(r#"{{"contentType":"a/b","data":"{payload}","id":"x"}}"#);
+                let input = input.as_bytes();
+                for mode in [
+                    PayloadMode::Decode,
+                    PayloadMode::Validate,
+                    PayloadMode::Text,
+                ] {
+                    let expect = scan_cut(input, &[], mode, false);
+                    for cut in 0..input.len() {
+                        let found = scan_cut(input, &[cut], mode, true);
+                        assert_eq!(found, expect, "{mode:?} {payload} cut at {cut}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn compacted_large_payloads_read_like_the_general_path_split_anywhere() {
+        let mut rng = crate::test_rng::Rng(0x006c_6172_6765);
+        for payload in forms(&mut rng, 60_000) {
+            let input = format!(r#"{{"contentType":"a/b","data":"{payload}","id":"x"}}"#);
+            let input = input.as_bytes();
+            for mode in [
+                PayloadMode::Decode,
+                PayloadMode::Validate,
+                PayloadMode::Text,
+            ] {
+                let expect = scan_cut(input, &[], mode, false);
+                for _ in 0..4 {
+                    let mut cuts: Vec<usize> = (0..8).map(|_| rng.below(input.len())).collect();
+                    cuts.sort_unstable();
+                    let found = scan_cut(input, &cuts, mode, true);
+                    assert_eq!(found, expect, "{mode:?} {} cut at {cuts:?}", &payload[..80]);
+                }
+            }
+        }
     }
 }

@@ -14,6 +14,7 @@ use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tower_fhir_binary::proxy::{start_demo, start_proxy, ProxyOptions};
 
@@ -91,12 +92,57 @@ fn every_request_is_logged_with_its_representation() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
+        // Refused requests: logged at INFO with their reason, by the guard and by hyper.
+        let mut stream = tokio::net::TcpStream::connect(proxy.local_addr())
+            .await
+            .unwrap();
+        stream
+            .write_all(b"GET /%2e%2e/admin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 400"));
+        let mut stream = tokio::net::TcpStream::connect(proxy.local_addr())
+            .await
+            .unwrap();
+        let big = "a".repeat(200 * 1024);
+        stream
+            .write_all(format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer).await;
+        assert!(answer.starts_with(b"HTTP/1.1 431"));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while rejected(&captured).len() < 2 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         proxy.shutdown().await;
         demo.shutdown().await;
         sent
     });
+    let refusals = rejected(&captured);
+    assert_eq!(refusals.len(), 2, "{refusals:#?}");
+    assert!(refusals[0].contains(" INFO "), "{}", refusals[0]);
+    assert!(refusals[0].contains("status=400"), "{}", refusals[0]);
+    assert!(
+        refusals[0].contains("reason=an encoded dot"),
+        "{}",
+        refusals[0]
+    );
+    assert!(refusals[1].contains(" INFO "), "{}", refusals[1]);
+    assert!(refusals[1].contains("too large"), "{}", refusals[1]);
     let lines = logged(&captured);
-    assert_eq!(lines.len(), 7, "{lines:#?}");
+    // The seven requests, then the refused one that reached the access log (the one hyper
+    // refused never reached the service).
+    assert_eq!(lines.len(), 8, "{lines:#?}");
+    assert!(lines[7].contains("status=400"), "{}", lines[7]);
+    assert!(
+        lines[7].contains("representation=\"proxy\""),
+        "{}",
+        lines[7]
+    );
     let expect = [
         ("method=GET path=/Binary/f006", "representation=\"native\""),
         (
@@ -111,10 +157,8 @@ fn every_request_is_logged_with_its_representation() {
             "method=GET path=/Binary/nope",
             "representation=\"passed-through\"",
         ),
-        (
-            "method=POST path=/Binary",
-            "representation=\"not-negotiated\"",
-        ),
+        // A write: the created Binary comes back as FHIR JSON.
+        ("method=POST path=/Binary", "representation=\"fhir-json\""),
         (
             "method=GET path=/Binary/f006",
             "representation=\"not-acceptable\"",
@@ -137,11 +181,20 @@ fn every_request_is_logged_with_its_representation() {
     }
 }
 
+/// The lines about refused requests written so far.
+fn rejected(captured: &Captured) -> Vec<String> {
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    logs.lines()
+        .filter(|line| line.contains("fhir_binary_proxy: rejected "))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The access log lines written so far.
 fn logged(captured: &Captured) -> Vec<String> {
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     logs.lines()
-        .filter(|line| line.contains(" request "))
+        .filter(|line| line.contains("fhir_binary_proxy: request "))
         .map(str::to_owned)
         .collect()
 }

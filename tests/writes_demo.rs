@@ -15,7 +15,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tower_fhir_binary::proxy::{start_demo, Server, DEMO_BINARIES};
+use tower_fhir_binary::proxy::{start_demo, Server};
+
+/// The sample Binaries a new demo backend holds (`example`, `f006`, `cda`, `html`, `svg`,
+/// `patient`).
+const SAMPLES: u64 = 6;
 
 async fn bounded<T>(test: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(60), test)
@@ -106,7 +110,7 @@ async fn create_then_read_every_version() {
         let with_id = r#"{"resourceType":"Binary","id":"ignored","contentType":"text/plain","data":"SGVsbG8="}"#;
         let second = send("POST", &format!("{base}/Binary"), &[JSON], with_id).await;
         assert_eq!(second.json()["id"], "created-2");
-        assert_eq!(count(&base).await, DEMO_BINARIES.len() as u64 + 3);
+        assert_eq!(count(&base).await, SAMPLES + 3);
         server.shutdown().await;
     })
     .await
@@ -236,7 +240,7 @@ async fn preconditions_refuse_a_lost_update() {
         )
         .await;
         assert_eq!(got.status, StatusCode::BAD_REQUEST);
-        assert_eq!(count(&base).await, DEMO_BINARIES.len() as u64);
+        assert_eq!(count(&base).await, SAMPLES);
         server.shutdown().await;
     })
     .await
@@ -282,7 +286,7 @@ async fn what_a_strict_server_refuses_is_refused_and_not_stored() {
             assert_eq!(got.status, *status, "{method} {body}: {:?}", got.body);
             assert_eq!(got.json()["resourceType"], "OperationOutcome", "{body}");
         }
-        assert_eq!(count(&base).await, DEMO_BINARIES.len() as u64);
+        assert_eq!(count(&base).await, SAMPLES);
         // What it accepts: a Binary without data, sorted keys, whitespace in the base64.
         let fine = r#"{"contentType":"text/plain","data":"SGVs bG8=","resourceType":"Binary","meta":{"tag":[{"code":"t"}]}}"#;
         let got = send("POST", &post, &[("content-type", "application/json; charset=utf-8")], fine).await;
@@ -311,7 +315,7 @@ async fn a_request_cut_short_stores_nothing() {
         let mut answer = Vec::new();
         let _ = stream.read_to_end(&mut answer).await;
         assert!(!String::from_utf8_lossy(&answer).contains("201"), "{}", String::from_utf8_lossy(&answer));
-        assert_eq!(count(&base).await, DEMO_BINARIES.len() as u64);
+        assert_eq!(count(&base).await, SAMPLES);
         server.shutdown().await;
     })
     .await

@@ -164,7 +164,8 @@ const PATIENT: &str = r#"{"resourceType":"Patient","id":"demo","name":[{"family"
 ///   the URL's;
 /// - `GET /fhir/metadata`: a CapabilityStatement.
 ///
-/// It holds the [`DEMO_BINARIES`] and keeps what clients store in memory: at most
+/// It holds six sample Binaries (a PDF, a JPEG, a CDA document, an HTML page, an SVG image
+/// and a FHIR Patient) and keeps what clients store in memory: at most
 /// 256 stored versions and 256 MiB of Binary JSON besides the samples, 64 MiB per request
 /// (507 and 413 beyond).
 #[derive(Clone, Debug)]
@@ -411,7 +412,7 @@ impl DemoBackend {
         let meta = object.entry("meta").or_insert_with(|| json!({}));
         meta["versionId"] = json!(n.to_string());
         meta["lastUpdated"] = json!(fhir_instant(now));
-        let json = Bytes::from(resource.to_string());
+        let json = Bytes::from(in_server_order(object));
         if store.stored_versions >= MAX_STORED_VERSIONS
             || store.stored_bytes + json.len() > MAX_STORED_BYTES
         {
@@ -551,6 +552,25 @@ fn check_binary(bytes: &[u8], url_id: Option<&str>) -> Result<Value, String> {
         }
     }
     Ok(Value::Object(map))
+}
+
+/// A stored Binary as servers such as HAPI write it: `resourceType`, `id` and `meta` first,
+/// the payload last, so that a large document can be read back natively as it streams
+/// (`serde_json` would write the members sorted by name, `resourceType` after `data`).
+fn in_server_order(object: &serde_json::Map<String, Value>) -> String {
+    const FIRST: [&str; 3] = ["resourceType", "id", "meta"];
+    const LAST: [&str; 2] = ["data", "content"];
+    let first = FIRST.iter().filter_map(|name| object.get_key_value(*name));
+    let middle = object
+        .iter()
+        .filter(|(name, _)| !FIRST.contains(&name.as_str()) && !LAST.contains(&name.as_str()));
+    let last = LAST.iter().filter_map(|name| object.get_key_value(*name));
+    let members: Vec<String> = first
+        .chain(middle)
+        .chain(last)
+        .map(|(name, value)| format!("{}:{value}", Value::from(name.as_str())))
+        .collect();
+    format!("{{{}}}", members.join(","))
 }
 
 /// A JSON object whose members are refused when they appear twice (`serde_json::Value` keeps
@@ -815,5 +835,18 @@ mod tests {
             assert_eq!(json["contentType"], sample.content_type);
             assert!(json["data"].is_string());
         }
+    }
+
+    #[test]
+    fn a_stored_binary_has_its_metadata_first_and_its_payload_last() {
+        let json = r#"{"data":"SGk=","contentType":"text/plain","resourceType":"Binary","meta":{"versionId":"2"},"id":"a","securityContext":{"reference":"Patient/p"}}"#;
+        let Value::Object(object) = serde_json::from_str(json).unwrap() else {
+            unreachable!()
+        };
+        let written = in_server_order(&object);
+        assert_eq!(
+            written,
+            r#"{"resourceType":"Binary","id":"a","meta":{"versionId":"2"},"contentType":"text/plain","securityContext":{"reference":"Patient/p"},"data":"SGk="}"#
+        );
     }
 }

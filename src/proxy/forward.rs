@@ -10,12 +10,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ACCEPT_ENCODING, CONTENT_LOCATION, HOST, LOCATION};
+use http::header::{HeaderValue, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_LOCATION, HOST, LOCATION};
 use http::uri::{PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -24,18 +25,49 @@ use tower_http::decompression::{Decompression, DecompressionLayer};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::headers::{add_forwarded, client_host, remove_hop_by_hop, Rebase};
+use super::guard::{head_size, StallSeen};
+use super::headers::{
+    add_forwarded, client_host, remove_hop_by_hop, AllowedHosts, Rebase, TrustedProxies,
+};
+use super::limits::{
+    CompressedBytes, CountedBody, InflateLimitBody, InflateLimits, LimitedBody, StallBody, Tripped,
+};
+use super::metrics::Metrics;
 use super::outcome::outcome_response;
-use super::{ConnInfo, ProxyOptions};
+use super::server::ConnInfo;
+use super::tls;
+use super::ProxyOptions;
 use crate::{BoxError, FhirVersion};
 
 /// The body of the forwarder's responses (and of the requests it sends on).
-pub type ForwardBody = UnsyncBoxBody<Bytes, BoxError>;
+pub(crate) type ForwardBody = UnsyncBoxBody<Bytes, BoxError>;
 
-type UpstreamClient = Decompression<Client<HttpConnector, ForwardBody>>;
+type CountedResponse = Response<CountedBody<hyper::body::Incoming>>;
+
+/// The upstream client: hyper's, its bodies counted as received when compressed, then
+/// decompressed.
+type UpstreamClient = Decompression<
+    tower::util::MapResponse<
+        Client<HttpsConnector<HttpConnector>, ForwardBody>,
+        fn(Response<hyper::body::Incoming>) -> CountedResponse,
+    >,
+>;
 
 type UpstreamResponse =
-    Response<tower_http::decompression::DecompressionBody<hyper::body::Incoming>>;
+    Response<tower_http::decompression::DecompressionBody<CountedBody<hyper::body::Incoming>>>;
+
+/// Counts the body as received when the upstream compressed it.
+fn count_compressed(response: Response<hyper::body::Incoming>) -> CountedResponse {
+    let (mut parts, body) = response.into_parts();
+    let counter = parts
+        .headers
+        .contains_key(http::header::CONTENT_ENCODING)
+        .then(CompressedBytes::default);
+    if let Some(counter) = &counter {
+        parts.extensions.insert(counter.clone());
+    }
+    Response::from_parts(parts, CountedBody::new(body, counter))
+}
 
 type UpstreamFuture = Pin<
     Box<dyn Future<Output = Result<UpstreamResponse, hyper_util::client::legacy::Error>> + Send>,
@@ -47,7 +79,7 @@ type UpstreamFuture = Pin<
 /// This is the inner service of the proxy, below
 /// [`BinaryNegotiationLayer`](crate::BinaryNegotiationLayer). It never fails.
 #[derive(Clone, Debug)]
-pub struct Forward {
+pub(crate) struct Forward {
     shared: Arc<Shared>,
 }
 
@@ -56,36 +88,69 @@ struct Shared {
     client: UpstreamClient,
     scheme: Scheme,
     authority: http::uri::Authority,
+    /// `Basic` credentials from the upstream URL's user info, sent when the client sends none.
+    authorization: Option<HeaderValue>,
     /// The upstream base path, without a trailing slash.
     base_path: String,
     rebase: Rebase,
     public_base: Option<String>,
+    allowed_hosts: AllowedHosts,
+    trusted_proxies: TrustedProxies,
     response_timeout: Duration,
+    upstream_idle_timeout: Duration,
+    max_request_body: u64,
+    max_upstream_head: usize,
+    inflate: InflateLimits,
     fhir_version: FhirVersion,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Forward {
     /// A forwarder to `options.upstream`.
     ///
-    /// Fails when the upstream URL is not an absolute `http` URL.
-    pub fn new(options: &ProxyOptions) -> io::Result<Forward> {
+    /// Fails when the upstream URL is not an absolute `http` or `https` URL, a trusted proxy is
+    /// not an address or CIDR, or the TLS configuration cannot be made.
+    pub(crate) fn new(
+        options: &ProxyOptions,
+        metrics: Option<Arc<Metrics>>,
+    ) -> io::Result<Forward> {
         let invalid = |what: &str| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("upstream URL {}: {what}", options.upstream),
+                format!(
+                    "upstream URL {}: {what}",
+                    super::cli::redacted(&options.upstream)
+                ),
             )
         };
         let upstream = &options.upstream;
-        if upstream.scheme() != Some(&Scheme::HTTP) {
-            return Err(invalid("only http:// upstreams are supported"));
+        let scheme = match upstream.scheme() {
+            Some(s) if *s == Scheme::HTTP || *s == Scheme::HTTPS => s.clone(),
+            _ => return Err(invalid("only http:// and https:// upstreams are supported")),
+        };
+        let https = scheme == Scheme::HTTPS;
+        if !https && (options.upstream_ca.is_some() || options.upstream_client_cert.is_some()) {
+            return Err(invalid(
+                "an upstream CA or client certificate needs an https:// upstream",
+            ));
         }
-        let authority = upstream
-            .authority()
-            .cloned()
-            .ok_or_else(|| invalid("no host"))?;
+        let with_user_info = upstream.authority().ok_or_else(|| invalid("no host"))?;
+        let (authorization, authority) = match with_user_info.as_str().rsplit_once('@') {
+            Some((user_info, host)) => (
+                Some(basic_authorization(user_info).ok_or_else(|| invalid("bad user info"))?),
+                host.parse().map_err(|_| invalid("bad host"))?,
+            ),
+            None => (None, with_user_info.clone()),
+        };
         if upstream.query().is_some() {
             return Err(invalid("a base URL has no query"));
         }
+        let without_user_info = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query(upstream.path())
+            .build()
+            .map_err(|_| invalid("not a base URL"))?;
         let public_base = match &options.public_base_url {
             Some(url) => {
                 if url.scheme().is_none() || url.authority().is_none() {
@@ -102,22 +167,84 @@ impl Forward {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(options.connect_timeout));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).build(connector);
-        let client = DecompressionLayer::new().layer(client);
+        connector.enforce_http(false);
+        let tls = if https {
+            tls::client_config(
+                options.upstream_ca.as_deref(),
+                options
+                    .upstream_client_cert
+                    .as_ref()
+                    .map(|(cert, key)| (cert.as_path(), key.as_path())),
+            )?
+        } else {
+            tls::unused_client_config()?
+        };
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
+        let client = Client::builder(TokioExecutor::new())
+            .http1_max_buf_size(options.max_upstream_head)
+            .build(connector);
+        let count: fn(Response<hyper::body::Incoming>) -> CountedResponse = count_compressed;
+        let client = DecompressionLayer::new().layer(tower::util::MapResponse::new(client, count));
 
         Ok(Forward {
             shared: Arc::new(Shared {
                 client,
-                scheme: Scheme::HTTP,
+                scheme,
                 authority,
+                authorization,
                 base_path: upstream.path().trim_end_matches('/').to_owned(),
-                rebase: Rebase::new(upstream),
+                rebase: Rebase::new(&without_user_info),
                 public_base,
+                allowed_hosts: AllowedHosts::new(&options.allowed_hosts),
+                trusted_proxies: TrustedProxies::parse(&options.trusted_proxies)?,
                 response_timeout: options.response_timeout,
+                upstream_idle_timeout: options.upstream_idle_timeout,
+                max_request_body: options.max_request_body,
+                max_upstream_head: options.max_upstream_head,
+                inflate: InflateLimits {
+                    max_size: options.max_decompressed_size,
+                    max_ratio: options.max_decompression_ratio,
+                    ratio_after: 1 << 20,
+                },
                 fhir_version: options.fhir_version,
+                metrics,
             }),
         })
     }
+}
+
+/// `Basic` credentials for `user:password` (percent-encoded, as in a URL).
+fn basic_authorization(user_info: &str) -> Option<HeaderValue> {
+    use base64::Engine;
+    let decoded: Vec<u8> = percent_decode(user_info)?;
+    let mut value = HeaderValue::try_from(format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(decoded)
+    ))
+    .ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+fn percent_decode(text: &str) -> Option<Vec<u8>> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
 }
 
 impl<B> Service<Request<B>> for Forward
@@ -148,11 +275,20 @@ impl Shared {
         let (mut parts, body) = request.into_parts();
         let host = client_host(&parts.headers, &parts.uri);
         let conn = parts.extensions.get::<ConnInfo>().copied();
+        let stall = parts
+            .extensions
+            .get::<StallSeen>()
+            .map_or_else(Tripped::default, |s| s.0.clone());
+        let proto = if conn.is_some_and(|c| c.tls) {
+            "https"
+        } else {
+            "http"
+        };
         let public_base = match (&self.public_base, &host, conn) {
             (Some(base), _, _) => base.clone(),
-            (None, Some(host), _) => format!("http://{host}"),
-            (None, None, Some(conn)) => format!("http://{}", conn.local),
-            (None, None, None) => String::new(),
+            (None, Some(host), _) if self.allowed_hosts.allows(host) => format!("{proto}://{host}"),
+            (None, _, Some(conn)) => format!("{proto}://{}", conn.local),
+            (None, _, None) => String::new(),
         };
 
         parts.uri = match self.upstream_uri(&parts.uri) {
@@ -170,19 +306,46 @@ impl Shared {
         // The client's encodings are not ours to ask for: the upstream is asked for what the
         // decompression below can undo, so that a compressed Binary can still be decoded.
         parts.headers.remove(ACCEPT_ENCODING);
+        let client_ip = conn.map(|c| c.remote.ip());
         add_forwarded(
             &mut parts.headers,
-            conn.map(|c| c.remote.ip()),
+            client_ip,
+            client_ip.is_some_and(|ip| self.trusted_proxies.contains(ip)),
             host.as_deref(),
-            "http",
+            proto,
         );
-        let request = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+        if let Some(authorization) = &self.authorization {
+            if !parts.headers.contains_key(AUTHORIZATION) {
+                parts.headers.insert(AUTHORIZATION, authorization.clone());
+            }
+        }
+        // Clients may speak HTTP/2; the upstream is spoken to in HTTP/1.1.
+        parts.version = Version::HTTP_11;
+        let too_large = Tripped::default();
+        let body = LimitedBody::new(
+            body,
+            self.max_request_body,
+            too_large.clone(),
+            self.metrics.clone(),
+        );
+        let request = Request::from_parts(parts, body.boxed_unsync());
 
         let answer = tokio::time::timeout(self.response_timeout, self.send(request)).await;
         let response = match answer {
             Ok(Ok(response)) => response,
+            Ok(Err(_)) if too_large.is_tripped() => {
+                return self.outcome(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too-costly",
+                    &format!(
+                        "the request body is larger than {} bytes",
+                        self.max_request_body
+                    ),
+                )
+            }
             Ok(Err(e)) => return self.upstream_error(&e),
             Err(_) => {
+                self.count_error("timeout");
                 return self.outcome(
                     StatusCode::GATEWAY_TIMEOUT,
                     "timeout",
@@ -190,11 +353,36 @@ impl Shared {
                         "the upstream FHIR server did not answer within {:?}",
                         self.response_timeout
                     ),
-                )
+                );
             }
         };
 
+        if response.status().is_informational() {
+            self.count_error("other");
+            // A 101 (or any 1xx as a final answer) would hand the connection over: never
+            // relayed.
+            return self.outcome(
+                StatusCode::BAD_GATEWAY,
+                "transient",
+                &format!(
+                    "the upstream FHIR server answered {}, which is not relayed",
+                    response.status()
+                ),
+            );
+        }
         let (mut parts, body) = response.into_parts();
+        let size = head_size(17 + parts.status.as_str().len(), &parts.headers);
+        if size > self.max_upstream_head {
+            self.count_error("head_too_large");
+            return self.outcome(
+                StatusCode::BAD_GATEWAY,
+                "transient",
+                &format!(
+                    "the upstream's response head ({size} bytes) is larger than {} bytes",
+                    self.max_upstream_head
+                ),
+            );
+        }
         remove_hop_by_hop(&mut parts.headers);
         if !public_base.is_empty() {
             for name in [LOCATION, CONTENT_LOCATION] {
@@ -202,7 +390,15 @@ impl Shared {
                     .rewrite_header(&mut parts.headers, name, &public_base);
             }
         }
-        Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
+        let compressed = parts.extensions.remove::<CompressedBytes>();
+        let body = InflateLimitBody::new(body, compressed, self.inflate, self.metrics.clone());
+        let body = StallBody::new(
+            body,
+            self.upstream_idle_timeout,
+            stall,
+            self.metrics.clone(),
+        );
+        Response::from_parts(parts, body.boxed_unsync())
     }
 
     /// Sends `request` upstream. (Boxed outside of `forward` so that the compiler checks the
@@ -253,10 +449,23 @@ impl Shared {
             format!("{what}: {error}: {detail}")
         };
         tracing::warn!(target: "fhir_binary_proxy", "{diagnostics}");
+        self.count_error(if timed_out {
+            "timeout"
+        } else if error.is_connect() {
+            "connect"
+        } else {
+            "other"
+        });
         if timed_out {
             self.outcome(StatusCode::GATEWAY_TIMEOUT, "timeout", &diagnostics)
         } else {
             self.outcome(StatusCode::BAD_GATEWAY, "transient", &diagnostics)
+        }
+    }
+
+    fn count_error(&self, kind: &'static str) {
+        if let Some(metrics) = &self.metrics {
+            metrics.upstream_error(kind);
         }
     }
 

@@ -50,14 +50,30 @@ pub(crate) fn client_host(headers: &HeaderMap, uri: &Uri) -> Option<String> {
     }
 }
 
-/// Adds `Forwarded` (RFC 7239) and the `X-Forwarded-*` headers, appending to what an earlier
-/// proxy wrote.
+/// The forwarding headers a client may set to lie about where a request came from.
+const FORWARDING: [&str; 5] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+];
+
+/// Adds `Forwarded` (RFC 7239) and the `X-Forwarded-*` headers. When the client is a `trusted`
+/// proxy, what it wrote is kept and appended to; otherwise every forwarding header it sent
+/// (`X-Real-IP` included) is replaced.
 pub(crate) fn add_forwarded(
     headers: &mut HeaderMap,
     client: Option<IpAddr>,
+    trusted: bool,
     host: Option<&str>,
     proto: &str,
 ) {
+    if !trusted {
+        for name in FORWARDING {
+            headers.remove(name);
+        }
+    }
     let mut element = Vec::new();
     if let Some(ip) = client {
         element.push(match ip {
@@ -94,6 +110,71 @@ fn append_list(headers: &mut HeaderMap, name: &'static str, item: &str) {
     items.push(item.to_owned());
     if let Ok(value) = HeaderValue::from_str(&items.join(", ")) {
         headers.insert(name, value);
+    }
+}
+
+/// The `Host` values `Location` may be rewritten to.
+#[derive(Clone, Debug)]
+pub(crate) enum AllowedHosts {
+    Any,
+    /// Lowercase `name` or `name:port`.
+    Listed(Vec<String>),
+}
+
+impl AllowedHosts {
+    /// `*` among `hosts` allows any.
+    pub(crate) fn new(hosts: &[String]) -> Self {
+        if hosts.iter().any(|h| h.trim() == "*") {
+            AllowedHosts::Any
+        } else {
+            AllowedHosts::Listed(
+                hosts
+                    .iter()
+                    .map(|h| h.trim().to_ascii_lowercase())
+                    .collect(),
+            )
+        }
+    }
+
+    pub(crate) fn allows(&self, host: &str) -> bool {
+        match self {
+            AllowedHosts::Any => true,
+            AllowedHosts::Listed(hosts) => hosts.iter().any(|h| h.eq_ignore_ascii_case(host)),
+        }
+    }
+}
+
+/// The addresses whose forwarding headers are believed.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct TrustedProxies(Vec<ipnet::IpNet>);
+
+impl TrustedProxies {
+    /// Each of `entries` is a CIDR (`10.0.0.0/8`, `fd00::/8`) or a single address.
+    pub(crate) fn parse(entries: &[String]) -> std::io::Result<Self> {
+        entries
+            .iter()
+            .map(|entry| {
+                let entry = entry.trim();
+                entry
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| entry.parse::<IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::InvalidInput,
+                            format!("trusted proxy `{entry}`: not an address or CIDR"),
+                        )
+                    })
+            })
+            .collect::<Result<_, _>>()
+            .map(TrustedProxies)
+    }
+
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.0.iter().any(|net| net.contains(&ip))
     }
 }
 
@@ -199,9 +280,13 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
         headers.insert("forwarded", "for=10.0.0.1".parse().unwrap());
+        headers.insert("x-forwarded-host", "spoofed".parse().unwrap());
+        headers.insert("x-real-ip", "10.0.0.9".parse().unwrap());
+        let trusted = headers.clone();
         add_forwarded(
             &mut headers,
             Some("127.0.0.1".parse().unwrap()),
+            true,
             Some("localhost:8080"),
             "http",
         );
@@ -210,12 +295,61 @@ mod tests {
             headers["forwarded"],
             "for=10.0.0.1, for=127.0.0.1;host=\"localhost:8080\";proto=http"
         );
-        assert_eq!(headers["x-forwarded-host"], "localhost:8080");
+        assert_eq!(headers["x-forwarded-host"], "spoofed");
+        assert_eq!(headers["x-real-ip"], "10.0.0.9");
         assert_eq!(headers["x-forwarded-proto"], "http");
 
+        // From a client that is not a trusted proxy, all of them are replaced.
+        let mut headers = trusted;
+        add_forwarded(
+            &mut headers,
+            Some("127.0.0.1".parse().unwrap()),
+            false,
+            Some("localhost:8080"),
+            "http",
+        );
+        assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(
+            headers["forwarded"],
+            "for=127.0.0.1;host=\"localhost:8080\";proto=http"
+        );
+        assert_eq!(headers["x-forwarded-host"], "localhost:8080");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert!(!headers.contains_key("x-real-ip"));
+
         let mut headers = HeaderMap::new();
-        add_forwarded(&mut headers, Some("::1".parse().unwrap()), None, "http");
+        add_forwarded(
+            &mut headers,
+            Some("::1".parse().unwrap()),
+            false,
+            None,
+            "http",
+        );
         assert_eq!(headers["forwarded"], "for=\"[::1]\";proto=http");
+    }
+
+    #[test]
+    fn trusted_proxies_and_allowed_hosts() {
+        let trusted =
+            TrustedProxies::parse(&["10.0.0.0/8".into(), "::1".into(), " 192.168.1.7 ".into()])
+                .unwrap();
+        assert!(trusted.contains("10.1.2.3".parse().unwrap()));
+        assert!(trusted.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(trusted.contains("::1".parse().unwrap()));
+        assert!(trusted.contains("192.168.1.7".parse().unwrap()));
+        assert!(!trusted.contains("192.168.1.8".parse().unwrap()));
+        assert!(!trusted.contains("127.0.0.1".parse().unwrap()));
+        assert!(TrustedProxies::parse(&["10.0.0.0/33".into()]).is_err());
+        assert!(TrustedProxies::parse(&["proxy.local".into()]).is_err());
+        assert!(!TrustedProxies::default().contains("127.0.0.1".parse().unwrap()));
+
+        let allowed = AllowedHosts::new(&["FHIR.example.org".into(), "localhost:8080".into()]);
+        assert!(allowed.allows("fhir.example.org"));
+        assert!(allowed.allows("localhost:8080"));
+        assert!(!allowed.allows("localhost:8081"));
+        assert!(!allowed.allows("evil.example"));
+        assert!(!AllowedHosts::new(&[]).allows("localhost"));
+        assert!(AllowedHosts::new(&["*".into()]).allows("evil.example"));
     }
 
     #[test]

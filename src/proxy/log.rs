@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
+use super::metrics::Metrics;
 use crate::{Negotiation, Representation};
 
 /// Logs every request at `INFO` with target `fhir_binary_proxy`: method, path,
@@ -19,17 +21,19 @@ use crate::{Negotiation, Representation};
 /// The representation is what the negotiation layer recorded in the response's extensions
 /// ([`Negotiation`]): `native`, `fhir-json` or `fhir-xml` for a representation it served,
 /// `passed-through` for an upstream answer it passed on as it came (an OperationOutcome, a
-/// Bundle, a 304), `not-negotiated` for a request it did not negotiate, `not-acceptable` and
-/// `refused` and `bad-gateway` for its own 406, refused writes (4xx) and 502.
+/// Bundle, a 304), `not-negotiated` for a request it did not negotiate, `not-acceptable`,
+/// `refused` and `bad-gateway` for its own 406, refused writes (4xx) and 502; `proxy` for an
+/// answer that did not go through the layer.
 #[derive(Clone, Debug)]
-pub struct AccessLog<S> {
+pub(crate) struct AccessLog<S> {
     inner: S,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl<S> AccessLog<S> {
-    /// Logs the requests `inner` serves.
-    pub fn new(inner: S) -> Self {
-        AccessLog { inner }
+    /// Logs the requests `inner` serves, and counts them in `metrics`.
+    pub(crate) fn new(inner: S, metrics: Option<Arc<Metrics>>) -> Self {
+        AccessLog { inner, metrics }
     }
 }
 
@@ -57,6 +61,7 @@ where
             expected: None,
             complete: false,
             logged: false,
+            metrics: self.metrics.clone(),
         };
         AccessLogFuture {
             future: self.inner.call(request),
@@ -67,7 +72,7 @@ where
 
 pin_project! {
     /// The response future of [`AccessLog`].
-    pub struct AccessLogFuture<F> {
+    pub(crate) struct AccessLogFuture<F> {
         #[pin]
         future: F,
         entry: Option<Entry>,
@@ -105,7 +110,7 @@ where
 pin_project! {
     /// The response body of [`AccessLog`]: the inner body, counted; the request is logged when
     /// it ends or is dropped.
-    pub struct AccessLogBody<B> {
+    pub(crate) struct AccessLogBody<B> {
         #[pin]
         body: B,
         entry: Entry,
@@ -167,6 +172,7 @@ struct Entry {
     /// Whether the body was seen to end.
     complete: bool,
     logged: bool,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Entry {
@@ -176,6 +182,15 @@ impl Entry {
         }
         self.logged = true;
         let duration = self.start.elapsed();
+        if let Some(metrics) = &self.metrics {
+            metrics.request(
+                &self.method,
+                self.representation,
+                self.status.as_u16(),
+                self.bytes,
+                duration,
+            );
+        }
         tracing::info!(
             target: "fhir_binary_proxy",
             method = %self.method,
@@ -202,7 +217,7 @@ fn millis(duration: Duration) -> f64 {
     (duration.as_secs_f64() * 1000.0 * 10.0).round() / 10.0
 }
 
-/// The name the log gives what the layer did.
+/// The name the log and the metrics give what the layer did.
 fn representation(negotiation: Option<&Negotiation>) -> &'static str {
     match negotiation {
         Some(Negotiation::Served(Representation::Native)) => "native",
@@ -213,7 +228,7 @@ fn representation(negotiation: Option<&Negotiation>) -> &'static str {
         Some(Negotiation::Refused) => "refused",
         Some(Negotiation::BadGateway) => "bad-gateway",
         Some(Negotiation::NotNegotiated) => "not-negotiated",
-        None => "unknown",
+        None => "proxy",
     }
 }
 
@@ -237,6 +252,6 @@ mod tests {
         let distinct: std::collections::HashSet<_> = names.iter().collect();
         assert_eq!(distinct.len(), names.len(), "{names:?}");
         assert_eq!(names[0], "native");
-        assert_eq!(names[8], "unknown");
+        assert_eq!(names[8], "proxy");
     }
 }

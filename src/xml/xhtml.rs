@@ -7,6 +7,11 @@
 //! have, whether it may hold text, the table's child order and the elements that need at least
 //! one child; attributes by name per element, by value type, and ids for uniqueness. `&nbsp;`,
 //! common in HTML-minded narratives, is read as U+00A0; other named entities are rejected.
+//!
+//! Links may not be active content (FHIR narrative rules): a URL attribute (`href`, `src`,
+//! `cite`, `longdesc`) keeps only `http`, `https`, relative and `#` URLs. Any other scheme
+//! (`javascript:`, `data:`, `vbscript:`, `file:`, ...) is dropped with its attribute, except an
+//! `img`'s required `src`, which is emptied (an image with no source shows its `alt`).
 
 use std::collections::HashSet;
 
@@ -387,6 +392,15 @@ fn open(
         if elem.required.contains(&name) {
             required += 1;
         }
+        let value = if is_url_attribute(name) && !is_passive_url(&value) {
+            if elem.required.contains(&name) {
+                std::borrow::Cow::Borrowed("")
+            } else {
+                continue;
+            }
+        } else {
+            value
+        };
         out.push(b' ');
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b"=\"");
@@ -443,6 +457,35 @@ fn value_ok(element: &str, name: &str, v: &str) -> bool {
     }
 }
 
+fn is_url_attribute(name: &str) -> bool {
+    matches!(name, "href" | "src" | "cite" | "longdesc")
+}
+
+/// Whether a URL is `http`, `https`, relative or a fragment, read as browsers read it: they
+/// ignore leading spaces and control characters and tabs and line breaks anywhere, so
+/// `" java\tscript:"` is `javascript:`.
+fn is_passive_url(url: &str) -> bool {
+    let mut scheme = String::new();
+    for c in url
+        .trim_start_matches(|c: char| c <= ' ')
+        .chars()
+        .filter(|c| !matches!(c, '\t' | '\n' | '\r'))
+    {
+        match c {
+            ':' => {
+                return scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")
+            }
+            // A path, query or fragment before any colon: relative.
+            '/' | '?' | '#' => return true,
+            c if c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.') => scheme.push(c),
+            // Not a scheme character before any colon: no scheme, a relative URL (as the URL
+            // standard's parser reads it).
+            _ => return true,
+        }
+    }
+    true
+}
+
 fn is_digits(v: &str) -> bool {
     !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())
 }
@@ -486,4 +529,79 @@ fn is_ncname(v: &str) -> bool {
     let mut chars = v.chars();
     chars.next().is_some_and(|c| c.is_alphabetic() || c == '_')
         && chars.all(|c| c != ':' && is_name_char(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn written(div: &str) -> Result<String, Reject> {
+        let mut out = Vec::new();
+        write_div(div, &mut out)?;
+        Ok(String::from_utf8(out).unwrap())
+    }
+
+    const OPEN: &str = "<div xmlns=\"http://www.w3.org/1999/xhtml\">";
+
+    #[test]
+    fn passive_urls_are_kept() {
+        for url in [
+            "http://example.org/a",
+            "HTTPS://example.org/a?b#c",
+            "Binary/1",
+            "../x",
+            "/fhir/Patient/1",
+            "#section",
+            "?q=1",
+            "//example.org/x",
+            "",
+            "a b",
+            "jav\u{A0}ascript:x",
+        ] {
+            assert!(is_passive_url(url), "{url}");
+            let div = format!("{OPEN}<a href=\"{url}\">x</a></div>");
+            let out = written(&div).unwrap();
+            assert!(out.contains(&format!("href=\"{url}\"")), "{out}");
+        }
+    }
+
+    #[test]
+    fn active_urls_are_dropped() {
+        for url in [
+            "javascript:alert(1)",
+            "JavaScript:alert(1)",
+            " javascript:alert(1)",
+            "java&#9;script:alert(1)",
+            "java&#10;script:alert(1)",
+            "&#x6A;avascript:alert(1)",
+            "&#1;javascript:alert(1)",
+            "data:text/html,<b>",
+            "vbscript:msgbox",
+            "file:///etc/passwd",
+            "mailto:a@example.org",
+        ] {
+            let div = format!("{OPEN}<a href=\"{}\">x</a></div>", url.replace('<', "&lt;"));
+            let out = written(&div).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(out, format!("{OPEN}<a>x</a></div>"), "{url}");
+        }
+    }
+
+    #[test]
+    fn every_url_attribute_is_checked() {
+        let out = written(&format!(
+            "{OPEN}<blockquote cite=\"javascript:x\"><p><q cite=\"data:,x\">q</q>\
+             <img src=\"javascript:alert(1)\" alt=\"chart\" longdesc=\"vbscript:x\"/>\
+             <img src=\"chart.png\" alt=\"chart\" longdesc=\"https://example.org/d\"/></p>\
+             </blockquote></div>"
+        ))
+        .unwrap();
+        assert_eq!(
+            out,
+            format!(
+                "{OPEN}<blockquote><p><q>q</q><img src=\"\" alt=\"chart\"/>\
+                 <img src=\"chart.png\" alt=\"chart\" longdesc=\"https://example.org/d\"/>\
+                 </p></blockquote></div>"
+            )
+        );
+    }
 }

@@ -1,0 +1,710 @@
+//! Payload text made into bare base64 symbols in one pass, for the decoder to take in large
+//! batches: whitespace left out, the escapes that stand for symbols undone. For FHIR XML the
+//! same pass writes the attribute text: symbols as they are, whitespace only between groups of
+//! four.
+//!
+//! Backends wrap base64 (a space, `\n` or `\r\n` every 76 characters) or escape some of its
+//! characters (`\/`, `\u002B`), so the runs between are short. Blocks of 32 bytes are copied
+//! and compared in SIMD registers (as in [`super::plain`]) in the same step; and once two lines
+//! of the same length end with the same separator, the lines after them are copied whole, only
+//! the separator being looked for where it should stand.
+//!
+//! Nothing here checks that the copied bytes are base64 symbols: the decoder's engine does, on
+//! the batch, and the scanner reads the content again the general way when it refuses one (an
+//! invalid document, or a line that only looked like the others).
+
+use wide::u8x32;
+
+use super::hex4;
+
+/// The block looked at in one step.
+const BLOCK: usize = 32;
+
+/// Symbols gathered before they are decoded: they stay in cache, and the engine's cost per
+/// call is small against them.
+const SYMBOLS_CAP: usize = 16 * 1024;
+
+/// Text gathered before it is written out.
+const TEXT_CAP: usize = 2 * SYMBOLS_CAP;
+
+/// Lines longer than this are not copied whole (the buffers keep room for one more).
+const MAX_LINE: usize = 1024;
+
+/// Lines shorter than this are not worth following.
+const MIN_LINE: usize = 16;
+
+/// Room past the caps for the step that crosses them.
+const SLACK: usize = MAX_LINE + 2 * BLOCK;
+
+/// What [`Compactor::compact`] took and made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Compacted {
+    /// Input bytes taken.
+    pub(super) consumed: usize,
+    /// Characters of string content they hold (an escape is one).
+    pub(super) chars: u64,
+    /// Of those, how many come after the last symbol.
+    pub(super) trailing: u64,
+    /// Symbols made.
+    pub(super) symbols: usize,
+    /// Text made (text mode).
+    pub(super) text: usize,
+    /// Stopped because the buffers are full, rather than at something for the general path
+    /// (the closing quote, `=`, another escape, an escape cut off by the end of the input).
+    pub(super) full: bool,
+}
+
+/// The whitespace between two lines, as it stands in the input.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Separator {
+    /// Its bytes, little-endian.
+    word: u64,
+    /// How many bytes (1 to 8; 0 for none worth following).
+    len: u8,
+    /// How many characters.
+    chars: u8,
+    /// Its XML text, between groups.
+    text: [u8; 24],
+    text_len: u8,
+}
+
+impl Separator {
+    fn mask(&self) -> u64 {
+        u64::MAX >> (64 - 8 * u32::from(self.len))
+    }
+}
+
+/// What a byte that stops a block stands for.
+enum Item {
+    /// A base64 symbol (not `=`), and the input bytes it takes.
+    Symbol(u8, usize),
+    /// Whitespace: its XML text, and the input bytes it takes.
+    Space(&'static [u8], usize),
+    /// Something for the general path.
+    Stop,
+}
+
+/// The payload's compaction: its buffers, bounded, and the lines seen.
+#[derive(Debug, Default)]
+pub(super) struct Compactor {
+    symbols: Vec<u8>,
+    text: Vec<u8>,
+    /// Bytes of the current line so far.
+    line: usize,
+    /// The current line holds raw symbols only.
+    clean: bool,
+    /// The line before it, when clean (0 otherwise), and the separator after it.
+    last_line: usize,
+    last_separator: Separator,
+    /// The last two lines matched: copy the next ones whole.
+    striding: bool,
+}
+
+impl Compactor {
+    /// The symbols the last call made.
+    pub(super) fn symbols(&self, c: &Compacted) -> &[u8] {
+        &self.symbols[..c.symbols]
+    }
+
+    /// The text the last call made.
+    pub(super) fn text(&self, c: &Compacted) -> &[u8] {
+        &self.text[..c.text]
+    }
+
+    /// Forgets the lines seen: the content is read again another way.
+    pub(super) fn forget_lines(&mut self) {
+        self.line = 0;
+        self.clean = false;
+        self.last_line = 0;
+        self.striding = false;
+    }
+
+    /// Takes payload content from the start of `input` until the buffers are full or something
+    /// comes that the general path must see, making symbols and, with `TEXT`, the XML text.
+    /// `group`: symbols already in the current group of four, for the text.
+    pub(super) fn compact<const TEXT: bool>(&mut self, input: &[u8], group: u8) -> Compacted {
+        // Nothing to do at the closing quote: no buffer is made for it.
+        if matches!(input.first(), None | Some(b'"' | b'=')) {
+            return Compacted::default();
+        }
+        if self.symbols.is_empty() {
+            self.symbols = vec![0; SYMBOLS_CAP + SLACK];
+        }
+        if TEXT && self.text.is_empty() {
+            self.text = vec![0; TEXT_CAP + SLACK];
+        }
+        let mut symbols = std::mem::take(&mut self.symbols);
+        let mut text = std::mem::take(&mut self.text);
+        let mut c = Cursor::<TEXT> {
+            symbols: &mut symbols,
+            text: &mut text,
+            group: usize::from(group),
+            i: 0,
+            n: 0,
+            t: 0,
+            extra: 0,
+            trailing: 0,
+            line: self.line,
+            clean: self.clean,
+        };
+        let full = self.run(&mut c, input);
+        self.line = c.line;
+        self.clean = c.clean;
+        let made = Compacted {
+            consumed: c.i,
+            chars: (c.i - c.extra) as u64,
+            trailing: c.trailing as u64,
+            symbols: c.n,
+            text: if TEXT { c.t } else { 0 },
+            full,
+        };
+        self.symbols = symbols;
+        self.text = text;
+        made
+    }
+
+    /// The loop of [`Self::compact`]; true when it stopped because the buffers are full.
+    #[inline(always)]
+    fn run<const TEXT: bool>(&mut self, c: &mut Cursor<'_, TEXT>, input: &[u8]) -> bool {
+        loop {
+            if c.n >= SYMBOLS_CAP || c.t >= TEXT_CAP {
+                return true;
+            }
+            if self.striding && c.line == 0 && c.clean {
+                let start = c.i;
+                if self.stride(c, input) {
+                    return true;
+                }
+                if c.i > start {
+                    continue;
+                }
+            }
+            let rest = &input[c.i..];
+            if let Some(block) = rest.get(..BLOCK) {
+                let block: [u8; BLOCK] = block.try_into().unwrap_or([0; BLOCK]);
+                c.store(&block);
+                let mut found = marks(block);
+                if found == 0 {
+                    c.advance(BLOCK);
+                    continue;
+                }
+                // The marks of this block in order. What follows an escaped symbol is stored
+                // again where it now goes, and the marks found stay good for it.
+                let block_start = c.i;
+                let at_mark = loop {
+                    c.advance(block_start + found.trailing_zeros() as usize - c.i);
+                    let Item::Symbol(symbol, len) = item(&input[c.i..]) else {
+                        break true;
+                    };
+                    c.symbol(symbol, len);
+                    let done = c.i - block_start;
+                    if done >= BLOCK {
+                        break false;
+                    }
+                    let Some(next) = input.get(c.i..c.i + BLOCK) else {
+                        break false;
+                    };
+                    c.store(next.try_into().unwrap_or(&[0; BLOCK]));
+                    found &= u32::MAX << done;
+                    if found == 0 {
+                        c.advance(BLOCK - done);
+                        break false;
+                    }
+                };
+                if !at_mark {
+                    continue;
+                }
+            } else {
+                // The last bytes of the input.
+                let k = rest.iter().position(|&b| is_mark(b)).unwrap_or(rest.len());
+                c.copy(&rest[..k]);
+                c.advance(k);
+                if c.i == input.len() {
+                    return false;
+                }
+            }
+            match item(&input[c.i..]) {
+                Item::Symbol(symbol, len) => c.symbol(symbol, len),
+                Item::Space(..) => self.separator(c, input),
+                Item::Stop => return false,
+            }
+        }
+    }
+
+    /// Copies whole lines of the length and separator of the last two; true when the buffers
+    /// are full.
+    #[inline(always)]
+    fn stride<const TEXT: bool>(&mut self, c: &mut Cursor<'_, TEXT>, input: &[u8]) -> bool {
+        let sep = self.last_separator;
+        let len = self.last_line;
+        let sep_len = usize::from(sep.len);
+        let sep_text = &sep.text[..usize::from(sep.text_len)];
+        // The text keeps the separators only between groups.
+        let aligned = !TEXT || ((c.group + c.n).is_multiple_of(4) && len.is_multiple_of(4));
+        if !aligned {
+            self.striding = false;
+            return false;
+        }
+        loop {
+            if c.n >= SYMBOLS_CAP || c.t >= TEXT_CAP {
+                return true;
+            }
+            let i = c.i;
+            let Some(after) = input.get(i + len..i + len + 8) else {
+                break;
+            };
+            let word = u64::from_le_bytes(after.try_into().unwrap_or([0; 8]));
+            // The padded last line goes the general way.
+            if word & sep.mask() != sep.word || input[i + len - 1] == b'=' {
+                break;
+            }
+            copy_line(&input[i..], len, &mut c.symbols[c.n..]);
+            c.n += len;
+            if TEXT {
+                copy_line(&input[i..], len, &mut c.text[c.t..]);
+                c.t += len;
+                c.text[c.t..c.t + sep_text.len()].copy_from_slice(sep_text);
+                c.t += sep_text.len();
+            }
+            c.i += len + sep_len;
+            c.extra += sep_len - usize::from(sep.chars);
+            c.trailing = usize::from(sep.chars);
+        }
+        // Not the next line's place: find it again.
+        self.striding = false;
+        false
+    }
+
+    /// Takes the whitespace at `c.i` and all that follows it, and notes the line it ends.
+    #[inline(always)]
+    fn separator<const TEXT: bool>(&mut self, c: &mut Cursor<'_, TEXT>, input: &[u8]) {
+        let start = c.i;
+        let mut sep = Separator::default();
+        let mut chars = 0;
+        let mut fits = true;
+        let aligned = (c.group + c.n).is_multiple_of(4);
+        while c.t < TEXT_CAP {
+            let Item::Space(xml, len) = item(&input[c.i..]) else {
+                break;
+            };
+            if TEXT && aligned {
+                c.text[c.t..c.t + xml.len()].copy_from_slice(xml);
+                c.t += xml.len();
+                let at = usize::from(sep.text_len);
+                match sep.text.get_mut(at..at + xml.len()) {
+                    Some(place) => {
+                        place.copy_from_slice(xml);
+                        sep.text_len += xml.len() as u8;
+                    }
+                    None => fits = false,
+                }
+            }
+            c.i += len;
+            chars += 1;
+        }
+        let bytes = &input[start..c.i];
+        c.extra += bytes.len() - chars;
+        c.trailing += chars;
+        if fits && bytes.len() <= 8 {
+            let mut word = [0; 8];
+            word[..bytes.len()].copy_from_slice(bytes);
+            sep.word = u64::from_le_bytes(word);
+            sep.len = bytes.len() as u8;
+            sep.chars = chars as u8;
+        }
+        let line = if c.clean { c.line } else { 0 };
+        if sep.len > 0
+            && (MIN_LINE..=MAX_LINE).contains(&line)
+            && line == self.last_line
+            && sep == self.last_separator
+        {
+            self.striding = true;
+        }
+        self.last_line = line;
+        self.last_separator = sep;
+        c.line = 0;
+        c.clean = true;
+    }
+}
+
+/// Where [`Compactor::compact`] is, and what it has made.
+struct Cursor<'a, const TEXT: bool> {
+    symbols: &'a mut [u8],
+    text: &'a mut [u8],
+    /// Symbols in the current group of four before the first made here.
+    group: usize,
+    /// Input taken.
+    i: usize,
+    /// Symbols made.
+    n: usize,
+    /// Text made.
+    t: usize,
+    /// Input bytes past the first of each escape and separator character.
+    extra: usize,
+    /// Characters since the last symbol.
+    trailing: usize,
+    /// Bytes of the current line so far.
+    line: usize,
+    /// The current line holds raw symbols only.
+    clean: bool,
+}
+
+impl<const TEXT: bool> Cursor<'_, TEXT> {
+    /// Stores a block of input where the next symbols (and text) go, without taking it.
+    #[inline(always)]
+    fn store(&mut self, block: &[u8; BLOCK]) {
+        self.symbols[self.n..self.n + BLOCK].copy_from_slice(block);
+        if TEXT {
+            self.text[self.t..self.t + BLOCK].copy_from_slice(block);
+        }
+    }
+
+    /// Copies raw symbols where the next go, without taking them.
+    #[inline(always)]
+    fn copy(&mut self, raw: &[u8]) {
+        self.symbols[self.n..self.n + raw.len()].copy_from_slice(raw);
+        if TEXT {
+            self.text[self.t..self.t + raw.len()].copy_from_slice(raw);
+        }
+    }
+
+    /// Takes `k` raw symbols, stored already.
+    #[inline(always)]
+    fn advance(&mut self, k: usize) {
+        self.n += k;
+        if TEXT {
+            self.t += k;
+        }
+        self.i += k;
+        self.line += k;
+        if k > 0 {
+            self.trailing = 0;
+        }
+    }
+
+    /// Takes an escape of `len` bytes that stands for `symbol`.
+    #[inline(always)]
+    fn symbol(&mut self, symbol: u8, len: usize) {
+        self.symbols[self.n] = symbol;
+        self.n += 1;
+        if TEXT {
+            self.text[self.t] = symbol;
+            self.t += 1;
+        }
+        self.i += len;
+        self.extra += len - 1;
+        self.trailing = 0;
+        self.clean = false;
+    }
+}
+
+/// Copies the first `len` bytes of `src` to `dst`, in whole blocks when `src` has them (`dst`
+/// has room past `len`).
+#[inline(always)]
+fn copy_line(src: &[u8], len: usize, dst: &mut [u8]) {
+    if src.len() >= len.next_multiple_of(BLOCK) && dst.len() >= len.next_multiple_of(BLOCK) {
+        let mut k = 0;
+        while k < len {
+            dst[k..k + BLOCK].copy_from_slice(&src[k..k + BLOCK]);
+            k += BLOCK;
+        }
+    } else {
+        dst[..len].copy_from_slice(&src[..len]);
+    }
+}
+
+/// What the byte at the start of `input` (one that [`marks`] flags, or none) stands for.
+#[inline(always)]
+fn item(input: &[u8]) -> Item {
+    match *input {
+        [b' ', ..] => Item::Space(b" ", 1),
+        [b'\\', b'/', ..] => Item::Symbol(b'/', 2),
+        [b'\\', b'n', ..] => Item::Space(b"&#10;", 2),
+        [b'\\', b'r', ..] => Item::Space(b"&#13;", 2),
+        [b'\\', b't', ..] => Item::Space(b"&#9;", 2),
+        [b'\\', b'u', a, b, c, d, ..] => match ascii_code([a, b, c, d]) {
+            Some(b' ') => Item::Space(b" ", 6),
+            Some(b'\n') => Item::Space(b"&#10;", 6),
+            Some(b'\r') => Item::Space(b"&#13;", 6),
+            Some(b'\t') => Item::Space(b"&#9;", 6),
+            Some(symbol @ (b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'+' | b'/')) => {
+                Item::Symbol(symbol, 6)
+            }
+            _ => Item::Stop,
+        },
+        _ => Item::Stop,
+    }
+}
+
+/// The ASCII character that the four hex digits of a `\\u` escape stand for, if any: a table
+/// for the usual `00XX`, the general way for anything else.
+#[inline(always)]
+fn ascii_code(digits: [u8; 4]) -> Option<u8> {
+    match digits {
+        [b'0', b'0', hi, lo] => {
+            let (hi, lo) = (HEX[usize::from(hi)], HEX[usize::from(lo)]);
+            ((hi | lo) < 16).then_some((hi << 4) | lo)
+        }
+        _ => hex4(digits).and_then(|cp| u8::try_from(cp).ok()),
+    }
+}
+
+/// Hex digit -> value; 0xFF for other bytes.
+static HEX: [u8; 256] = {
+    let mut table = [0xFF; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        table[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
+
+/// One bit for each byte of `block` that ends a run of symbols: `"`, `\`, a space, `=`.
+fn marks(block: [u8; BLOCK]) -> u32 {
+    let x = u8x32::new(block);
+    (x.simd_eq(u8x32::splat(b'"'))
+        | x.simd_eq(u8x32::splat(b'\\'))
+        | x.simd_eq(u8x32::splat(b' '))
+        | x.simd_eq(u8x32::splat(b'=')))
+    .to_bitmask()
+}
+
+/// Whether [`marks`] flags `b`.
+fn is_mark(b: u8) -> bool {
+    matches!(b, b'"' | b'\\' | b' ' | b'=')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_rng::Rng;
+
+    /// One character of content as the general path reads it: where it starts, its length in
+    /// bytes, the symbol it is (any raw byte but the marks counts: the decoder refuses what is
+    /// not one), or else the XML text of the whitespace it is.
+    type RefItem = (usize, usize, Option<u8>, &'static [u8]);
+
+    /// The characters at the start of `input` that the compactor takes, up to the first it
+    /// leaves to the general path.
+    fn reference(input: &[u8]) -> Vec<RefItem> {
+        let mut items = Vec::new();
+        let mut i = 0;
+        loop {
+            let (symbol, xml, len): (Option<u8>, &'static [u8], usize) = match &input[i..] {
+                [b'"' | b'=', ..] | [] => break,
+                [b' ', ..] => (None, b" ", 1),
+                [b'\\', b'/', ..] => (Some(b'/'), b"", 2),
+                [b'\\', b'n', ..] => (None, b"&#10;", 2),
+                [b'\\', b'r', ..] => (None, b"&#13;", 2),
+                [b'\\', b't', ..] => (None, b"&#9;", 2),
+                [b'\\', b'u', hex @ ..] if hex.len() >= 4 => {
+                    let cp = std::str::from_utf8(&hex[..4])
+                        .ok()
+                        .and_then(|hex| u32::from_str_radix(hex, 16).ok());
+                    match cp.and_then(|cp| u8::try_from(cp).ok()) {
+                        Some(b' ') => (None, b" ", 6),
+                        Some(b'\n') => (None, b"&#10;", 6),
+                        Some(b'\r') => (None, b"&#13;", 6),
+                        Some(b'\t') => (None, b"&#9;", 6),
+                        Some(b) if b.is_ascii_alphanumeric() || b == b'+' || b == b'/' => {
+                            (Some(b), b"", 6)
+                        }
+                        _ => break,
+                    }
+                }
+                [b'\\', ..] => break,
+                [b, ..] => (Some(*b), b"", 1),
+            };
+            items.push((i, len, symbol, xml));
+            i += len;
+        }
+        items
+    }
+
+    /// What the compactor should make of `items`, `group` symbols into a group of four: the
+    /// symbols, the text, the characters after the last symbol.
+    fn expected(items: &[RefItem], group: usize) -> (Vec<u8>, Vec<u8>, u64) {
+        let (mut symbols, mut text) = (Vec::new(), Vec::new());
+        let mut trailing = 0;
+        for &(_, _, symbol, xml) in items {
+            match symbol {
+                Some(symbol) => {
+                    symbols.push(symbol);
+                    text.push(symbol);
+                    trailing = 0;
+                }
+                None => {
+                    if (group + symbols.len()).is_multiple_of(4) {
+                        text.extend_from_slice(xml);
+                    }
+                    trailing += 1;
+                }
+            }
+        }
+        (symbols, text, trailing)
+    }
+
+    /// Compacts `input` handed over in pieces that end at `cuts`, as the scanner does: each
+    /// piece until the compactor takes nothing more of it, then the rest with the next piece.
+    /// Checks each call against the reference; returns the symbols, the text and the input
+    /// taken.
+    fn compact_in_pieces<const TEXT: bool>(
+        input: &[u8],
+        cuts: &[usize],
+    ) -> (Vec<u8>, Vec<u8>, usize) {
+        let items = reference(input);
+        let mut compactor = Compactor::default();
+        let (mut symbols, mut text) = (Vec::new(), Vec::new());
+        let (mut at, mut item) = (0, 0);
+        let mut group = 0;
+        for &end in cuts.iter().chain([&input.len()]) {
+            let end = end.max(at);
+            loop {
+                let made = compactor.compact::<TEXT>(&input[at..end], group as u8);
+                if made.consumed == 0 {
+                    break;
+                }
+                // The call ends where a character does.
+                let first = item;
+                while item < items.len() && items[item].0 < at + made.consumed {
+                    item += 1;
+                }
+                let end_of_items = items.get(item).map_or(at + made.consumed, |i| i.0);
+                assert!(end_of_items >= at + made.consumed, "at {at}");
+                let taken = &items[first..item];
+                assert_eq!(
+                    taken.last().map(|i| i.0 + i.1),
+                    Some(at + made.consumed),
+                    "at {at}"
+                );
+                let (expect, expect_text, trailing) = expected(taken, group);
+                assert_eq!(compactor.symbols(&made), expect, "at {at}");
+                if TEXT {
+                    assert_eq!(compactor.text(&made), expect_text, "at {at}");
+                }
+                assert_eq!(made.chars, taken.len() as u64, "at {at}");
+                assert_eq!(made.trailing, trailing, "at {at}");
+                symbols.extend_from_slice(compactor.symbols(&made));
+                text.extend_from_slice(compactor.text(&made));
+                group = (group + made.symbols) % 4;
+                at += made.consumed;
+            }
+        }
+        (symbols, text, at)
+    }
+
+    /// The symbols, text and input length of all that the compactor takes of `input`.
+    fn whole(input: &[u8]) -> (Vec<u8>, Vec<u8>, usize) {
+        let items = reference(input);
+        let (symbols, text, _) = expected(&items, 0);
+        (symbols, text, items.last().map_or(0, |i| i.0 + i.1))
+    }
+
+    /// Base64-like content: symbols in lines of `line` (0: one line) ended by `separator`,
+    /// some symbols escaped (`escapes` of 64), and what follows the content.
+    fn content(rng: &mut Rng, len: usize, line: usize, separator: &str, escapes: usize) -> Vec<u8> {
+        const SYMBOLS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut text = Vec::new();
+        for k in 0..len {
+            if line > 0 && k > 0 && k % line == 0 {
+                text.extend_from_slice(separator.as_bytes());
+            }
+            let symbol = SYMBOLS[rng.below(64)];
+            if rng.below(64) < escapes {
+                match rng.below(4) {
+                    0 if symbol == b'/' => text.extend_from_slice(b"\\/"),
+                    1 => text.extend_from_slice(format!("\\u{:04X}", symbol).as_bytes()),
+                    _ => text.extend_from_slice(format!("\\u{:04x}", symbol).as_bytes()),
+                }
+            } else {
+                text.push(symbol);
+            }
+        }
+        text
+    }
+
+    const SEPARATORS: [&str; 7] = [" ", "\\n", "\\r\\n", "  ", "\\u000A", "\\t", " \\n"];
+
+    #[test]
+    fn small_inputs_split_at_every_byte_agree_with_the_reference() {
+        let mut rng = Rng(0x0063_6f6d_7061_6374);
+        for case in 0..300 {
+            let line = [0, 4, 16, 17, 20][case % 5];
+            let separator = SEPARATORS[case % SEPARATORS.len()];
+            let mut input = content(&mut rng, 40 + case % 60, line, separator, case % 3 * 8);
+            // What ends it: the closing quote, padding, an escape for the general path, an
+            // invalid byte (taken: the decoder refuses it), or nothing.
+            let tail: &[u8] = [&b"\""[..], b"==\"", b"\\\"", b"\\b", b"!AB\"", b""][case % 6];
+            input.extend_from_slice(tail);
+            let whole = whole(&input);
+            for cut in 0..=input.len() {
+                for text in [false, true] {
+                    let (symbols, made_text, taken) = if text {
+                        compact_in_pieces::<true>(&input, &[cut])
+                    } else {
+                        compact_in_pieces::<false>(&input, &[cut])
+                    };
+                    let context = format!("{} cut at {cut}", String::from_utf8_lossy(&input));
+                    assert_eq!(symbols, whole.0, "{context}");
+                    assert_eq!(taken, whole.2, "{context}");
+                    if text {
+                        assert_eq!(made_text, whole.1, "{context}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn large_wrapped_and_escaped_inputs_split_anywhere_agree_with_the_reference() {
+        let mut rng = Rng(0x0077_7261_7070_6564);
+        for case in 0..40 {
+            let line = [76, 64, 16, 1024, 1025, 0][case % 6];
+            let separator = SEPARATORS[case % SEPARATORS.len()];
+            let escapes = [0, 0, 1, 4][case % 4];
+            let mut input = content(&mut rng, 100_000, line, separator, escapes);
+            if case % 5 == 0 {
+                // A line that only looks like the others: one symbol short, a separator that
+                // differs, a quote inside.
+                let at = input.len() / 2;
+                input.insert(at, [b' ', b'"', b'A', b'\\'][case % 4]);
+            }
+            input.extend_from_slice(b"QQ==\"}");
+            let whole = whole(&input);
+            for _ in 0..3 {
+                let mut cuts: Vec<usize> = (0..20).map(|_| rng.below(input.len())).collect();
+                cuts.sort_unstable();
+                let (symbols, _, taken) = compact_in_pieces::<false>(&input, &cuts);
+                assert_eq!(symbols, whole.0, "case {case}");
+                assert_eq!(taken, whole.2, "case {case}");
+                let (symbols, text, taken) = compact_in_pieces::<true>(&input, &cuts);
+                assert_eq!(symbols, whole.0, "case {case}");
+                assert_eq!(text, whole.1, "case {case}");
+                assert_eq!(taken, whole.2, "case {case}");
+            }
+        }
+    }
+
+    #[test]
+    fn buffers_stay_bounded() {
+        let mut rng = Rng(0x0062_6f75_6e64);
+        let mut compactor = Compactor::default();
+        let input = content(&mut rng, 1 << 20, 76, "\\r\\n", 0);
+        let mut at = 0;
+        while at < input.len() {
+            let made = compactor.compact::<true>(&input[at..], 0);
+            assert!(made.consumed > 0);
+            assert!(made.symbols < SYMBOLS_CAP + SLACK && made.text < TEXT_CAP + SLACK);
+            at += made.consumed;
+        }
+        assert_eq!(compactor.symbols.capacity(), SYMBOLS_CAP + SLACK);
+        assert_eq!(compactor.text.capacity(), TEXT_CAP + SLACK);
+    }
+}
