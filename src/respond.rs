@@ -103,9 +103,12 @@ where
     if !json_chosen && transformable {
         return Next::Binary(BinaryReading::new(parts, inner, body, negotiated));
     }
-    if !json_chosen && carries_a_resource(parts.status) && inner.encoded_fhir_json {
+    let unreadable =
+        carries_a_resource(parts.status) || (negotiated.prefers_xml && has_a_body(parts.status));
+    if !json_chosen && unreadable && inner.encoded_fhir_json {
         // A compression layer between this layer and the inner service: the Binary cannot be
-        // read, and passing it on would give FHIR JSON to a client that asked for the document.
+        // read, and passing it on would give FHIR JSON to a client that asked for the document
+        // (or for XML, whatever the status).
         let outcome = Outcome::bad_gateway(
             "the inner service's response is compressed (Content-Encoding), so the Binary in \
              it cannot be read: place the decompression layer inside the Binary negotiation \

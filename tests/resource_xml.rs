@@ -597,3 +597,33 @@ async fn an_axum_router_of_fhir_routes_answers_in_xml() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_compressed_answer_to_an_xml_request_is_a_502_never_json() {
+    // A compression layer inside this one: the layer cannot read the 404's OperationOutcome,
+    // and passing the gzipped JSON on would give JSON to a client that asked for XML.
+    let gzipping = tower::service_fn(
+        |_request: Request<tower_fhir_binary::RequestBody<()>>| async {
+            Ok::<_, std::convert::Infallible>(
+                http::Response::builder()
+                    .status(StatusCode::NOT_FOUND)
+                    .header("content-type", "application/fhir+json")
+                    .header("content-encoding", "gzip")
+                    .body(Frames::new(vec![Bytes::from_static(b"\x1f\x8b gzip")]))
+                    .unwrap(),
+            )
+        },
+    );
+    let layer = BinaryNegotiationLayer::new().select_all();
+    let response = layer
+        .layer(gzipping)
+        .oneshot(request("GET", "/Patient/p?_format=xml", &[]))
+        .await
+        .unwrap();
+    let negotiation = response.extensions().get::<Negotiation>().copied();
+    let got = read(response).await;
+    assert_eq!(got.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(negotiation, Some(Negotiation::BadGateway));
+    let diagnostics = value_at(got.bytes(), "OperationOutcome/issue/diagnostics").unwrap();
+    assert!(diagnostics.contains("compressed"), "{diagnostics}");
+}
