@@ -1,7 +1,8 @@
 //! The response-path driver for FHIR XML of any resource: takes the inner body's frames and
 //! turns them into XML with the streaming converter ([`JsonToXml`]), at most `frame_size`
-//! bytes of input at a time, so that output frames stay bounded (by what that much JSON
-//! makes, plus what the converter held to put elements in order, within the reorder limit).
+//! bytes of input at a time, and hands the XML out in frames of at most `frame_size` bytes
+//! (what the converter held to put elements in order comes out at once, within the reorder
+//! limit, and is cut, without a copy).
 
 use bytes::{Buf, Bytes};
 
@@ -19,6 +20,8 @@ pub(crate) struct ResourceTranscoder {
     /// Bytes of the inner body fed to the converter.
     position: u64,
     out: Vec<u8>,
+    /// Output made and not handed out yet.
+    ready: Bytes,
     /// Set once the converter has finished (or failed): nothing more comes out.
     done: bool,
 }
@@ -63,6 +66,7 @@ impl ResourceTranscoder {
             frame_size: config.frame_size.max(1),
             position: 0,
             out: Vec::new(),
+            ready: Bytes::new(),
             done: false,
         }
     }
@@ -76,6 +80,9 @@ impl ResourceTranscoder {
 
     /// The next output frame that the input at hand makes, if any.
     pub(crate) fn pull(&mut self) -> Result<Option<Bytes>, ResourceError> {
+        if !self.ready.is_empty() {
+            return Ok(self.take_ready());
+        }
         while self.out.is_empty() {
             let Some(front) = self.pending.front_mut() else {
                 return Ok(None);
@@ -112,7 +119,7 @@ impl ResourceTranscoder {
 
     /// Whether the output is complete (or broken off).
     pub(crate) fn is_done(&self) -> bool {
-        self.done && self.out.is_empty()
+        self.done && self.out.is_empty() && self.ready.is_empty()
     }
 
     /// Drops everything after an error: nothing more comes out.
@@ -120,6 +127,7 @@ impl ResourceTranscoder {
         self.done = true;
         self.pending.clear();
         self.out = Vec::new();
+        self.ready = Bytes::new();
     }
 
     fn fail(&mut self, error: ConvertError) -> ResourceError {
@@ -134,9 +142,16 @@ impl ResourceTranscoder {
         if self.out.is_empty() {
             return None;
         }
-        let capacity = self.out.capacity();
+        let capacity = self.out.capacity().min(2 * self.frame_size);
         let out = std::mem::replace(&mut self.out, Vec::with_capacity(capacity));
-        Some(Bytes::from(out))
+        self.ready = Bytes::from(out);
+        self.take_ready()
+    }
+
+    /// The next frame of the output made, at most `frame_size` bytes.
+    fn take_ready(&mut self) -> Option<Bytes> {
+        let n = self.ready.len().min(self.frame_size);
+        (n > 0).then(|| self.ready.split_to(n))
     }
 }
 
@@ -158,10 +173,12 @@ mod tests {
             t.push(Bytes::copy_from_slice(&rest[..n]));
             rest = &rest[n..];
             while let Some(frame) = t.pull().map_err(|e| e.error.to_string())? {
+                assert!(frame.len() <= frame_size, "bounded frames");
                 xml.extend_from_slice(&frame);
             }
         }
         while let Some(frame) = t.finish().map_err(|e| e.error.to_string())? {
+            assert!(frame.len() <= frame_size, "bounded frames");
             xml.extend_from_slice(&frame);
         }
         assert!(t.is_done());
