@@ -24,8 +24,7 @@ pin_project! {
     /// Errors are boxed: the inner body's own errors as they are, and
     /// [`InvalidBinary`] when the inner body turns out not to be a valid Binary (or, for FHIR
     /// XML of another resource, not FHIR JSON of the release) after the response head has gone
-    /// out. The client then sees a broken transfer, never a document
-    /// silently cut short.
+    /// out. The client then sees a broken transfer, never a document silently cut short.
     pub struct NegotiatedBody<B> {
         #[pin]
         kind: Kind<B>,
@@ -117,9 +116,7 @@ impl<B> NegotiatedBody<B> {
             },
         }
     }
-}
 
-impl<B> NegotiatedBody<B> {
     /// Output already made (`held`), then the rest of the inner body turned into FHIR XML by
     /// `transcoder` (any resource).
     pub(crate) fn resource(
