@@ -11,19 +11,20 @@ use pin_project_lite::pin_project;
 use crate::error::{BoxError, InvalidBinary};
 use crate::frames::FrameQueue;
 use crate::scan::ScanError;
-use crate::transcode::Transcoder;
+use crate::transcode::{ResourceTranscoder, Transcoder};
 
 pin_project! {
     /// The response body of [`BinaryNegotiation`](crate::BinaryNegotiation).
     ///
     /// Depending on the response it is the inner body untouched, the raw document decoded as
-    /// the inner body streams in, or a complete body the layer made (an OperationOutcome, a
-    /// small document read whole, nothing for `HEAD`).
+    /// the inner body streams in, FHIR XML converted as the inner body streams in, or a
+    /// complete body the layer made (an OperationOutcome, a small document read whole, nothing
+    /// for `HEAD`).
     ///
     /// Errors are boxed: the inner body's own errors as they are, and
-    /// [`InvalidBinary`] when the inner body turns out not to be a valid Binary after the
-    /// response head has gone out. The client then sees a broken transfer, never a document
-    /// silently cut short.
+    /// [`InvalidBinary`] when the inner body turns out not to be a valid Binary (or, for FHIR
+    /// XML of another resource, not FHIR JSON of the release) after the response head has gone
+    /// out. The client then sees a broken transfer, never a document silently cut short.
     pub struct NegotiatedBody<B> {
         #[pin]
         kind: Kind<B>,
@@ -50,6 +51,11 @@ pin_project! {
             body: Option<Pin<Box<B>>>,
             transcoder: Box<Transcoder>,
             window: Option<Window>,
+        },
+        Resource {
+            held: FrameQueue,
+            body: Option<Pin<Box<B>>>,
+            transcoder: Box<ResourceTranscoder>,
         },
     }
 }
@@ -110,6 +116,22 @@ impl<B> NegotiatedBody<B> {
             },
         }
     }
+
+    /// Output already made (`held`), then the rest of the inner body turned into FHIR XML by
+    /// `transcoder` (any resource).
+    pub(crate) fn resource(
+        held: FrameQueue,
+        body: Option<Pin<Box<B>>>,
+        transcoder: Box<ResourceTranscoder>,
+    ) -> Self {
+        NegotiatedBody {
+            kind: Kind::Resource {
+                held,
+                body,
+                transcoder,
+            },
+        }
+    }
 }
 
 impl<B> fmt::Debug for NegotiatedBody<B> {
@@ -120,6 +142,7 @@ impl<B> fmt::Debug for NegotiatedBody<B> {
             Kind::Head => "Head",
             Kind::Replay { .. } => "Replay",
             Kind::Transcode { .. } => "Transcode",
+            Kind::Resource { .. } => "Resource",
         };
         f.debug_struct("NegotiatedBody")
             .field("kind", &kind)
@@ -159,6 +182,14 @@ where
                 Some(frame) => Poll::Ready(Some(Ok(Frame::data(frame)))),
                 None => poll_window(body, transcoder, window, cx),
             },
+            KindProj::Resource {
+                held,
+                body,
+                transcoder,
+            } => match held.pop_front() {
+                Some(frame) => Poll::Ready(Some(Ok(Frame::data(frame)))),
+                None => poll_resource(body, transcoder, cx),
+            },
         }
     }
 
@@ -179,6 +210,9 @@ where
                 held.is_empty()
                     && (transcoder.is_done() || window.as_ref().is_some_and(Window::is_complete))
             }
+            Kind::Resource {
+                held, transcoder, ..
+            } => held.is_empty() && transcoder.is_done(),
         }
     }
 
@@ -199,6 +233,11 @@ where
                 if let Some(upper) = rest.upper() {
                     hint.set_upper(upper + held);
                 }
+                hint
+            }
+            Kind::Resource { held, .. } => {
+                let mut hint = SizeHint::new();
+                hint.set_lower(held.byte_len());
                 hint
             }
             Kind::Transcode { held, window, .. } => {
@@ -331,6 +370,48 @@ where
         match std::task::ready!(poll_inner(inner.as_mut(), cx)) {
             Some(Ok(frame)) => {
                 // Trailers of a JSON body carry nothing the document needs.
+                if let Ok(data) = frame.into_data() {
+                    transcoder.push(data);
+                }
+            }
+            Some(Err(e)) => {
+                *body = None;
+                transcoder.abort();
+                return Poll::Ready(Some(Err(e)));
+            }
+            None => *body = None,
+        }
+    }
+}
+
+/// The next frame of FHIR XML made from the inner body; a body that turns out not to be FHIR
+/// JSON of the release fails ([`InvalidBinary`]), as the head has gone out.
+fn poll_resource<B>(
+    body: &mut Option<Pin<Box<B>>>,
+    transcoder: &mut ResourceTranscoder,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    loop {
+        let Some(inner) = body.as_mut() else {
+            return Poll::Ready(match transcoder.finish() {
+                Ok(frame) => frame.map(|f| Ok(Frame::data(f))),
+                Err(e) => Some(Err(InvalidBinary::from(ScanError::from(e)).into())),
+            });
+        };
+        match transcoder.pull() {
+            Ok(Some(frame)) => return Poll::Ready(Some(Ok(Frame::data(frame)))),
+            Ok(None) => {}
+            Err(e) => {
+                *body = None;
+                return Poll::Ready(Some(Err(InvalidBinary::from(ScanError::from(e)).into())));
+            }
+        }
+        match std::task::ready!(poll_inner(inner.as_mut(), cx)) {
+            Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
                     transcoder.push(data);
                 }

@@ -24,10 +24,11 @@ pub enum Negotiation {
     NotNegotiated,
     /// The request was negotiated, and the inner response passed on as it came, with
     /// `Vary: Accept`: it was not a FHIR JSON Binary the layer could transform (an
-    /// OperationOutcome, a search Bundle, a `304`, a body that is not FHIR JSON), or a Binary
-    /// without a payload.
+    /// OperationOutcome or a search Bundle to a client that did not ask for XML, a `304`, a
+    /// body that is not FHIR JSON), or a Binary without a payload.
     PassedThrough,
-    /// The response carries this representation of the inner resource.
+    /// The response carries this representation of the inner resource (any resource the
+    /// layer rendered as FHIR XML is `Served(FhirXml)`).
     Served(Representation),
     /// The layer answered `406 Not Acceptable` itself: the client accepts no representation
     /// it can produce.

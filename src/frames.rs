@@ -19,6 +19,7 @@ pub(crate) struct FrameQueue {
 
 impl FrameQueue {
     /// A queue of one frame.
+    #[cfg(test)]
     pub(crate) fn one(frame: Bytes) -> Self {
         FrameQueue {
             first: Some(frame),

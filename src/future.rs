@@ -14,7 +14,7 @@ use crate::error::BoxError;
 use crate::extension::Negotiation;
 use crate::outcome::Outcome;
 use crate::request_body::UploadWatch;
-use crate::respond::{self, BinaryReading, Negotiated, Next, ReadingOutcome};
+use crate::respond::{self, BinaryReading, Negotiated, Next, ResourceReading};
 use crate::upload::too_large;
 
 pin_project! {
@@ -52,8 +52,8 @@ pin_project! {
         Reading {
             reading: BinaryReading<B>,
         },
-        ReadingOutcome {
-            reading: ReadingOutcome<B>,
+        ReadingResource {
+            reading: ResourceReading<B>,
         },
         Ready {
             response: Option<Response<NegotiatedBody<B>>>,
@@ -116,7 +116,7 @@ impl<F, B> fmt::Debug for ResponseFuture<F, B> {
             State::Negotiated { .. } => "Negotiated",
             State::Upload { .. } => "Upload",
             State::Reading { .. } => "Reading",
-            State::ReadingOutcome { .. } => "ReadingOutcome",
+            State::ReadingResource { .. } => "ReadingResource",
             State::Ready { .. } => "Ready",
         };
         f.debug_struct("ResponseFuture")
@@ -156,7 +156,7 @@ where
                             }
                             State::Reading { reading }
                         }
-                        Next::Outcome(reading) => State::ReadingOutcome { reading },
+                        Next::Resource(reading) => State::ReadingResource { reading },
                     }
                 }
                 StateProj::Upload {
@@ -177,14 +177,14 @@ where
                     match respond::on_response(response, negotiated) {
                         Next::Done(response) => return Poll::Ready(Ok(response)),
                         Next::Binary(reading) => State::Reading { reading },
-                        Next::Outcome(reading) => State::ReadingOutcome { reading },
+                        Next::Resource(reading) => State::ReadingResource { reading },
                     }
                 }
                 StateProj::Reading { reading } => {
                     let response = ready!(reading.poll(cx));
                     return Poll::Ready(Ok(response));
                 }
-                StateProj::ReadingOutcome { reading } => {
+                StateProj::ReadingResource { reading } => {
                     let response = ready!(reading.poll(cx));
                     return Poll::Ready(Ok(response));
                 }

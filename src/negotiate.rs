@@ -136,8 +136,14 @@ impl Preference {
     /// header.
     ///
     /// A `_format` parameter, even an empty or unknown one, makes `Accept` irrelevant.
+    /// `release` is the `fhirVersion` media type parameter value of the configured release
+    /// (`4.0`): a FHIR media range that names another one is not acceptable (`q=0`).
     #[must_use]
-    pub(crate) fn from_request(query: Option<&str>, headers: &HeaderMap) -> Preference {
+    pub(crate) fn from_request(
+        query: Option<&str>,
+        headers: &HeaderMap,
+        release: &'static str,
+    ) -> Preference {
         let format = query.and_then(|query| {
             form_urlencoded::parse(query.as_bytes())
                 .find(|(name, _)| name == FORMAT_PARAM)
@@ -147,7 +153,9 @@ impl Preference {
             Some(decision) => Source::Format(decision),
             None => match only_accept_line(headers) {
                 Some(line) if accepts_anything(line) => Source::Unstated,
-                only => accept_list(headers, only).map_or(Source::Unstated, Source::Accept),
+                only => {
+                    accept_list(headers, only, release).map_or(Source::Unstated, Source::Accept)
+                }
             },
         };
         Preference { source }
@@ -216,7 +224,7 @@ impl Preference {
 
 impl AcceptList {
     /// Collects the usable entries of every Accept line; `None` when there are none.
-    fn from_headers(headers: &HeaderMap) -> Option<AcceptList> {
+    fn from_headers(headers: &HeaderMap, release: &str) -> Option<AcceptList> {
         let mut list = AcceptList {
             json: None,
             xml: None,
@@ -230,7 +238,7 @@ impl AcceptList {
             .filter_map(|v| v.to_str().ok())
         {
             for entry in MediaTypeList::new(line).filter_map(Result::ok) {
-                list.add(&entry);
+                list.add(&entry, release);
             }
         }
         if list.ranges.is_empty() {
@@ -250,9 +258,10 @@ impl AcceptList {
         Some(list)
     }
 
-    /// Records one parsed entry, unless its range or weight is malformed.
-    fn add(&mut self, entry: &MediaType<'_>) {
-        let Some(q) = entry_weight(entry) else {
+    /// Records one parsed entry, unless its range or weight is malformed. A FHIR range whose
+    /// `fhirVersion` parameter names another release than `release` weighs 0.
+    fn add(&mut self, entry: &MediaType<'_>, release: &str) {
+        let Some(mut q) = entry_weight(entry) else {
             return;
         };
         let ty = entry.ty.as_str().to_ascii_lowercase();
@@ -263,7 +272,10 @@ impl AcceptList {
             ("*", _) => return,
             (_, "*") => RangeKey::Type(ty.into()),
             _ => {
-                if ty == "application" {
+                if ty == "application" && is_fhir_subtype(&subtype) {
+                    if !names_release(entry, release) {
+                        q = 0;
+                    }
                     match subtype.as_str() {
                         "fhir+json" => keep_best(&mut self.json, q, Spelling::Current),
                         "json+fhir" => keep_best(&mut self.json, q, Spelling::Dstu2),
@@ -357,6 +369,21 @@ impl AcceptList {
     }
 }
 
+/// Whether `subtype` (lowercased, with its suffix) is one of the FHIR media types'.
+fn is_fhir_subtype(subtype: &str) -> bool {
+    matches!(subtype, "fhir+json" | "json+fhir" | "fhir+xml" | "xml+fhir")
+}
+
+/// Whether a FHIR media range names `release` (`4.0`) in its `fhirVersion` parameter, or
+/// names no release at all (any parameter before `q`; the name is case-insensitive).
+fn names_release(entry: &MediaType<'_>, release: &str) -> bool {
+    entry
+        .params()
+        .take_while(|(name, _)| !name.as_str().eq_ignore_ascii_case("q"))
+        .filter(|(name, _)| name.as_str().eq_ignore_ascii_case("fhirVersion"))
+        .all(|(_, value)| value.unquoted_str() == release)
+}
+
 /// The weight of an explicit FHIR range, 0 when there is none.
 fn weight(range: Option<FhirRange>) -> Weight {
     range.map_or(0, |r| r.q)
@@ -420,8 +447,9 @@ fn parse_qvalue(text: &str) -> Option<Weight> {
 /// The longest `Accept` line [`LAST_ACCEPT`] keeps; real ones are a few hundred bytes.
 const CACHED_ACCEPT_MAX: usize = 1024;
 
-/// An `Accept` line and the list it gave (`None`: no usable entry).
-type ParsedAccept = Option<(Box<[u8]>, Option<Arc<AcceptList>>)>;
+/// An `Accept` line, the release it was read for, and the list it gave (`None`: no usable
+/// entry).
+type ParsedAccept = Option<(Box<[u8]>, &'static str, Option<Arc<AcceptList>>)>;
 
 thread_local! {
     /// The last single `Accept` line parsed on this thread, and what it gave. Browsers send
@@ -442,8 +470,12 @@ fn only_accept_line(headers: &HeaderMap) -> Option<&HeaderValue> {
 
 /// [`AcceptList::from_headers`], taken from [`LAST_ACCEPT`] when the request's only `Accept`
 /// line (`only`, see [`only_accept_line`]) is the one parsed last on this thread.
-fn accept_list(headers: &HeaderMap, only: Option<&HeaderValue>) -> Option<Arc<AcceptList>> {
-    let parse = || AcceptList::from_headers(headers).map(Arc::new);
+fn accept_list(
+    headers: &HeaderMap,
+    only: Option<&HeaderValue>,
+    release: &'static str,
+) -> Option<Arc<AcceptList>> {
+    let parse = || AcceptList::from_headers(headers, release).map(Arc::new);
     let line = match only {
         Some(line) if line.len() <= CACHED_ACCEPT_MAX => line.as_bytes(),
         _ => return parse(),
@@ -452,10 +484,12 @@ fn accept_list(headers: &HeaderMap, only: Option<&HeaderValue>) -> Option<Arc<Ac
         // Never re-entered; if it were, parsing without the cache would still be right.
         let mut last = last.try_borrow_mut().ok()?;
         match last.as_ref() {
-            Some((text, list)) if **text == *line => Some(list.clone()),
+            Some((text, read_for, list)) if **text == *line && *read_for == release => {
+                Some(list.clone())
+            }
             _ => {
                 let list = parse();
-                *last = Some((line.into(), list.clone()));
+                *last = Some((line.into(), release, list.clone()));
                 Some(list)
             }
         }
@@ -578,7 +612,7 @@ mod tests {
     fn accept_anything_alone_decides_as_no_accept() {
         let parsed = Preference {
             source: Source::Accept(Arc::new(
-                AcceptList::from_headers(&headers(&["*/*"])).unwrap(),
+                AcceptList::from_headers(&headers(&["*/*"]), "4.0").unwrap(),
             )),
         };
         let unstated = preference(None, &[]);
@@ -656,7 +690,7 @@ mod tests {
     }
 
     fn preference(query: Option<&str>, accept: &[&str]) -> Preference {
-        Preference::from_request(query, &headers(accept))
+        Preference::from_request(query, &headers(accept), "4.0")
     }
 
     /// Resolves and checks that `fixed`, when it answers, agrees.
@@ -885,14 +919,52 @@ mod tests {
             ACCEPT,
             HeaderValue::from_bytes(b"application/fhir+json;x=\xe9").unwrap(),
         );
-        let pref = Preference::from_request(None, &map);
+        let pref = Preference::from_request(None, &map, "4.0");
         assert_eq!(pref.fixed(), Some(NATIVE));
         assert_eq!(pref.resolve(PDF), NATIVE);
 
         map.append(ACCEPT, HeaderValue::from_static("image/jpeg"));
-        let pref = Preference::from_request(None, &map);
+        let pref = Preference::from_request(None, &map, "4.0");
         assert_eq!(pref.resolve(JPEG), NATIVE);
         assert_eq!(pref.resolve(PDF), NOT);
+    }
+
+    #[test]
+    fn a_fhir_version_parameter_must_name_the_configured_release() {
+        let decide = |accept: &str, release: &'static str| {
+            let pref = Preference::from_request(None, &headers(&[accept]), release);
+            (pref.fixed(), pref.prefers_xml())
+        };
+        for accept in [
+            "application/fhir+xml; fhirVersion=4.0",
+            "application/fhir+xml;FHIRVERSION=\"4.0\"",
+            "application/fhir+xml;fhirversion=4.0;q=0.9, application/fhir+json;q=0.5",
+        ] {
+            assert_eq!(decide(accept, "4.0"), (Some(XML), true), "{accept}");
+        }
+        // Another release: not acceptable, and not a preference for XML.
+        for (accept, release) in [
+            ("application/fhir+xml; fhirVersion=3.0", "4.0"),
+            ("application/fhir+xml; fhirVersion=4.0", "5.0"),
+            ("application/fhir+xml; fhirVersion=4", "4.0"),
+            ("application/fhir+json; fhirVersion=4.3", "4.0"),
+        ] {
+            assert_eq!(decide(accept, release), (Some(NOT), false), "{accept}");
+        }
+        // The range of the right release wins over the other.
+        let accept = "application/fhir+xml;fhirVersion=3.0, application/fhir+json;fhirVersion=4.0";
+        assert_eq!(decide(accept, "4.0"), (Some(JSON), false));
+        assert!(decide(accept, "3.0").1);
+        // The same line read for another release is read again, not taken from the cache.
+        let accept = "application/fhir+xml;fhirVersion=5.0";
+        assert_eq!(decide(accept, "5.0"), (Some(XML), true));
+        assert_eq!(decide(accept, "4.0"), (Some(NOT), false));
+        // Only FHIR ranges carry it: elsewhere it is just a parameter.
+        assert_eq!(
+            decide("application/pdf;fhirVersion=3.0", "4.0").0,
+            None,
+            "the document's own type"
+        );
     }
 
     #[test]
@@ -906,7 +978,10 @@ mod tests {
             http::header::ACCEPT_CHARSET,
             HeaderValue::from_static("utf-8"),
         );
-        assert_eq!(Preference::from_request(None, &map).fixed(), Some(NATIVE));
+        assert_eq!(
+            Preference::from_request(None, &map, "4.0").fixed(),
+            Some(NATIVE)
+        );
     }
 
     #[test]
@@ -1220,7 +1295,7 @@ mod tests {
                     map.append(ACCEPT, value);
                 }
             }
-            let pref = Preference::from_request(Some(&query), &map);
+            let pref = Preference::from_request(Some(&query), &map, "4.0");
             let _ = pref.prefers_xml();
             let _ = strip_format(&query);
             let fixed = pref.fixed();

@@ -2,16 +2,13 @@
 //! gets. Plain state machines driven by the response future; the Tower types only wire them.
 
 mod binary;
-
-use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+mod resource;
 
 use bytes::Bytes;
-use http::response::Parts;
 use http::{Response, StatusCode};
 use http_body::Body;
 
-use crate::body::{poll_inner, NegotiatedBody};
+use crate::body::NegotiatedBody;
 use crate::conditional::Conditions;
 use crate::config::Config;
 use crate::error::BoxError;
@@ -24,6 +21,7 @@ use crate::policy::nosniff;
 use crate::xml;
 
 pub(crate) use binary::BinaryReading;
+pub(crate) use resource::ResourceReading;
 
 /// What a negotiated request recorded for its response.
 #[derive(Clone, Debug)]
@@ -63,18 +61,27 @@ fn carries_a_resource(status: StatusCode) -> bool {
         && status != StatusCode::PARTIAL_CONTENT
 }
 
+/// Whether a response of this status has a body that can carry a resource (not `1xx`, `204`,
+/// `205` or `304`).
+fn has_a_body(status: StatusCode) -> bool {
+    !status.is_informational()
+        && status != StatusCode::NO_CONTENT
+        && status != StatusCode::RESET_CONTENT
+        && status != StatusCode::NOT_MODIFIED
+}
+
 /// What to do after the inner response head.
 pub(crate) enum Next<B> {
     /// The response is ready.
     Done(Response<NegotiatedBody<B>>),
     /// A Binary to read until its representation's head can be made.
     Binary(BinaryReading<B>),
-    /// An error response to read and render as FHIR XML.
-    Outcome(ReadingOutcome<B>),
+    /// Another FHIR JSON response (any resource, any status) to render as FHIR XML.
+    Resource(ResourceReading<B>),
 }
 
-/// Handles the inner response to a negotiated request: done at once, a Binary to read, or an
-/// error outcome to render as XML.
+/// Handles the inner response to a negotiated request: done at once, a Binary to read, or
+/// another FHIR JSON response to render as XML for a client that asked for XML.
 pub(crate) fn on_response<B>(response: Response<B>, negotiated: Negotiated) -> Next<B>
 where
     B: Body,
@@ -96,9 +103,12 @@ where
     if !json_chosen && transformable {
         return Next::Binary(BinaryReading::new(parts, inner, body, negotiated));
     }
-    if !json_chosen && carries_a_resource(parts.status) && inner.encoded_fhir_json {
+    let unreadable =
+        carries_a_resource(parts.status) || (negotiated.prefers_xml && has_a_body(parts.status));
+    if !json_chosen && unreadable && inner.encoded_fhir_json {
         // A compression layer between this layer and the inner service: the Binary cannot be
-        // read, and passing it on would give FHIR JSON to a client that asked for the document.
+        // read, and passing it on would give FHIR JSON to a client that asked for the document
+        // (or for XML, whatever the status).
         let outcome = Outcome::bad_gateway(
             "the inner service's response is compressed (Content-Encoding), so the Binary in \
              it cannot be read: place the decompression layer inside the Binary negotiation \
@@ -107,16 +117,18 @@ where
         );
         return Next::Done(outcome_response(&outcome, &negotiated));
     }
-    nosniff(&mut parts.headers);
-    if !parts.status.is_success() && negotiated.prefers_xml && inner.plain_fhir_json {
-        return Next::Outcome(ReadingOutcome {
-            parts: Some(parts),
+    if negotiated.prefers_xml && inner.plain_fhir_json && has_a_body(parts.status) {
+        // Any other FHIR JSON (an OperationOutcome, a search Bundle) to a client that asked
+        // for XML: never JSON.
+        return Next::Resource(ResourceReading::new(
+            parts,
             inner,
-            body: Some(Box::pin(body)),
-            collected: Vec::new(),
+            FrameQueue::default(),
+            Some(Box::pin(body)),
             negotiated,
-        });
+        ));
     }
+    nosniff(&mut parts.headers);
     let negotiation = if json_chosen && transformable {
         Negotiation::Served(Representation::FhirJson)
     } else {
@@ -130,100 +142,6 @@ where
         NegotiatedBody::inner(body)
     };
     Next::Done(Response::from_parts(parts, body))
-}
-
-/// Reading an error response of the inner service (an OperationOutcome, usually) to give it
-/// in FHIR XML to a client that asked for XML.
-pub(crate) struct ReadingOutcome<B> {
-    parts: Option<Parts>,
-    /// What `parts` said as the inner service sent them.
-    inner: InnerHead,
-    body: Option<Pin<Box<B>>>,
-    collected: Vec<u8>,
-    negotiated: Negotiated,
-}
-
-impl<B> ReadingOutcome<B>
-where
-    B: Body,
-    B::Error: Into<BoxError>,
-{
-    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Response<NegotiatedBody<B>>> {
-        let limit = self.negotiated.config.reorder_buffer_limit;
-        loop {
-            let frame = match self.body.as_mut() {
-                Some(body) => ready!(poll_inner(body.as_mut(), cx)),
-                None => None,
-            };
-            match frame {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.collected.extend_from_slice(&data);
-                        if self.collected.len() > limit {
-                            return Poll::Ready(self.respond(None));
-                        }
-                    }
-                }
-                Some(Err(e)) => {
-                    let outcome = Outcome::bad_gateway(format!(
-                        "the inner service's response body failed: {e}"
-                    ));
-                    return Poll::Ready(outcome_response(&outcome, &self.negotiated));
-                }
-                None => {
-                    self.body = None;
-                    let xml = serde_json::from_slice::<serde_json::Value>(&self.collected)
-                        .ok()
-                        .filter(|v| v["resourceType"] == "OperationOutcome")
-                        .and_then(|v| render_outcome_xml(&v, &self.negotiated));
-                    return Poll::Ready(self.respond(xml));
-                }
-            }
-        }
-    }
-
-    /// The outcome in XML, or, when it is none (too large, not an OperationOutcome, does not
-    /// render), the inner response as it came.
-    fn respond(&mut self, xml: Option<Bytes>) -> Response<NegotiatedBody<B>> {
-        let mut parts = self
-            .parts
-            .take()
-            .expect("ResponseFuture polled after completion");
-        let collected = Bytes::from(std::mem::take(&mut self.collected));
-        let (negotiation, body) = match xml {
-            Some(xml) => {
-                let version = self.negotiated.config.fhir_version;
-                let content_type = version.xml_content_type(self.negotiated.xml_spelling());
-                head::replace_body_headers(
-                    &mut parts.headers,
-                    &self.inner,
-                    content_type,
-                    Some(xml.len() as u64),
-                );
-                let body = match self.negotiated.is_head {
-                    true => NegotiatedBody::head(),
-                    false => NegotiatedBody::full(xml),
-                };
-                (Negotiation::Served(Representation::FhirXml), body)
-            }
-            // Too large (or not rendered): what was read, then the rest, untouched.
-            None if self.negotiated.is_head => {
-                let rest = self
-                    .body
-                    .as_ref()
-                    .map_or(Some(0), |b| b.size_hint().exact());
-                let length = rest.map(|rest| rest + collected.len() as u64);
-                head::head_length(&mut parts.headers, &self.inner, length);
-                (Negotiation::PassedThrough, NegotiatedBody::head())
-            }
-            None => (
-                Negotiation::PassedThrough,
-                NegotiatedBody::replay(FrameQueue::one(collected), self.body.take()),
-            ),
-        };
-        parts.extensions.insert(negotiation);
-        Response::from_parts(parts, body)
-    }
 }
 
 /// An OperationOutcome response made by the layer, in FHIR XML when the client leans to XML.

@@ -102,7 +102,11 @@ where
         if is_write {
             return self.write(request);
         }
-        let preference = Preference::from_request(request.uri().query(), request.headers());
+        let preference = Preference::from_request(
+            request.uri().query(),
+            request.headers(),
+            self.config.fhir_version.media_type_parameter(),
+        );
         let negotiated = Negotiated {
             fixed: preference.fixed(),
             prefers_xml: preference.prefers_xml(),
@@ -141,7 +145,11 @@ impl<S, P> BinaryNegotiation<S, P> {
     where
         S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
     {
-        let preference = Preference::from_request(request.uri().query(), request.headers());
+        let preference = Preference::from_request(
+            request.uri().query(),
+            request.headers(),
+            self.config.fhir_version.media_type_parameter(),
+        );
         let prefers_xml = preference.prefers_xml();
         let (representation, spelling) = match prefers_xml {
             false => (Representation::FhirJson, Spelling::Unspecified),

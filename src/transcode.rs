@@ -7,6 +7,8 @@
 //! deciding member came after the payload. The usual order (`contentType` before `data`)
 //! decides at the first byte of the payload, and nothing is read twice.
 
+mod resource;
+
 use std::borrow::Cow;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -22,6 +24,8 @@ use crate::scan::{
 use crate::xml;
 use crate::FhirVersion;
 
+pub(crate) use resource::{ResourceError, ResourceTranscoder};
+
 /// What the response head should be, once decided.
 #[derive(Debug)]
 pub(crate) enum Head {
@@ -33,6 +37,9 @@ pub(crate) enum Head {
         /// The Binary's content type.
         content_type: String,
     },
+    /// The body is a resource other than a Binary, and the client accepts neither FHIR JSON
+    /// nor FHIR XML.
+    NotAcceptableResource,
     /// The document itself.
     Native {
         /// The Binary's content type, checked to be a media type and a header value.
@@ -287,8 +294,8 @@ impl Transcoder {
                 {
                     self.is_binary = true;
                 }
-                // Some other resource, or not a FHIR resource at all: not ours to change.
-                Some(_) => return Some(self.pass_through()),
+                // Some other resource: FHIR JSON or XML are its only representations.
+                Some(_) => return Some(self.other_resource()),
                 None if closed => return Some(self.pass_through()),
                 None => return None,
             }
@@ -482,6 +489,22 @@ impl Transcoder {
         self.scanner = Scanner::new(self.limits);
         self.scanner.set_payload_mode(mode);
         self.pending = self.take_received();
+    }
+
+    /// A resource other than a Binary: passed through (the response path renders it as XML
+    /// when the client prefers XML), unless the client accepts neither FHIR JSON (nor plain
+    /// JSON) nor FHIR XML.
+    fn other_resource(&mut self) -> Head {
+        // Plain `application/json` is FHIR JSON here, as FHIR servers take it.
+        let not_acceptable = |t| self.preference.resolve(t) == Decision::NotAcceptable;
+        if not_acceptable("application/fhir+json")
+            && not_acceptable("application/json")
+            && !self.preference.prefers_xml()
+            && !self.native_when_not_acceptable
+        {
+            return Head::NotAcceptableResource;
+        }
+        self.pass_through()
     }
 
     fn pass_through(&mut self) -> Head {
@@ -719,7 +742,7 @@ mod tests {
         if let Some(accept) = accept {
             headers.insert(http::header::ACCEPT, accept.parse().unwrap());
         }
-        let preference = Preference::from_request(query, &headers);
+        let preference = Preference::from_request(query, &headers, "4.0");
         let config = Config {
             reorder_buffer_limit: reorder_limit,
             frame_size: 16,

@@ -36,6 +36,18 @@ impl FhirVersion {
         }
     }
 
+    /// The value of the `fhirVersion` media type parameter that names this release
+    /// (`application/fhir+xml; fhirVersion=4.0`).
+    pub(crate) fn media_type_parameter(self) -> &'static str {
+        match self {
+            FhirVersion::Dstu2 => "1.0",
+            FhirVersion::Stu3 => "3.0",
+            FhirVersion::R4 => "4.0",
+            FhirVersion::R4B => "4.3",
+            FhirVersion::R5 => "5.0",
+        }
+    }
+
     /// The `Content-Type` of FHIR XML the layer writes: the spelling the client used, else
     /// the configured release's.
     pub(crate) fn xml_content_type(self, spelling: Spelling) -> HeaderValue {

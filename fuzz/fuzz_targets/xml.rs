@@ -50,9 +50,9 @@ fuzz_target!(|data: &[u8]| {
         .unwrap_or_default();
     if content_type.starts_with("application/fhir+xml") {
         if got.error.is_some() {
-            // A broken transfer of a streamed Binary: the client sees the failure, not a
-            // document; what came before it is cut off mid-element.
-            assert_eq!(got.status, StatusCode::OK, "only a streamed Binary breaks off");
+            // A broken transfer of a streamed document (a Binary, or any resource whose XML
+            // outgrew the read-whole limit): the client sees the failure, not a document; what
+            // came before it is cut off mid-element.
             return;
         }
         check_well_formed(&got.body);

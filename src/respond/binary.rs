@@ -11,7 +11,7 @@ use http::response::Parts;
 use http::{Response, StatusCode};
 use http_body::Body;
 
-use super::{outcome_response, Negotiated};
+use super::{outcome_response, Negotiated, ResourceReading};
 use crate::body::{poll_inner, NegotiatedBody, Window};
 use crate::conditional::{ByteRange, Ranges, Validators};
 use crate::error::BoxError;
@@ -37,6 +37,8 @@ pub(crate) struct BinaryReading<B> {
     whole: Option<Box<Whole>>,
     /// The representation being made, once decided.
     made: Option<Made>,
+    /// Set when the response is another resource to render as FHIR XML.
+    resource: Option<Box<ResourceReading<B>>>,
 }
 
 /// A representation made before the head goes out: whole, or, for a conditional or range
@@ -110,11 +112,15 @@ where
             negotiated,
             whole: None,
             made: None,
+            resource: None,
         }
     }
 
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Response<NegotiatedBody<B>>> {
         loop {
+            if let Some(resource) = self.resource.as_mut() {
+                return resource.poll(cx);
+            }
             let frame = match self.body.as_mut() {
                 Some(body) => ready!(poll_inner(body.as_mut(), cx)),
                 None => None,
@@ -177,6 +183,17 @@ where
     fn on_head(&mut self, head: Head) -> Option<Response<NegotiatedBody<B>>> {
         let parts = self.parts.take().expect("head decided once");
         match head {
+            Head::PassThrough(held) if self.negotiated.prefers_xml => {
+                // Not a Binary (or not FHIR at all), to a client that asked for XML.
+                self.resource = Some(Box::new(ResourceReading::new(
+                    parts,
+                    self.inner,
+                    held,
+                    self.body.take(),
+                    self.negotiated.clone(),
+                )));
+                None
+            }
             Head::PassThrough(held) => {
                 let mut parts = parts;
                 nosniff(&mut parts.headers);
@@ -195,6 +212,11 @@ where
                 format!(
                     "the client accepts neither FHIR JSON, FHIR XML nor this Binary's content type {content_type}"
                 ),
+            ))),
+            Head::NotAcceptableResource => Some(self.outcome_after(parts, Outcome::not_acceptable(
+                "the client accepts neither FHIR JSON nor FHIR XML, the only representations of \
+                 this resource"
+                    .into(),
             ))),
             Head::Invalid(e) => Some(self.outcome_after(parts, Outcome::bad_gateway(format!(
                 "the inner service did not answer with a valid FHIR Binary: {e}"

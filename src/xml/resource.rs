@@ -32,9 +32,6 @@
 //!   reverse, an empty string, array or object, a `null` outside a primitive array, a
 //!   character XML cannot carry, a `div` that is not FHIR XHTML.
 
-// The service does not call the converter yet.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::fmt;
 
 use crate::model::{ElementRef, JsonKind, Model, TypeKind, TypeRef};
@@ -75,6 +72,7 @@ pub(crate) struct ConvertError {
 
 impl ConvertError {
     /// The element path, such as `Patient.name[0].given`.
+    #[cfg(test)]
     pub(crate) fn path(&self) -> &str {
         &self.path
     }

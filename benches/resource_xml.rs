@@ -1,0 +1,244 @@
+//! FHIR JSON to FHIR XML of any resource through the layer, against baselines measured in the
+//! same run:
+//!
+//! - a 10 MiB searchset Bundle built from the official R4 examples (committed in
+//!   `tests/fixtures/examples/r4`), against memcpy of the same bytes and
+//!   `serde_json::from_slice::<Value>` of them (the first step of any converter that builds a
+//!   tree);
+//! - a Binary of `BENCH_MIB` MiB (default 16) as FHIR XML by the Binary writer, and the same
+//!   Binary inside a Bundle, which the general converter writes, against memcpy.
+//!
+//! `cargo bench --bench resource_xml`.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tower::{service_fn, Service, ServiceExt};
+use tower_fhir_binary::BinaryNegotiationLayer;
+use tower_layer::Layer;
+
+/// The inner body: ready frames, as a fast upstream delivers them; the size is not announced.
+struct Frames(VecDeque<Bytes>);
+
+impl Body for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+fn frames(json: &Bytes, frame: usize) -> Vec<Bytes> {
+    (0..json.len())
+        .step_by(frame)
+        .map(|at| json.slice(at..(at + frame).min(json.len())))
+        .collect()
+}
+
+fn inner<B>(
+    frames: Vec<Bytes>,
+) -> impl Service<Request<B>, Response = Response<Frames>, Error = Infallible, Future: Send> + Clone
+{
+    service_fn(move |_request: Request<B>| {
+        let body = Frames(frames.iter().cloned().collect());
+        async move {
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .header("content-type", "application/fhir+json")
+                    .body(body)
+                    .unwrap(),
+            )
+        }
+    })
+}
+
+/// Drives a body to its end, counting bytes without keeping them.
+async fn drain<B: Body>(body: B) -> usize
+where
+    B::Error: std::fmt::Debug,
+{
+    let mut body = std::pin::pin!(body);
+    let mut total = 0;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            total += bytes::Buf::remaining(&data);
+        }
+    }
+    total
+}
+
+/// A searchset Bundle of at least `size` bytes: the official R4 examples, as written, over and
+/// over.
+fn searchset(size: usize) -> Bytes {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/examples/r4");
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    names.sort();
+    let examples: Vec<String> = names
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap().trim().to_owned())
+        .collect();
+    let mut json =
+        String::from(r#"{"resourceType":"Bundle","id":"bench","type":"searchset","entry":["#);
+    let mut n = 0;
+    while json.len() < size {
+        let example = &examples[n % examples.len()];
+        if n > 0 {
+            json.push(',');
+        }
+        json.push_str(&format!(
+            r#"{{"fullUrl":"urn:uuid:{n}","resource":{example},"search":{{"mode":"match"}}}}"#
+        ));
+        n += 1;
+    }
+    json.push_str("]}");
+    Bytes::from(json)
+}
+
+/// A Binary of `size` random bytes, with `meta` before `data`.
+fn binary(size: usize) -> String {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let decoded: Vec<u8> = (0..size)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let base64 = base64::engine::general_purpose::STANDARD.encode(&decoded);
+    format!(
+        r#"{{"resourceType":"Binary","id":"bench","meta":{{"versionId":"1"}},"contentType":"application/pdf","data":"{base64}"}}"#
+    )
+}
+
+fn layer_xml(
+    runtime: &tokio::runtime::Runtime,
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    json: &Bytes,
+    uri: &'static str,
+) {
+    let service = BinaryNegotiationLayer::new()
+        .select_all()
+        .layer(inner(frames(json, 64 << 10)));
+    // Checked once: the output is XML, and complete.
+    runtime.block_on(async {
+        let response = service
+            .clone()
+            .oneshot(Request::get(uri).body(()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/fhir+xml;charset=utf-8"
+        );
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.ends_with(b"</Bundle>") || body.ends_with(b"</Binary>"));
+    });
+    group.bench_function(name, |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let request = Request::get(uri).body(()).unwrap();
+                let response = service.clone().oneshot(request).await.unwrap();
+                black_box(drain(response.into_body()).await);
+            })
+        })
+    });
+}
+
+fn bench_searchset(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let json = searchset(10 << 20);
+    let mut group = c.benchmark_group("10 MiB searchset Bundle of R4 examples, 64 KiB frames");
+    group.sample_size(10);
+    group.throughput(Throughput::Bytes(json.len() as u64));
+
+    let mut target = vec![0u8; json.len()];
+    group.bench_function("baseline: memcpy", |b| {
+        b.iter(|| {
+            target.copy_from_slice(black_box(&json));
+            black_box(&target);
+        })
+    });
+    group.bench_function("baseline: serde_json::from_slice::<Value>", |b| {
+        b.iter(|| {
+            let value: serde_json::Value = serde_json::from_slice(black_box(&json)).unwrap();
+            black_box(value);
+        })
+    });
+    layer_xml(
+        &runtime,
+        &mut group,
+        "layer: FHIR XML",
+        &json,
+        "/Bundle?_format=xml",
+    );
+    group.finish();
+}
+
+fn bench_binary(c: &mut Criterion) {
+    let mib: usize = std::env::var("BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let binary = binary(mib << 20);
+    let alone = Bytes::from(binary.clone());
+    let in_bundle = Bytes::from(format!(
+        r#"{{"resourceType":"Bundle","type":"searchset","entry":[{{"resource":{binary}}}]}}"#
+    ));
+    let mut group = c.benchmark_group(format!("{mib} MiB Binary as FHIR XML, 64 KiB frames"));
+    group.sample_size(10);
+    group.throughput(Throughput::Bytes(alone.len() as u64));
+
+    let mut target = vec![0u8; alone.len()];
+    group.bench_function("baseline: memcpy of the JSON size", |b| {
+        b.iter(|| {
+            target.copy_from_slice(black_box(&alone));
+            black_box(&target);
+        })
+    });
+    layer_xml(
+        &runtime,
+        &mut group,
+        "layer: the Binary writer",
+        &alone,
+        "/Binary/bench?_format=xml",
+    );
+    layer_xml(
+        &runtime,
+        &mut group,
+        "layer: the general converter (the Binary in a Bundle)",
+        &in_bundle,
+        "/Binary?_format=xml",
+    );
+    group.finish();
+}
+
+criterion_group!(benches, bench_searchset, bench_binary);
+criterion_main!(benches);
