@@ -190,18 +190,9 @@ async fn metrics_count_requests_bytes_errors_and_connections() {
         refused.read_to_string(&mut answer).await.unwrap();
         assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
         drop(held);
-        // Until the proxy has seen the held connection close: then only the client's is open.
-        let mut text = String::new();
-        for _ in 0..100 {
-            let (status, got) = request("GET", format!("{base}/metrics")).await;
-            assert_eq!(status, StatusCode::OK);
-            text = got;
-            if text.contains("fhir_binary_proxy_open_connections 1\n") {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        for line in [
+        // Until the proxy has counted the refused connection and seen the held one close:
+        // then only the client's is open.
+        let expected = [
             "fhir_binary_proxy_requests_total{method=\"GET\",representation=\"native\",status=\"200\"} 3",
             "fhir_binary_proxy_requests_total{method=\"GET\",representation=\"fhir-json\",status=\"200\"} 1",
             // The proxy's own 400 for an unsafe path, before the layer.
@@ -210,7 +201,18 @@ async fn metrics_count_requests_bytes_errors_and_connections() {
             "fhir_binary_proxy_refused_connections_total 1",
             // The client's connection.
             "fhir_binary_proxy_open_connections 1",
-        ] {
+        ];
+        let mut text = String::new();
+        for _ in 0..100 {
+            let (status, got) = request("GET", format!("{base}/metrics")).await;
+            assert_eq!(status, StatusCode::OK);
+            text = got;
+            if expected.iter().all(|line| text.contains(line)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for line in expected {
             assert!(text.contains(line), "{line} not in\n{text}");
         }
         let bytes_out: u64 = text
