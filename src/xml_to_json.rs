@@ -27,9 +27,6 @@
 //!   is an [`XmlError`] naming the element path; after one, nothing more is written, so the
 //!   JSON is never ended as if complete.
 
-// The request path wires it in the next step.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::fmt;
 
 use crate::model::{ElementRef, JsonKind, Model, TypeKind, TypeRef};
@@ -66,6 +63,7 @@ pub(crate) struct XmlError {
 
 impl XmlError {
     /// The element path, such as `Patient.name.given`; empty before the root.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn path(&self) -> &str {
         &self.path
     }
