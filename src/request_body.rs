@@ -11,17 +11,19 @@
 use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use crate::encode::Base64Encoder;
 use crate::error::BoxError;
-use crate::upload::{Envelope, SUFFIX};
-use crate::xml_to_json::{XmlLimits, XmlToJson};
+use crate::outcome::Outcome;
+use crate::upload::{too_large, Envelope, SUFFIX};
+use crate::xml_to_json::{XmlError, XmlLimits, XmlToJson};
 use crate::FhirVersion;
 
 pin_project! {
@@ -101,14 +103,29 @@ struct UploadState {
 }
 
 /// Tells the layer, after the inner service has answered, whether the upload went over the
-/// limit while streaming (then the answer is 413, whatever the inner service said).
+/// limit while streaming (then the answer is 413, whatever the inner service said), or, for
+/// FHIR XML, turned out not to be FHIR (then it is 400).
 #[derive(Clone, Debug, Default)]
-pub(crate) struct UploadWatch(Arc<AtomicBool>);
+pub(crate) struct UploadWatch(Arc<AtomicBool>, Arc<Mutex<Option<String>>>);
 
 impl UploadWatch {
     /// Whether the upload grew over `max_upload_size`.
     pub(crate) fn too_large(&self) -> bool {
         self.0.load(Ordering::Relaxed)
+    }
+
+    /// The answer the client gets instead of the inner service's: 413 when the upload grew
+    /// over `max_upload_size`, 400 naming the element when its XML is not FHIR.
+    pub(crate) fn outcome(&self, max_upload_size: u64) -> Option<Outcome> {
+        if self.too_large() {
+            return Some(too_large(None, max_upload_size));
+        }
+        let invalid = self.1.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
+        Some(Outcome {
+            status: StatusCode::BAD_REQUEST,
+            code: "structure",
+            diagnostics: format!("the body is not FHIR XML: {invalid}"),
+        })
     }
 }
 
@@ -333,6 +350,12 @@ impl UploadState {
 }
 
 impl XmlState {
+    /// Records why the XML is not FHIR for the answer, and makes it the body's error.
+    fn invalid(&self, error: XmlError) -> BoxError {
+        *self.watch.1.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_string());
+        error.into()
+    }
+
     fn poll<B>(
         &mut self,
         mut body: Pin<&mut B>,
@@ -360,13 +383,15 @@ impl XmlState {
                         }
                         .into())
                     } else {
-                        self.converter.feed(&data, &mut out).map_err(Into::into)
+                        self.converter
+                            .feed(&data, &mut out)
+                            .map_err(|e| self.invalid(e))
                     }
                 }
                 Some(Err(e)) => Err(e.into()),
                 None => {
                     self.done = true;
-                    self.converter.finish(&mut out).map_err(Into::into)
+                    self.converter.finish(&mut out).map_err(|e| self.invalid(e))
                 }
             };
             if let Err(e) = result {

@@ -110,7 +110,7 @@ async fn send<B>(
     layer: BinaryNegotiationLayer<impl tower_fhir_binary::Selector>,
     backend: SocketAddr,
     request: Request<B>,
-) -> StatusCode
+) -> (StatusCode, Bytes)
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
@@ -146,8 +146,8 @@ where
             .expect("the request took too long")
             .unwrap();
     let status = response.status();
-    let _ = response.into_body().collect().await;
-    status
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, body)
 }
 
 /// A client body in the frames given, of unknown length, failing at the end if asked.
@@ -244,7 +244,7 @@ async fn an_xml_binary_upload_arrives_as_binary_json() {
                 content_type,
                 split(xml.as_bytes(), &mut rng, 30),
             );
-            let status = send(layer, backend, request).await;
+            let (status, _) = send(layer, backend, request).await;
             assert_eq!(status, StatusCode::CREATED, "{version:?} {size}");
             let got = received.recv().await.unwrap();
             assert_eq!(got.content_type.as_deref(), Some(media_type));
@@ -280,7 +280,7 @@ async fn an_xml_patient_arrives_as_json_when_every_request_is_selected() {
             "application/fhir+xml; charset=utf-8",
             split(PATIENT_XML.as_bytes(), &mut rng, 8),
         );
-        let status = send(layer, backend, request).await;
+        let (status, _) = send(layer, backend, request).await;
         let got = received.recv().await.unwrap();
         assert_eq!(got.content_type.as_deref(), Some("application/fhir+json"));
         assert_eq!(
@@ -304,7 +304,7 @@ async fn an_xml_patient_arrives_as_json_when_every_request_is_selected() {
         "application/fhir+xml",
         Full::new(Bytes::from_static(PATIENT_XML.as_bytes())),
     );
-    send(BinaryNegotiationLayer::new(), backend, request).await;
+    let _ = send(BinaryNegotiationLayer::new(), backend, request).await;
     let got = received.recv().await.unwrap();
     assert_eq!(got.content_type.as_deref(), Some("application/fhir+xml"));
     assert!(got.body.unwrap_err().starts_with("not JSON"));
@@ -318,39 +318,77 @@ async fn xml_that_is_not_fhir_or_ends_early_fails_the_backends_read() {
     let unknown = xml.replace("<id value", "<nickname value");
     let wrong_kind = PATIENT_XML.replace("<active value=\"true\"", "<active value=\"yes\"");
     let trailing = format!("{xml}<Binary xmlns=\"http://hl7.org/fhir\"/>");
-    let cases: Vec<(&str, &str, Vec<u8>, bool)> = vec![
+    // What is wrong, and what the answer says.
+    let cases: Vec<(&str, &str, Vec<u8>, bool, &str)> = vec![
         (
             "truncated",
             "/Binary",
             xml.as_bytes()[..xml.len() - 12].to_vec(),
             false,
+            "Binary: the document ends",
         ),
         (
             "truncated in the value",
             "/Binary",
             xml.as_bytes()[..xml.len() / 2].to_vec(),
             false,
+            "Binary: the document ends inside a tag",
         ),
-        ("unknown element", "/Binary", unknown.into_bytes(), false),
-        ("wrong kind", "/Patient/p1", wrong_kind.into_bytes(), false),
-        ("a second root", "/Binary", trailing.into_bytes(), false),
+        (
+            "unknown element",
+            "/Binary",
+            unknown.into_bytes(),
+            false,
+            "Binary: <nickname> is not an element here",
+        ),
+        (
+            "wrong kind",
+            "/Patient/p1",
+            wrong_kind.into_bytes(),
+            false,
+            "Patient.active: \"yes\" is not a boolean",
+        ),
+        (
+            "a second root",
+            "/Binary",
+            trailing.into_bytes(),
+            false,
+            "<Binary> after the root element",
+        ),
         (
             "not XML",
             "/Binary",
             b"{\"resourceType\":\"Binary\"}".to_vec(),
             false,
+            "text where FHIR XML has only elements",
         ),
-        ("client failed", "/Binary", xml.clone().into_bytes(), true),
+        (
+            "client failed",
+            "/Binary",
+            xml.clone().into_bytes(),
+            true,
+            "",
+        ),
     ];
     let mut seen = 0;
-    for (what, path, body, fail_at_end) in cases {
+    for (what, path, body, fail_at_end, diagnostics) in cases {
         for _ in 0..3 {
             let mut frames = split(&body, &mut rng, 10);
             frames.fail_at_end = fail_at_end;
             let request = xml_request("PUT", path, "application/fhir+xml", frames);
             let layer = BinaryNegotiationLayer::new().select_all();
-            let status = send(layer, backend, request).await;
-            assert!(!status.is_success(), "{what}: {status}");
+            let (status, answer) = send(layer, backend, request).await;
+            if diagnostics.is_empty() {
+                // The client's own failure: what the backend made of it (here a 502).
+                assert!(!status.is_success(), "{what}: {status}");
+            } else {
+                // Whatever the backend answered, the client learns what is wrong.
+                assert_eq!(status, StatusCode::BAD_REQUEST, "{what}");
+                let outcome: Value = serde_json::from_slice(&answer).unwrap();
+                assert_eq!(outcome["resourceType"], "OperationOutcome");
+                let text = outcome["issue"][0]["diagnostics"].as_str().unwrap();
+                assert!(text.contains(diagnostics), "{what}: {text}");
+            }
             // The backend never has a complete document; when it saw the request at all, its
             // read of the body failed.
             if let Ok(Some(got)) =
@@ -368,6 +406,47 @@ async fn xml_that_is_not_fhir_or_ends_early_fails_the_backends_read() {
     assert!(seen >= 10, "{seen}");
 }
 
+/// An inner service that reads the body, whatever comes of it, and answers 201.
+#[tokio::test]
+async fn xml_that_is_not_fhir_gets_400_whatever_the_inner_service_says() {
+    let careless = service_fn(|request: Request<RequestBody<Full<Bytes>>>| async move {
+        let read = request.into_body().collect().await;
+        assert!(read.is_err(), "the inner service got a complete body");
+        Ok::<_, Infallible>(
+            Response::builder()
+                .status(201)
+                .body(Full::<Bytes>::default())
+                .unwrap(),
+        )
+    });
+    let request = xml_request(
+        "POST",
+        "/Binary?_format=xml",
+        "application/fhir+xml",
+        Full::new(Bytes::from_static(b"<Binary xmlns=\"http://hl7.org/fhir\"><data value=\"%%\"/><contentType value=\"a/b\"/></Binary>")),
+    );
+    let response = BinaryNegotiationLayer::new()
+        .layer(careless)
+        .oneshot(request)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/fhir+xml"));
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let text = std::str::from_utf8(&body).unwrap();
+    assert!(
+        text.contains("<OperationOutcome xmlns=\"http://hl7.org/fhir\">"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Binary: &lt;contentType&gt; repeated or out of the definition order"),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn an_encoded_xml_body_is_refused_before_the_backend() {
     let (backend, mut received) = strict_backend().await;
@@ -376,7 +455,7 @@ async fn an_encoded_xml_body_is_refused_before_the_backend() {
         .header("content-encoding", "gzip")
         .body(Full::new(Bytes::from_static(b"\x1f\x8b")))
         .unwrap();
-    let status = send(BinaryNegotiationLayer::new(), backend, request).await;
+    let (status, _) = send(BinaryNegotiationLayer::new(), backend, request).await;
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert!(received.try_recv().is_err());
 }
