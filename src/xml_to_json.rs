@@ -909,9 +909,17 @@ impl XmlToJson {
         let Some(text) = text else {
             return Ok(());
         };
-        let mut decoded = Vec::with_capacity(text.len());
-        decode_attribute(text, &mut decoded).map_err(|m| self.error(m))?;
-        let Ok(decoded) = std::str::from_utf8(&decoded) else {
+        // Most values (a Binary's base64 always) have nothing to resolve: no copy then.
+        let plain = !text.iter().any(|&b| b == b'&' || b < 0x20);
+        let mut owned = Vec::new();
+        let decoded = if plain {
+            text
+        } else {
+            owned.reserve(text.len());
+            decode_attribute(text, &mut owned).map_err(|m| self.error(m))?;
+            &owned
+        };
+        let Ok(decoded) = std::str::from_utf8(decoded) else {
             return Err(self.error("a value that is not UTF-8"));
         };
         match kind {
