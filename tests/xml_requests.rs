@@ -459,3 +459,44 @@ async fn an_encoded_xml_body_is_refused_before_the_backend() {
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert!(received.try_recv().is_err());
 }
+
+/// The demo backend stores the Binary an XML upload becomes; reading it back gives the bytes.
+#[cfg(feature = "proxy")]
+#[tokio::test]
+async fn an_xml_binary_upload_is_stored_and_read_back_as_the_document() {
+    use tower_fhir_binary::proxy::DemoBackend;
+    let demo = DemoBackend::new();
+    let document = b"%PDF-1.4 a document \x00\xff in XML".to_vec();
+    let base64 = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(&document)
+    };
+    let xml = format!(
+        "<Binary xmlns=\"http://hl7.org/fhir\"><contentType value=\"application/pdf\"/><data value=\"{base64}\"/></Binary>"
+    );
+    let request = xml_request(
+        "POST",
+        "http://h/fhir/Binary",
+        "application/fhir+xml",
+        Full::new(Bytes::from(xml)),
+    );
+    let created = BinaryNegotiationLayer::new()
+        .layer(demo.clone())
+        .oneshot(request)
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let location = created.headers()["location"].to_str().unwrap().to_owned();
+    let read = Request::get(&location)
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let native = BinaryNegotiationLayer::new()
+        .layer(demo)
+        .oneshot(read)
+        .await
+        .unwrap();
+    assert_eq!(native.status(), StatusCode::OK);
+    assert_eq!(native.headers()["content-type"], "application/pdf");
+    let body = native.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, document);
+}
