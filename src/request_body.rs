@@ -28,12 +28,14 @@ use crate::FhirVersion;
 
 pin_project! {
     /// The body of a request as the inner service receives it from
-    /// [`BinaryNegotiation`](crate::BinaryNegotiation): the client's own body, or, for a raw
+    /// [`BinaryNegotiation`](crate::BinaryNegotiation): the client's own body; for a raw
     /// document posted or put to the Binary endpoint, the equivalent Binary JSON, made as the
-    /// upload arrives.
+    /// upload arrives; for a resource posted or put in FHIR XML, its FHIR JSON, converted as
+    /// the XML arrives.
     ///
-    /// Its size is exact when the upload's length is known. A failed, short, overlong or
-    /// oversized upload makes it end with an error, never with a complete Binary.
+    /// Its size is exact when the upload's length is known (never for FHIR XML). A failed,
+    /// short, overlong or oversized upload, or XML that is not FHIR, makes it end with an
+    /// error, never with a complete resource.
     pub struct RequestBody<B> {
         #[pin]
         kind: Kind<B>,
