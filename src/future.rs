@@ -15,7 +15,6 @@ use crate::extension::Negotiation;
 use crate::outcome::Outcome;
 use crate::request_body::UploadWatch;
 use crate::respond::{self, BinaryReading, Negotiated, Next, ResourceReading};
-use crate::upload::too_large;
 
 pin_project! {
     /// The response future of [`BinaryNegotiation`](crate::BinaryNegotiation): `F` is the inner
@@ -42,7 +41,8 @@ pin_project! {
             future: F,
             negotiated: Option<Negotiated>,
         },
-        // A raw upload: answered with 413 if it grew past the limit while streaming.
+        // A raw upload or FHIR XML: answered with 413 if it grew past the limit while
+        // streaming, with 400 if its XML was not FHIR.
         Upload {
             #[pin]
             future: F,
@@ -168,10 +168,9 @@ where
                     let negotiated = negotiated
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    if watch.too_large() {
+                    let max = negotiated.config.uploads.max_upload_size;
+                    if let Some(outcome) = watch.outcome(max) {
                         // Whatever the inner service made of the broken body.
-                        let max = negotiated.config.uploads.max_upload_size;
-                        let outcome = too_large(None, max);
                         return Poll::Ready(Ok(respond::outcome_response(&outcome, &negotiated)));
                     }
                     match respond::on_response(response, negotiated) {

@@ -109,6 +109,7 @@ mod policy;
 mod error;
 mod extension;
 mod xml;
+mod xml_to_json;
 mod config;
 mod request;
 mod transcode;

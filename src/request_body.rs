@@ -1,33 +1,41 @@
-//! The request body the inner service receives: the client's body untouched, or a raw upload
-//! becoming Binary JSON as it arrives.
+//! The request body the inner service receives: the client's body untouched, a raw upload
+//! becoming Binary JSON as it arrives, or FHIR XML becoming FHIR JSON as it arrives.
 //!
 //! The Binary JSON is only ever complete when the upload is: if the client's body fails, ends
 //! before its announced length, goes past it, or grows over the upload limit, the body ends
 //! with an error instead of the closing `"}`, so a backend that parses what it receives
-//! cannot store a truncated document as a valid Binary.
+//! cannot store a truncated document as a valid Binary. The same holds for FHIR XML: XML that
+//! is not FHIR, or that ends early, ends the body with an error, never with a complete JSON
+//! document.
 
 use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use crate::encode::Base64Encoder;
 use crate::error::BoxError;
-use crate::upload::{Envelope, SUFFIX};
+use crate::outcome::Outcome;
+use crate::upload::{too_large, Envelope, SUFFIX};
+use crate::xml_to_json::{XmlError, XmlLimits, XmlToJson};
+use crate::FhirVersion;
 
 pin_project! {
     /// The body of a request as the inner service receives it from
-    /// [`BinaryNegotiation`](crate::BinaryNegotiation): the client's own body, or, for a raw
+    /// [`BinaryNegotiation`](crate::BinaryNegotiation): the client's own body; for a raw
     /// document posted or put to the Binary endpoint, the equivalent Binary JSON, made as the
-    /// upload arrives.
+    /// upload arrives; for a resource posted or put in FHIR XML, its FHIR JSON, converted as
+    /// the XML arrives.
     ///
-    /// Its size is exact when the upload's length is known. A failed, short, overlong or
-    /// oversized upload makes it end with an error, never with a complete Binary.
+    /// Its size is exact when the upload's length is known (never for FHIR XML). A failed,
+    /// short, overlong or oversized upload, or XML that is not FHIR, makes it end with an
+    /// error, never with a complete resource.
     pub struct RequestBody<B> {
         #[pin]
         kind: Kind<B>,
@@ -39,6 +47,7 @@ pin_project! {
     enum Kind<B> {
         Untouched { #[pin] body: B },
         Upload { #[pin] body: B, state: UploadState },
+        FhirXml { #[pin] body: B, state: XmlState },
     }
 }
 
@@ -53,8 +62,22 @@ impl<B: fmt::Debug> fmt::Debug for RequestBody<B> {
                 .field("body", body)
                 .field("received", &state.received)
                 .finish_non_exhaustive(),
+            Kind::FhirXml { body, state } => f
+                .debug_struct("RequestBody::FhirXml")
+                .field("body", body)
+                .field("received", &state.received)
+                .finish_non_exhaustive(),
         }
     }
+}
+
+/// A FHIR XML body being converted.
+struct XmlState {
+    converter: XmlToJson,
+    received: u64,
+    max_upload_size: u64,
+    watch: UploadWatch,
+    done: bool,
 }
 
 /// What the upload has come to so far.
@@ -82,14 +105,29 @@ struct UploadState {
 }
 
 /// Tells the layer, after the inner service has answered, whether the upload went over the
-/// limit while streaming (then the answer is 413, whatever the inner service said).
+/// limit while streaming (then the answer is 413, whatever the inner service said), or, for
+/// FHIR XML, turned out not to be FHIR (then it is 400).
 #[derive(Clone, Debug, Default)]
-pub(crate) struct UploadWatch(Arc<AtomicBool>);
+pub(crate) struct UploadWatch(Arc<AtomicBool>, Arc<Mutex<Option<String>>>);
 
 impl UploadWatch {
     /// Whether the upload grew over `max_upload_size`.
     pub(crate) fn too_large(&self) -> bool {
         self.0.load(Ordering::Relaxed)
+    }
+
+    /// The answer the client gets instead of the inner service's: 413 when the upload grew
+    /// over `max_upload_size`, 400 naming the element when its XML is not FHIR.
+    pub(crate) fn outcome(&self, max_upload_size: u64) -> Option<Outcome> {
+        if self.too_large() {
+            return Some(too_large(None, max_upload_size));
+        }
+        let invalid = self.1.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
+        Some(Outcome {
+            status: StatusCode::BAD_REQUEST,
+            code: "structure",
+            diagnostics: format!("the body is not FHIR XML: {invalid}"),
+        })
     }
 }
 
@@ -134,6 +172,30 @@ impl<B> RequestBody<B> {
     }
 }
 
+impl<B> RequestBody<B> {
+    /// The FHIR JSON of the FHIR XML `body`, converted as it arrives. The body grows over
+    /// `max_upload_size` or turns out not to be FHIR XML: the JSON ends with an error.
+    pub(crate) fn fhir_xml(
+        body: B,
+        version: FhirVersion,
+        limits: XmlLimits,
+        max_upload_size: u64,
+    ) -> (Self, UploadWatch) {
+        let watch = UploadWatch::default();
+        let state = XmlState {
+            converter: XmlToJson::new(version, limits),
+            received: 0,
+            max_upload_size,
+            watch: watch.clone(),
+            done: false,
+        };
+        let body = RequestBody {
+            kind: Kind::FhirXml { body, state },
+        };
+        (body, watch)
+    }
+}
+
 impl<B> Body for RequestBody<B>
 where
     B: Body<Data = Bytes>,
@@ -149,6 +211,7 @@ where
         match self.project().kind.project() {
             KindProj::Untouched { body } => body.poll_frame(cx).map_err(Into::into),
             KindProj::Upload { body, state } => state.poll(body, cx),
+            KindProj::FhirXml { body, state } => state.poll(body, cx),
         }
     }
 
@@ -156,6 +219,7 @@ where
         match &self.kind {
             Kind::Untouched { body } => body.is_end_stream(),
             Kind::Upload { state, .. } => state.done,
+            Kind::FhirXml { state, .. } => state.done,
         }
     }
 
@@ -166,6 +230,7 @@ where
                 Some(remaining) => SizeHint::with_exact(remaining),
                 None => SizeHint::default(),
             },
+            Kind::FhirXml { .. } => SizeHint::default(),
         }
     }
 }
@@ -283,6 +348,62 @@ impl UploadState {
             *remaining = remaining.saturating_sub(out.len() as u64);
         }
         Frame::data(out.freeze())
+    }
+}
+
+impl XmlState {
+    /// Records why the XML is not FHIR for the answer, and makes it the body's error.
+    fn invalid(&self, error: XmlError) -> BoxError {
+        *self.watch.1.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_string());
+        error.into()
+    }
+
+    fn poll<B>(
+        &mut self,
+        mut body: Pin<&mut B>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            let mut out = Vec::new();
+            let result = match ready!(body.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    self.received += data.len() as u64;
+                    if self.received > self.max_upload_size {
+                        self.watch.0.store(true, Ordering::Relaxed);
+                        Err(UploadError::TooLarge {
+                            max: self.max_upload_size,
+                        }
+                        .into())
+                    } else {
+                        self.converter
+                            .feed(&data, &mut out)
+                            .map_err(|e| self.invalid(e))
+                    }
+                }
+                Some(Err(e)) => Err(e.into()),
+                None => {
+                    self.done = true;
+                    self.converter.finish(&mut out).map_err(|e| self.invalid(e))
+                }
+            };
+            if let Err(e) = result {
+                self.done = true;
+                return Poll::Ready(Some(Err(e)));
+            }
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+            }
+        }
     }
 }
 

@@ -5,12 +5,16 @@
 //!
 //! - FHIR JSON (`application/fhir+json`, `application/json+fhir`, `application/json`): a
 //!   resource already; it goes to the inner service untouched.
-//! - FHIR XML (`application/fhir+xml`, `application/xml+fhir`, `application/xml`): refused with
-//!   415 for now (no XML to JSON conversion yet).
+//! - FHIR XML (`application/fhir+xml`, `application/xml+fhir`, `application/xml`): a Binary in
+//!   XML; it goes on as the equivalent FHIR JSON, converted as it arrives.
 //! - Anything else, `text/xml` included (a CDA document is `text/xml`): the raw document. With
 //!   `UploadOptions::generic_types_as_documents`, plain `application/json` and
 //!   `application/xml` are documents too.
-//! - No `Content-Type`: 400. A raw upload says what it is; guessing `application/octet-stream`
+//! - No `Content-Type`: 400.
+//!
+//! A `POST` or `PUT` elsewhere (another resource, a transaction Bundle to the base), when the
+//! layer selects it, is a write only when it is FHIR XML (the three media types above, plain
+//! `application/xml` included): it goes on as FHIR JSON too. Anything else goes on untouched. A raw upload says what it is; guessing `application/octet-stream`
 //!   would store a document nobody can open as what it is.
 //!
 //! A raw document becomes, in this order, `{"resourceType":"Binary","id":..,"contentType":..,
@@ -41,6 +45,8 @@ pub(crate) enum Upload {
     NotAWrite,
     /// A Binary resource in FHIR JSON: passed on untouched.
     FhirJson,
+    /// A resource in FHIR XML: passed on as FHIR JSON, with this `Content-Type`.
+    FhirXml { json_media_type: &'static str },
     /// A raw document: passed on as the Binary JSON of [`Envelope`].
     Document(Envelope),
 }
@@ -113,6 +119,7 @@ pub(crate) fn plan(
     let id = match (method, binary_target(path)) {
         (&Method::POST, Some(Target::Type)) => None,
         (&Method::PUT, Some(Target::Instance(id))) => Some(id),
+        (&Method::POST | &Method::PUT, _) => return plan_other_write(headers, version),
         _ => return Ok(Upload::NotAWrite),
     };
     let content_type = single_header(headers, &CONTENT_TYPE)?.ok_or_else(|| {
@@ -129,16 +136,7 @@ pub(crate) fn plan(
     })?;
     match kind(&media_type, options) {
         Kind::FhirJson => return Ok(Upload::FhirJson),
-        Kind::FhirXml => {
-            return Err(Outcome {
-                status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                code: "not-supported",
-                diagnostics: format!(
-                    "FHIR XML uploads ({content_type}) are not supported yet: send the Binary \
-                     as FHIR JSON, or the document itself with its own Content-Type"
-                ),
-            })
-        }
+        Kind::FhirXml => return fhir_xml(headers, version),
         Kind::Document => {}
     }
     if let Some(encoding) = single_header(headers, &CONTENT_ENCODING)? {
@@ -200,6 +198,42 @@ pub(crate) fn plan(
         upload_length,
         version,
     )))
+}
+
+/// A `POST` or `PUT` that is not a write of a Binary: FHIR XML is converted, anything else
+/// goes on untouched (a head that cannot be read included: it is the inner service's).
+fn plan_other_write(headers: &HeaderMap, version: FhirVersion) -> Result<Upload, Outcome> {
+    let mut values = headers.get_all(CONTENT_TYPE).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Ok(Upload::NotAWrite);
+    };
+    let Some(media_type) = value.to_str().ok().and_then(|t| MediaType::parse(t).ok()) else {
+        return Ok(Upload::NotAWrite);
+    };
+    // Without a Binary endpoint there are no raw documents: plain `application/xml` is FHIR.
+    match kind(&media_type, &UploadOptions::default()) {
+        Kind::FhirXml => fhir_xml(headers, version),
+        Kind::FhirJson | Kind::Document => Ok(Upload::NotAWrite),
+    }
+}
+
+/// A resource in FHIR XML, unless its body is encoded (it is converted as it arrives).
+fn fhir_xml(headers: &HeaderMap, version: FhirVersion) -> Result<Upload, Outcome> {
+    if let Some(encoding) = single_header(headers, &CONTENT_ENCODING)? {
+        if !encoding.eq_ignore_ascii_case("identity") {
+            return Err(Outcome {
+                status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                code: "not-supported",
+                diagnostics: format!(
+                    "FHIR XML with Content-Encoding {encoding:?} cannot be converted: send it \
+                     as it is"
+                ),
+            });
+        }
+    }
+    Ok(Upload::FhirXml {
+        json_media_type: version.json_media_type(),
+    })
 }
 
 /// 413 for an upload of `length` bytes (`None`: more than the limit, found while streaming).
@@ -472,7 +506,7 @@ mod tests {
     }
 
     #[test]
-    fn fhir_json_passes_and_fhir_xml_is_refused_for_now() {
+    fn fhir_json_passes_and_fhir_xml_is_converted() {
         for ct in [
             "application/fhir+json",
             "application/json+fhir",
@@ -490,12 +524,60 @@ mod tests {
             "application/fhir+xml",
             "application/xml+fhir",
             "application/xml",
+            "application/fhir+xml; charset=utf-8",
         ] {
-            let outcome =
-                plan_default(Method::PUT, "/Binary/a", &[("content-type", ct)]).unwrap_err();
-            assert_eq!(outcome.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ct}");
-            assert!(outcome.diagnostics.contains("not supported yet"));
+            for (method, path) in [
+                (Method::PUT, "/Binary/a"),
+                (Method::POST, "/Binary"),
+                (Method::POST, "/Patient"),
+                (Method::PUT, "/fhir/Patient/1"),
+                (Method::POST, "/fhir"),
+            ] {
+                assert_eq!(
+                    plan_default(method.clone(), path, &[("content-type", ct)]),
+                    Ok(Upload::FhirXml {
+                        json_media_type: "application/fhir+json"
+                    }),
+                    "{method} {path} {ct}"
+                );
+            }
+            let dstu2 = plan(
+                &Method::POST,
+                "/Patient",
+                &head(&[("content-type", ct)]),
+                FhirVersion::Dstu2,
+                &UploadOptions::default(),
+            );
+            assert_eq!(
+                dstu2,
+                Ok(Upload::FhirXml {
+                    json_media_type: "application/json+fhir"
+                })
+            );
+            let encoded = plan_default(
+                Method::POST,
+                "/Patient",
+                &[("content-type", ct), ("content-encoding", "gzip")],
+            );
+            assert_eq!(status(encoded), StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ct}");
         }
+        // Other resources in anything but FHIR XML go on untouched.
+        for ct in [
+            "application/fhir+json",
+            "text/xml",
+            "application/pdf",
+            "not a type",
+        ] {
+            assert_eq!(
+                plan_default(Method::POST, "/Patient", &[("content-type", ct)]),
+                Ok(Upload::NotAWrite),
+                "{ct}"
+            );
+        }
+        assert_eq!(
+            plan_default(Method::POST, "/Patient", &[]),
+            Ok(Upload::NotAWrite)
+        );
     }
 
     #[test]
@@ -560,6 +642,7 @@ mod tests {
             (Method::POST, "/Patient"),
             (Method::PUT, "/Patient/1"),
             (Method::POST, "/BinaryX"),
+            (Method::DELETE, "/Patient/1"),
             (Method::PATCH, "/Binary/1"),
         ] {
             assert_eq!(

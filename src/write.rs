@@ -10,10 +10,12 @@ use crate::head::X_SECURITY_CONTEXT;
 use crate::outcome::Outcome;
 use crate::request_body::{RequestBody, UploadWatch};
 use crate::upload::{plan, Upload, UploadOptions};
+use crate::xml_to_json::XmlLimits;
 use crate::FhirVersion;
 
 /// Headers of the upload that must not reach the inner service with the Binary JSON: the
 /// security context (now inside the resource), the encoding and the digests of the raw bytes.
+/// (From the third on, those of FHIR XML converted to JSON.)
 const NOT_FOR_THE_JSON: [HeaderName; 6] = [
     X_SECURITY_CONTEXT,
     CONTENT_ENCODING,
@@ -61,6 +63,9 @@ pub(crate) fn prepare<B>(
             })
         }
         Upload::Document(envelope) => envelope,
+        Upload::FhirXml { json_media_type } => {
+            return Ok(fhir_xml(request, version, options, json_media_type));
+        }
     };
     let (mut parts, body) = request.into_parts();
     let json_length = envelope.upload_length().map(|n| envelope.json_length(n));
@@ -85,6 +90,33 @@ pub(crate) fn prepare<B>(
         request: Request::from_parts(parts, body),
         watch,
     })
+}
+
+/// A resource in FHIR XML goes on as FHIR JSON, converted as it arrives: its length is
+/// unknown (no `Content-Length`, chunked), and the digests of the XML go.
+fn fhir_xml<B>(
+    request: Request<B>,
+    version: FhirVersion,
+    options: &UploadOptions,
+    json_media_type: &'static str,
+) -> Prepared<B> {
+    let (mut parts, body) = request.into_parts();
+    // A tag is held whole: the `value` of a Binary's base64 may be as large as the upload.
+    let limits = XmlLimits {
+        max_held: usize::try_from(options.max_upload_size).unwrap_or(usize::MAX),
+        ..XmlLimits::default()
+    };
+    let (body, watch) = RequestBody::fhir_xml(body, version, limits, options.max_upload_size);
+    let headers = &mut parts.headers;
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(json_media_type));
+    headers.remove(CONTENT_LENGTH);
+    for name in &NOT_FOR_THE_JSON[2..] {
+        headers.remove(name);
+    }
+    Prepared {
+        request: Request::from_parts(parts, body),
+        watch: Some(watch),
+    }
 }
 
 #[cfg(test)]
@@ -211,6 +243,50 @@ mod tests {
             let body = request.into_body().collect().await.unwrap().to_bytes();
             assert_eq!(body, "{\"resourceType\":\"Binary\"}");
         }
+    }
+
+    #[tokio::test]
+    async fn fhir_xml_goes_on_as_fhir_json_of_unknown_length() {
+        let xml = r#"<Binary xmlns="http://hl7.org/fhir"><contentType value="text/plain"/><content value="SGk="/></Binary>"#;
+        for (version, path, media_type) in [
+            (FhirVersion::Stu3, "/Binary", "application/fhir+json"),
+            (FhirVersion::Dstu2, "/fhir/Binary", "application/json+fhir"),
+        ] {
+            let request = Request::post(path)
+                .header("content-type", "application/fhir+xml")
+                .header("content-length", xml.len())
+                .header("content-md5", "x")
+                .header("x-security-context", "Patient/1")
+                .header("if-none-exist", "identifier=1")
+                .body(Full::new(Bytes::from_static(xml.as_bytes())))
+                .unwrap();
+            let Prepared { request, watch } = prepared(request, version).unwrap();
+            assert!(watch.is_some());
+            let headers = request.headers().clone();
+            assert_eq!(headers["content-type"], media_type);
+            assert!(headers.get("content-length").is_none());
+            assert!(headers.get("content-md5").is_none());
+            assert_eq!(headers["x-security-context"], "Patient/1");
+            assert_eq!(headers["if-none-exist"], "identifier=1");
+            let json = request.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(
+                json,
+                r#"{"resourceType":"Binary","contentType":"text/plain","content":"SGk="}"#
+            );
+        }
+        // Not FHIR: the body fails, it never ends as a document.
+        let request = Request::put("/Binary/1")
+            .header("content-type", "application/xml")
+            .body(Full::new(Bytes::from_static(b"<Binary xmlns=\"http://hl7.org/fhir\"><data value=\"SGk=\"/><id value=\"1\"/></Binary>")))
+            .unwrap();
+        let Prepared { request, .. } = prepared(request, FhirVersion::R4).unwrap();
+        let error = request.into_body().collect().await.unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("Binary: <id> repeated or out of the definition order"),
+            "{error}"
+        );
     }
 
     #[test]
