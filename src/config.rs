@@ -147,9 +147,9 @@ macro_rules! option_methods {
 
         /// Treat uploads labelled plain `application/json` or `application/xml` as raw
         /// documents to store in a Binary (default false: they are FHIR resources, as FHIR
-        /// clients label them, and go to the inner service as they are; FHIR XML is refused
-        /// with 415 for now). For deployments whose clients upload JSON or XML files as
-        /// documents. `application/fhir+json` and `application/fhir+xml` are FHIR either way.
+        /// clients label them: JSON goes to the inner service as it is, XML as the equivalent
+        /// FHIR JSON). For deployments whose clients upload JSON or XML files as documents.
+        /// `application/fhir+json` and `application/fhir+xml` are FHIR either way.
         pub fn generic_json_and_xml_as_documents(mut self, yes: bool) -> Self {
             self.config.uploads.generic_types_as_documents = yes;
             self
