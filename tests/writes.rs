@@ -466,6 +466,63 @@ async fn every_release_and_size_reaches_a_strict_backend_as_the_bytes_sent() {
     .await
 }
 
+#[tokio::test]
+async fn a_64_mib_upload_in_64_kib_frames_reaches_a_strict_backend_byte_for_byte() {
+    bounded(async {
+        type Seen = Arc<Mutex<Option<(Option<String>, Bytes)>>>;
+        let seen: Seen = Arc::default();
+        let inner = {
+            let seen = seen.clone();
+            service_fn(
+                move |request: Request<tower_fhir_binary::RequestBody<Chunked>>| {
+                    let seen = seen.clone();
+                    async move {
+                        let length = request
+                            .headers()
+                            .get("content-length")
+                            .map(|v| v.to_str().unwrap().to_owned());
+                        let body = request.into_body().collect().await.unwrap().to_bytes();
+                        *seen.lock().unwrap() = Some((length, body));
+                        Ok::<_, Infallible>(
+                            Response::builder()
+                                .status(201)
+                                .body(Full::default())
+                                .unwrap(),
+                        )
+                    }
+                },
+            )
+        };
+        let n = 64 << 20;
+        let bytes: Vec<u8> = (0..n).map(|i: usize| (i * 7 + i / 251) as u8).collect();
+        let expected = sha256_hex(&bytes);
+        let layer = BinaryNegotiationLayer::new();
+        for announced in [true, false] {
+            let frames = bytes.chunks(64 << 10).map(Bytes::copy_from_slice).collect();
+            let mut request =
+                Request::post("/fhir/Binary").header("content-type", "application/dicom");
+            if announced {
+                request = request.header("content-length", n);
+            }
+            let got = through(
+                &layer,
+                inner.clone(),
+                request.body(Chunked(frames)).unwrap(),
+            )
+            .await;
+            assert_eq!(got.status, StatusCode::CREATED);
+            let (length, json) = seen.lock().unwrap().take().unwrap();
+            assert_eq!(length, announced.then(|| json.len().to_string()));
+            let value: Value = serde_json::from_slice(&json).unwrap();
+            assert_eq!(value["contentType"], "application/dicom");
+            let data = STANDARD.decode(value["data"].as_str().unwrap()).unwrap();
+            assert_eq!(data.len(), n);
+            assert_eq!(sha256_hex(&data), expected, "announced: {announced}");
+        }
+    })
+    .await
+}
+
 // ---------------------------------------------------------------------------------------------
 // Through the proxy, with curl and Python `requests`.
 
