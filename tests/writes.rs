@@ -385,34 +385,49 @@ async fn an_unannounced_upload_over_the_limit_is_413_and_the_backend_stores_noth
     .await
 }
 
+/// What a backend received: the `Content-Length` it was told, and the whole body.
+type Received = Arc<Mutex<Vec<(Option<String>, Bytes)>>>;
+
+/// A backend that records each request's `Content-Length` and body, and answers 201.
+fn recording_backend() -> (
+    Received,
+    impl tower::Service<
+            Request<tower_fhir_binary::RequestBody<Chunked>>,
+            Response = Response<Full<Bytes>>,
+            Error = Infallible,
+        > + Clone,
+) {
+    let seen = Received::default();
+    let inner = {
+        let seen = seen.clone();
+        service_fn(
+            move |request: Request<tower_fhir_binary::RequestBody<Chunked>>| {
+                let seen = seen.clone();
+                async move {
+                    let length = request
+                        .headers()
+                        .get("content-length")
+                        .map(|v| v.to_str().unwrap().to_owned());
+                    let body = request.into_body().collect().await.unwrap().to_bytes();
+                    seen.lock().unwrap().push((length, body));
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .status(201)
+                            .body(Full::default())
+                            .unwrap(),
+                    )
+                }
+            },
+        )
+    };
+    (seen, inner)
+}
+
 /// What a strict backend received, for every release, around every base64 boundary.
 #[tokio::test]
 async fn every_release_and_size_reaches_a_strict_backend_as_the_bytes_sent() {
     bounded(async {
-        type Seen = Arc<Mutex<Vec<(Option<String>, Bytes)>>>;
-        let seen: Seen = Arc::default();
-        let inner = {
-            let seen = seen.clone();
-            service_fn(
-                move |request: Request<tower_fhir_binary::RequestBody<Chunked>>| {
-                    let seen = seen.clone();
-                    async move {
-                        let length = request
-                            .headers()
-                            .get("content-length")
-                            .map(|v| v.to_str().unwrap().to_owned());
-                        let body = request.into_body().collect().await.unwrap().to_bytes();
-                        seen.lock().unwrap().push((length, body));
-                        Ok::<_, Infallible>(
-                            Response::builder()
-                                .status(201)
-                                .body(Full::default())
-                                .unwrap(),
-                        )
-                    }
-                },
-            )
-        };
+        let (seen, inner) = recording_backend();
         for version in [
             FhirVersion::Dstu2,
             FhirVersion::Stu3,
@@ -469,30 +484,7 @@ async fn every_release_and_size_reaches_a_strict_backend_as_the_bytes_sent() {
 #[tokio::test]
 async fn a_64_mib_upload_in_64_kib_frames_reaches_a_strict_backend_byte_for_byte() {
     bounded(async {
-        type Seen = Arc<Mutex<Option<(Option<String>, Bytes)>>>;
-        let seen: Seen = Arc::default();
-        let inner = {
-            let seen = seen.clone();
-            service_fn(
-                move |request: Request<tower_fhir_binary::RequestBody<Chunked>>| {
-                    let seen = seen.clone();
-                    async move {
-                        let length = request
-                            .headers()
-                            .get("content-length")
-                            .map(|v| v.to_str().unwrap().to_owned());
-                        let body = request.into_body().collect().await.unwrap().to_bytes();
-                        *seen.lock().unwrap() = Some((length, body));
-                        Ok::<_, Infallible>(
-                            Response::builder()
-                                .status(201)
-                                .body(Full::default())
-                                .unwrap(),
-                        )
-                    }
-                },
-            )
-        };
+        let (seen, inner) = recording_backend();
         let n = 64 << 20;
         let bytes: Vec<u8> = (0..n).map(|i: usize| (i * 7 + i / 251) as u8).collect();
         let expected = sha256_hex(&bytes);
@@ -511,7 +503,7 @@ async fn a_64_mib_upload_in_64_kib_frames_reaches_a_strict_backend_byte_for_byte
             )
             .await;
             assert_eq!(got.status, StatusCode::CREATED);
-            let (length, json) = seen.lock().unwrap().take().unwrap();
+            let (length, json) = seen.lock().unwrap().pop().unwrap();
             assert_eq!(length, announced.then(|| json.len().to_string()));
             let value: Value = serde_json::from_slice(&json).unwrap();
             assert_eq!(value["contentType"], "application/dicom");
