@@ -51,7 +51,8 @@ use std::fmt;
 use base64::engine::{DecodePaddingMode, Engine as _, GeneralPurposeConfig};
 use bytes::BytesMut;
 
-/// Canonical padding and no stray trailing bits, as FHIR base64Binary (RFC 4648) requires.
+/// Canonical padding and no stray trailing bits, as FHIR base64Binary (RFC 4648) requires;
+/// padded output for the encoder, which shares the engine.
 const CONFIG: GeneralPurposeConfig = GeneralPurposeConfig::new()
     .with_decode_padding_mode(DecodePaddingMode::RequireCanonical)
     .with_decode_allow_trailing_bits(false);
@@ -60,7 +61,7 @@ const CONFIG: GeneralPurposeConfig = GeneralPurposeConfig::new()
     target_arch = "x86_64",
     all(target_arch = "aarch64", target_feature = "neon")
 ))]
-fn engine() -> &'static base64::engine::Simd {
+pub(crate) fn engine() -> &'static base64::engine::Simd {
     // CPU detection happens in the constructor, which is not const: build it once.
     static ENGINE: std::sync::LazyLock<base64::engine::Simd> =
         std::sync::LazyLock::new(|| base64::engine::Simd::standard(CONFIG));
@@ -71,7 +72,7 @@ fn engine() -> &'static base64::engine::Simd {
     target_arch = "x86_64",
     all(target_arch = "aarch64", target_feature = "neon")
 )))]
-fn engine() -> &'static base64::engine::GeneralPurpose {
+pub(crate) fn engine() -> &'static base64::engine::GeneralPurpose {
     static ENGINE: base64::engine::GeneralPurpose =
         base64::engine::GeneralPurpose::new(&base64::alphabet::STANDARD, CONFIG);
     &ENGINE

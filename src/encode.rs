@@ -2,34 +2,13 @@
 //! in bounded frames, and the text is the same as encoding the whole upload at once.
 //!
 //! Between frames the encoder keeps the 0 to 2 bytes that do not make a full group of three;
-//! everything else is encoded by the `base64` crate's engine (SIMD where the CPU has it).
+//! everything else is encoded by the `base64` crate's engine the decoder uses (SIMD where the
+//! CPU has it).
 
-use base64::engine::{Engine as _, GeneralPurposeConfig};
+use base64::engine::Engine as _;
 use bytes::{Buf, Bytes, BytesMut};
 
-/// Padded output, the standard alphabet.
-const CONFIG: GeneralPurposeConfig = GeneralPurposeConfig::new();
-
-#[cfg(any(
-    target_arch = "x86_64",
-    all(target_arch = "aarch64", target_feature = "neon")
-))]
-fn engine() -> &'static base64::engine::Simd {
-    // CPU detection happens in the constructor, which is not const: build it once.
-    static ENGINE: std::sync::LazyLock<base64::engine::Simd> =
-        std::sync::LazyLock::new(|| base64::engine::Simd::standard(CONFIG));
-    &ENGINE
-}
-
-#[cfg(not(any(
-    target_arch = "x86_64",
-    all(target_arch = "aarch64", target_feature = "neon")
-)))]
-fn engine() -> &'static base64::engine::GeneralPurpose {
-    static ENGINE: base64::engine::GeneralPurpose =
-        base64::engine::GeneralPurpose::new(&base64::alphabet::STANDARD, CONFIG);
-    &ENGINE
-}
+use crate::decode::engine;
 
 /// The encoder's state between frames.
 #[derive(Clone, Debug, Default)]
