@@ -146,22 +146,25 @@ impl<B> RequestBody<B> {
     /// the body itself is not asked, so that the layer puts no bound on request bodies.
     pub(crate) fn upload(
         body: B,
-        envelope: &Envelope,
+        envelope: Envelope,
         max_upload_size: u64,
         frame_size: usize,
     ) -> (Self, Option<UploadWatch>) {
         let expected = envelope.upload_length();
         let watch = expected.is_none().then(UploadWatch::default);
+        let head_len = envelope.head_len();
+        let remaining = expected.map(|n| envelope.json_length(n));
         let state = UploadState {
-            prefix: Some(envelope.prefix().clone()),
-            head_len: envelope.head_len(),
+            // Moved, not cloned: a clone of the prefix would allocate its shared counter.
+            prefix: Some(envelope.into_prefix()),
+            head_len,
             encoder: Base64Encoder::default(),
             pending: Bytes::new(),
             received: 0,
             expected,
             max_upload_size,
             frame_size: frame_size.max(4),
-            remaining: expected.map(|n| envelope.json_length(n)),
+            remaining,
             done: false,
             watch: watch.clone(),
         };
@@ -579,7 +582,7 @@ mod tests {
                 for (announced, frame_size) in [(true, 64 * 1024), (false, 8), (true, 4)] {
                     let envelope = envelope(announced.then_some(n as u64), FhirVersion::R4);
                     let client = frames(&[&bytes[..at], &bytes[at..]]);
-                    let (body, watch) = RequestBody::upload(client, &envelope, 1 << 30, frame_size);
+                    let (body, watch) = RequestBody::upload(client, envelope.clone(), 1 << 30, frame_size);
                     assert_eq!(watch.is_some(), !announced);
                     let json = read_all(body, frame_size).await.unwrap();
                     assert_eq!(
@@ -617,7 +620,7 @@ mod tests {
             let client = frames(&parts);
             let announced = round % 2 == 0;
             let envelope = envelope(announced.then_some(n as u64), version);
-            let (body, _) = RequestBody::upload(client, &envelope, 1 << 30, 64 * 1024);
+            let (body, _) = RequestBody::upload(client, envelope.clone(), 1 << 30, 64 * 1024);
             assert_eq!(body.size_hint().exact().is_some(), announced);
             let json = read_all(body, 64 * 1024).await.unwrap();
             let key = if matches!(version, FhirVersion::Dstu2 | FhirVersion::Stu3) {
@@ -650,7 +653,7 @@ mod tests {
             // Fewer bytes than announced.
             let (body, _) = RequestBody::upload(
                 frames(&[&bytes]),
-                &envelope(Some(n as u64 + 1), FhirVersion::R4),
+                envelope(Some(n as u64 + 1), FhirVersion::R4),
                 1 << 30,
                 1024,
             );
@@ -662,7 +665,7 @@ mod tests {
             // More.
             let (body, _) = RequestBody::upload(
                 frames(&[&bytes, b"x"]),
-                &envelope(Some(n as u64), FhirVersion::R4),
+                envelope(Some(n as u64), FhirVersion::R4),
                 1 << 30,
                 1024,
             );
@@ -671,7 +674,7 @@ mod tests {
             let mut client = frames(&[&bytes]);
             client.fail_at_end = true;
             let (body, watch) =
-                RequestBody::upload(client, &envelope(None, FhirVersion::R4), 1 << 30, 1024);
+                RequestBody::upload(client, envelope(None, FhirVersion::R4), 1 << 30, 1024);
             assert_eq!(broken(body).await, "connection reset");
             assert!(!too_large(&watch));
         }
@@ -679,7 +682,7 @@ mod tests {
         let bytes = sample(100);
         let (body, watch) = RequestBody::upload(
             frames(&[&bytes[..60], &bytes[60..]]),
-            &envelope(None, FhirVersion::R4),
+            envelope(None, FhirVersion::R4),
             99,
             1024,
         );
@@ -687,7 +690,7 @@ mod tests {
         assert!(too_large(&watch));
         let (body, watch) = RequestBody::upload(
             frames(&[&bytes]),
-            &envelope(None, FhirVersion::R4),
+            envelope(None, FhirVersion::R4),
             100,
             1024,
         );
@@ -839,7 +842,7 @@ mod tests {
                         other => panic!("{other:?}"),
                     };
                     let (body, _) =
-                        RequestBody::upload(body, &envelope, max_upload_size, 64 * 1024);
+                        RequestBody::upload(body, envelope.clone(), max_upload_size, 64 * 1024);
                     let mut builder =
                         ::http::Request::post(format!("http://{backend}/fhir/Binary"))
                             .header("content-type", envelope.json_media_type());

@@ -66,8 +66,8 @@ pub(crate) struct Envelope {
 
 impl Envelope {
     /// The Binary JSON up to the base64 text.
-    pub(crate) fn prefix(&self) -> &Bytes {
-        &self.prefix
+    pub(crate) fn into_prefix(self) -> Bytes {
+        self.prefix
     }
 
     /// The length of the prefix without the payload member's name (`,"data":"`).
@@ -286,16 +286,26 @@ fn envelope(
 /// Appends `text` as a JSON string: `"` and `\` escaped, control characters as `\u00XX`.
 fn push_json_string(out: &mut String, text: &str) {
     out.push('"');
-    for c in text.chars() {
+    let mut rest = text;
+    // The bytes looked for are ASCII: `at` is always on a character boundary.
+    while let Some(at) = rest
+        .bytes()
+        .position(|b| b == b'"' || b == b'\\' || b < b' ')
+    {
+        out.push_str(&rest[..at]);
+        let c = rest.as_bytes()[at];
         match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => {
-                out.push_str(&format!("\\u{:04x}", u32::from(c)));
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            _ => {
+                out.push_str("\\u00");
+                out.push(char::from(b"0123456789abcdef"[usize::from(c >> 4)]));
+                out.push(char::from(b"0123456789abcdef"[usize::from(c & 15)]));
             }
-            c => out.push(c),
         }
+        rest = &rest[at + 1..];
     }
+    out.push_str(rest);
     out.push('"');
 }
 
@@ -495,7 +505,7 @@ mod tests {
         if bytes.is_empty() {
             return envelope.empty_document().to_vec();
         }
-        let mut json = envelope.prefix().to_vec();
+        let mut json = envelope.clone().into_prefix().to_vec();
         json.extend_from_slice(
             base64::engine::general_purpose::STANDARD
                 .encode(bytes)

@@ -69,12 +69,10 @@ pub(crate) fn prepare<B>(
     };
     let (mut parts, body) = request.into_parts();
     let json_length = envelope.upload_length().map(|n| envelope.json_length(n));
-    let (body, watch) = RequestBody::upload(body, &envelope, options.max_upload_size, frame_size);
+    let json_media_type = envelope.json_media_type();
+    let (body, watch) = RequestBody::upload(body, envelope, options.max_upload_size, frame_size);
     let headers = &mut parts.headers;
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static(envelope.json_media_type()),
-    );
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(json_media_type));
     // A removal hashes the name even when it finds nothing: look at the few headers first.
     if headers.keys().any(|name| NOT_FOR_THE_JSON.contains(name)) {
         for name in NOT_FOR_THE_JSON {
