@@ -171,6 +171,9 @@ const DEEP_CAPTURE: usize = 64;
 /// Longest member name worth collecting; longer names are none of the captured ones.
 const MAX_KEY: usize = 32;
 
+/// The bit of `resourceType` in `Scanner::seen`: it is first in [`CAPTURED`].
+const RESOURCE_TYPE_SEEN: u32 = 1;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Route {
     Skip,
@@ -332,6 +335,9 @@ pub(crate) struct Scanner {
     /// payload members `data` and `content` after them), to find duplicates.
     seen: u32,
     payload_key: Option<PayloadElement>,
+    /// A `data` or `content` member that was not a string, met before `resourceType`: another
+    /// resource's element (a DocumentReference's `content` array), or an invalid Binary.
+    mistyped_payload: Option<PayloadElement>,
     payload_done: bool,
     mode: PayloadMode,
     decoder: Base64Decoder,
@@ -385,6 +391,7 @@ impl Scanner {
             members: Members::default(),
             seen: 0,
             payload_key: None,
+            mistyped_payload: None,
             payload_done: false,
             mode: PayloadMode::Pause,
             decoder: Base64Decoder::new(),
@@ -422,6 +429,12 @@ impl Scanner {
     /// Which payload member was met, if any.
     pub(crate) fn payload_key(&self) -> Option<PayloadElement> {
         self.payload_key
+    }
+
+    /// The `data` or `content` member read before `resourceType` whose value was not a
+    /// string: if the resource turns out to be a Binary, it is invalid.
+    pub(crate) fn mistyped_payload(&self) -> Option<PayloadElement> {
+        self.mistyped_payload
     }
 
     /// Whether the scanner is past the end of the payload string.
@@ -572,11 +585,20 @@ impl Scanner {
                     self.st = St::Value;
                     i += 1;
                 }
-                (St::Value, _) if self.route == Route::Payload => {
-                    if b != b'"' {
+                (St::Value, _) if self.route == Route::Payload && b != b'"' => {
+                    // Before `resourceType` it may be another resource's element: read it as
+                    // any other value, and let the resource type decide.
+                    if self.seen & RESOURCE_TYPE_SEEN != 0 {
                         let name = self.payload_key.map_or("data", PayloadElement::name);
                         return Err(self.err(i, format!("`{name}` is not a JSON string")));
                     }
+                    self.mistyped_payload = self.mistyped_payload.or(self.payload_key.take());
+                    self.route = Route::Skip;
+                    self.st = St::Nested;
+                    self.g = G::Value;
+                    self.start_value();
+                }
+                (St::Value, _) if self.route == Route::Payload => {
                     self.st = St::Payload;
                     self.payload_start = self.pos + i as u64;
                     i += 1;
@@ -1856,6 +1878,34 @@ mod tests {
     }
 
     #[test]
+    fn a_payload_name_that_is_not_a_string_before_the_resource_type_is_read_as_any_value() {
+        // A DocumentReference's `content` array, before its resourceType (sorted members).
+        let input = br#"{"content":[{"attachment":{"data":"aGk="}}],"resourceType":"DocumentReference"}"#;
+        for piece in 1..=input.len() {
+            let mut scanner = Scanner::new(LIMITS);
+            let mut out = BytesMut::new();
+            for chunk in input.chunks(piece) {
+                let mut rest = chunk;
+                while !rest.is_empty() {
+                    let (n, event) = scanner.feed(rest, &mut out).unwrap();
+                    assert_ne!(event, Event::PayloadStart);
+                    rest = &rest[n..];
+                }
+            }
+            scanner.finish().unwrap();
+            assert_eq!(scanner.payload_key(), None);
+            assert_eq!(scanner.mistyped_payload(), Some(PayloadElement::Content));
+            assert_eq!(
+                scanner.members().value("resourceType").unwrap(),
+                "DocumentReference"
+            );
+        }
+        // Once the resource is known to be something, the payload's type is checked at once.
+        let e = error(r#"{"resourceType":"Patient","data":{"a":1}}"#);
+        assert!(e.message().contains("`data` is not a JSON string"), "{e}");
+    }
+
+    #[test]
     fn skip_and_validate_find_the_end_of_the_payload() {
         let input = br#"{"data":"AA\"\\\u0022A=","id":"x"}"#;
         let found = scan_all_ways(input, PayloadMode::Skip).unwrap();
@@ -1890,7 +1940,11 @@ mod tests {
             ("{\"a\":1} x", "after the end", 8),
             ("{\"a\":1", "ends before the JSON object is closed", 6),
             ("{\"data\":\"QQ==", "ends inside `data`", 13),
-            ("{\"data\":1}", "`data` is not a JSON string", 8),
+            (
+                "{\"resourceType\":\"Binary\",\"data\":1}",
+                "`data` is not a JSON string",
+                32,
+            ),
             ("{\"id\":\"a\",\"id\":\"b\"}", "duplicate member `id`", 14),
             (
                 "{\"data\":\"\",\"content\":\"\"}",

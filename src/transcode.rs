@@ -292,6 +292,12 @@ impl Transcoder {
                     if raw == b"\"Binary\""
                         || members.str(Member::ResourceType).as_deref() == Some("Binary") =>
                 {
+                    if let Some(payload) = self.scanner.mistyped_payload() {
+                        return Some(Head::Invalid(ScanError::new(
+                            format!("`{}` is not a JSON string", payload.name()),
+                            self.scanner.position(),
+                        )));
+                    }
                     self.is_binary = true;
                 }
                 // Some other resource: FHIR JSON or XML are its only representations.

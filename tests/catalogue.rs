@@ -160,6 +160,16 @@ fn catalogue() -> Vec<Case> {
             BadGateway("`data` is not a JSON string"),
         ),
         case(
+            "payload-not-a-string-before-resource-type",
+            r#"{"data":["SGVsbG8="],"resourceType":"Binary","contentType":"text/plain"}"#,
+            BadGateway("`data` is not a JSON string"),
+        ),
+        case(
+            "content-array-before-resource-type",
+            r#"{"content":[{"attachment":{"data":"SGVsbG8="}}],"resourceType":"DocumentReference","status":"current"}"#,
+            PassThrough,
+        ),
+        case(
             "base64-bad-character",
             binary(r#""SGVs-G8=""#),
             Broken("invalid base64 character '-' (0x2d) at position 4"),

@@ -4,6 +4,9 @@ mod common;
 
 use common::*;
 use http::StatusCode;
+use tower::ServiceExt;
+use tower_fhir_binary::BinaryNegotiationLayer;
+use tower_layer::Layer;
 
 /// A Binary whose document is `Hello`, with this `contentType`, fetched as the document.
 async fn hello_as(content_type: &str, how: Split) -> Got {
@@ -84,5 +87,49 @@ async fn non_ascii_content_type_text_is_served_only_inside_a_quoted_parameter() 
             "{content_type:?}: {}",
             got.diagnostics()
         );
+    }
+}
+
+/// Members sorted by name (PostgreSQL's `jsonb`, `sort_keys`, `jq -S`) put a
+/// DocumentReference's `content` array before its `resourceType`. The layer took `content`
+/// for a Binary's payload and answered 502 "not a JSON string" when it negotiated every route.
+/// Before `resourceType`, a `data` or `content` that is not a string is now read as any other
+/// value; a Binary that turns out to carry one is still refused.
+#[tokio::test]
+async fn a_payload_name_before_the_resource_type_is_not_taken_for_a_binarys_payload() {
+    let sorted = r#"{"content":[{"attachment":{"contentType":"text/plain","data":"aGk="}}],"resourceType":"DocumentReference","status":"current"}"#;
+    let layer = BinaryNegotiationLayer::new().select_all();
+    let call = |legacy: Legacy, request: http::Request<()>| {
+        let service = layer.layer(legacy);
+        async move { read(service.oneshot(request).await.unwrap()).await }
+    };
+    for how in splits(sorted.len()) {
+        let legacy = || Legacy::binary(sorted.as_bytes().to_vec(), how.clone());
+        for accept in [&[][..], &["application/fhir+json"], &["*/*"]] {
+            let got = call(legacy(), request("GET", "/DocumentReference/1", accept)).await;
+            assert_eq!(got.status, StatusCode::OK, "{how:?} {accept:?}");
+            assert_eq!(got.bytes().as_ref(), sorted.as_bytes(), "{how:?}");
+        }
+        let got = call(legacy(), request("GET", "/DocumentReference/1?_format=xml", &[])).await;
+        assert_eq!(got.status, StatusCode::OK, "{how:?}");
+        assert_eq!(
+            got.bytes().as_ref(),
+            concat!(
+                r#"<?xml version="1.0" encoding="UTF-8"?><DocumentReference xmlns="http://hl7.org/fhir">"#,
+                r#"<status value="current"/><content><attachment><contentType value="text/plain"/>"#,
+                r#"<data value="aGk="/></attachment></content></DocumentReference>"#
+            )
+            .as_bytes(),
+            "{how:?}"
+        );
+    }
+    for binary in [
+        r#"{"data":["aGk="],"resourceType":"Binary","contentType":"text/plain"}"#,
+        r#"{"content":{"a":1},"contentType":"text/plain","resourceType":"Binary"}"#,
+    ] {
+        for how in splits(binary.len()) {
+            let got = get(binary.as_bytes(), how.clone()).await;
+            assert_bad_gateway(&got, "is not a JSON string", &format!("{binary} {how:?}"));
+        }
     }
 }

@@ -444,6 +444,8 @@ pub fn reference(body: &[u8], mode: Mode, limits: &Limits, ends: &[usize]) -> Ex
         seen: Vec::new(),
         resource_type: None,
         content_type: None,
+        payload_key: None,
+        mistyped: None,
         payload: None,
         payload_done: false,
         captured: 0,
@@ -490,6 +492,10 @@ struct Walk<'a> {
     seen: Vec<String>,
     resource_type: Option<Value>,
     content_type: Option<Value>,
+    /// The payload member met (a string).
+    payload_key: Option<String>,
+    /// A `data` or `content` that was not a string, met before `resourceType`.
+    mistyped: Option<String>,
     /// The payload, decoded or why not (checked only when the document is served).
     payload: Option<Result<Vec<u8>, String>>,
     payload_done: bool,
@@ -561,14 +567,21 @@ impl Walk<'_> {
     fn payload_member(&mut self, key: &str, at: usize) -> Result<usize, String> {
         let body = self.body;
         let other = if key == "data" { "content" } else { "data" };
-        if self.seen.iter().any(|k| k == other) {
+        if self.payload_key.as_deref() == Some(other) {
             return Err("both `data` and `content`".into());
         }
         match body.get(at) {
             Some(b'"') => {}
+            // Before `resourceType`: maybe another resource's element (a DocumentReference's
+            // `content` array), read as any value; a Binary is refused once it says so.
+            Some(_) if self.resource_type.is_none() => {
+                self.mistyped.get_or_insert_with(|| key.to_owned());
+                return self.other_member(key, false, at);
+            }
             Some(_) => return Err(format!("`{key}` is not a JSON string")),
             None => return Err("the body ends early".into()),
         }
+        self.payload_key = Some(key.to_owned());
         self.payload = Some(Err("not read".into()));
         self.decide(Event::PayloadStart, at + 1);
         let end = skip_string(body, at).ok_or("the body ends inside the payload")?;
@@ -642,7 +655,9 @@ impl Walk<'_> {
         }
         let decision = match &self.resource_type {
             Some(Value::String(rt)) if rt == "Binary" => {
-                if event == Event::End && self.payload.is_none() {
+                if let Some(key) = &self.mistyped {
+                    Some(Decided::Reject(format!("`{key}` is not a JSON string")))
+                } else if event == Event::End && self.payload.is_none() {
                     Some(Decided::PassThrough)
                 } else if event != Event::PayloadStart && !self.payload_done {
                     None
