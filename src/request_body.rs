@@ -582,7 +582,8 @@ mod tests {
                 for (announced, frame_size) in [(true, 64 * 1024), (false, 8), (true, 4)] {
                     let envelope = envelope(announced.then_some(n as u64), FhirVersion::R4);
                     let client = frames(&[&bytes[..at], &bytes[at..]]);
-                    let (body, watch) = RequestBody::upload(client, envelope.clone(), 1 << 30, frame_size);
+                    let (body, watch) =
+                        RequestBody::upload(client, envelope.clone(), 1 << 30, frame_size);
                     assert_eq!(watch.is_some(), !announced);
                     let json = read_all(body, frame_size).await.unwrap();
                     assert_eq!(

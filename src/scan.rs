@@ -1880,7 +1880,8 @@ mod tests {
     #[test]
     fn a_payload_name_that_is_not_a_string_before_the_resource_type_is_read_as_any_value() {
         // A DocumentReference's `content` array, before its resourceType (sorted members).
-        let input = br#"{"content":[{"attachment":{"data":"aGk="}}],"resourceType":"DocumentReference"}"#;
+        let input =
+            br#"{"content":[{"attachment":{"data":"aGk="}}],"resourceType":"DocumentReference"}"#;
         for piece in 1..=input.len() {
             let mut scanner = Scanner::new(LIMITS);
             let mut out = BytesMut::new();

@@ -110,7 +110,11 @@ async fn a_payload_name_before_the_resource_type_is_not_taken_for_a_binarys_payl
             assert_eq!(got.status, StatusCode::OK, "{how:?} {accept:?}");
             assert_eq!(got.bytes().as_ref(), sorted.as_bytes(), "{how:?}");
         }
-        let got = call(legacy(), request("GET", "/DocumentReference/1?_format=xml", &[])).await;
+        let got = call(
+            legacy(),
+            request("GET", "/DocumentReference/1?_format=xml", &[]),
+        )
+        .await;
         assert_eq!(got.status, StatusCode::OK, "{how:?}");
         assert_eq!(
             got.bytes().as_ref(),
