@@ -351,6 +351,8 @@ impl Tokenizer {
         let at = self.offset;
         if !self.streaming {
             self.streaming = true;
+            // `scratch` may still hold the last escaped string handed out whole.
+            self.scratch.clear();
             handler(Token::StringStart).map_err(FeedError::Handler)?;
         }
         let consumed = match unescape_prefix(&self.partial_bytes, &mut self.scratch) {
@@ -770,6 +772,27 @@ mod tests {
             Ok(()) => Ok(all),
             Err(FeedError::Json(e)) => Err(e),
             Err(FeedError::Handler(())) => unreachable!(),
+        }
+    }
+
+    /// Found by the `resource_xml` fuzz target: a long string after a short one with an
+    /// escape began with the short one's text.
+    #[test]
+    fn a_long_string_after_an_escaped_one_is_only_itself() {
+        let doc = br#"["a\u0026b", "0123456789\u003c"]"#;
+        let expected = vec![
+            Owned::BeginArray,
+            Owned::String("a&b".into()),
+            Owned::String("0123456789<".into()),
+            Owned::EndArray,
+        ];
+        for split in 0..=doc.len() {
+            let (a, b) = doc.split_at(split);
+            assert_eq!(
+                joined_tokens(&[a, b], 8).unwrap(),
+                expected,
+                "split at {split}"
+            );
         }
     }
 
