@@ -306,3 +306,78 @@ async fn a_binary_read_natively_is_unchanged_byte_for_byte() {
     })
     .await
 }
+
+/// A child process, stopped when the test ends, passed or failed.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The binary, started with `env` in front of `upstream`, until `test` has run with its URL.
+async fn with_binary(upstream: &Upstream, env: &[(&str, &str)], test: impl AsyncFnOnce(&str)) {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fhir-binary-proxy"));
+    command
+        .args(["--listen", "127.0.0.1:0", "--upstream", &upstream.base])
+        .env("RUST_LOG", "off")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = KillOnDrop(command.spawn().unwrap());
+    let stdout = child.0.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let url = line
+        .strip_prefix("fhir-binary-proxy listening on ")
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_owned();
+    test(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_rewrites_by_default_and_not_with_the_environment_variable() {
+    bounded(async {
+        let upstream = start_upstream().await;
+        let fetch = async |url: &str| {
+            let request = Request::get(format!("{url}/Binary?_count=2"))
+                .header("accept", "application/fhir+json")
+                .body(Full::<Bytes>::default())
+                .unwrap();
+            let response = Client::builder(TokioExecutor::new())
+                .build_http()
+                .request(request)
+                .await
+                .unwrap();
+            response.into_body().collect().await.unwrap().to_bytes()
+        };
+        with_binary(&upstream, &[], async |url| {
+            let bundle: Value = serde_json::from_slice(&fetch(url).await).unwrap();
+            assert_rebased(&bundle, &upstream, url);
+        })
+        .await;
+        for value in ["true", "1"] {
+            with_binary(
+                &upstream,
+                &[("FHIR_BINARY_PROXY_NO_REWRITE_BODY_URLS", value)],
+                async |url| assert_eq!(fetch(url).await, upstream.bundle().as_bytes()),
+            )
+            .await;
+        }
+    })
+    .await
+}

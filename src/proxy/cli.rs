@@ -515,6 +515,16 @@ mod tests {
         assert!(args.upstream.is_none());
         assert_eq!(args.fhir_version, FhirVersion::R4);
         assert_eq!(args.connect_timeout, Duration::from_secs(5));
+        assert!(
+            args.options("http://u/fhir".parse().unwrap())
+                .rewrite_body_urls
+        );
+        let args = Args::try_parse_from(["fhir-binary-proxy", "--no-rewrite-body-urls"]).unwrap();
+        assert!(
+            !args
+                .options("http://u/fhir".parse().unwrap())
+                .rewrite_body_urls
+        );
 
         let args = Args::try_parse_from([
             "fhir-binary-proxy",
