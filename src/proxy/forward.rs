@@ -469,11 +469,11 @@ impl Shared {
         B: Body<Data = Bytes, Error = BoxError> + Send + 'static,
     {
         parts.headers.remove(CONTENT_LENGTH);
-        if !body
+        let small = body
             .size_hint()
             .exact()
-            .is_some_and(|n| n <= READ_WHOLE_LIMIT)
-        {
+            .is_some_and(|n| n <= READ_WHOLE_LIMIT);
+        if !small {
             let body = RewrittenBody::new(body, rewriter);
             return Response::from_parts(parts, body.boxed_unsync());
         }
