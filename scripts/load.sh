@@ -7,7 +7,9 @@
 # the ratio of each round and their median are printed.
 #
 # With BASELINE=/path/to/another/fhir-binary-proxy, the two compared are that binary and this
-# tree's, both serving the Binary natively (e.g. before and after a change).
+# tree's, both serving the Binary natively (e.g. before and after a change). BASELINE_ARGS adds
+# flags to the baseline's command line: BASELINE=target/release/fhir-binary-proxy
+# BASELINE_ARGS=--no-rewrite-body-urls compares this tree with and without a feature.
 #
 #   scripts/load.sh [seconds per run, default 10] [connections, default 32] [rounds, default 3]
 set -euo pipefail
@@ -19,8 +21,13 @@ rounds="${3:-3}"
 port="${LOAD_PORT:-18080}"
 
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
-cargo build -q --release --features proxy --bin fhir-binary-proxy
-current="${CARGO_TARGET_DIR:-target}/release/fhir-binary-proxy"
+# CURRENT=/path/to/fhir-binary-proxy runs that binary as this tree's, without building.
+if [ -n "${CURRENT:-}" ]; then
+  current="$CURRENT"
+else
+  cargo build -q --release --features proxy --bin fhir-binary-proxy
+  current="${CARGO_TARGET_DIR:-target}/release/fhir-binary-proxy"
+fi
 
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null || true; done' EXIT
@@ -29,7 +36,8 @@ trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null || 
 # creates a 4 KiB Binary through it and sets `started` to the Binary's URL.
 start() {
   local binary="$1" port="$2" base="http://127.0.0.1:$2"
-  RUST_LOG=off "$binary" --listen "127.0.0.1:${port}" >/dev/null 2>&1 &
+  shift 2
+  RUST_LOG=off "$binary" --listen "127.0.0.1:${port}" "$@" >/dev/null 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do
     curl -sf "${base}/metadata" >/dev/null 2>&1 && break
@@ -51,7 +59,8 @@ start() {
 if [ -n "${BASELINE:-}" ]; then
   a_name="baseline"
   b_name="current"
-  start "$BASELINE" "$port"
+  # shellcheck disable=SC2086 # BASELINE_ARGS is a list of flags
+  start "$BASELINE" "$port" ${BASELINE_ARGS:-}
   a_url="$started"
   start "$current" "$((port + 1))"
   b_url="$started"

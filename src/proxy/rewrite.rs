@@ -2,9 +2,9 @@
 //! upstream base URL (followed by `/`, `?`, `#` or the end of the string) begins with the
 //! proxy's public base instead, as the body streams through.
 //!
-//! Only the start of each string is compared, so the cost is a search for the next `"` between
-//! strings and for the next `"` or `\` inside them (memchr): the base64 of a Binary is crossed
-//! at that speed and never changed. A `/` of the base may be escaped as `\/` (as PHP writes
+//! Only the start of each string is compared, so the cost is a search for the next `"`
+//! (memchr), inside strings as between them: the base64 of a Binary is crossed at that speed,
+//! escaped or not, and never changed. A `/` of the base may be escaped as `\/` (as PHP writes
 //! JSON). At most the escaped base (and the character after it) is held across frames. Member
 //! names are strings too; FHIR's never begin with a URL.
 
@@ -19,7 +19,7 @@ enum State {
     /// `held` when they came in earlier frames); `escape` after a `\` that must be followed by
     /// `/`.
     Start { matched: usize, escape: bool },
-    /// Inside a string that does not begin with the base.
+    /// Inside a string that does not begin with the base (not after a `\`).
     Inside,
     /// Inside a string, after a `\`.
     Escaped,
@@ -128,17 +128,11 @@ impl UrlRewriter {
                     }
                     None => at = bytes.len(),
                 },
-                State::Inside => match memchr::memchr2(b'"', b'\\', &bytes[at..]) {
-                    Some(i) => {
-                        at += i + 1;
-                        self.state = if bytes[at - 1] == b'"' {
-                            State::Outside
-                        } else {
-                            State::Escaped
-                        };
-                    }
-                    None => at = bytes.len(),
-                },
+                State::Inside => {
+                    let (end, state) = string_end(bytes, at);
+                    at = end;
+                    self.state = state;
+                }
                 State::Escaped => {
                     at += 1;
                     self.state = State::Inside;
@@ -227,6 +221,37 @@ impl UrlRewriter {
         self.state = State::Start { matched, escape };
         Decision::Open
     }
+}
+
+/// Where the string that `bytes[at..]` is inside of ends: after its closing quote (then
+/// `Outside`), or at the end of `bytes` (`Inside`, or `Escaped` after a trailing `\`).
+/// `bytes[at]` is not escaped.
+///
+/// Only quotes are searched for (memchr): a quote is the string's end when an even number of
+/// backslashes comes before it. So a string full of `\/` (PHP's base64 escapes a `/` about
+/// every 64 characters) is crossed in one search, as plain base64 is.
+fn string_end(bytes: &[u8], at: usize) -> (usize, State) {
+    let backslashes_before = |end: usize| {
+        bytes[at..end]
+            .iter()
+            .rev()
+            .take_while(|&&b| b == b'\\')
+            .count()
+    };
+    let mut from = at;
+    while let Some(i) = memchr::memchr(b'"', &bytes[from..]) {
+        let quote = from + i;
+        if backslashes_before(quote) % 2 == 0 {
+            return (quote + 1, State::Outside);
+        }
+        from = quote + 1;
+    }
+    let state = if backslashes_before(bytes.len()) % 2 == 1 {
+        State::Escaped
+    } else {
+        State::Inside
+    };
+    (bytes.len(), state)
 }
 
 /// The output of one [`UrlRewriter::push`]: the input as it is until something changes, then
@@ -536,6 +561,39 @@ mod tests {
             return raw.to_owned();
         }
         format!("{PUBLIC}{after}")
+    }
+
+    #[test]
+    fn string_ends_found_in_blocks_are_those_a_byte_loop_finds() {
+        fn naive(bytes: &[u8], at: usize) -> (usize, State) {
+            let mut escaped = false;
+            for (j, &b) in bytes.iter().enumerate().skip(at) {
+                if escaped {
+                    escaped = false;
+                } else if b == b'\\' {
+                    escaped = true;
+                } else if b == b'"' {
+                    return (j + 1, State::Outside);
+                }
+            }
+            let state = if escaped {
+                State::Escaped
+            } else {
+                State::Inside
+            };
+            (bytes.len(), state)
+        }
+        let pieces = ["QUJD", "a", "\\/", "\\\\", "\\\"", "\\u00e9", "\"", "\\"];
+        let mut rng = Rng(11);
+        for _ in 0..20_000 {
+            let mut text = String::new();
+            for _ in 0..rng.below(60) {
+                text.push_str(rng.pick(&pieces));
+            }
+            let bytes = text.as_bytes();
+            let at = rng.below(bytes.len() + 1);
+            assert_eq!(string_end(bytes, at), naive(bytes, at), "{text} from {at}");
+        }
     }
 
     #[test]
