@@ -164,7 +164,6 @@ async fn metrics_count_requests_bytes_errors_and_connections() {
             o.max_connections = 2
         })
         .await;
-        let base = format!("http://{}", proxy.local_addr());
         // One connection, kept alive. (A pooled client may open a second one when the first is
         // not back in its pool yet, which the proxy would count or refuse.)
         let stream = TcpStream::connect(proxy.local_addr()).await.unwrap();
