@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::builder::{BoolishValueParser, PossibleValuesParser, TypedValueParser};
 use clap::{Parser, ValueEnum};
 use http::Uri;
 use tokio::net::TcpListener;
@@ -119,6 +119,12 @@ pub(crate) struct Args {
     /// client connected to).
     #[arg(long, value_name = "URL", env = "FHIR_BINARY_PROXY_PUBLIC_BASE_URL")]
     pub(crate) public_base_url: Option<Uri>,
+
+    /// Leave the upstream's URLs in JSON response bodies as they are (by default, JSON strings
+    /// that begin with the upstream base URL, such as a search Bundle's fullUrl and link.url,
+    /// are rewritten to the proxy's base, like Location).
+    #[arg(long, env = "FHIR_BINARY_PROXY_NO_REWRITE_BODY_URLS", value_parser = BoolishValueParser::new())]
+    pub(crate) no_rewrite_body_urls: bool,
 
     /// Host values (name or name:port) Location may be rewritten to, comma-separated; `*` for
     /// any (clients then choose where rewritten URLs point).
@@ -251,6 +257,7 @@ impl Args {
         options.response_timeout = self.response_timeout;
         options.upstream_idle_timeout = self.upstream_idle_timeout;
         options.public_base_url = self.public_base_url.clone();
+        options.rewrite_body_urls = !self.no_rewrite_body_urls;
         options.allowed_hosts = self.allowed_hosts.clone();
         options.trusted_proxies = self.trusted_proxies.clone();
         options.header_read_timeout = self.header_read_timeout;
@@ -508,6 +515,16 @@ mod tests {
         assert!(args.upstream.is_none());
         assert_eq!(args.fhir_version, FhirVersion::R4);
         assert_eq!(args.connect_timeout, Duration::from_secs(5));
+        assert!(
+            args.options("http://u/fhir".parse().unwrap())
+                .rewrite_body_urls
+        );
+        let args = Args::try_parse_from(["fhir-binary-proxy", "--no-rewrite-body-urls"]).unwrap();
+        assert!(
+            !args
+                .options("http://u/fhir".parse().unwrap())
+                .rewrite_body_urls
+        );
 
         let args = Args::try_parse_from([
             "fhir-binary-proxy",

@@ -10,9 +10,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_LOCATION, HOST, LOCATION};
+use http::header::{
+    HeaderValue, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH,
+    CONTENT_LOCATION, CONTENT_TYPE, HOST, LOCATION,
+};
+use http::response::Parts;
 use http::uri::{PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
@@ -31,9 +35,12 @@ use super::headers::{
 };
 use super::limits::{
     CompressedBytes, CountedBody, InflateLimitBody, InflateLimits, LimitedBody, StallBody, Tripped,
+    UpstreamStalled,
 };
 use super::metrics::Metrics;
 use super::outcome::outcome_response;
+use super::rewrite::{json_escaped, UrlRewriter};
+use super::rewrite_body::RewrittenBody;
 use super::server::ConnInfo;
 use super::tls;
 use super::ProxyOptions;
@@ -94,6 +101,11 @@ struct Shared {
     base_path: String,
     rebase: Rebase,
     public_base: Option<String>,
+    /// The upstream base that JSON bodies are rewritten from (credentials left out), when
+    /// [`ProxyOptions::rewrite_body_urls`] is on.
+    body_base: Option<Bytes>,
+    /// `public_base`, JSON-escaped.
+    public_base_json: Option<Bytes>,
     allowed_hosts: AllowedHosts,
     trusted_proxies: TrustedProxies,
     response_timeout: Duration,
@@ -198,6 +210,15 @@ impl Forward {
                 authorization,
                 base_path: upstream.path().trim_end_matches('/').to_owned(),
                 rebase: Rebase::new(&without_user_info),
+                body_base: options.rewrite_body_urls.then(|| {
+                    Bytes::from(
+                        without_user_info
+                            .to_string()
+                            .trim_end_matches('/')
+                            .to_owned(),
+                    )
+                }),
+                public_base_json: public_base.as_deref().map(json_escaped),
                 public_base,
                 allowed_hosts: AllowedHosts::new(&options.allowed_hosts),
                 trusted_proxies: TrustedProxies::parse(&options.trusted_proxies)?,
@@ -215,6 +236,24 @@ impl Forward {
             }),
         })
     }
+}
+
+/// The size up to which a JSON body whose URLs are rewritten is read whole before the head: the
+/// layer's default `read_whole_limit`, below which it serves a Binary with its length.
+const READ_WHOLE_LIMIT: u64 = 256 * 1024;
+
+/// Whether a response has a JSON body whose URLs may be rewritten: a JSON content type, not
+/// compressed (an encoding the proxy could not undo), and neither a range nor bodiless.
+fn has_json_to_rewrite(parts: &Parts) -> bool {
+    !matches!(
+        parts.status,
+        StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED | StatusCode::PARTIAL_CONTENT
+    ) && !parts.headers.contains_key(CONTENT_ENCODING)
+        && parts
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(crate::head::is_fhir_json)
 }
 
 /// `Basic` credentials for `user:password` (percent-encoded, as in a URL).
@@ -273,6 +312,7 @@ impl Shared {
         B::Error: Into<BoxError>,
     {
         let (mut parts, body) = request.into_parts();
+        let is_head = parts.method == Method::HEAD;
         let host = client_host(&parts.headers, &parts.uri);
         let conn = parts.extensions.get::<ConnInfo>().copied();
         let stall = parts
@@ -398,7 +438,71 @@ impl Shared {
             stall,
             self.metrics.clone(),
         );
-        Response::from_parts(parts, body.boxed_unsync())
+        match &self.body_base {
+            Some(base) if !public_base.is_empty() && has_json_to_rewrite(&parts) => {
+                if is_head {
+                    // The body a GET would have is rewritten: its length is not known.
+                    parts.headers.remove(CONTENT_LENGTH);
+                    return Response::from_parts(parts, body.boxed_unsync());
+                }
+                let replacement = match &self.public_base_json {
+                    Some(json) => json.clone(),
+                    None => json_escaped(&public_base),
+                };
+                self.rewritten(parts, body, UrlRewriter::new(base.clone(), replacement))
+                    .await
+            }
+            _ => Response::from_parts(parts, body.boxed_unsync()),
+        }
+    }
+
+    /// The response with the upstream's URLs in its JSON body rewritten. A body of known size
+    /// up to [`READ_WHOLE_LIMIT`] is read whole first, so that the response still says its
+    /// length (and the layer can still serve a small Binary with its length); others stream.
+    async fn rewritten<B>(
+        &self,
+        mut parts: Parts,
+        body: B,
+        mut rewriter: UrlRewriter,
+    ) -> Response<ForwardBody>
+    where
+        B: Body<Data = Bytes, Error = BoxError> + Send + 'static,
+    {
+        parts.headers.remove(CONTENT_LENGTH);
+        let small = body
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n <= READ_WHOLE_LIMIT);
+        if !small {
+            let body = RewrittenBody::new(body, rewriter);
+            return Response::from_parts(parts, body.boxed_unsync());
+        }
+        let whole = match body.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<UpstreamStalled>() => {
+                return self.outcome(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout",
+                    &format!("the upstream FHIR server stopped sending its answer: {e}"),
+                )
+            }
+            Err(e) => {
+                return self.outcome(
+                    StatusCode::BAD_GATEWAY,
+                    "transient",
+                    &format!("the upstream FHIR server's answer broke off: {e}"),
+                )
+            }
+        };
+        let mut out = rewriter.push(whole);
+        let rest = rewriter.finish();
+        if !rest.is_empty() {
+            out = [out, rest].concat().into();
+        }
+        parts
+            .headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
+        Response::from_parts(parts, Full::new(out).map_err(|e| match e {}).boxed_unsync())
     }
 
     /// Sends `request` upstream. (Boxed outside of `forward` so that the compiler checks the

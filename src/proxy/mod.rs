@@ -22,14 +22,14 @@
 //!   compressed Binary can still be served natively;
 //! - `Location` and `Content-Location` pointing into the upstream base are rewritten to the
 //!   proxy's base ([`ProxyOptions::public_base_url`], or the `Host` the client addressed when
-//!   it is one of [`ProxyOptions::allowed_hosts`], or the address it connected to);
+//!   it is one of [`ProxyOptions::allowed_hosts`], or the address it connected to), and so are
+//!   the JSON strings of a JSON response body that begin with the upstream base (a search
+//!   Bundle's `fullUrl`s and `link.url`s, references), unless
+//!   [`ProxyOptions::rewrite_body_urls`] is off;
 //! - an upstream that cannot be reached is answered with 502 Bad Gateway, one that does not
 //!   answer in time with 504 Gateway Timeout, both with a FHIR JSON OperationOutcome;
 //! - each request is logged with `tracing` at `INFO` (target `fhir_binary_proxy`): method,
 //!   path, representation, status, bytes sent and duration.
-//!
-//! Resource bodies are not rewritten: absolute URLs inside a search Bundle still name the
-//! upstream.
 //!
 //! Programs can run the proxy (or the demo backend, [`start_demo`]) in-process:
 //!
@@ -57,6 +57,8 @@ mod log;
 mod metrics;
 mod ops;
 mod outcome;
+mod rewrite;
+mod rewrite_body;
 mod server;
 mod tls;
 
@@ -116,6 +118,13 @@ pub struct ProxyOptions {
     /// used when that host is in [`allowed_hosts`](Self::allowed_hosts), else to the address
     /// the client connected to.
     pub public_base_url: Option<Uri>,
+    /// Whether JSON strings in JSON response bodies (`application/fhir+json`,
+    /// `application/json+fhir`, `application/json`) that begin with the upstream base URL
+    /// (credentials left out; followed by `/`, `?`, `#` or the string's end) are rewritten to
+    /// begin with the proxy's base, the same one `Location` is rewritten to (default true).
+    /// The rewriting happens before the negotiation layer, so FHIR JSON, FHIR XML and native
+    /// responses (`X-Security-Context`) all name the proxy.
+    pub rewrite_body_urls: bool,
     /// The `Host` values (`name` or `name:port`, compared without case) that may be used to
     /// rewrite `Location`; `*` allows any (which lets clients choose where the rewritten URLs
     /// point). Empty by default.
@@ -175,6 +184,7 @@ impl ProxyOptions {
             response_timeout: Duration::from_secs(60),
             upstream_idle_timeout: Duration::from_secs(60),
             public_base_url: None,
+            rewrite_body_urls: true,
             allowed_hosts: Vec::new(),
             trusted_proxies: Vec::new(),
             header_read_timeout: Duration::from_secs(30),
