@@ -57,7 +57,7 @@ impl ResourceTranscoder {
     /// A driver for one response, in the configured release, within its reorder limit.
     pub(crate) fn new(config: &Config) -> Self {
         let limits = ConvertLimits {
-            reorder_limit: config.reorder_buffer_limit,
+            reorder_limit: config.xml_reorder_limit(),
             max_depth: config.limits.max_depth,
         };
         ResourceTranscoder {
