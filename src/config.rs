@@ -11,6 +11,8 @@ pub(crate) struct Config {
     pub(crate) fhir_version: FhirVersion,
     pub(crate) limits: ScanLimits,
     pub(crate) reorder_buffer_limit: usize,
+    /// For FHIR XML, when set; else `reorder_buffer_limit`.
+    pub(crate) xml_reorder_limit: Option<usize>,
     pub(crate) read_whole_limit: usize,
     pub(crate) frame_size: usize,
     pub(crate) native_when_not_acceptable: bool,
@@ -46,12 +48,20 @@ impl Default for Config {
                 max_metadata: 64 * 1024,
             },
             reorder_buffer_limit: 4 * 1024 * 1024,
+            xml_reorder_limit: None,
             read_whole_limit: 256 * 1024,
             frame_size: 64 * 1024,
             native_when_not_acceptable: false,
             security_policy: SecurityPolicy::Standard,
             uploads: UploadOptions::default(),
         }
+    }
+}
+
+impl Config {
+    /// The most of the inner body held to put FHIR XML in element order.
+    pub(crate) fn xml_reorder_limit(&self) -> usize {
+        self.xml_reorder_limit.unwrap_or(self.reorder_buffer_limit)
     }
 }
 
@@ -78,6 +88,24 @@ macro_rules! option_methods {
         /// limit is answered with 502 Bad Gateway.
         pub fn reorder_buffer_limit(mut self, bytes: usize) -> Self {
             self.config.reorder_buffer_limit = bytes;
+            self
+        }
+
+        /// The most of the inner body held to write FHIR XML in element order (default: the
+        /// [`reorder_buffer_limit`](Self::reorder_buffer_limit), 4 MiB).
+        ///
+        /// FHIR XML writes a Binary's `id`, `meta`, `contentType` and `securityContext` before its
+        /// payload, and another resource's elements in definition order; the JSON may have them
+        /// later (the HL7 examples put `meta` after `data`). So the layer reads a Binary up to this
+        /// far before writing its XML, and holds up to this much of another resource to reorder
+        /// it. A Binary whose payload goes on past the limit is streamed with the elements known
+        /// by then; one that shows an element XML needs earlier only after that breaks the
+        /// transfer rather than leave the element out. Everything held stays in memory until the
+        /// client has read what comes before it: a server with slow clients bounds its memory per
+        /// response with this. The members before a Binary's payload are always read (they are
+        /// bounded by [`max_metadata_size`](Self::max_metadata_size)).
+        pub fn xml_reorder_limit(mut self, bytes: usize) -> Self {
+            self.config.xml_reorder_limit = Some(bytes);
             self
         }
 

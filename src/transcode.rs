@@ -87,6 +87,8 @@ pub(crate) struct Transcoder {
     fixed: Option<Decision>,
     limits: ScanLimits,
     reorder_limit: usize,
+    /// Held while reading on for the elements FHIR XML writes before the payload.
+    xml_reorder_limit: usize,
     frame_size: usize,
     native_when_not_acceptable: bool,
     /// Whether the raw document is only counted (HEAD), not produced.
@@ -147,6 +149,7 @@ impl Transcoder {
             preference,
             limits: config.limits,
             reorder_limit: config.reorder_buffer_limit,
+            xml_reorder_limit: config.xml_reorder_limit(),
             frame_size: config.frame_size,
             native_when_not_acceptable: config.native_when_not_acceptable,
             count_only,
@@ -165,6 +168,13 @@ impl Transcoder {
             fhir_version: config.fhir_version,
             out: BytesMut::new(),
         }
+    }
+
+    /// The inner body has `length` bytes and is read whole before the head goes out: FHIR XML
+    /// may hold all of it, whatever its own reorder limit.
+    pub(crate) fn read_whole(&mut self, length: u64) {
+        let length = usize::try_from(length).unwrap_or(usize::MAX);
+        self.xml_reorder_limit = self.xml_reorder_limit.max(length);
     }
 
     /// Bytes of the inner body the scanner has consumed.
@@ -263,7 +273,15 @@ impl Transcoder {
                 });
             }
         }
-        if self.held_len > self.reorder_limit {
+        let limit = match self.phase {
+            // Streaming can start only inside the payload; the members before it are bounded
+            // by the scanner's metadata limit.
+            Phase::AwaitingElements if self.scanner.payload_key().is_some() => {
+                self.xml_reorder_limit
+            }
+            _ => self.reorder_limit,
+        };
+        if self.held_len > limit {
             if self.phase == Phase::AwaitingElements {
                 // Too large to hold until the end: write the XML with the elements known so
                 // far. An element that XML needs before the payload and that only shows up
@@ -760,6 +778,15 @@ mod tests {
     /// Feeds `frames` until the head is decided, then the rest; returns the head, the frames
     /// fed before it was decided, and the output.
     fn run(t: &mut Transcoder, frames: &[&str]) -> (Head, usize, Result<Vec<u8>, ScanError>) {
+        run_with(t, frames, 16 + 12)
+    }
+
+    /// [`run`], the output frames after the head of at most `max_frame` bytes.
+    fn run_with(
+        t: &mut Transcoder,
+        frames: &[&str],
+        max_frame: usize,
+    ) -> (Head, usize, Result<Vec<u8>, ScanError>) {
         let mut frames = frames.iter().map(|f| Bytes::copy_from_slice(f.as_bytes()));
         let mut fed = 0;
         let head = loop {
@@ -778,7 +805,7 @@ mod tests {
             for frame in frames {
                 t.push(frame);
                 while let Some(out) = t.pull()? {
-                    assert!(out.len() <= 16 + 12, "bounded frames");
+                    assert!(out.len() <= max_frame, "bounded frames");
                     output.extend_from_slice(&out);
                 }
             }
@@ -978,6 +1005,83 @@ mod tests {
         let xml = String::from_utf8(output.unwrap()).unwrap();
         assert!(
             xml.ends_with(r#"<Binary xmlns="http://hl7.org/fhir"><id value="x"/><contentType value="text/plain"/><data value="SGVsbG8="/></Binary>"#),
+            "{xml}"
+        );
+    }
+
+    /// A transcoder for `_format=xml` with a reorder limit of 1 MiB and `xml_limit` for XML.
+    fn xml_transcoder(xml_limit: usize) -> Transcoder {
+        let preference = Preference::from_request(Some("_format=xml"), &HeaderMap::new(), "4.0");
+        let config = Config {
+            reorder_buffer_limit: 1 << 20,
+            xml_reorder_limit: Some(xml_limit),
+            frame_size: 16,
+            ..Config::default()
+        };
+        Transcoder::new(preference.clone(), preference.fixed(), &config, false)
+    }
+
+    #[test]
+    fn xml_reads_ahead_no_further_than_its_own_limit() {
+        let payload = "QUFB".repeat(40);
+        let frames = [
+            r#"{"resourceType":"Binary","contentType":"text/plain","data":""#,
+            &payload[..80],
+            &payload[80..],
+            r#"","id":"late"}"#,
+        ];
+        // Within the limit: the late `id` is found and written first.
+        let mut t = xml_transcoder(1024);
+        let (head, fed, output) = run_with(&mut t, &frames, 256);
+        assert!(matches!(head, Head::Xml { .. }), "{head:?}");
+        assert_eq!(fed, 4);
+        let xml = String::from_utf8(output.unwrap()).unwrap();
+        assert!(
+            xml.contains(&format!(
+                r#"<id value="late"/><contentType value="text/plain"/><data value="{payload}"/>"#
+            )),
+            "{xml}"
+        );
+        // Past it: streaming starts inside the payload, and the late `id` breaks the output.
+        let mut t = xml_transcoder(100);
+        let (head, fed, output) = run_with(&mut t, &frames, 256);
+        assert!(matches!(head, Head::Xml { .. }), "{head:?}");
+        assert_eq!(fed, 2, "the head goes out once the limit is passed");
+        let error = output.unwrap_err();
+        assert!(
+            error.message().contains("`id` comes after its payload"),
+            "{error}"
+        );
+        // Without late elements the whole document streams.
+        let mut t = xml_transcoder(100);
+        let (_, fed, output) = run_with(&mut t, &[frames[0], frames[1], frames[2], r#""}"#], 256);
+        assert_eq!(fed, 2);
+        let xml = String::from_utf8(output.unwrap()).unwrap();
+        assert!(
+            xml.ends_with(&format!(
+                r#"<contentType value="text/plain"/><data value="{payload}"/></Binary>"#
+            )),
+            "{xml}"
+        );
+    }
+
+    #[test]
+    fn xml_waits_for_the_payload_whatever_its_limit() {
+        // The members before the payload are more than the XML limit: they are all read and
+        // written before the payload, which is not left out.
+        let id = "x".repeat(60);
+        let first = format!(r#"{{"resourceType":"Binary","id":"{id}","#);
+        let frames = [
+            &first[..],
+            r#""contentType":"text/plain","#,
+            r#""data":"QUFB"}"#,
+        ];
+        let mut t = xml_transcoder(16);
+        let (head, _, output) = run(&mut t, &frames);
+        assert!(matches!(head, Head::Xml { .. }), "{head:?}");
+        let xml = String::from_utf8(output.unwrap()).unwrap();
+        assert!(
+            xml.ends_with(&format!(r#"<id value="{id}"/><contentType value="text/plain"/><data value="QUFB"/></Binary>"#)),
             "{xml}"
         );
     }

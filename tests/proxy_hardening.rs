@@ -480,6 +480,61 @@ async fn a_client_that_reads_nothing_is_dropped() {
     .await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fhir_xml_reorders_elements_only_within_the_xml_reorder_limit() {
+    bounded(async {
+        // 640 KiB of payload (more than the layer reads whole before the head), then `meta`,
+        // which FHIR XML writes before the payload.
+        let json = format!(
+            r#"{{"resourceType":"Binary","contentType":"text/plain","data":"{}","meta":{{"versionId":"7"}}}}"#,
+            "QUFB".repeat(160 * 1024)
+        );
+        let (upstream, _) =
+            scripted_upstream(vec![Step::Send(json_response(json.as_bytes()))]).await;
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        // By default the proxy holds 64 KiB: the XML streams, and breaks at the late `meta`
+        // rather than leave it out.
+        let proxy = proxy_with(upstream, |_| {}).await;
+        let uri = format!("http://{}/Binary/1?_format=xml", proxy.local_addr());
+        let response = client.get(uri.parse().unwrap()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.into_body().collect().await.is_err(), "a clean end without meta");
+        // With a limit above the document, `meta` goes first.
+        let proxy = proxy_with(upstream, |o| o.xml_reorder_limit = 1 << 20).await;
+        let uri = format!("http://{}/Binary/1?_format=xml", proxy.local_addr());
+        let response = client.get(uri.parse().unwrap()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let xml = response.into_body().collect().await.unwrap().to_bytes();
+        let xml = String::from_utf8_lossy(&xml);
+        assert!(
+            xml.contains(r#"<meta><versionId value="7"/></meta><contentType value="text/plain"/><data value="QUFB"#),
+            "{}",
+            &xml[..300.min(xml.len())]
+        );
+        assert!(xml.ends_with("\"/></Binary>"), "{}", &xml[xml.len() - 100..]);
+        // A body small enough to be read whole before the head is reordered whatever the
+        // limit: 128 KiB of payload, then `meta`.
+        let json = format!(
+            r#"{{"resourceType":"Binary","contentType":"text/plain","data":"{}","meta":{{"versionId":"7"}}}}"#,
+            "QUFB".repeat(32 * 1024)
+        );
+        let (upstream, _) =
+            scripted_upstream(vec![Step::Send(json_response(json.as_bytes()))]).await;
+        let proxy = proxy_with(upstream, |_| {}).await;
+        let uri = format!("http://{}/Binary/1?_format=xml", proxy.local_addr());
+        let response = client.get(uri.parse().unwrap()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let xml = response.into_body().collect().await.unwrap().to_bytes();
+        let xml = String::from_utf8_lossy(&xml);
+        assert!(
+            xml.contains(r#"<meta><versionId value="7"/></meta><contentType value="text/plain"/><data value="QUFB"#),
+            "{}",
+            &xml[..300.min(xml.len())]
+        );
+    })
+    .await
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. Paths.
 

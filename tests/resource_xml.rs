@@ -627,3 +627,47 @@ async fn a_compressed_answer_to_an_xml_request_is_a_502_never_json() {
     let diagnostics = value_at(got.bytes(), "OperationOutcome/issue/diagnostics").unwrap();
     assert!(diagnostics.contains("compressed"), "{diagnostics}");
 }
+
+#[tokio::test]
+async fn a_resource_read_whole_is_reordered_whatever_the_xml_reorder_limit() {
+    // A Patient whose `id` comes after 4 KiB of names: FHIR XML writes `id` first.
+    let names: Vec<String> = (0..100)
+        .map(|i| format!(r#"{{"family":"Family{i:04}-with-some-padding"}}"#))
+        .collect();
+    let json = format!(
+        r#"{{"resourceType":"Patient","name":[{}],"id":"late"}}"#,
+        names.join(",")
+    )
+    .into_bytes();
+    let layer = BinaryNegotiationLayer::new()
+        .select_all()
+        .xml_reorder_limit(1024);
+    // Of known size within `read_whole_limit`: converted whole before the head, so reordered
+    // whole.
+    let known = {
+        let json = json.clone();
+        Legacy::new(StatusCode::OK, "application/fhir+json", move || {
+            Frames::new(split(&json, &Split::Every(512))).with_exact_size()
+        })
+    };
+    let (got, _) = send(&layer, known, request("GET", "/Patient/p?_format=xml", &[])).await;
+    assert_eq!(got.status, StatusCode::OK, "{:?}", got.body);
+    let xml = got.body.expect("a whole body");
+    let xml = String::from_utf8_lossy(&xml);
+    assert!(
+        xml.contains(r#"<Patient xmlns="http://hl7.org/fhir"><id value="late"/><name><family value="Family0000-with-some-padding"/>"#),
+        "{xml}"
+    );
+    // Of unknown size: the `id` comes after more than the limit, and is never left out.
+    let (got, _) = send(
+        &layer,
+        Legacy::binary(json, Split::Every(512)),
+        request("GET", "/Patient/p?_format=xml", &[]),
+    )
+    .await;
+    match got.status {
+        StatusCode::BAD_GATEWAY => {}
+        StatusCode::OK => assert!(got.body.is_err(), "a clean end without the late id"),
+        other => panic!("{other}"),
+    }
+}

@@ -176,8 +176,9 @@ pub(crate) struct Args {
     #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = parse_size, env = "FHIR_BINARY_PROXY_MAX_REQUEST_BODY")]
     pub(crate) max_request_body: u64,
 
-    /// Largest upstream response head (at least 8KiB): 502 beyond it.
-    #[arg(long, value_name = "SIZE", default_value = "64KiB", value_parser = parse_size, env = "FHIR_BINARY_PROXY_MAX_UPSTREAM_HEAD")]
+    /// Largest upstream response head (at least 8KiB): 502 beyond it. Also the size of the
+    /// reads from the upstream, about three of which a response to a slow client holds.
+    #[arg(long, value_name = "SIZE", default_value = "16KiB", value_parser = parse_size, env = "FHIR_BINARY_PROXY_MAX_UPSTREAM_HEAD")]
     pub(crate) max_upstream_head: u64,
 
     /// Most a compressed upstream body may decompress to; the transfer breaks beyond it.
@@ -224,6 +225,12 @@ pub(crate) struct Args {
         env = "FHIR_BINARY_PROXY_METRICS_PATH"
     )]
     pub(crate) metrics_path: String,
+
+    /// Most of an upstream body held to write FHIR XML in element order (e.g. 64KiB); it bounds
+    /// what a slow FHIR XML reader holds. A Binary whose JSON has an element XML needs before
+    /// the payload only after more than this is a broken transfer.
+    #[arg(long, value_name = "SIZE", default_value = "64KiB", value_parser = parse_size, env = "FHIR_BINARY_PROXY_XML_REORDER_LIMIT")]
+    pub(crate) xml_reorder_limit: u64,
 
     /// Log lines as text or as JSON objects (one a line, for log collectors).
     #[arg(
@@ -273,6 +280,7 @@ impl Args {
         options.ready_path = self.ready_path.clone();
         options.ready_timeout = self.ready_timeout;
         options.metrics_path = self.metrics_path.clone();
+        options.xml_reorder_limit = size(self.xml_reorder_limit);
         options
     }
 }

@@ -150,8 +150,9 @@ pub struct ProxyOptions {
     pub max_request_head: usize,
     /// The largest request body forwarded, in bytes (default 1 GiB): 413 beyond it.
     pub max_request_body: u64,
-    /// The largest upstream response head accepted, in bytes (default 64 KiB, at least 8 KiB):
-    /// 502 beyond it.
+    /// The largest upstream response head accepted, in bytes (default 16 KiB, at least 8 KiB):
+    /// 502 beyond it. It is also the size of the reads from the upstream, about three of which
+    /// a response holds while its client is slow.
     pub max_upstream_head: usize,
     /// The most a compressed upstream body may decompress to, in bytes (default 4 GiB): beyond
     /// it the transfer is broken off (502 when the client has not had the head yet).
@@ -169,6 +170,10 @@ pub struct ProxyOptions {
     pub ready_timeout: Duration,
     /// Where `GET` answers the Prometheus metrics (default `/metrics`; empty: none).
     pub metrics_path: String,
+    /// The most of an upstream body held to write FHIR XML in element order (default 64 KiB;
+    /// see [`BinaryNegotiationLayer::xml_reorder_limit`]). It stays in memory until the client
+    /// has read what comes before it, so it bounds what a slow FHIR XML reader holds.
+    pub xml_reorder_limit: usize,
 }
 
 impl ProxyOptions {
@@ -193,13 +198,14 @@ impl ProxyOptions {
             max_connections: 4096,
             max_request_head: 64 * 1024,
             max_request_body: 1 << 30,
-            max_upstream_head: 64 * 1024,
+            max_upstream_head: 16 * 1024,
             max_decompressed_size: 4 << 30,
             max_decompression_ratio: 100,
             health_path: "/healthz".into(),
             ready_path: "/readyz".into(),
             ready_timeout: Duration::from_secs(2),
             metrics_path: "/metrics".into(),
+            xml_reorder_limit: 64 * 1024,
         }
     }
 
@@ -241,6 +247,7 @@ fn proxy_service(options: &ProxyOptions, metrics: &Arc<Metrics>) -> io::Result<P
     let forward = Forward::new(options, Some(Arc::clone(metrics)))?;
     let negotiation = BinaryNegotiationLayer::new()
         .fhir_version(options.fhir_version)
+        .xml_reorder_limit(options.xml_reorder_limit)
         .layer(forward.clone());
     let guard = Guard::new(
         negotiation,

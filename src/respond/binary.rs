@@ -95,7 +95,7 @@ where
         // On the heap once: it is large, and moves with the future and then the body.
         // Allocated first and then written, so that it is built where it stays rather than
         // built and copied in.
-        let transcoder = Box::write(
+        let mut transcoder = Box::write(
             Box::new_uninit(),
             Transcoder::new(
                 preference,
@@ -104,6 +104,13 @@ where
                 negotiated.is_head,
             ),
         );
+        // A body known to be small is read whole before the head (see `serve`): FHIR XML may
+        // hold all of it to put the elements in order.
+        if let Some(length) = body.size_hint().exact() {
+            if length <= negotiated.config.read_whole_limit as u64 {
+                transcoder.read_whole(length);
+            }
+        }
         BinaryReading {
             parts: Some(parts),
             inner,

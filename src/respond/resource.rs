@@ -63,7 +63,15 @@ where
         let known_small = rest.is_some_and(|rest| rest.saturating_add(held.byte_len()) <= limit);
         let whole = negotiated.is_head || known_small || !parts.status.is_success();
         let cap = (!negotiated.is_head && !known_small).then_some(limit);
-        let mut transcoder = Box::new(ResourceTranscoder::new(&negotiated.config));
+        // A body read whole before the head may be held whole to put the elements in order.
+        let reorder_limit = match rest {
+            Some(rest) if known_small => negotiated
+                .config
+                .xml_reorder_limit()
+                .max(usize::try_from(rest.saturating_add(held.byte_len())).unwrap_or(usize::MAX)),
+            _ => negotiated.config.xml_reorder_limit(),
+        };
+        let mut transcoder = Box::new(ResourceTranscoder::new(&negotiated.config, reorder_limit));
         let mut held = held;
         while let Some(frame) = held.pop_front() {
             transcoder.push(frame);

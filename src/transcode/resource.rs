@@ -54,10 +54,11 @@ impl std::fmt::Debug for ResourceTranscoder {
 }
 
 impl ResourceTranscoder {
-    /// A driver for one response, in the configured release, within its reorder limit.
-    pub(crate) fn new(config: &Config) -> Self {
+    /// A driver for one response, in the configured release, holding at most `reorder_limit`
+    /// bytes to put elements in order.
+    pub(crate) fn new(config: &Config, reorder_limit: usize) -> Self {
         let limits = ConvertLimits {
-            reorder_limit: config.reorder_buffer_limit,
+            reorder_limit,
             max_depth: config.limits.max_depth,
         };
         ResourceTranscoder {
@@ -165,7 +166,7 @@ mod tests {
             frame_size,
             ..Config::default()
         };
-        let mut t = ResourceTranscoder::new(&config);
+        let mut t = ResourceTranscoder::new(&config, config.xml_reorder_limit());
         let mut xml = Vec::new();
         let mut rest = json;
         while !rest.is_empty() {
