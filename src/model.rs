@@ -249,31 +249,47 @@ impl TypeRef {
         let name_of = |offset: u8| {
             tables.names[usize::from(tables.element_name[own.start + usize::from(offset)])]
         };
-        if let Ok(found) =
-            sorted.binary_search_by(|&offset| compare_names(name_of(offset), json_name))
-        {
-            let offset = usize::from(sorted[found]);
-            let element = ElementRef::new(tables, own.start + offset, base_count + offset);
-            if let Some(ty) = element.ty() {
-                return Some(ElementMatch { element, ty });
+        let insert =
+            match sorted.binary_search_by(|&offset| compare_names(name_of(offset), json_name)) {
+                Ok(found) => {
+                    let offset = usize::from(sorted[found]);
+                    let element = ElementRef::new(tables, own.start + offset, base_count + offset);
+                    if let Some(ty) = element.ty() {
+                        return Some(ElementMatch { element, ty });
+                    }
+                    // A choice element's bare name (`value`) is not a JSON name.
+                    return None;
+                }
+                Err(insert) => insert,
+            };
+        // A choice element whose name starts `json_name` sorts before it, among the names
+        // with its first byte; the first in definition order wins.
+        let first = json_name.as_bytes().first();
+        let mut found: Option<ElementMatch> = None;
+        for &offset in sorted[..insert].iter().rev() {
+            let name = name_of(offset);
+            if name.as_bytes().first() != first {
+                break;
             }
-            // A choice element's bare name (`value`) is not a JSON name.
-            return None;
-        }
-        for (offset, index) in own.clone().enumerate() {
-            if tables.element_flags[index] & FLAG_CHOICE == 0 {
+            let index = own.start + usize::from(offset);
+            if tables.element_flags[index] & FLAG_CHOICE == 0
+                || found.is_some_and(|f| usize::from(f.element.index) < index)
+            {
                 continue;
             }
-            let element = ElementRef::new(tables, index, base_count + offset);
-            let Some(suffix) = json_name.strip_prefix(element.name()) else {
+            let element = ElementRef::new(tables, index, base_count + usize::from(offset));
+            let Some(suffix) = json_name.strip_prefix(name) else {
                 continue;
             };
             if let Some(ty) = element
                 .choices()
                 .find(|ty| is_choice_suffix(suffix, ty.name()))
             {
-                return Some(ElementMatch { element, ty });
+                found = Some(ElementMatch { element, ty });
             }
+        }
+        if found.is_some() {
+            return found;
         }
         self.base()?.element(json_name)
     }
@@ -286,16 +302,21 @@ impl TypeRef {
         json_name: &str,
     ) -> Option<ElementMatch> {
         if let Some(previous) = previous {
-            let next = usize::from(previous.index) + 1;
+            let own = self.own();
             let tables = self.tables;
-            if self.own().contains(&next)
-                && usize::from(previous.index) >= self.own().start
-                && tables.element_flags[next] & FLAG_CHOICE == 0
-                && tables.names[usize::from(tables.element_name[next])] == json_name
-            {
-                let element = ElementRef::new(tables, next, previous.position() + 1);
-                let ty = element.ty()?;
-                return Some(ElementMatch { element, ty });
+            if usize::from(previous.index) >= own.start {
+                // Elements left out of the JSON are skipped: look a few ahead.
+                let after = usize::from(previous.index) + 1;
+                for next in after..own.end.min(after + LOOK_AHEAD) {
+                    if tables.element_flags[next] & FLAG_CHOICE == 0
+                        && tables.names[usize::from(tables.element_name[next])] == json_name
+                    {
+                        let element =
+                            ElementRef::new(tables, next, previous.position() + 1 + next - after);
+                        let ty = element.ty()?;
+                        return Some(ElementMatch { element, ty });
+                    }
+                }
             }
         }
         self.element(json_name)
@@ -321,6 +342,9 @@ impl TypeRef {
         }
     }
 }
+
+/// How many elements after the previous one [`TypeRef::element_after`] tries first.
+const LOOK_AHEAD: usize = 4;
 
 /// The longest chain of bases in the tables, with room to spare.
 const MAX_DEPTH: usize = 8;
