@@ -16,6 +16,8 @@
 // The FHIR XML converter is the only user; until the service calls it, parts are unused.
 #![cfg_attr(not(test), allow(dead_code))]
 
+use std::sync::OnceLock;
+
 use crate::FhirVersion;
 
 #[rustfmt::skip]
@@ -240,8 +242,38 @@ impl TypeRef {
     }
 
     /// The element of this JSON name: `contact`, or for a choice element `value[x]` any of
-    /// its JSON names (`valueQuantity`), with the type that name chooses.
+    /// its JSON names (`valueQuantity`), with the type that name chooses. Looked up in the
+    /// type's [`NameIndex`], made on first use.
     pub(crate) fn element(self, json_name: &str) -> Option<ElementMatch> {
+        self.name_index().find(json_name)
+    }
+
+    /// The type's index of JSON names, shared by every conversion of the release.
+    fn name_index(self) -> &'static NameIndex {
+        let tables = self.tables;
+        let release = if std::ptr::eq(tables, &r4::TABLES) {
+            0
+        } else if std::ptr::eq(tables, &r4b::TABLES) {
+            1
+        } else if std::ptr::eq(tables, &r5::TABLES) {
+            2
+        } else if std::ptr::eq(tables, &stu3::TABLES) {
+            3
+        } else {
+            4
+        };
+        static INDEXES: [OnceLock<Box<[OnceLock<NameIndex>]>>; 5] = [const { OnceLock::new() }; 5];
+        INDEXES[release].get_or_init(|| {
+            (0..tables.type_name.len())
+                .map(|_| OnceLock::new())
+                .collect()
+        })[self.at()]
+        .get_or_init(|| NameIndex::new(self))
+    }
+
+    /// [`TypeRef::element`] by searching the tables: each base's own elements by binary
+    /// search, then its choice elements.
+    fn element_by_search(self, json_name: &str) -> Option<ElementMatch> {
         let tables = self.tables;
         let base_count = self.base().map_or(0, TypeRef::element_count);
         let own = self.own();
@@ -291,7 +323,7 @@ impl TypeRef {
         if found.is_some() {
             return found;
         }
-        self.base()?.element(json_name)
+        self.base()?.element_by_search(json_name)
     }
 
     /// Like [`TypeRef::element`], trying first the element that follows `previous` (an
@@ -302,21 +334,16 @@ impl TypeRef {
         json_name: &str,
     ) -> Option<ElementMatch> {
         if let Some(previous) = previous {
-            let own = self.own();
+            let next = usize::from(previous.index) + 1;
             let tables = self.tables;
-            if usize::from(previous.index) >= own.start {
-                // Elements left out of the JSON are skipped: look a few ahead.
-                let after = usize::from(previous.index) + 1;
-                for next in after..own.end.min(after + LOOK_AHEAD) {
-                    if tables.element_flags[next] & FLAG_CHOICE == 0
-                        && tables.names[usize::from(tables.element_name[next])] == json_name
-                    {
-                        let element =
-                            ElementRef::new(tables, next, previous.position() + 1 + next - after);
-                        let ty = element.ty()?;
-                        return Some(ElementMatch { element, ty });
-                    }
-                }
+            if self.own().contains(&next)
+                && usize::from(previous.index) >= self.own().start
+                && tables.element_flags[next] & FLAG_CHOICE == 0
+                && tables.names[usize::from(tables.element_name[next])] == json_name
+            {
+                let element = ElementRef::new(tables, next, previous.position() + 1);
+                let ty = element.ty()?;
+                return Some(ElementMatch { element, ty });
             }
         }
         self.element(json_name)
@@ -343,8 +370,81 @@ impl TypeRef {
     }
 }
 
-/// How many elements after the previous one [`TypeRef::element_after`] tries first.
-const LOOK_AHEAD: usize = 4;
+/// Every JSON name of a type (its base's included, a choice element's under each of its
+/// types) in an open-addressing hash table, with what [`TypeRef::element_by_search`] finds
+/// for it: a lookup hashes the name and compares it with one or two entries.
+struct NameIndex {
+    /// Per slot: an index into `entries` plus one, or 0 for an empty slot.
+    slots: Box<[u16]>,
+    /// The name's hash and its element.
+    entries: Box<[(u32, ElementMatch)]>,
+}
+
+impl NameIndex {
+    fn new(ty: TypeRef) -> NameIndex {
+        let mut entries: Vec<(u32, ElementMatch)> = Vec::new();
+        let mut add = |name: &str| {
+            if let Some(found) = ty.element_by_search(name) {
+                let hash = name_hash(name.as_bytes());
+                if !entries.iter().any(|&(h, e)| h == hash && e.is_named(name)) {
+                    entries.push((hash, found));
+                }
+            }
+        };
+        for element in ty.elements() {
+            if element.is_choice() {
+                for choice in element.choices() {
+                    let mut name = String::from(element.name());
+                    let type_name = choice.name();
+                    name.push(char::from(type_name.as_bytes()[0].to_ascii_uppercase()));
+                    name.push_str(&type_name[1..]);
+                    add(&name);
+                }
+            } else {
+                add(element.name());
+            }
+        }
+        let size = (entries.len() * 2).next_power_of_two().max(8);
+        let mut slots = vec![0u16; size].into_boxed_slice();
+        for (at, &(hash, _)) in entries.iter().enumerate() {
+            let mut slot = hash as usize & (size - 1);
+            while slots[slot] != 0 {
+                slot = (slot + 1) & (size - 1);
+            }
+            slots[slot] = u16::try_from(at + 1).expect("types have few elements");
+        }
+        NameIndex {
+            slots,
+            entries: entries.into_boxed_slice(),
+        }
+    }
+
+    fn find(&self, json_name: &str) -> Option<ElementMatch> {
+        let hash = name_hash(json_name.as_bytes());
+        let mask = self.slots.len() - 1;
+        let mut slot = hash as usize & mask;
+        loop {
+            let entry = usize::from(self.slots[slot]);
+            let &(h, found) = self.entries.get(entry.checked_sub(1)?)?;
+            if h == hash && found.is_named(json_name) {
+                return Some(found);
+            }
+            slot = (slot + 1) & mask;
+        }
+    }
+}
+
+/// A hash of a name, eight bytes at a time.
+fn name_hash(name: &[u8]) -> u32 {
+    let mut hash = name.len() as u64;
+    for chunk in name.chunks(8) {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        hash = (hash ^ u64::from_le_bytes(word)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        hash ^= hash >> 29;
+    }
+    (hash ^ (hash >> 32)) as u32
+}
 
 /// The longest chain of bases in the tables, with room to spare.
 const MAX_DEPTH: usize = 8;
@@ -510,6 +610,20 @@ pub(crate) struct ElementMatch {
     pub(crate) ty: TypeRef,
 }
 
+impl ElementMatch {
+    /// Whether `json_name` names this element (for a choice, with this type).
+    fn is_named(self, json_name: &str) -> bool {
+        let name = self.element.name();
+        if self.element.is_choice() {
+            json_name
+                .strip_prefix(name)
+                .is_some_and(|suffix| is_choice_suffix(suffix, self.ty.name()))
+        } else {
+            name == json_name
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -589,6 +703,45 @@ mod tests {
                         );
                     }
                     assert_eq!(ty.element_after(Some(*previous), "nothing"), None);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_name_index_finds_what_the_search_finds() {
+        for version in [
+            FhirVersion::Dstu2,
+            FhirVersion::Stu3,
+            FhirVersion::R4,
+            FhirVersion::R4B,
+            FhirVersion::R5,
+        ] {
+            let tables = Model::of(version).tables;
+            for index in 0..tables.type_name.len() {
+                let ty = TypeRef::new(tables, index);
+                let mut names: Vec<String> = Vec::new();
+                for element in ty.elements() {
+                    let name = element.name();
+                    names.extend([name, "resourceType", "x", ""].map(String::from));
+                    names.push(format!("{name}X"));
+                    names.push(name[..name.len() - 1].to_string());
+                    names.push(name.to_ascii_uppercase());
+                    for choice in element.choices() {
+                        let mut full = String::from(name);
+                        full.push(char::from(choice.name().as_bytes()[0].to_ascii_uppercase()));
+                        full.push_str(&choice.name()[1..]);
+                        names.push(format!("{full}s"));
+                        names.push(format!("{name}{}", choice.name()));
+                        names.push(full);
+                    }
+                }
+                for name in &names {
+                    assert_eq!(
+                        ty.element(name),
+                        ty.element_by_search(name),
+                        "{version:?} {ty:?}.{name}"
+                    );
                 }
             }
         }
