@@ -1116,6 +1116,7 @@ impl Converter {
     }
 
     /// Checks the limit every few KiB of input: what is held grows with the input read.
+    #[inline]
     fn check_limit_now_and_then(
         &mut self,
         token: &Token<'_>,

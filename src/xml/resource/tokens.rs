@@ -220,13 +220,15 @@ impl Tokenizer {
             let at = self.offset + i as u64;
             match b {
                 b' ' | b'\t' | b'\n' | b'\r' => {
-                    // Indentation comes in runs, of spaces eight at a time.
+                    // Indentation comes in runs: spaces are counted eight at a time.
                     i += 1;
                     while let Some(eight) = input.get(i..i + 8) {
-                        if eight != b"        " {
+                        let word = u64::from_le_bytes(eight.try_into().unwrap_or_default());
+                        let spaces = (word ^ 0x2020_2020_2020_2020).trailing_zeros() as usize / 8;
+                        i += spaces;
+                        if spaces < 8 {
                             break;
                         }
-                        i += 8;
                     }
                     while i < input.len() && matches!(input[i], b' ' | b'\t' | b'\n' | b'\r') {
                         i += 1;
