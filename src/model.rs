@@ -132,6 +132,15 @@ impl Model {
 
     /// The resource, data type or primitive type of this name (`Patient`, `Quantity`, `code`).
     pub(crate) fn named_type(self, name: &str) -> Option<TypeRef> {
+        static INDEXES: [OnceLock<TypeIndex>; 5] = [const { OnceLock::new() }; 5];
+        let tables = self.tables;
+        let index = INDEXES[release_of(tables)].get_or_init(|| TypeIndex::new(tables));
+        Some(TypeRef::new(tables, usize::from(index.find(name)?)))
+    }
+
+    /// [`Model::named_type`] by binary search in the tables.
+    #[cfg(test)]
+    fn named_type_by_search(self, name: &str) -> Option<TypeRef> {
         let tables = self.tables;
         let named = &tables.type_name[..usize::from(tables.named_types)];
         let index = named
@@ -251,17 +260,7 @@ impl TypeRef {
     /// The type's index of JSON names, shared by every conversion of the release.
     fn name_index(self) -> &'static NameIndex {
         let tables = self.tables;
-        let release = if std::ptr::eq(tables, &r4::TABLES) {
-            0
-        } else if std::ptr::eq(tables, &r4b::TABLES) {
-            1
-        } else if std::ptr::eq(tables, &r5::TABLES) {
-            2
-        } else if std::ptr::eq(tables, &stu3::TABLES) {
-            3
-        } else {
-            4
-        };
+        let release = release_of(tables);
         static INDEXES: [OnceLock<Box<[OnceLock<NameIndex>]>>; 5] = [const { OnceLock::new() }; 5];
         INDEXES[release].get_or_init(|| {
             (0..tables.type_name.len())
@@ -376,18 +375,28 @@ impl TypeRef {
 struct NameIndex {
     /// Per slot: an index into `entries` plus one, or 0 for an empty slot.
     slots: Box<[u16]>,
-    /// The name's hash and its element.
-    entries: Box<[(u32, ElementMatch)]>,
+    entries: Box<[NameEntry]>,
+}
+
+struct NameEntry {
+    hash: u32,
+    /// The JSON name, but for a choice element's (checked as its stem and its type's name).
+    name: Option<&'static str>,
+    found: ElementMatch,
 }
 
 impl NameIndex {
     fn new(ty: TypeRef) -> NameIndex {
-        let mut entries: Vec<(u32, ElementMatch)> = Vec::new();
-        let mut add = |name: &str| {
+        let mut entries: Vec<NameEntry> = Vec::new();
+        let mut add = |name: &str, interned: Option<&'static str>| {
             if let Some(found) = ty.element_by_search(name) {
                 let hash = name_hash(name.as_bytes());
-                if !entries.iter().any(|&(h, e)| h == hash && e.is_named(name)) {
-                    entries.push((hash, found));
+                if !entries
+                    .iter()
+                    .any(|e| e.hash == hash && e.found.is_named(name))
+                {
+                    let name = interned.filter(|_| !found.element.is_choice());
+                    entries.push(NameEntry { hash, name, found });
                 }
             }
         };
@@ -398,25 +407,14 @@ impl NameIndex {
                     let type_name = choice.name();
                     name.push(char::from(type_name.as_bytes()[0].to_ascii_uppercase()));
                     name.push_str(&type_name[1..]);
-                    add(&name);
+                    add(&name, None);
                 }
             } else {
-                add(element.name());
+                add(element.name(), Some(element.name()));
             }
         }
-        let size = (entries.len() * 2).next_power_of_two().max(8);
-        let mut slots = vec![0u16; size].into_boxed_slice();
-        for (at, &(hash, _)) in entries.iter().enumerate() {
-            let mut slot = hash as usize & (size - 1);
-            while slots[slot] != 0 {
-                slot = (slot + 1) & (size - 1);
-            }
-            slots[slot] = u16::try_from(at + 1).expect("types have few elements");
-        }
-        NameIndex {
-            slots,
-            entries: entries.into_boxed_slice(),
-        }
+        let (slots, entries) = hash_slots(entries, |e| e.hash);
+        NameIndex { slots, entries }
     }
 
     fn find(&self, json_name: &str) -> Option<ElementMatch> {
@@ -424,14 +422,83 @@ impl NameIndex {
         let mask = self.slots.len() - 1;
         let mut slot = hash as usize & mask;
         loop {
-            let entry = usize::from(self.slots[slot]);
-            let &(h, found) = self.entries.get(entry.checked_sub(1)?)?;
-            if h == hash && found.is_named(json_name) {
-                return Some(found);
+            let entry = self
+                .entries
+                .get(usize::from(self.slots[slot]).checked_sub(1)?)?;
+            if entry.hash == hash
+                && match entry.name {
+                    Some(name) => name == json_name,
+                    None => entry.found.is_named(json_name),
+                }
+            {
+                return Some(entry.found);
             }
             slot = (slot + 1) & mask;
         }
     }
+}
+
+/// Open-addressing slots for `entries` by their hash: indexes plus one, 0 for empty.
+fn hash_slots<T>(entries: Vec<T>, hash: impl Fn(&T) -> u32) -> (Box<[u16]>, Box<[T]>) {
+    let size = (entries.len() * 2).next_power_of_two().max(8);
+    let mut slots = vec![0u16; size].into_boxed_slice();
+    for (at, entry) in entries.iter().enumerate() {
+        let mut slot = hash(entry) as usize & (size - 1);
+        while slots[slot] != 0 {
+            slot = (slot + 1) & (size - 1);
+        }
+        slots[slot] = u16::try_from(at + 1).expect("the tables index by u16");
+    }
+    (slots, entries.into_boxed_slice())
+}
+
+/// The named types of a release (resources, data types, primitives) by name, as
+/// [`NameIndex`] holds a type's elements: hash, name, type index.
+struct TypeIndex {
+    slots: Box<[u16]>,
+    entries: Box<[(u32, &'static str, u16)]>,
+}
+
+impl TypeIndex {
+    fn new(tables: &'static Tables) -> TypeIndex {
+        let entries = (0..tables.named_types)
+            .map(|index| {
+                let name = tables.names[usize::from(tables.type_name[usize::from(index)])];
+                (name_hash(name.as_bytes()), name, index)
+            })
+            .collect();
+        let (slots, entries) = hash_slots(entries, |e| e.0);
+        TypeIndex { slots, entries }
+    }
+
+    fn find(&self, name: &str) -> Option<u16> {
+        let hash = name_hash(name.as_bytes());
+        let mask = self.slots.len() - 1;
+        let mut slot = hash as usize & mask;
+        loop {
+            let &(h, n, index) = self
+                .entries
+                .get(usize::from(self.slots[slot]).checked_sub(1)?)?;
+            if h == hash && n == name {
+                return Some(index);
+            }
+            slot = (slot + 1) & mask;
+        }
+    }
+}
+
+/// The place of a release's tables among the indexes made on first use.
+fn release_of(tables: &'static Tables) -> usize {
+    [
+        &r4::TABLES,
+        &r4b::TABLES,
+        &r5::TABLES,
+        &stu3::TABLES,
+        &dstu2::TABLES,
+    ]
+    .iter()
+    .position(|t| std::ptr::eq(*t, tables))
+    .unwrap_or(0)
 }
 
 /// A hash of a name, eight bytes at a time.
@@ -741,6 +808,18 @@ mod tests {
                         ty.element(name),
                         ty.element_by_search(name),
                         "{version:?} {ty:?}.{name}"
+                    );
+                }
+                let model = Model::of(version);
+                for name in [
+                    ty.name(),
+                    &ty.name().to_ascii_lowercase(),
+                    &format!("{ty:?}s"),
+                ] {
+                    assert_eq!(
+                        model.named_type(name),
+                        model.named_type_by_search(name),
+                        "{version:?} {name}"
                     );
                 }
             }

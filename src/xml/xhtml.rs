@@ -559,7 +559,10 @@ fn open(
 fn enter(local: &[u8], stack: &mut [Open], out: &mut Vec<u8>) -> Result<&'static Elem, Reject> {
     let elem = ELEMENTS
         .iter()
-        .find(|el| el.name.len() == local.len() && el.name.as_bytes() == local)
+        .find(|el| {
+            let name = el.name.as_bytes();
+            name.len() == local.len() && name.first() == local.first() && name == local
+        })
         .ok_or("element not allowed")?;
     match stack.last_mut() {
         None if elem.name != "div" => return Err("root is not a div"),
