@@ -601,14 +601,14 @@ fn unescape(raw: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
     while i < raw.len() {
         let Some(found) = memchr::memchr(b'\\', &raw[i..]) else {
             let rest = &raw[i..];
-            if rest.iter().any(|&b| b < 0x20) {
+            if has_control(rest) {
                 return Err("control character in a string");
             }
             out.extend_from_slice(rest);
             break;
         };
         let plain = &raw[i..i + found];
-        if plain.iter().any(|&b| b < 0x20) {
+        if has_control(plain) {
             return Err("control character in a string");
         }
         out.extend_from_slice(plain);
