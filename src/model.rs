@@ -6,8 +6,9 @@
 //! official StructureDefinitions of each release (`hl7.fhir.r2.core` 1.0.2, `hl7.fhir.r3.core`
 //! 3.0.1, `hl7.fhir.r4.core` 4.0.1, `hl7.fhir.r4b.core` 4.3.0, `hl7.fhir.r5.core` 5.0.0);
 //! `tools/fhir-tables/check.sh` checks that they are what the generator makes. Names are
-//! interned, everything else is a `u16` or `u8` index into shared arrays, and lookups are
-//! binary searches that never allocate.
+//! interned, everything else is a `u16` or `u8` index into shared arrays. Names are looked up
+//! in hash indexes made from the tables on first use (a type's JSON names, a release's type
+//! names), kept for the life of the process; a lookup never allocates.
 //!
 //! A type whose definition starts with exactly the elements of its base (`Patient` with those
 //! of `DomainResource`, `Patient.contact` with those of `BackboneElement`) stores only the
