@@ -6,8 +6,9 @@
 //! official StructureDefinitions of each release (`hl7.fhir.r2.core` 1.0.2, `hl7.fhir.r3.core`
 //! 3.0.1, `hl7.fhir.r4.core` 4.0.1, `hl7.fhir.r4b.core` 4.3.0, `hl7.fhir.r5.core` 5.0.0);
 //! `tools/fhir-tables/check.sh` checks that they are what the generator makes. Names are
-//! interned, everything else is a `u16` or `u8` index into shared arrays, and lookups are
-//! binary searches that never allocate.
+//! interned, everything else is a `u16` or `u8` index into shared arrays. Names are looked up
+//! in hash indexes made from the tables on first use (a type's JSON names, a release's type
+//! names), kept for the life of the process; a lookup never allocates.
 //!
 //! A type whose definition starts with exactly the elements of its base (`Patient` with those
 //! of `DomainResource`, `Patient.contact` with those of `BackboneElement`) stores only the
@@ -15,6 +16,8 @@
 
 // The FHIR XML converter is the only user; until the service calls it, parts are unused.
 #![cfg_attr(not(test), allow(dead_code))]
+
+use std::sync::OnceLock;
 
 use crate::FhirVersion;
 
@@ -130,6 +133,15 @@ impl Model {
 
     /// The resource, data type or primitive type of this name (`Patient`, `Quantity`, `code`).
     pub(crate) fn named_type(self, name: &str) -> Option<TypeRef> {
+        static INDEXES: [OnceLock<TypeIndex>; 5] = [const { OnceLock::new() }; 5];
+        let tables = self.tables;
+        let index = INDEXES[release_of(tables)].get_or_init(|| TypeIndex::new(tables));
+        Some(TypeRef::new(tables, usize::from(index.find(name)?)))
+    }
+
+    /// [`Model::named_type`] by binary search in the tables.
+    #[cfg(test)]
+    fn named_type_by_search(self, name: &str) -> Option<TypeRef> {
         let tables = self.tables;
         let named = &tables.type_name[..usize::from(tables.named_types)];
         let index = named
@@ -240,8 +252,28 @@ impl TypeRef {
     }
 
     /// The element of this JSON name: `contact`, or for a choice element `value[x]` any of
-    /// its JSON names (`valueQuantity`), with the type that name chooses.
+    /// its JSON names (`valueQuantity`), with the type that name chooses. Looked up in the
+    /// type's [`NameIndex`], made on first use.
     pub(crate) fn element(self, json_name: &str) -> Option<ElementMatch> {
+        self.name_index().find(json_name)
+    }
+
+    /// The type's index of JSON names, shared by every conversion of the release.
+    fn name_index(self) -> &'static NameIndex {
+        let tables = self.tables;
+        let release = release_of(tables);
+        static INDEXES: [OnceLock<Box<[OnceLock<NameIndex>]>>; 5] = [const { OnceLock::new() }; 5];
+        INDEXES[release].get_or_init(|| {
+            (0..tables.type_name.len())
+                .map(|_| OnceLock::new())
+                .collect()
+        })[self.at()]
+        .get_or_init(|| NameIndex::new(self))
+    }
+
+    /// [`TypeRef::element`] by searching the tables: each base's own elements by binary
+    /// search, then its choice elements.
+    fn element_by_search(self, json_name: &str) -> Option<ElementMatch> {
         let tables = self.tables;
         let base_count = self.base().map_or(0, TypeRef::element_count);
         let own = self.own();
@@ -249,33 +281,49 @@ impl TypeRef {
         let name_of = |offset: u8| {
             tables.names[usize::from(tables.element_name[own.start + usize::from(offset)])]
         };
-        if let Ok(found) =
-            sorted.binary_search_by(|&offset| compare_names(name_of(offset), json_name))
-        {
-            let offset = usize::from(sorted[found]);
-            let element = ElementRef::new(tables, own.start + offset, base_count + offset);
-            if let Some(ty) = element.ty() {
-                return Some(ElementMatch { element, ty });
+        let insert =
+            match sorted.binary_search_by(|&offset| compare_names(name_of(offset), json_name)) {
+                Ok(found) => {
+                    let offset = usize::from(sorted[found]);
+                    let element = ElementRef::new(tables, own.start + offset, base_count + offset);
+                    if let Some(ty) = element.ty() {
+                        return Some(ElementMatch { element, ty });
+                    }
+                    // A choice element's bare name (`value`) is not a JSON name.
+                    return None;
+                }
+                Err(insert) => insert,
+            };
+        // A choice element whose name starts `json_name` sorts before it, among the names
+        // with its first byte; the first in definition order wins.
+        let first = json_name.as_bytes().first();
+        let mut found: Option<ElementMatch> = None;
+        for &offset in sorted[..insert].iter().rev() {
+            let name = name_of(offset);
+            if name.as_bytes().first() != first {
+                break;
             }
-            // A choice element's bare name (`value`) is not a JSON name.
-            return None;
-        }
-        for (offset, index) in own.clone().enumerate() {
-            if tables.element_flags[index] & FLAG_CHOICE == 0 {
+            let index = own.start + usize::from(offset);
+            if tables.element_flags[index] & FLAG_CHOICE == 0
+                || found.is_some_and(|f| usize::from(f.element.index) < index)
+            {
                 continue;
             }
-            let element = ElementRef::new(tables, index, base_count + offset);
-            let Some(suffix) = json_name.strip_prefix(element.name()) else {
+            let element = ElementRef::new(tables, index, base_count + usize::from(offset));
+            let Some(suffix) = json_name.strip_prefix(name) else {
                 continue;
             };
             if let Some(ty) = element
                 .choices()
                 .find(|ty| is_choice_suffix(suffix, ty.name()))
             {
-                return Some(ElementMatch { element, ty });
+                found = Some(ElementMatch { element, ty });
             }
         }
-        self.base()?.element(json_name)
+        if found.is_some() {
+            return found;
+        }
+        self.base()?.element_by_search(json_name)
     }
 
     /// Like [`TypeRef::element`], trying first the element that follows `previous` (an
@@ -320,6 +368,150 @@ impl TypeRef {
             position: 0,
         }
     }
+}
+
+/// Every JSON name of a type (its base's included, a choice element's under each of its
+/// types) in an open-addressing hash table, with what [`TypeRef::element_by_search`] finds
+/// for it: a lookup hashes the name and compares it with one or two entries.
+struct NameIndex {
+    /// Per slot: an index into `entries` plus one, or 0 for an empty slot.
+    slots: Box<[u16]>,
+    entries: Box<[NameEntry]>,
+}
+
+struct NameEntry {
+    hash: u32,
+    /// The JSON name, but for a choice element's (checked as its stem and its type's name).
+    name: Option<&'static str>,
+    found: ElementMatch,
+}
+
+impl NameIndex {
+    fn new(ty: TypeRef) -> NameIndex {
+        let mut entries: Vec<NameEntry> = Vec::new();
+        let mut add = |name: &str, interned: Option<&'static str>| {
+            if let Some(found) = ty.element_by_search(name) {
+                let hash = name_hash(name.as_bytes());
+                if !entries
+                    .iter()
+                    .any(|e| e.hash == hash && e.found.is_named(name))
+                {
+                    let name = interned.filter(|_| !found.element.is_choice());
+                    entries.push(NameEntry { hash, name, found });
+                }
+            }
+        };
+        for element in ty.elements() {
+            if element.is_choice() {
+                for choice in element.choices() {
+                    let mut name = String::from(element.name());
+                    let type_name = choice.name();
+                    name.push(char::from(type_name.as_bytes()[0].to_ascii_uppercase()));
+                    name.push_str(&type_name[1..]);
+                    add(&name, None);
+                }
+            } else {
+                add(element.name(), Some(element.name()));
+            }
+        }
+        let (slots, entries) = hash_slots(entries, |e| e.hash);
+        NameIndex { slots, entries }
+    }
+
+    fn find(&self, json_name: &str) -> Option<ElementMatch> {
+        let hash = name_hash(json_name.as_bytes());
+        let mask = self.slots.len() - 1;
+        let mut slot = hash as usize & mask;
+        loop {
+            let entry = self
+                .entries
+                .get(usize::from(self.slots[slot]).checked_sub(1)?)?;
+            if entry.hash == hash
+                && match entry.name {
+                    Some(name) => name == json_name,
+                    None => entry.found.is_named(json_name),
+                }
+            {
+                return Some(entry.found);
+            }
+            slot = (slot + 1) & mask;
+        }
+    }
+}
+
+/// Open-addressing slots for `entries` by their hash: indexes plus one, 0 for empty.
+fn hash_slots<T>(entries: Vec<T>, hash: impl Fn(&T) -> u32) -> (Box<[u16]>, Box<[T]>) {
+    let size = (entries.len() * 2).next_power_of_two().max(8);
+    let mut slots = vec![0u16; size].into_boxed_slice();
+    for (at, entry) in entries.iter().enumerate() {
+        let mut slot = hash(entry) as usize & (size - 1);
+        while slots[slot] != 0 {
+            slot = (slot + 1) & (size - 1);
+        }
+        slots[slot] = u16::try_from(at + 1).expect("the tables index by u16");
+    }
+    (slots, entries.into_boxed_slice())
+}
+
+/// The named types of a release (resources, data types, primitives) by name, as
+/// [`NameIndex`] holds a type's elements: hash, name, type index.
+struct TypeIndex {
+    slots: Box<[u16]>,
+    entries: Box<[(u32, &'static str, u16)]>,
+}
+
+impl TypeIndex {
+    fn new(tables: &'static Tables) -> TypeIndex {
+        let entries = (0..tables.named_types)
+            .map(|index| {
+                let name = tables.names[usize::from(tables.type_name[usize::from(index)])];
+                (name_hash(name.as_bytes()), name, index)
+            })
+            .collect();
+        let (slots, entries) = hash_slots(entries, |e| e.0);
+        TypeIndex { slots, entries }
+    }
+
+    fn find(&self, name: &str) -> Option<u16> {
+        let hash = name_hash(name.as_bytes());
+        let mask = self.slots.len() - 1;
+        let mut slot = hash as usize & mask;
+        loop {
+            let &(h, n, index) = self
+                .entries
+                .get(usize::from(self.slots[slot]).checked_sub(1)?)?;
+            if h == hash && n == name {
+                return Some(index);
+            }
+            slot = (slot + 1) & mask;
+        }
+    }
+}
+
+/// The place of a release's tables among the indexes made on first use.
+fn release_of(tables: &'static Tables) -> usize {
+    [
+        &r4::TABLES,
+        &r4b::TABLES,
+        &r5::TABLES,
+        &stu3::TABLES,
+        &dstu2::TABLES,
+    ]
+    .iter()
+    .position(|t| std::ptr::eq(*t, tables))
+    .unwrap_or(0)
+}
+
+/// A hash of a name, eight bytes at a time.
+fn name_hash(name: &[u8]) -> u32 {
+    let mut hash = name.len() as u64;
+    for chunk in name.chunks(8) {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        hash = (hash ^ u64::from_le_bytes(word)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        hash ^= hash >> 29;
+    }
+    (hash ^ (hash >> 32)) as u32
 }
 
 /// The longest chain of bases in the tables, with room to spare.
@@ -486,6 +678,20 @@ pub(crate) struct ElementMatch {
     pub(crate) ty: TypeRef,
 }
 
+impl ElementMatch {
+    /// Whether `json_name` names this element (for a choice, with this type).
+    fn is_named(self, json_name: &str) -> bool {
+        let name = self.element.name();
+        if self.element.is_choice() {
+            json_name
+                .strip_prefix(name)
+                .is_some_and(|suffix| is_choice_suffix(suffix, self.ty.name()))
+        } else {
+            name == json_name
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -565,6 +771,57 @@ mod tests {
                         );
                     }
                     assert_eq!(ty.element_after(Some(*previous), "nothing"), None);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_name_index_finds_what_the_search_finds() {
+        for version in [
+            FhirVersion::Dstu2,
+            FhirVersion::Stu3,
+            FhirVersion::R4,
+            FhirVersion::R4B,
+            FhirVersion::R5,
+        ] {
+            let tables = Model::of(version).tables;
+            for index in 0..tables.type_name.len() {
+                let ty = TypeRef::new(tables, index);
+                let mut names: Vec<String> = Vec::new();
+                for element in ty.elements() {
+                    let name = element.name();
+                    names.extend([name, "resourceType", "x", ""].map(String::from));
+                    names.push(format!("{name}X"));
+                    names.push(name[..name.len() - 1].to_string());
+                    names.push(name.to_ascii_uppercase());
+                    for choice in element.choices() {
+                        let mut full = String::from(name);
+                        full.push(char::from(choice.name().as_bytes()[0].to_ascii_uppercase()));
+                        full.push_str(&choice.name()[1..]);
+                        names.push(format!("{full}s"));
+                        names.push(format!("{name}{}", choice.name()));
+                        names.push(full);
+                    }
+                }
+                for name in &names {
+                    assert_eq!(
+                        ty.element(name),
+                        ty.element_by_search(name),
+                        "{version:?} {ty:?}.{name}"
+                    );
+                }
+                let model = Model::of(version);
+                for name in [
+                    ty.name(),
+                    &ty.name().to_ascii_lowercase(),
+                    &format!("{ty:?}s"),
+                ] {
+                    assert_eq!(
+                        model.named_type(name),
+                        model.named_type_by_search(name),
+                        "{version:?} {name}"
+                    );
                 }
             }
         }

@@ -939,6 +939,20 @@ fn escape_str(s: &str, out: &mut Vec<u8>, attribute: bool) {
 /// `ascii_only`, every non-ASCII byte is replaced too (for text that must be ASCII and may be
 /// split inside a character). Runs of plain bytes are copied in one go.
 fn escape_bytes(bytes: &[u8], out: &mut Vec<u8>, attribute: bool, ascii_only: bool) {
+    // Most text needs nothing: one pass without an early exit, on whole vectors.
+    let care = bytes.iter().fold(false, |care, &b| {
+        care | (b < 0x20)
+            | (b == b'&')
+            | (b == b'<')
+            | (b == b'>')
+            | (b == b'"')
+            | (b == 0xEF)
+            | (ascii_only & (b >= 0x80))
+    });
+    if !care {
+        out.extend_from_slice(bytes);
+        return;
+    }
     let mut copied = 0;
     let mut i = 0;
     while i < bytes.len() {

@@ -441,12 +441,12 @@ impl Converter {
             }
             return Ok(());
         }
-        if token == Token::StringStart && !matches!(self.stack.last(), Some(Ctx::Skip(_))) {
+        if matches!(token, Token::StringStart) && !matches!(self.stack.last(), Some(Ctx::Skip(_))) {
             return self.stream_start(tokenizer_held, out);
         }
         match self.stack.last_mut() {
             None => {
-                if token != Token::BeginObject {
+                if !matches!(token, Token::BeginObject) {
                     return Err(self.error("a FHIR resource is a JSON object"));
                 }
                 self.stack.push(Ctx::Record(Record {
@@ -495,7 +495,7 @@ impl Converter {
                 },
                 Some(member) => {
                     frame.open = Some(member);
-                    if token == Token::BeginArray {
+                    if matches!(token, Token::BeginArray) {
                         if !member.element.is_array() {
                             return Err(self.error("an array for an element that does not repeat"));
                         }
@@ -680,7 +680,7 @@ impl Converter {
         match member.ty.kind() {
             TypeKind::Primitive(kind) => self.primitive(member, kind, token, index),
             _ if member.element.is_resource_typed() => {
-                if token != Token::BeginObject {
+                if !matches!(token, Token::BeginObject) {
                     return Err(self.error("a resource must be a JSON object"));
                 }
                 self.stack.push(Ctx::Record(Record {
@@ -692,7 +692,7 @@ impl Converter {
                 Ok(())
             }
             _ => {
-                if token != Token::BeginObject {
+                if !matches!(token, Token::BeginObject) {
                     return Err(
                         self.error(&format!("expected a JSON object ({})", member.ty.name()))
                     );
@@ -896,7 +896,7 @@ impl Converter {
             }
             return Ok(());
         }
-        if token == Token::StringStart {
+        if matches!(token, Token::StringStart) {
             return Err(self.error("the members before resourceType pass the reorder limit"));
         }
         if record.depth == 0 {
@@ -1116,6 +1116,7 @@ impl Converter {
     }
 
     /// Checks the limit every few KiB of input: what is held grows with the input read.
+    #[inline]
     fn check_limit_now_and_then(
         &mut self,
         token: &Token<'_>,
@@ -1298,6 +1299,14 @@ fn compact(frame: &mut Frame) {
 /// error.
 fn escape_attribute(s: &str, out: &mut Vec<u8>) -> Result<(), &'static str> {
     let bytes = s.as_bytes();
+    // Most values need nothing: one pass without an early exit, on whole vectors.
+    let care = bytes.iter().fold(false, |care, &b| {
+        care | (b < 0x20) | (b == b'&') | (b == b'<') | (b == b'>') | (b == b'"') | (b == 0xEF)
+    });
+    if !care {
+        out.extend_from_slice(bytes);
+        return Ok(());
+    }
     let mut copied = 0;
     let mut i = 0;
     while let Some(found) = bytes[i..].iter().position(|&b| NEEDS_CARE[usize::from(b)]) {

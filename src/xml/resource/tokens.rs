@@ -162,12 +162,19 @@ impl Tokenizer {
         input: &[u8],
         handler: &mut impl FnMut(Token<'_>) -> Result<(), E>,
     ) -> Result<(), FeedError<E>> {
+        // The piece's valid UTF-8 prefix, checked once: strings without escapes inside it are
+        // lent from it. Strings past it (a character split between pieces, bad UTF-8) are
+        // checked one by one, and their errors reported as before.
+        let text = match std::str::from_utf8(input) {
+            Ok(text) => text,
+            Err(e) => std::str::from_utf8(&input[..e.valid_up_to()]).unwrap_or_default(),
+        };
         let mut i = 0;
         // Finish a token the previous piece ended in.
         match self.partial {
             Partial::None => {}
             Partial::String { key, escape } => match find_string_end(&input[i..], escape) {
-                StringEnd::At(end) => {
+                StringEnd::At(end, _) => {
                     self.partial_bytes.extend_from_slice(&input[..end]);
                     if !key && (self.streaming || self.partial_bytes.len() > self.max_token) {
                         self.stream(true, handler)?;
@@ -213,8 +220,16 @@ impl Tokenizer {
             let at = self.offset + i as u64;
             match b {
                 b' ' | b'\t' | b'\n' | b'\r' => {
-                    // Indentation comes in runs.
+                    // Indentation comes in runs: spaces are counted eight at a time.
                     i += 1;
+                    while let Some(eight) = input.get(i..i + 8) {
+                        let word = u64::from_le_bytes(eight.try_into().unwrap_or_default());
+                        let spaces = (word ^ 0x2020_2020_2020_2020).trailing_zeros() as usize / 8;
+                        i += spaces;
+                        if spaces < 8 {
+                            break;
+                        }
+                    }
                     while i < input.len() && matches!(input[i], b' ' | b'\t' | b'\n' | b'\r') {
                         i += 1;
                     }
@@ -227,14 +242,18 @@ impl Tokenizer {
                         _ => return Err(self.error("unexpected string", at)),
                     };
                     match find_string_end(&input[i + 1..], false) {
-                        StringEnd::At(len) if !key && len > self.max_token => {
+                        StringEnd::At(len, _) if !key && len > self.max_token => {
                             self.partial_bytes.clear();
                             self.partial_bytes
                                 .extend_from_slice(&input[i + 1..i + 1 + len]);
                             self.stream(true, handler)?;
                             i += len + 2;
                         }
-                        StringEnd::At(len) => {
+                        StringEnd::At(len, false) if i + 1 + len <= text.len() => {
+                            self.plain_string(&text[i + 1..i + 1 + len], key, at, handler)?;
+                            i += len + 2;
+                        }
+                        StringEnd::At(len, _) => {
                             self.string(&input[i + 1..i + 1 + len], key, at, handler)?;
                             i += len + 2;
                         }
@@ -397,6 +416,33 @@ impl Tokenizer {
         };
     }
 
+    /// A complete string or key without escapes, already checked as UTF-8.
+    fn plain_string<E>(
+        &mut self,
+        text: &str,
+        key: bool,
+        at: u64,
+        handler: &mut impl FnMut(Token<'_>) -> Result<(), E>,
+    ) -> Result<(), FeedError<E>> {
+        if text.len() > self.max_token {
+            return Err(self.error(TOO_LARGE, at));
+        }
+        if key {
+            self.expect = Expect::Colon;
+        } else {
+            self.after_value();
+        }
+        if has_control(text.as_bytes()) {
+            return Err(self.error("control character in a string", at));
+        }
+        let token = if key {
+            Token::Key(text)
+        } else {
+            Token::String(text)
+        };
+        handler(token).map_err(FeedError::Handler)
+    }
+
     /// A complete string or key: `raw` is what stands between the quotes.
     fn string<E>(
         &mut self,
@@ -414,7 +460,7 @@ impl Tokenizer {
             self.after_value();
         }
         let text: &str = if memchr::memchr(b'\\', raw).is_none() {
-            if raw.iter().any(|&b| b < 0x20) {
+            if has_control(raw) {
                 return Err(self.error("control character in a string", at));
             }
             std::str::from_utf8(raw).map_err(|_| self.error("invalid UTF-8 in a string", at))?
@@ -467,8 +513,8 @@ impl Tokenizer {
 }
 
 enum StringEnd {
-    /// The closing quote is at this offset.
-    At(usize),
+    /// The closing quote is at this offset; `escaped`: a backslash comes before it.
+    At(usize, bool),
     /// No closing quote; `escape`: the input ends in an unpaired backslash.
     Open { escape: bool },
 }
@@ -477,6 +523,7 @@ enum StringEnd {
 /// byte before `input` was an unpaired backslash.
 fn find_string_end(input: &[u8], mut escape: bool) -> StringEnd {
     let mut i = 0;
+    let mut escaped = escape;
     if escape {
         if input.is_empty() {
             return StringEnd::Open { escape: true };
@@ -487,14 +534,21 @@ fn find_string_end(input: &[u8], mut escape: bool) -> StringEnd {
     while let Some(found) = memchr::memchr2(b'"', b'\\', &input[i..]) {
         let at = i + found;
         if input[at] == b'"' {
-            return StringEnd::At(at);
+            return StringEnd::At(at, escaped);
         }
+        escaped = true;
         if at + 1 == input.len() {
             return StringEnd::Open { escape: true };
         }
         i = at + 2;
     }
     StringEnd::Open { escape }
+}
+
+/// Whether `bytes` holds a control character, which a JSON string must escape; without an
+/// early exit, so that it runs on whole vectors.
+fn has_control(bytes: &[u8]) -> bool {
+    bytes.iter().fold(false, |found, &b| found | (b < 0x20))
 }
 
 /// The length of the number or literal at the start of `input`.
@@ -549,14 +603,14 @@ fn unescape(raw: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
     while i < raw.len() {
         let Some(found) = memchr::memchr(b'\\', &raw[i..]) else {
             let rest = &raw[i..];
-            if rest.iter().any(|&b| b < 0x20) {
+            if has_control(rest) {
                 return Err("control character in a string");
             }
             out.extend_from_slice(rest);
             break;
         };
         let plain = &raw[i..i + found];
-        if plain.iter().any(|&b| b < 0x20) {
+        if has_control(plain) {
             return Err("control character in a string");
         }
         out.extend_from_slice(plain);

@@ -1,0 +1,133 @@
+//! Converts a searchset Bundle of the official R4 examples (`tests/fixtures/examples/r4`) to
+//! FHIR XML through the layer a given number of times, draining the output: a fixed amount of
+//! work for a profiler, which criterion's timing loop is not. `serde` instead parses the same
+//! bytes into a `serde_json::Value` once, the baseline of `benches/resource_xml.rs`.
+//!
+//! ```sh
+//! cargo build --release --example searchset_xml
+//! valgrind --tool=callgrind target/release/examples/searchset_xml 2 1   # 2 MiB, once
+//! valgrind --tool=callgrind target/release/examples/searchset_xml 2 2   # twice: the difference is one conversion
+//! valgrind --tool=callgrind target/release/examples/searchset_xml 2 1 serde
+//! ```
+//!
+//! The Bundle is made as the benchmark makes it, before the first conversion.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame};
+use tower::{service_fn, ServiceExt};
+use tower_fhir_binary::BinaryNegotiationLayer;
+use tower_layer::Layer;
+
+/// The inner body: ready frames, the size not announced.
+struct Frames(VecDeque<Bytes>);
+
+impl Body for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// A searchset Bundle of at least `size` bytes: the official R4 examples, as written, over and
+/// over (as `benches/resource_xml.rs` makes it).
+fn searchset(size: usize) -> Bytes {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/examples/r4");
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .expect("the R4 examples")
+        .map(|e| e.expect("a directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    names.sort();
+    let examples: Vec<String> = names
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .expect("an example")
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    let mut json =
+        String::from(r#"{"resourceType":"Bundle","id":"bench","type":"searchset","entry":["#);
+    let mut n = 0;
+    while json.len() < size {
+        let example = &examples[n % examples.len()];
+        if n > 0 {
+            json.push(',');
+        }
+        json.push_str(&format!(
+            r#"{{"fullUrl":"urn:uuid:{n}","resource":{example},"search":{{"mode":"match"}}}}"#
+        ));
+        n += 1;
+    }
+    json.push_str("]}");
+    Bytes::from(json)
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mib: usize = args.next().and_then(|v| v.parse().ok()).unwrap_or(2);
+    let times: usize = args.next().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let json = searchset(mib << 20);
+    if args.next().as_deref() == Some("serde") {
+        let value: serde_json::Value = serde_json::from_slice(&json).expect("JSON");
+        println!(
+            "{} bytes parsed, {} members",
+            json.len(),
+            value.as_object().map_or(0, |o| o.len())
+        );
+        return;
+    }
+    let frames: Vec<Bytes> = (0..json.len())
+        .step_by(64 << 10)
+        .map(|at| json.slice(at..(at + (64 << 10)).min(json.len())))
+        .collect();
+    let inner = service_fn(move |_request: Request<_>| {
+        let body = Frames(frames.iter().cloned().collect());
+        async move {
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .header("content-type", "application/fhir+json")
+                    .body(body)
+                    .expect("a response"),
+            )
+        }
+    });
+    let service = BinaryNegotiationLayer::new().select_all().layer(inner);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    let mut total = 0usize;
+    for _ in 0..times {
+        total += runtime.block_on(async {
+            let request = Request::get("/Bundle?_format=xml")
+                .body(())
+                .expect("a request");
+            let response = service.clone().oneshot(request).await.expect("a response");
+            assert_eq!(response.status(), 200);
+            let mut body = std::pin::pin!(response.into_body());
+            let mut n = 0;
+            while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+                if let Ok(data) = frame.expect("a frame").into_data() {
+                    n += data.len();
+                }
+            }
+            n
+        });
+    }
+    println!(
+        "{} bytes of JSON, {total} bytes of XML in {times} conversions",
+        json.len()
+    );
+}
