@@ -325,14 +325,15 @@ async fn xml_that_is_not_fhir_or_ends_early_fails_the_backends_read() {
             "/Binary",
             xml.as_bytes()[..xml.len() - 12].to_vec(),
             false,
-            "Binary: the document ends",
+            "Binary.data: the document ends inside a tag",
         ),
         (
             "truncated in the value",
             "/Binary",
             xml.as_bytes()[..xml.len() / 2].to_vec(),
             false,
-            "Binary: the document ends inside a tag",
+            // The value streams: the element it is cut in is named.
+            "Binary.data: the document ends inside a tag",
         ),
         (
             "unknown element",
