@@ -111,6 +111,7 @@ pub(crate) struct XmlToJson {
     streamed: Option<Primitive>,
     /// The attributes of the tag being read.
     attributes: Vec<Attribute>,
+    elements: ElementCache,
     /// The open elements.
     stack: Vec<Frame>,
     /// The names of the open elements, one after the other (`Frame::tag` indexes it).
@@ -245,6 +246,7 @@ impl XmlToJson {
             value: None,
             streamed: None,
             attributes: Vec::new(),
+            elements: ElementCache::new(),
             stack: Vec::new(),
             tags: Vec::new(),
             side: Vec::new(),
@@ -438,11 +440,15 @@ impl XmlToJson {
                 continue;
             }
             if buf[at] != b'<' {
-                let end = memchr(b'<', &buf[at..]).map_or(buf.len(), |n| at + n);
-                if !buf[at..end].iter().all(|&b| is_space(b)) {
-                    return Err(self.error("text where FHIR XML has only elements"));
+                // Only whitespace, up to the next tag.
+                let spaces = buf[at..].iter().position(|&b| !is_space(b));
+                match spaces {
+                    Some(n) if buf[at + n] != b'<' => {
+                        return Err(self.error("text where FHIR XML has only elements"));
+                    }
+                    Some(n) => at += n,
+                    None => at = buf.len(),
                 }
-                at = end;
                 continue;
             }
             let Some(&second) = buf.get(at + 1) else {
@@ -450,8 +456,18 @@ impl XmlToJson {
             };
             match second {
                 b'/' => {
-                    let Some(n) = memchr(b'>', &buf[at + 2..]) else {
-                        return Ok(Stop::At(at));
+                    // Most often the name of the open element and `>`.
+                    let expected = self.stack.last().map_or(&[][..], |f| &self.tags[f.tag..]);
+                    let quick = at + 2 + expected.len();
+                    let n = if buf.get(quick) == Some(&b'>')
+                        && buf[at + 2..quick] == *expected
+                    {
+                        expected.len()
+                    } else {
+                        match memchr(b'>', &buf[at + 2..]) {
+                            Some(n) => n,
+                            None => return Ok(Stop::At(at)),
+                        }
                     };
                     let end = at + 2 + n + 1;
                     if end - at > self.limits.max_held {
@@ -521,8 +537,9 @@ impl XmlToJson {
         )
     }
 
-    /// The next token inside the `div`, copied as written into its JSON string: its end, or
-    /// `None` when it goes on past `buf`. Text streams, cut before a character that is.
+    /// The tokens inside the `div` from `at` on, copied as written into its JSON string,
+    /// until the `div` ends or a token goes on past `buf`: where reading stopped, or `None`
+    /// when it could not start. Text streams, cut before a character that is.
     fn div_step(
         &mut self,
         buf: &[u8],
@@ -530,81 +547,99 @@ impl XmlToJson {
         ended: bool,
         out: &mut Vec<u8>,
     ) -> Result<Option<usize>, XmlError> {
-        let rest = &buf[at..];
-        let (end, depth_change) = if rest[0] != b'<' {
-            match memchr(b'<', rest) {
-                Some(n) => (n, 0),
-                None if ended => (rest.len(), 0),
-                None => match utf8_cut(rest) {
-                    0 => return Ok(None),
-                    n => (n, 0),
-                },
-            }
-        } else {
-            let Some(&second) = rest.get(1) else {
-                return Ok(None);
+        let Some(Frame {
+            kind: FrameKind::Div { depth },
+            to_side,
+            ..
+        }) = self.stack.last()
+        else {
+            unreachable!("called in the div");
+        };
+        let (mut depth, to_side) = (*depth, *to_side);
+        let mut pos = at;
+        let result = loop {
+            let rest = &buf[pos..];
+            let Some(&first) = rest.first() else {
+                break Ok(());
             };
-            match second {
-                b'/' => match memchr(b'>', rest) {
-                    Some(n) => (n + 1, -1),
-                    None => return Ok(None),
-                },
-                b'!' | b'?' => {
-                    if rest.len() < 9 && !ended && second == b'!' {
-                        return Ok(None);
-                    }
-                    if is_declaration(rest) {
-                        return Err(
-                            self.error("a DTD or declaration, which FHIR XML does not allow")
-                        );
-                    }
-                    match markup_end(rest) {
-                        Some((end, _)) => (end, 0),
-                        None => return Ok(None),
-                    }
+            let (end, depth_change) = if first != b'<' {
+                match memchr(b'<', rest) {
+                    Some(n) => (n, 0),
+                    None if ended => (rest.len(), 0),
+                    None => match utf8_cut(rest) {
+                        0 => break Ok(()),
+                        n => (n, 0),
+                    },
                 }
-                _ => match tag_end(&rest[1..], None) {
-                    Ok(n) => {
-                        let end = n + 1;
-                        (end, if rest[end - 2] == b'/' { 0 } else { 1 })
+            } else {
+                let Some(&second) = rest.get(1) else {
+                    break Ok(());
+                };
+                match second {
+                    b'/' => match memchr(b'>', rest) {
+                        Some(n) => (n + 1, -1),
+                        None => break Ok(()),
+                    },
+                    b'!' | b'?' => {
+                        if rest.len() < 9 && !ended && second == b'!' {
+                            break Ok(());
+                        }
+                        if is_declaration(rest) {
+                            break Err(
+                                self.error("a DTD or declaration, which FHIR XML does not allow")
+                            );
+                        }
+                        match markup_end(rest) {
+                            Some((end, _)) => (end, 0),
+                            None => break Ok(()),
+                        }
                     }
-                    Err(_) => return Ok(None),
-                },
+                    _ => match tag_end(&rest[1..], None) {
+                        Ok(n) => {
+                            let end = n + 1;
+                            (end, if rest[end - 2] == b'/' { 0 } else { 1 })
+                        }
+                        Err(_) => break Ok(()),
+                    },
+                }
+            };
+            if first == b'<' && end > self.limits.max_held {
+                break Err(self.held_whole());
+            }
+            pos += end;
+            if depth_change > 0 {
+                depth += 1;
+                if depth > self.limits.max_depth {
+                    break Err(self.error("XHTML nested too deep"));
+                }
+            } else if depth_change < 0 {
+                depth -= 1;
+                if depth == 0 {
+                    break Ok(());
+                }
             }
         };
-        if rest[0] == b'<' && end > self.limits.max_held {
-            return Err(self.held_whole());
-        }
-        let raw = &rest[..end];
-        let to_side = self.stack.last().is_some_and(|f| f.to_side);
         let sink = sink_of(out, &mut self.side, to_side);
-        if escape_json_utf8(raw, sink).is_err() {
+        if escape_json_utf8(&buf[at..pos], sink).is_err() {
             return Err(self.error("XHTML that is not UTF-8"));
         }
         if to_side && self.side.len() > self.limits.max_side {
             return Err(self.side_too_large());
         }
-        let Some(Frame {
-            kind: FrameKind::Div { depth },
+        result?;
+        if let Some(Frame {
+            kind: FrameKind::Div { depth: d },
             ..
         }) = self.stack.last_mut()
-        else {
-            unreachable!("called in the div");
-        };
-        if depth_change > 0 {
-            *depth += 1;
-            if *depth > self.limits.max_depth {
-                return Err(self.error("XHTML nested too deep"));
-            }
-        } else if depth_change < 0 {
-            *depth -= 1;
+        {
+            *d = depth;
         }
-        // The `div`'s own end tag, or the `div` written `<div .../>`.
-        if *depth == 0 {
+        if depth == 0 {
+            // The `div`'s own end tag.
             sink_of(out, &mut self.side, to_side).push(b'"');
             self.pop();
         }
-        Ok(Some(at + end))
+        Ok((pos > at).then_some(pos))
     }
 
     fn side_too_large(&self) -> XmlError {
@@ -706,9 +741,7 @@ impl XmlToJson {
             Some(Frame {
                 kind: FrameKind::Object { ty, .. },
                 ..
-            }) => std::str::from_utf8(name_bytes)
-                .ok()
-                .and_then(|name| ty.element(name)),
+            }) => self.elements.find(*ty, name_bytes),
             _ => None,
         };
         let streams = (matches!(form, Form::Open(_)) || value_index.is_some())
@@ -731,17 +764,18 @@ impl XmlToJson {
             }
             _ => {}
         }
-        let Ok(name) = std::str::from_utf8(name_bytes) else {
+        let name = name_bytes;
+        if !name.is_ascii() && std::str::from_utf8(name).is_err() {
             return Err(self.error("an element name that is not UTF-8"));
-        };
+        }
         if self.stack.len() >= self.limits.max_depth {
             return Err(self.error("elements nested too deep"));
         }
         if self.done {
-            return Err(self.error(format!("<{name}> after the root element")));
+            return Err(self.error(format!("<{}> after the root element", shown(name))));
         }
-        if name.contains(':') {
-            return Err(self.error(format!("<{name}> is not in the FHIR namespace")));
+        if memchr(b':', name).is_some() {
+            return Err(self.error(format!("<{}> is not in the FHIR namespace", shown(name))));
         }
         // The namespace: FHIR everywhere, XHTML on the `div`. A streaming value's element
         // checks the attributes after the value once its tag ends.
@@ -758,15 +792,15 @@ impl XmlToJson {
         let Some(top) = self.stack.last() else {
             // The root: a resource of the release in the FHIR namespace.
             if self.started {
-                return Err(self.error(format!("<{name}> after the root element")));
+                return Err(self.error(format!("<{}> after the root element", shown(name))));
             }
             if namespace != Some(FHIR_NS) {
-                return Err(self.error(format!("<{name}> is not in the FHIR namespace")));
+                return Err(self.error(format!("<{}> is not in the FHIR namespace", shown(name))));
             }
             let ty = self.resource(name)?;
             self.started = true;
             out.extend_from_slice(b"{\"resourceType\":\"");
-            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(name);
             out.push(b'"');
             self.push_object(name, ty, true, None, false);
             self.object_attributes(buf, ty, attributes, empty, out)?;
@@ -777,10 +811,10 @@ impl XmlToJson {
             FrameKind::Div { .. } => unreachable!("handled by div_step"),
             FrameKind::Wrapper { filled } => {
                 if filled {
-                    return Err(self.error(format!("<{name}>: a second resource")));
+                    return Err(self.error(format!("<{}>: a second resource", shown(name))));
                 }
                 if !element_ns_ok(FHIR_NS) {
-                    return Err(self.error(format!("<{name}> is not in the FHIR namespace")));
+                    return Err(self.error(format!("<{}> is not in the FHIR namespace", shown(name))));
                 }
                 let ty = self.resource(name)?;
                 if let Some(Frame {
@@ -792,7 +826,7 @@ impl XmlToJson {
                 }
                 let sink = sink_of(out, &mut self.side, to_side);
                 sink.extend_from_slice(b"{\"resourceType\":\"");
-                sink.extend_from_slice(name.as_bytes());
+                sink.extend_from_slice(name);
                 sink.push(b'"');
                 self.push_object(name, ty, true, None, to_side);
                 self.object_attributes(buf, ty, attributes, empty, out)?;
@@ -800,14 +834,14 @@ impl XmlToJson {
             }
             FrameKind::Object { .. } => {
                 let Some(found) = found else {
-                    return Err(self.error(format!("<{name}> is not an element here")));
+                    return Err(self.error(format!("<{}> is not an element here", shown(name))));
                 };
                 if found.element.is_attribute() {
-                    return Err(self.error(format!("<{name}> is an attribute in FHIR XML")));
+                    return Err(self.error(format!("<{}> is an attribute in FHIR XML", shown(name))));
                 }
                 let is_xhtml = found.element.is_xhtml();
                 if !element_ns_ok(if is_xhtml { XHTML_NS } else { FHIR_NS }) {
-                    return Err(self.error(format!("<{name}> is in the wrong namespace")));
+                    return Err(self.error(format!("<{}> is in the wrong namespace", shown(name))));
                 }
                 if is_xhtml && namespace.is_none() {
                     return Err(self.error("the div is not in the XHTML namespace"));
@@ -823,25 +857,41 @@ impl XmlToJson {
         }
     }
 
-    fn resource(&self, name: &str) -> Result<TypeRef, XmlError> {
-        self.model.resource(name).ok_or_else(|| {
-            self.error(format!(
-                "<{name}> is not a resource of FHIR {}",
-                self.model.version()
-            ))
-        })
+    fn resource(&self, name: &[u8]) -> Result<TypeRef, XmlError> {
+        std::str::from_utf8(name)
+            .ok()
+            .and_then(|name| self.model.resource(name))
+            .ok_or_else(|| {
+                self.error(format!(
+                    "<{}> is not a resource of FHIR {}",
+                    shown(name),
+                    self.model.version()
+                ))
+            })
     }
 
     fn push_object(
         &mut self,
-        name: &str,
+        name: &[u8],
         ty: TypeRef,
         members: bool,
         pending_open: Option<&'static str>,
         to_side: bool,
     ) {
         let tag = self.tags.len();
-        self.tags.extend_from_slice(name.as_bytes());
+        self.tags.extend_from_slice(name);
+        self.push_object_at(tag, ty, members, pending_open, to_side);
+    }
+
+    /// Opens an object whose name is the end of `tags`, from `tag` on.
+    fn push_object_at(
+        &mut self,
+        tag: usize,
+        ty: TypeRef,
+        members: bool,
+        pending_open: Option<&'static str>,
+        to_side: bool,
+    ) {
         self.stack.push(Frame {
             tag,
             to_side,
@@ -862,7 +912,7 @@ impl XmlToJson {
     fn element_start(
         &mut self,
         buf: &[u8],
-        name: &str,
+        name: &[u8],
         found: ElementMatch,
         attributes: &[Attribute],
         value: Option<(usize, Form)>,
@@ -898,7 +948,10 @@ impl XmlToJson {
             if let Some((previous, open)) = previous {
                 if previous.position() >= element.position() {
                     return Err(
-                        self.error(format!("<{name}> repeated or out of the definition order"))
+                        self.error(format!(
+                        "<{}> repeated or out of the definition order",
+                        shown(name)
+                    ))
                     );
                 }
                 if open {
@@ -935,7 +988,7 @@ impl XmlToJson {
             if *members {
                 sink.push(b',');
             }
-            push_key(sink, name.as_bytes());
+            push_key(sink, name);
             if is_array {
                 sink.push(b'[');
             }
@@ -957,7 +1010,7 @@ impl XmlToJson {
         }
         if element.is_resource_typed() {
             let tag = self.tags.len();
-            self.tags.extend_from_slice(name.as_bytes());
+            self.tags.extend_from_slice(name);
             self.stack.push(Frame {
                 tag,
                 to_side,
@@ -973,22 +1026,34 @@ impl XmlToJson {
                 .iter()
                 .any(|a| memchr(b'<', a.value(buf)).is_some())
             {
-                return Err(self.malformed(name.as_bytes()));
+                return Err(self.malformed(name));
             }
             let tag = self.tags.len();
-            self.tags.extend_from_slice(name.as_bytes());
+            self.tags.extend_from_slice(name);
             self.stack.push(Frame {
                 tag,
                 to_side,
                 kind: FrameKind::Div { depth: 0 },
             });
-            let sink = sink_of(out, &mut self.side, to_side);
-            sink.push(b'"');
-            let Form::Complete { end, .. } = form else {
+            // Its start tag as written; the `div` written `<div .../>` ends there.
+            let Form::Complete { end, empty } = form else {
                 unreachable!("only string primitives stream");
             };
-            let next = self.div_step(buf, at, true, out)?;
-            debug_assert_eq!(next, Some(end));
+            let sink = sink_of(out, &mut self.side, to_side);
+            sink.push(b'"');
+            if escape_json_utf8(&buf[at..end], sink).is_err() {
+                return Err(self.error("XHTML that is not UTF-8"));
+            }
+            if empty {
+                sink_of(out, &mut self.side, to_side).push(b'"');
+                self.pop();
+            } else if let Some(Frame {
+                kind: FrameKind::Div { depth },
+                ..
+            }) = self.stack.last_mut()
+            {
+                *depth = 1;
+            }
             return Ok(());
         }
         if to_side && matches!(ty.kind(), TypeKind::Resource) {
@@ -1007,7 +1072,7 @@ impl XmlToJson {
     fn primitive_start(
         &mut self,
         buf: &[u8],
-        name: &str,
+        name: &[u8],
         p: Primitive,
         attributes: &[Attribute],
         value: Option<(usize, Form)>,
@@ -1015,7 +1080,7 @@ impl XmlToJson {
         out: &mut Vec<u8>,
     ) -> Result<(), XmlError> {
         let tag = self.tags.len();
-        self.tags.extend_from_slice(name.as_bytes());
+        self.tags.extend_from_slice(name);
         // Pushed now so that errors name the element.
         self.stack.push(Frame {
             tag,
@@ -1174,7 +1239,7 @@ impl XmlToJson {
     }
 
     /// The key of a primitive's value: `"name":`, or the next item of its array.
-    fn value_key(&mut self, name: &str, p: Primitive, out: &mut Vec<u8>) {
+    fn value_key(&mut self, name: &[u8], p: Primitive, out: &mut Vec<u8>) {
         if p.is_array {
             // Never in `side` (refused before).
             if p.continuing {
@@ -1183,7 +1248,7 @@ impl XmlToJson {
                 if p.had_members {
                     out.push(b',');
                 }
-                push_key(out, name.as_bytes());
+                push_key(out, name);
                 out.push(b'[');
                 self.side.clear();
                 self.side_used = false;
@@ -1193,7 +1258,7 @@ impl XmlToJson {
             if p.had_members {
                 sink.push(b',');
             }
-            push_key(sink, name.as_bytes());
+            push_key(sink, name);
         }
     }
 
@@ -1231,7 +1296,7 @@ impl XmlToJson {
     fn primitive_whole(
         &mut self,
         buf: &[u8],
-        name: &str,
+        name: &[u8],
         p: Primitive,
         attributes: &[Attribute],
         empty: bool,
@@ -1315,14 +1380,14 @@ impl XmlToJson {
             self.scratch = scratch;
             written?;
         }
-        let top = self.stack.last().map_or(0, |f| f.tag);
-        let name = String::from_utf8_lossy(&self.tags[top..]).into_owned();
-        self.pop();
+        // The element's frame goes; its name stays in `tags` for the `_name` object's.
+        let tag = self.stack.pop().map_or(0, |f| f.tag);
         if p.is_array {
             if p.continuing {
                 self.side.push(b',');
             }
             if id.is_none() && empty {
+                self.tags.truncate(tag);
                 self.side.extend_from_slice(b"null");
                 return self.check_side();
             }
@@ -1331,7 +1396,7 @@ impl XmlToJson {
                 self.side.extend_from_slice(b"\"id\":");
                 self.side.extend_from_slice(&id_json);
             }
-            self.push_object(&name, p.ty, id.is_some(), None, true);
+            self.push_object_at(tag, p.ty, id.is_some(), None, true);
             if let Some(Frame {
                 kind: FrameKind::Object { item_partner, .. },
                 ..
@@ -1348,21 +1413,23 @@ impl XmlToJson {
                     sink.push(b',');
                 }
                 sink.extend_from_slice(b"\"_");
-                sink.extend_from_slice(name.as_bytes());
+                sink.extend_from_slice(&self.tags[tag..]);
                 sink.extend_from_slice(b"\":{\"id\":");
                 sink.extend_from_slice(&id_json);
                 if empty {
                     sink.push(b'}');
+                    self.tags.truncate(tag);
                     return self.check_side();
                 }
-                self.push_object(&name, p.ty, true, None, p.to_side);
+                self.push_object_at(tag, p.ty, true, None, p.to_side);
             } else {
                 if empty {
+                    self.tags.truncate(tag);
                     return Ok(());
                 }
                 // Opened by its first member: `,"_name":{`.
                 let key: &'static str = if separated { "," } else { "" };
-                self.push_object(&name, p.ty, false, Some(key), p.to_side);
+                self.push_object_at(tag, p.ty, false, Some(key), p.to_side);
             }
         }
         if let Some(Frame {
@@ -1606,14 +1673,72 @@ fn close_array(
 }
 
 fn push_key(out: &mut Vec<u8>, name: &[u8]) {
+    out.reserve(name.len() + 3);
     out.push(b'"');
     out.extend_from_slice(name);
-    out.extend_from_slice(b"\":");
+    out.push(b'"');
+    out.push(b':');
 }
 
 /// Namespace declarations and schema locations, which have no JSON form.
 fn is_ignored_attribute(name: &[u8]) -> bool {
     name == b"xmlns" || name.starts_with(b"xmlns:") || name.ends_with(b":schemaLocation")
+}
+
+/// A name as error messages show it.
+fn shown(name: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(name)
+}
+
+/// The elements found by name in each type, remembered: a document names the same
+/// elements of the same types over and over, and a table's lookup is a binary search.
+struct ElementCache {
+    slots: Vec<Option<(TypeRef, ElementMatch)>>,
+}
+
+/// A power of two.
+const CACHE_SLOTS: usize = 2048;
+
+impl ElementCache {
+    fn new() -> ElementCache {
+        ElementCache { slots: Vec::new() }
+    }
+
+    /// The element of `parent` named `name` in XML.
+    fn find(&mut self, parent: TypeRef, name: &[u8]) -> Option<ElementMatch> {
+        let mut hash = (parent.name().as_ptr() as usize as u64) ^ (name.len() as u64) << 56;
+        for &b in name {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        let slot = (hash >> 24) as usize & (CACHE_SLOTS - 1);
+        if let Some(Some((cached_parent, found))) = self.slots.get(slot) {
+            if *cached_parent == parent && is_xml_name(*found, name) {
+                return Some(*found);
+            }
+        }
+        let found = parent.element(std::str::from_utf8(name).ok()?)?;
+        if self.slots.is_empty() {
+            self.slots = vec![None; CACHE_SLOTS];
+        }
+        self.slots[slot] = Some((parent, found));
+        Some(found)
+    }
+}
+
+/// Whether `name` is the XML name of `found`: its name, or for a choice its stem and type
+/// (`valueQuantity`, `valueString` for `string`).
+fn is_xml_name(found: ElementMatch, name: &[u8]) -> bool {
+    let Some(rest) = name.strip_prefix(found.element.name().as_bytes()) else {
+        return false;
+    };
+    if !found.element.is_choice() {
+        return rest.is_empty();
+    }
+    let ty = found.ty.name().as_bytes();
+    rest.len() == ty.len()
+        && !rest.is_empty()
+        && rest[0] == ty[0].to_ascii_uppercase()
+        && rest[1..] == ty[1..]
 }
 
 fn is_space(b: u8) -> bool {
@@ -1627,7 +1752,7 @@ fn parse_start(buf: &[u8], at: usize, attributes: &mut Vec<Attribute>) -> (usize
     attributes.clear();
     let len = buf.len();
     let mut i = at + 1;
-    while i < len && !matches!(buf[i], b' ' | b'\t' | b'\r' | b'\n' | b'/' | b'>') {
+    while i < len && !NAME_STOPS[usize::from(buf[i])] {
         i += 1;
     }
     let name_end = i;
@@ -1662,12 +1787,7 @@ fn parse_start(buf: &[u8], at: usize, attributes: &mut Vec<Attribute>) -> (usize
             _ => {}
         }
         let name_start = i;
-        while i < len
-            && !matches!(
-                buf[i],
-                b'=' | b' ' | b'\t' | b'\r' | b'\n' | b'>' | b'/' | b'"' | b'\'' | b'<'
-            )
-        {
+        while i < len && !ATTRIBUTE_NAME_STOPS[usize::from(buf[i])] {
             i += 1;
         }
         if i >= len {
@@ -1797,13 +1917,30 @@ const HIGHS: u64 = 0x8080_8080_8080_8080;
 
 /// The high bit of each byte of `w` below `n` (< 0x80); above the lowest, there may be
 /// false ones.
+#[inline(always)]
 fn bytes_below(w: u64, n: u8) -> u64 {
     w.wrapping_sub(ONES * u64::from(n)) & !w & HIGHS
 }
 
 /// The high bit of each byte of `w` equal to `b`; above the lowest, there may be false ones.
+#[inline(always)]
 fn bytes_equal(w: u64, b: u8) -> u64 {
     bytes_below(w ^ (ONES * u64::from(b)), 1)
+}
+
+/// The bytes that end an element name.
+const NAME_STOPS: [bool; 256] = byte_set(b" \t\r\n/>");
+/// The bytes that end an attribute name.
+const ATTRIBUTE_NAME_STOPS: [bool; 256] = byte_set(b"= \t\r\n>/\"'<");
+
+const fn byte_set(bytes: &[u8]) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < bytes.len() {
+        table[bytes[i] as usize] = true;
+        i += 1;
+    }
+    table
 }
 
 /// The bytes that end a run of an attribute value copied as it is.
@@ -1829,6 +1966,7 @@ const fn stops(others: &[u8]) -> [bool; 256] {
 
 /// The length of the run at the start of `text` without a byte of `table`, found eight
 /// bytes at a time (the bytes of `table` beyond controls and non-ASCII are `specials`).
+#[inline(always)]
 fn run_length(text: &[u8], specials: &[u8], table: &[bool; 256]) -> usize {
     let mut i = 0;
     while let Some(chunk) = text.get(i..i + 8) {
