@@ -459,9 +459,7 @@ impl XmlToJson {
                     // Most often the name of the open element and `>`.
                     let expected = self.stack.last().map_or(&[][..], |f| &self.tags[f.tag..]);
                     let quick = at + 2 + expected.len();
-                    let n = if buf.get(quick) == Some(&b'>')
-                        && buf[at + 2..quick] == *expected
-                    {
+                    let n = if buf.get(quick) == Some(&b'>') && buf[at + 2..quick] == *expected {
                         expected.len()
                     } else {
                         match memchr(b'>', &buf[at + 2..]) {
@@ -692,7 +690,7 @@ impl XmlToJson {
                 }))
             }
             Tag::Open(None) if self.streamed.is_none() => {
-                let value = attributes.iter().find(|a| a.name(buf) == b"value");
+                let value = attributes.iter().find(|a| matches!(a.name(buf), b"value"));
                 let streams = match value {
                     Some(_) => self.start(buf, at, name_end, attributes, Form::Cut, out)?,
                     None => false,
@@ -735,7 +733,9 @@ impl XmlToJson {
         out: &mut Vec<u8>,
     ) -> Result<bool, XmlError> {
         let name_bytes = &buf[at + 1..name_end];
-        let value_index = attributes.iter().position(|a| a.name(buf) == b"value");
+        let value_index = attributes
+            .iter()
+            .position(|a| matches!(a.name(buf), b"value"));
         // A string primitive's `value` streams.
         let found = match self.stack.last() {
             Some(Frame {
@@ -774,7 +774,7 @@ impl XmlToJson {
         if self.done {
             return Err(self.error(format!("<{}> after the root element", shown(name))));
         }
-        if memchr(b':', name).is_some() {
+        if name.contains(&b':') {
             return Err(self.error(format!("<{}> is not in the FHIR namespace", shown(name))));
         }
         // The namespace: FHIR everywhere, XHTML on the `div`. A streaming value's element
@@ -785,7 +785,7 @@ impl XmlToJson {
         };
         let namespace = before
             .iter()
-            .find(|a| a.name(buf) == b"xmlns")
+            .find(|a| matches!(a.name(buf), b"xmlns"))
             .map(|a| a.value(buf));
         let element_ns_ok = |expected: &[u8]| namespace.is_none_or(|ns| ns == expected);
         let empty = matches!(form, Form::Complete { empty: true, .. });
@@ -814,7 +814,9 @@ impl XmlToJson {
                     return Err(self.error(format!("<{}>: a second resource", shown(name))));
                 }
                 if !element_ns_ok(FHIR_NS) {
-                    return Err(self.error(format!("<{}> is not in the FHIR namespace", shown(name))));
+                    return Err(
+                        self.error(format!("<{}> is not in the FHIR namespace", shown(name)))
+                    );
                 }
                 let ty = self.resource(name)?;
                 if let Some(Frame {
@@ -837,7 +839,9 @@ impl XmlToJson {
                     return Err(self.error(format!("<{}> is not an element here", shown(name))));
                 };
                 if found.element.is_attribute() {
-                    return Err(self.error(format!("<{}> is an attribute in FHIR XML", shown(name))));
+                    return Err(
+                        self.error(format!("<{}> is an attribute in FHIR XML", shown(name)))
+                    );
                 }
                 let is_xhtml = found.element.is_xhtml();
                 if !element_ns_ok(if is_xhtml { XHTML_NS } else { FHIR_NS }) {
@@ -947,12 +951,10 @@ impl XmlToJson {
         if !continuing {
             if let Some((previous, open)) = previous {
                 if previous.position() >= element.position() {
-                    return Err(
-                        self.error(format!(
+                    return Err(self.error(format!(
                         "<{}> repeated or out of the definition order",
                         shown(name)
-                    ))
-                    );
+                    )));
                 }
                 if open {
                     close_array(previous, out, &mut self.side, &mut self.side_used, to_side);
@@ -1305,7 +1307,7 @@ impl XmlToJson {
         let id = self.primitive_attributes(buf, attributes)?;
         let value = attributes
             .iter()
-            .find(|a| a.name(buf) == b"value")
+            .find(|a| matches!(a.name(buf), b"value"))
             .map(|a| a.value(buf));
         if p.is_array && p.to_side {
             return Err(self.error("an array of primitives inside a primitive's extension"));
@@ -1346,13 +1348,13 @@ impl XmlToJson {
     ) -> Result<(), XmlError> {
         let index = attributes
             .iter()
-            .position(|a| a.name(buf) == b"value")
+            .position(|a| matches!(a.name(buf), b"value"))
             .unwrap_or(attributes.len());
         let after = self.primitive_attributes(buf, &attributes[index..])?;
         let before = attributes[..index]
             .iter()
             .rev()
-            .find(|a| a.name(buf) == b"id")
+            .find(|a| matches!(a.name(buf), b"id"))
             .copied();
         self.primitive_end(buf, p, before.or(after), true, empty, out)
     }
@@ -1706,11 +1708,16 @@ impl ElementCache {
 
     /// The element of `parent` named `name` in XML.
     fn find(&mut self, parent: TypeRef, name: &[u8]) -> Option<ElementMatch> {
-        let mut hash = (parent.name().as_ptr() as usize as u64) ^ (name.len() as u64) << 56;
-        for &b in name {
-            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        let slot = (hash >> 24) as usize & (CACHE_SLOTS - 1);
+        // The first and last eight bytes of the name (zero-padded), its length and the type.
+        let mut head = [0u8; 8];
+        let mut tail = [0u8; 8];
+        let n = name.len().min(8);
+        head[..n].copy_from_slice(&name[..n]);
+        tail[..n].copy_from_slice(&name[name.len() - n..]);
+        let hash = (u64::from_le_bytes(head) ^ u64::from_le_bytes(tail).rotate_left(29))
+            .wrapping_add((parent.name().as_ptr() as usize as u64) ^ name.len() as u64)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let slot = (hash >> 40) as usize & (CACHE_SLOTS - 1);
         if let Some(Some((cached_parent, found))) = self.slots.get(slot) {
             if *cached_parent == parent && is_xml_name(*found, name) {
                 return Some(*found);
@@ -1752,9 +1759,7 @@ fn parse_start(buf: &[u8], at: usize, attributes: &mut Vec<Attribute>) -> (usize
     attributes.clear();
     let len = buf.len();
     let mut i = at + 1;
-    while i < len && !NAME_STOPS[usize::from(buf[i])] {
-        i += 1;
-    }
+    i += name_length(&buf[i..]);
     let name_end = i;
     loop {
         while i < len && is_space(buf[i]) {
@@ -1787,8 +1792,12 @@ fn parse_start(buf: &[u8], at: usize, attributes: &mut Vec<Attribute>) -> (usize
             _ => {}
         }
         let name_start = i;
-        while i < len && !ATTRIBUTE_NAME_STOPS[usize::from(buf[i])] {
-            i += 1;
+        if buf[i..].starts_with(b"value=") {
+            i += 5;
+        } else {
+            while i < len && !ATTRIBUTE_NAME_STOPS[usize::from(buf[i])] {
+                i += 1;
+            }
         }
         if i >= len {
             return (name_end, Tag::Open(None));
@@ -1819,13 +1828,13 @@ fn parse_start(buf: &[u8], at: usize, attributes: &mut Vec<Attribute>) -> (usize
             return (name_end, Tag::Malformed);
         }
         let content = i + 1;
-        let is_value = attribute_name == b"value";
-        let Some(n) = memchr(quote, &buf[content..]) else {
+        let is_value = matches!(attribute_name, b"value");
+        let Some((n, lt)) = find_quote(quote, &buf[content..]) else {
             let open = is_value.then_some(OpenValue { content, quote });
             return (name_end, Tag::Open(open));
         };
         let close = content + n;
-        if !is_value && memchr(b'<', &buf[content..close]).is_some() {
+        if !is_value && lt {
             return (name_end, Tag::Malformed);
         }
         attributes.push(Attribute {
@@ -1839,6 +1848,33 @@ fn parse_start(buf: &[u8], at: usize, attributes: &mut Vec<Attribute>) -> (usize
             }
         }
     }
+}
+
+/// Where `quote` first is in `bytes`, and whether a `<` comes before it. Values are mostly
+/// short: the first bytes are searched eight at a time, the rest with `memchr`.
+fn find_quote(quote: u8, bytes: &[u8]) -> Option<(usize, bool)> {
+    let mut i = 0;
+    let mut lt = false;
+    while i < 32 {
+        let Some(chunk) = bytes.get(i..i + 8) else {
+            break;
+        };
+        let w = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let quotes = bytes_equal(w, quote);
+        let before = if quotes == 0 {
+            u64::MAX
+        } else {
+            // The bits below the first quote.
+            (quotes & quotes.wrapping_neg()) - 1
+        };
+        lt |= bytes_equal(w, b'<') & before != 0;
+        if quotes != 0 {
+            return Some((i + (quotes.trailing_zeros() / 8) as usize, lt));
+        }
+        i += 8;
+    }
+    let n = i + memchr(quote, &bytes[i..])?;
+    Some((n, lt || memchr(b'<', &bytes[i..n]).is_some()))
 }
 
 /// Where the tag whose rest starts `bytes` ends (after its `>`), starting inside `quote`;
@@ -1928,8 +1964,23 @@ fn bytes_equal(w: u64, b: u8) -> u64 {
     bytes_below(w ^ (ONES * u64::from(b)), 1)
 }
 
-/// The bytes that end an element name.
-const NAME_STOPS: [bool; 256] = byte_set(b" \t\r\n/>");
+/// The length of the element name that starts `bytes`, found eight bytes at a time: up to
+/// whitespace, `/` or `>` (controls stop it too: they are never in a name).
+fn name_length(bytes: &[u8]) -> usize {
+    let mut i = 0;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let stops = bytes_below(w, 0x21) | bytes_equal(w, b'/') | bytes_equal(w, b'>');
+        if stops != 0 {
+            return i + (stops.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    i + bytes[i..]
+        .iter()
+        .position(|&b| b <= b' ' || b == b'/' || b == b'>')
+        .unwrap_or(bytes.len() - i)
+}
 /// The bytes that end an attribute name.
 const ATTRIBUTE_NAME_STOPS: [bool; 256] = byte_set(b"= \t\r\n>/\"'<");
 
@@ -1944,7 +1995,9 @@ const fn byte_set(bytes: &[u8]) -> [bool; 256] {
 }
 
 /// The bytes that end a run of an attribute value copied as it is.
-const VALUE_STOPS: [bool; 256] = stops(b"\"'&<\\");
+const VALUE_STOPS: [bool; 256] = stops(b"\"&<\\");
+/// The same inside `'`.
+const QUOTED_VALUE_STOPS: [bool; 256] = stops(b"\"'&<\\");
 /// The bytes that end a run of XHTML copied as it is into a JSON string.
 const ESCAPE_STOPS: [bool; 256] = stops(b"\"\\");
 
@@ -2019,7 +2072,12 @@ fn decode_value(
     let mut i = 0;
     let mut plain = 0;
     loop {
-        i += run_length(&text[i..], b"\"'&<\\", &VALUE_STOPS);
+        // `'` ends a run only as the quote.
+        i += if quote == b'\'' {
+            run_length(&text[i..], b"\"'&<\\", &QUOTED_VALUE_STOPS)
+        } else {
+            run_length(&text[i..], b"\"&<\\", &VALUE_STOPS)
+        };
         let Some(&b) = text.get(i) else {
             sink.extend_from_slice(&text[plain..]);
             return Ok((text.len(), false));
