@@ -1099,6 +1099,14 @@ impl XmlToJson {
         self.value_key(name, p, out);
         let sink = sink_of(out, &mut self.side, p.to_side);
         sink.push(b'"');
+        if let Form::Complete { empty, .. } = form {
+            self.whole_value(buf, attributes[index], p.to_side, out)?;
+            if attributes.len() == 1 {
+                // Only the value (the most common primitive): no id, nothing after it.
+                return self.primitive_end(buf, p, None, true, empty, out);
+            }
+            return self.primitive_rest(buf, p, attributes, empty, out);
+        }
         self.streamed = Some(p);
         match form {
             Form::Open(open) => {
@@ -1110,12 +1118,8 @@ impl XmlToJson {
                 });
                 Ok(())
             }
-            Form::Complete { empty, .. } => {
-                self.whole_value(buf, attributes[index], out)?;
-                let p = self.streamed.take().expect("set above");
-                self.primitive_rest(buf, p, attributes, empty, out)
-            }
-            Form::Cut | Form::Malformed => self.whole_value(buf, attributes[index], out),
+            Form::Complete { .. } => unreachable!("written above"),
+            Form::Cut | Form::Malformed => self.whole_value(buf, attributes[index], p.to_side, out),
         }
     }
 
@@ -1124,10 +1128,10 @@ impl XmlToJson {
         &mut self,
         buf: &[u8],
         value: Attribute,
+        to_side: bool,
         out: &mut Vec<u8>,
     ) -> Result<(), XmlError> {
         let text = value.value(buf);
-        let to_side = self.streamed.is_some_and(|p| p.to_side);
         let sink = sink_of(out, &mut self.side, to_side);
         let (used, _) = decode_value(text, 0, sink, false).map_err(|e| self.value_error(e))?;
         debug_assert_eq!(used, text.len());
@@ -1528,10 +1532,13 @@ impl XmlToJson {
             json.push(b'"');
             return Ok(());
         }
-        // Numbers and booleans are short: decoded first, then checked.
+        // Numbers and booleans are short: decoded first (when they need it), then checked.
         let mut owned = Vec::new();
-        decode_attribute(text, &mut owned).map_err(|e| self.value_error(e))?;
-        let Ok(decoded) = std::str::from_utf8(&owned) else {
+        let plain = text.iter().all(|&b| b > b' ' && b != b'&' && b != b'<');
+        if !plain {
+            decode_attribute(text, &mut owned).map_err(|e| self.value_error(e))?;
+        }
+        let Ok(decoded) = std::str::from_utf8(if plain { text } else { &owned }) else {
             return Err(self.error("a value that is not UTF-8"));
         };
         match kind {
