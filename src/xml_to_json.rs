@@ -774,9 +774,8 @@ impl XmlToJson {
         if self.done {
             return Err(self.error(format!("<{}> after the root element", shown(name))));
         }
-        if name.contains(&b':') {
-            return Err(self.error(format!("<{}> is not in the FHIR namespace", shown(name))));
-        }
+        // A prefixed name (`x:active`) is found neither in the tables nor among the resources:
+        // it is told apart there, where it costs nothing on the way of the names found.
         // The namespace: FHIR everywhere, XHTML on the `div`. A streaming value's element
         // checks the attributes after the value once its tag ends.
         let before = match value_index {
@@ -836,7 +835,7 @@ impl XmlToJson {
             }
             FrameKind::Object { .. } => {
                 let Some(found) = found else {
-                    return Err(self.error(format!("<{}> is not an element here", shown(name))));
+                    return Err(self.not_fhir(name, "is not an element here"));
                 };
                 if found.element.is_attribute() {
                     return Err(
@@ -866,12 +865,18 @@ impl XmlToJson {
             .ok()
             .and_then(|name| self.model.resource(name))
             .ok_or_else(|| {
-                self.error(format!(
-                    "<{}> is not a resource of FHIR {}",
-                    shown(name),
-                    self.model.version()
-                ))
+                let what = format!("is not a resource of FHIR {}", self.model.version());
+                self.not_fhir(name, &what)
             })
+    }
+
+    /// An element name that is not FHIR here: one with a prefix is in another namespace.
+    fn not_fhir(&self, name: &[u8], what: &str) -> XmlError {
+        if name.contains(&b':') {
+            self.error(format!("<{}> is not in the FHIR namespace", shown(name)))
+        } else {
+            self.error(format!("<{}> {what}", shown(name)))
+        }
     }
 
     fn push_object(
