@@ -5,6 +5,9 @@
 //!   `tests/fixtures/examples/r4`), against memcpy of the same bytes and
 //!   `serde_json::from_slice::<Value>` of them (the first step of any converter that builds a
 //!   tree);
+//! - the same Bundle in FHIR XML posted through the layer, which sends the inner service its
+//!   FHIR JSON, against quick-xml reading the same bytes into owned events (`into_owned` per
+//!   event, what any converter that reads XML events has to do at least);
 //! - a Binary of `BENCH_MIB` MiB (default 16) as FHIR XML by the Binary writer, and the same
 //!   Binary inside a Bundle, which the general converter writes, against memcpy.
 //!
@@ -199,6 +202,91 @@ fn bench_searchset(c: &mut Criterion) {
     group.finish();
 }
 
+/// The FHIR XML of `json` (a Bundle), as the layer writes it.
+fn xml_of(runtime: &tokio::runtime::Runtime, json: &Bytes) -> Bytes {
+    let service = BinaryNegotiationLayer::new()
+        .select_all()
+        .layer(inner(frames(json, 64 << 10)));
+    runtime.block_on(async {
+        let request = Request::get("/Bundle?_format=xml").body(()).unwrap();
+        let response = service.oneshot(request).await.unwrap();
+        response.into_body().collect().await.unwrap().to_bytes()
+    })
+}
+
+/// An inner service that reads the request body to its end and answers with its length.
+fn draining<B>(
+) -> impl Service<Request<B>, Response = Response<String>, Error = Infallible, Future: Send> + Clone
+where
+    B: Body + Send + 'static,
+    B::Error: std::fmt::Debug,
+{
+    service_fn(|request: Request<B>| async move {
+        let total = drain(request.into_body()).await;
+        Ok::<_, Infallible>(
+            Response::builder()
+                .status(201)
+                .header("content-type", "text/plain")
+                .body(total.to_string())
+                .unwrap(),
+        )
+    })
+}
+
+fn bench_xml_request(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let xml = xml_of(&runtime, &searchset(10 << 20));
+    let mut group =
+        c.benchmark_group("10 MiB searchset Bundle of R4 examples in FHIR XML, 64 KiB frames");
+    group.sample_size(10);
+    group.throughput(Throughput::Bytes(xml.len() as u64));
+
+    group.bench_function("baseline: quick-xml events, into_owned", |b| {
+        b.iter(|| {
+            let mut reader = quick_xml::Reader::from_reader(black_box(&xml[..]));
+            let mut events = 0usize;
+            loop {
+                match reader.read_event().unwrap() {
+                    quick_xml::events::Event::Eof => break,
+                    event => {
+                        black_box(event.into_owned());
+                        events += 1;
+                    }
+                }
+            }
+            black_box(events);
+        })
+    });
+    let service = BinaryNegotiationLayer::new()
+        .select_all()
+        .layer(draining::<tower_fhir_binary::RequestBody<Frames>>());
+    let post = |xml: &Bytes| {
+        Request::post("/Bundle")
+            .header("content-type", "application/fhir+xml")
+            .body(Frames(frames(xml, 64 << 10).into()))
+            .unwrap()
+    };
+    // Checked once: the inner service gets the whole JSON.
+    runtime.block_on(async {
+        let response = service.clone().oneshot(post(&xml)).await.unwrap();
+        assert_eq!(response.status(), 201);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let length: usize = std::str::from_utf8(&body).unwrap().parse().unwrap();
+        assert!(length > xml.len() / 2, "{length}");
+    });
+    group.bench_function("layer: FHIR XML to FHIR JSON", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let response = service.clone().oneshot(post(&xml)).await.unwrap();
+                black_box(drain(response.into_body()).await);
+            })
+        })
+    });
+    group.finish();
+}
+
 fn bench_binary(c: &mut Criterion) {
     let mib: usize = std::env::var("BENCH_MIB")
         .ok()
@@ -240,5 +328,5 @@ fn bench_binary(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_searchset, bench_binary);
+criterion_group!(benches, bench_searchset, bench_xml_request, bench_binary);
 criterion_main!(benches);

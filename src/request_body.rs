@@ -380,6 +380,8 @@ impl XmlState {
                     let Ok(data) = frame.into_data() else {
                         continue;
                     };
+                    // The JSON is about as long as the XML: room for it, not regrown.
+                    out.reserve(data.len() + data.len() / 8 + 64);
                     self.received += data.len() as u64;
                     if self.received > self.max_upload_size {
                         self.watch.0.store(true, Ordering::Relaxed);

@@ -99,12 +99,9 @@ fn fhir_xml<B>(
     json_media_type: &'static str,
 ) -> Prepared<B> {
     let (mut parts, body) = request.into_parts();
-    // A tag is held whole: the `value` of a Binary's base64 may be as large as the upload.
-    let limits = XmlLimits {
-        max_held: usize::try_from(options.max_upload_size).unwrap_or(usize::MAX),
-        ..XmlLimits::default()
-    };
-    let (body, watch) = RequestBody::fhir_xml(body, version, limits, options.max_upload_size);
+    // The `value` of a Binary's base64 streams: the converter's bounds do not grow with it.
+    let (body, watch) =
+        RequestBody::fhir_xml(body, version, XmlLimits::default(), options.max_upload_size);
     let headers = &mut parts.headers;
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(json_media_type));
     headers.remove(CONTENT_LENGTH);

@@ -11,7 +11,7 @@
 //!   unquoted (a decimal with exactly the XML text, which must be a JSON number), R5
 //!   `integer64` a string. `Element.id` and `Extension.url` attributes become members.
 //! - A primitive's `id` and extensions become its `_name` object; in an array of primitives,
-//!   `_name` is an array with `null` for the items without, held (within `max_held`) until the
+//!   `_name` is an array with `null` for the items without, held (within `max_side`) until the
 //!   array ends, and the value array has `null` for items with no `value`.
 //! - Resource-typed elements (`contained`, `Bundle.entry.resource`, ...) are unwrapped: the
 //!   inner element's name becomes `resourceType`.
@@ -19,27 +19,41 @@
 //!   and all, which is what FHIR JSON carries).
 //! - Entities and character references in attribute values are resolved, XML's attribute
 //!   whitespace normalisation applied, and the text JSON-escaped.
-//! - Memory is bounded: a tag or a piece of `div` text is held whole, within `max_held` (so
-//!   the base64 `value` of a large Binary is read whole, within that limit, before its JSON
-//!   goes out); the nesting depth is bounded by `max_depth`.
+//! - Memory is bounded whatever the document's size. The `value` of a string primitive (the
+//!   base64 of a Binary, an attachment's data, any long text) streams: once its element is
+//!   known, its JSON goes out as its text arrives, holding at most a reference, a line end or
+//!   a character cut by the end of a piece. Everything else that is cut by the end of a piece
+//!   (a tag without that text, a number or boolean, a comment, a tag or character of the
+//!   `div`) is held whole, within `max_held`; text of the `div` streams; the nesting depth is
+//!   bounded by `max_depth`.
 //! - XML that is not FHIR for the release (an unknown or misplaced element, another
 //!   namespace, a DTD, text where FHIR has none, a value not of its kind, an empty element)
 //!   is an [`XmlError`] naming the element path; after one, nothing more is written, so the
-//!   JSON is never ended as if complete.
+//!   JSON is never ended as if complete. Where a document has several faults, the one
+//!   reported is the same whatever the pieces it comes in.
 
 use std::fmt;
 
-use crate::model::{ElementRef, JsonKind, Model, TypeKind, TypeRef};
+use memchr::{memchr, memchr3};
+
+use crate::model::{ElementMatch, ElementRef, JsonKind, Model, TypeKind, TypeRef};
 use crate::FhirVersion;
 
 const FHIR_NS: &[u8] = b"http://hl7.org/fhir";
 const XHTML_NS: &[u8] = b"http://www.w3.org/1999/xhtml";
 
+/// The longest entity or character reference read (`&#x0000000000041;` with its zeros).
+const MAX_REFERENCE: usize = 32;
+
 /// The bounds of a conversion's memory.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct XmlLimits {
-    /// The largest tag, attribute value or run of `div` text held whole, in bytes.
+    /// The most bytes held whole: a tag (without the text of a streamed `value`), a comment,
+    /// a tag or comment of the `div`.
     pub(crate) max_held: usize,
+    /// The largest `_name` array of an array of primitives (their ids and extensions), which
+    /// waits for the array's end.
+    pub(crate) max_side: usize,
     /// The deepest element nesting accepted.
     pub(crate) max_depth: usize,
 }
@@ -47,7 +61,8 @@ pub(crate) struct XmlLimits {
 impl Default for XmlLimits {
     fn default() -> XmlLimits {
         XmlLimits {
-            max_held: 64 << 20,
+            max_held: 64 << 10,
+            max_side: 1 << 20,
             max_depth: 128,
         }
     }
@@ -85,11 +100,18 @@ impl std::error::Error for XmlError {}
 pub(crate) struct XmlToJson {
     model: Model,
     limits: XmlLimits,
-    /// Received and not yet consumed.
-    input: Vec<u8>,
-    /// Where the search for the end of the current token resumes, and the quote it is in.
-    scan: usize,
-    quote: Option<u8>,
+    /// The start of a token that a piece ended in, until it is complete; for a start tag
+    /// whose `value` streams, the tag without the value's text.
+    held: Vec<u8>,
+    /// When `held` is a start tag: the quote it ends in, if any.
+    held_quote: Option<u8>,
+    /// The `value` attribute whose text is streaming.
+    value: Option<ValueStream>,
+    /// The primitive whose `value` has been written, until its tag ends.
+    streamed: Option<Primitive>,
+    /// The attributes of the tag being read.
+    attributes: Vec<Attribute>,
+    elements: ElementCache,
     /// The open elements.
     stack: Vec<Frame>,
     /// The names of the open elements, one after the other (`Frame::tag` indexes it).
@@ -104,8 +126,44 @@ pub(crate) struct XmlToJson {
     scratch: Vec<u8>,
 }
 
-/// A tag's attributes: names and values as written.
-type Attributes = Vec<(Vec<u8>, Vec<u8>)>;
+/// An attribute of the tag being read: where its name and its value (between the quotes,
+/// still escaped) are in the tag's buffer.
+#[derive(Clone, Copy)]
+struct Attribute {
+    name: (usize, usize),
+    value: (usize, usize),
+}
+
+impl Attribute {
+    fn name(self, buf: &[u8]) -> &[u8] {
+        &buf[self.name.0..self.name.1]
+    }
+
+    fn value(self, buf: &[u8]) -> &[u8] {
+        &buf[self.value.0..self.value.1]
+    }
+}
+
+/// The text of a `value` attribute being streamed.
+struct ValueStream {
+    quote: u8,
+    /// A reference, a line end or a character cut by the end of a piece (a few bytes).
+    carry: Vec<u8>,
+    /// Whether the value has a character yet (an empty value is an error).
+    written: bool,
+    to_side: bool,
+}
+
+/// A primitive element being read: what its `_name` part needs once its tag ends.
+#[derive(Clone, Copy)]
+struct Primitive {
+    ty: TypeRef,
+    kind: JsonKind,
+    is_array: bool,
+    continuing: bool,
+    had_members: bool,
+    to_side: bool,
+}
 
 /// An open element.
 struct Frame {
@@ -137,25 +195,45 @@ enum FrameKind {
     Div { depth: usize },
 }
 
-/// A piece of XML.
-enum Token {
-    Start {
+/// What a start tag is, as far as its buffer goes.
+enum Tag {
+    Complete {
         end: usize,
         empty: bool,
     },
-    End {
+    /// It goes on past the buffer, in the text of its `value` attribute when that is given.
+    Open(Option<OpenValue>),
+    Malformed,
+}
+
+/// The text of a `value` attribute that goes on past the buffer.
+#[derive(Clone, Copy)]
+struct OpenValue {
+    content: usize,
+    quote: u8,
+}
+
+/// How much of a start tag the buffer has, for [`XmlToJson::start`].
+#[derive(Clone, Copy)]
+enum Form {
+    Complete {
         end: usize,
+        empty: bool,
     },
-    /// Text up to `end` (not including the next `<`, or all there is).
-    Text {
-        end: usize,
-    },
-    /// A comment, CDATA section or processing instruction.
-    Other {
-        end: usize,
-        cdata: bool,
-        pi: bool,
-    },
+    Open(OpenValue),
+    /// The tag goes on past the buffer after a complete `value`.
+    Cut,
+    Malformed,
+}
+
+/// Where reading a buffer stopped.
+enum Stop {
+    /// At an incomplete token (or the end).
+    At(usize),
+    /// In the text of the `value` of the start tag at `at`, which now streams.
+    Value { at: usize, open: OpenValue },
+    /// In the start tag at `at`, after its `value` (between these offsets), which streamed.
+    Cut { at: usize, value: (usize, usize) },
 }
 
 impl XmlToJson {
@@ -163,9 +241,12 @@ impl XmlToJson {
         XmlToJson {
             model: Model::of(version),
             limits,
-            input: Vec::new(),
-            scan: 0,
-            quote: None,
+            held: Vec::new(),
+            held_quote: None,
+            value: None,
+            streamed: None,
+            attributes: Vec::new(),
+            elements: ElementCache::new(),
             stack: Vec::new(),
             tags: Vec::new(),
             side: Vec::new(),
@@ -183,8 +264,7 @@ impl XmlToJson {
         if let Some(error) = &self.failed {
             return Err(error.clone());
         }
-        self.input.extend_from_slice(input);
-        let result = self.run(out, false);
+        let result = self.consume(input, false, out);
         self.check(result)
     }
 
@@ -193,7 +273,7 @@ impl XmlToJson {
         if let Some(error) = &self.failed {
             return Err(error.clone());
         }
-        let result = self.run(out, true).and_then(|()| {
+        let result = self.consume(&[], true, out).and_then(|()| {
             if self.done {
                 out.push(b'}');
                 Ok(())
@@ -226,123 +306,223 @@ impl XmlToJson {
         }
     }
 
-    /// Consumes every complete token of `input`.
-    fn run(&mut self, out: &mut Vec<u8>, ended: bool) -> Result<(), XmlError> {
-        let mut at = 0;
-        let result = loop {
-            match self.next_token(at, ended) {
-                Ok(None) => break Ok(()),
-                Ok(Some(token)) => {
-                    let end = match &token {
-                        Token::Start { end, .. }
-                        | Token::End { end }
-                        | Token::Text { end }
-                        | Token::Other { end, .. } => *end,
-                    };
-                    let held = matches!(token, Token::Start { .. })
-                        || (self.in_div() && matches!(token, Token::Text { .. }));
-                    if held && end - at > self.limits.max_held {
-                        break Err(self.error(format!(
-                            "a tag or text longer than the {} bytes held whole",
-                            self.limits.max_held
-                        )));
-                    }
-                    if let Err(e) = self.token(&token, at, out) {
-                        break Err(e);
-                    }
-                    at = end;
-                    self.scan = at;
-                    self.quote = None;
-                }
-                Err(e) => break Err(e),
-            }
-        };
-        self.input.drain(..at);
-        self.scan -= at;
-        if result.is_ok() && self.input.len() > self.limits.max_held {
-            return Err(self.error(format!(
-                "a tag or text longer than the {} bytes held whole",
-                self.limits.max_held
-            )));
-        }
-        if result.is_ok() && ended && !self.input.is_empty() {
-            return Err(self.error("the document ends inside a tag"));
-        }
-        result
+    fn held_whole(&self) -> XmlError {
+        self.error(format!(
+            "a tag or comment longer than the {} bytes held whole",
+            self.limits.max_held
+        ))
     }
 
-    /// The token starting at `at`, if it is complete.
-    fn next_token(&mut self, at: usize, ended: bool) -> Result<Option<Token>, XmlError> {
-        let input = &self.input;
-        if at >= input.len() {
-            return Ok(None);
-        }
-        if input[at] != b'<' {
-            return Ok(match memchr(b'<', &input[at..]) {
-                Some(n) => Some(Token::Text { end: at + n }),
-                // Text outside the `div` is checked as it comes; in the `div` it is held
-                // until its end so that no character is split.
-                None if ended || !self.in_div() => Some(Token::Text { end: input.len() }),
-                None => None,
-            });
-        }
-        let rest = &input[at..];
-        if rest.len() < 2 || (rest[1] == b'!' && rest.len() < 9 && !ended) {
-            return Ok(None);
-        }
-        let find = |what: &[u8], from: usize| -> Option<usize> {
-            rest.get(from..)?
-                .windows(what.len())
-                .position(|w| w == what)
-                .map(|n| at + from + n + what.len())
-        };
-        match rest[1] {
-            b'?' => Ok(find(b"?>", 2).map(|end| Token::Other {
-                end,
-                cdata: false,
-                pi: true,
-            })),
-            b'!' if rest.starts_with(b"<!--") => Ok(find(b"-->", 4).map(|end| Token::Other {
-                end,
-                cdata: false,
-                pi: false,
-            })),
-            b'!' if rest.starts_with(b"<![CDATA[") => Ok(find(b"]]>", 9).map(|end| Token::Other {
-                end,
-                cdata: true,
-                pi: false,
-            })),
-            b'!' => Err(self.error("a DTD or declaration, which FHIR XML does not allow")),
-            _ => {
-                // Find the `>` that is not inside a quoted attribute value.
-                let mut i = self.scan.max(at + 1);
-                let mut quote = self.quote;
-                while i < input.len() {
-                    let b = input[i];
-                    match quote {
-                        Some(q) if b == q => quote = None,
-                        Some(_) => {}
-                        None if b == b'"' || b == b'\'' => quote = Some(b),
-                        None if b == b'>' => {
-                            let end = i + 1;
-                            return Ok(Some(if rest[1] == b'/' {
-                                Token::End { end }
-                            } else {
-                                Token::Start {
-                                    end,
-                                    empty: input[i - 1] == b'/',
-                                }
-                            }));
-                        }
-                        None => {}
-                    }
-                    i += 1;
+    /// Reads `input`: straight from it, except for a token cut by the end of the last piece,
+    /// which is completed with as little of `input` as it needs.
+    fn consume(
+        &mut self,
+        mut input: &[u8],
+        ended: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), XmlError> {
+        loop {
+            if self.value.is_some() {
+                match self.stream_value(input, ended, out)? {
+                    Some(close) => input = &input[close..],
+                    None => return Ok(()),
                 }
-                self.scan = i;
-                self.quote = quote;
-                Ok(None)
+            }
+            if self.held.is_empty() {
+                let stop = self.run(input, ended, out)?;
+                return self.hold(input, stop, ended, out);
+            }
+            if input.is_empty() && !ended {
+                return Ok(());
+            }
+            let room = (self.limits.max_held + 1).saturating_sub(self.held.len());
+            let take = self.held_end(input).unwrap_or(input.len()).min(room);
+            self.held.extend_from_slice(&input[..take]);
+            input = &input[take..];
+            let last = ended && input.is_empty();
+            let held = std::mem::take(&mut self.held);
+            let result = self
+                .run(&held, last, out)
+                .and_then(|stop| self.hold(&held, stop, last, out));
+            if self.held.is_empty() {
+                // Its allocation serves the next cut token.
+                self.held = held;
+                self.held.clear();
+            }
+            result?;
+            if last {
+                return Ok(());
             }
         }
+    }
+
+    /// Where the token in `held` ends in `input`, when that is known without reading it.
+    fn held_end(&self, input: &[u8]) -> Option<usize> {
+        if self.held.first() != Some(&b'<') {
+            return None;
+        }
+        match self.held.get(1) {
+            Some(b'/') => memchr(b'>', input).map(|n| n + 1),
+            Some(b'!' | b'?') | None => None,
+            Some(_) => tag_end(input, self.held_quote).ok(),
+        }
+    }
+
+    /// Keeps what `run` left of `buf`: the incomplete token, or a streaming tag without the
+    /// text of its value.
+    fn hold(
+        &mut self,
+        buf: &[u8],
+        stop: Stop,
+        ended: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), XmlError> {
+        match stop {
+            Stop::At(at) => {
+                self.held.clear();
+                if at == buf.len() {
+                    return Ok(());
+                }
+                if ended {
+                    return Err(self.error("the document ends inside a tag"));
+                }
+                self.held.extend_from_slice(&buf[at..]);
+                let rest = &self.held;
+                self.held_quote = match rest.get(1) {
+                    Some(b'/' | b'!' | b'?') | None => None,
+                    Some(_) if rest[0] == b'<' => tag_end(&rest[1..], None).err().flatten(),
+                    Some(_) => None,
+                };
+                if self.held.len() > self.limits.max_held {
+                    return Err(self.held_whole());
+                }
+                Ok(())
+            }
+            Stop::Value { at, open } => {
+                self.held.clear();
+                self.held.extend_from_slice(&buf[at..open.content]);
+                self.held_quote = Some(open.quote);
+                if self.held.len() > self.limits.max_held {
+                    return Err(self.held_whole());
+                }
+                let close = self.stream_value(&buf[open.content..], ended, out)?;
+                debug_assert!(close.is_none(), "the tag was open");
+                Ok(())
+            }
+            Stop::Cut { at, value } => {
+                if ended {
+                    return Err(self.error("the document ends inside a tag"));
+                }
+                self.held.clear();
+                self.held.extend_from_slice(&buf[at..value.0]);
+                self.held.extend_from_slice(&buf[value.1..]);
+                self.held_quote = tag_end(&self.held[1..], None).err().flatten();
+                if self.held.len() > self.limits.max_held {
+                    return Err(self.held_whole());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Consumes every complete token of `buf`.
+    fn run(&mut self, buf: &[u8], ended: bool, out: &mut Vec<u8>) -> Result<Stop, XmlError> {
+        let mut at = 0;
+        while at < buf.len() {
+            if self.side.len() > self.limits.max_side {
+                return Err(self.side_too_large());
+            }
+            if self.in_div() {
+                match self.div_step(buf, at, ended, out)? {
+                    Some(next) => at = next,
+                    None => return Ok(Stop::At(at)),
+                }
+                continue;
+            }
+            if buf[at] != b'<' {
+                // Only whitespace, up to the next tag.
+                let spaces = buf[at..].iter().position(|&b| !is_space(b));
+                match spaces {
+                    Some(n) if buf[at + n] != b'<' => {
+                        return Err(self.error("text where FHIR XML has only elements"));
+                    }
+                    Some(n) => at += n,
+                    None => at = buf.len(),
+                }
+                continue;
+            }
+            let Some(&second) = buf.get(at + 1) else {
+                return Ok(Stop::At(at));
+            };
+            match second {
+                b'/' => {
+                    // Most often the name of the open element and `>`.
+                    let expected = self.stack.last().map_or(&[][..], |f| &self.tags[f.tag..]);
+                    let quick = at + 2 + expected.len();
+                    let n = if buf.get(quick) == Some(&b'>') && buf[at + 2..quick] == *expected {
+                        expected.len()
+                    } else {
+                        match memchr(b'>', &buf[at + 2..]) {
+                            Some(n) => n,
+                            None => return Ok(Stop::At(at)),
+                        }
+                    };
+                    let end = at + 2 + n + 1;
+                    if end - at > self.limits.max_held {
+                        return Err(self.held_whole());
+                    }
+                    self.end(&buf[at + 2..end - 1], out)?;
+                    at = end;
+                }
+                b'!' | b'?' => match self.markup(buf, at, ended)? {
+                    Some(end) => at = end,
+                    None => return Ok(Stop::At(at)),
+                },
+                _ => {
+                    let mut attributes = std::mem::take(&mut self.attributes);
+                    let step = self.start_tag(buf, at, &mut attributes, out);
+                    self.attributes = attributes;
+                    match step? {
+                        Ok(end) => at = end,
+                        Err(stop) => return Ok(stop),
+                    }
+                }
+            }
+        }
+        if self.side.len() > self.limits.max_side {
+            return Err(self.side_too_large());
+        }
+        Ok(Stop::At(at))
+    }
+
+    /// A comment, processing instruction, CDATA section or declaration outside the `div`:
+    /// its end, or `None` when it goes on past `buf`.
+    fn markup(&mut self, buf: &[u8], at: usize, ended: bool) -> Result<Option<usize>, XmlError> {
+        let rest = &buf[at..];
+        if rest[1] == b'!' && rest.len() < 9 && !ended {
+            return Ok(None);
+        }
+        if is_declaration(rest) {
+            return Err(self.error("a DTD or declaration, which FHIR XML does not allow"));
+        }
+        let Some((end, cdata)) = markup_end(rest) else {
+            return Ok(None);
+        };
+        if end > self.limits.max_held {
+            return Err(self.held_whole());
+        }
+        let token = &rest[..end];
+        if cdata {
+            return Err(self.error("a CDATA section where FHIR XML has only elements"));
+        }
+        if !self.started && token.starts_with(b"<?xml ") {
+            // The XML declaration: only UTF-8 is read.
+            let decl = String::from_utf8_lossy(token).to_lowercase();
+            if decl.contains("encoding") && !decl.contains("utf-8") {
+                return Err(self.error("an encoding other than UTF-8"));
+            }
+        }
+        Ok(Some(at + end))
     }
 
     fn in_div(&self) -> bool {
@@ -355,77 +535,116 @@ impl XmlToJson {
         )
     }
 
-    fn token(&mut self, token: &Token, at: usize, out: &mut Vec<u8>) -> Result<(), XmlError> {
-        if let Some(Frame {
-            kind: FrameKind::Div { .. },
-            ..
-        }) = self.stack.last()
-        {
-            return self.div_token(token, at, out);
-        }
-        match *token {
-            Token::Text { end } => {
-                if self.input[at..end]
-                    .iter()
-                    .all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
-                {
-                    Ok(())
-                } else {
-                    Err(self.error("text where FHIR XML has only elements"))
-                }
-            }
-            Token::Other { cdata: true, .. } => {
-                Err(self.error("a CDATA section where FHIR XML has only elements"))
-            }
-            Token::Other { pi, end, .. } => {
-                if pi && !self.started && at == 0 && self.input[at..end].starts_with(b"<?xml ") {
-                    // The XML declaration: only UTF-8 is read.
-                    let decl = String::from_utf8_lossy(&self.input[at..end]).to_lowercase();
-                    if decl.contains("encoding") && !decl.contains("utf-8") {
-                        return Err(self.error("an encoding other than UTF-8"));
-                    }
-                }
-                Ok(())
-            }
-            Token::Start { end, empty } => self.start(at, end, empty, out),
-            Token::End { end } => self.end(at, end, out),
-        }
-    }
-
-    /// Everything inside the `div`, copied as written into its JSON string.
-    fn div_token(&mut self, token: &Token, at: usize, out: &mut Vec<u8>) -> Result<(), XmlError> {
-        let (end, depth_change) = match *token {
-            Token::Start { end, empty } => (end, if empty { 0 } else { 1 }),
-            Token::End { end } => (end, -1),
-            Token::Text { end } | Token::Other { end, .. } => (end, 0),
-        };
-        let raw = &self.input[at..end];
-        if std::str::from_utf8(raw).is_err() {
-            return Err(self.error("XHTML that is not UTF-8"));
-        }
-        let to_side = self.stack.last().is_some_and(|f| f.to_side);
-        let sink = if to_side { &mut self.side } else { &mut *out };
-        escape_json(raw, sink);
+    /// The tokens inside the `div` from `at` on, copied as written into its JSON string,
+    /// until the `div` ends or a token goes on past `buf`: where reading stopped, or `None`
+    /// when it could not start. Text streams, cut before a character that is.
+    fn div_step(
+        &mut self,
+        buf: &[u8],
+        at: usize,
+        ended: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<usize>, XmlError> {
         let Some(Frame {
             kind: FrameKind::Div { depth },
+            to_side,
             ..
-        }) = self.stack.last_mut()
+        }) = self.stack.last()
         else {
             unreachable!("called in the div");
         };
-        if depth_change > 0 {
-            *depth += 1;
-            if *depth > self.limits.max_depth {
-                return Err(self.error("XHTML nested too deep"));
+        let (mut depth, to_side) = (*depth, *to_side);
+        let mut pos = at;
+        let result = loop {
+            let rest = &buf[pos..];
+            let Some(&first) = rest.first() else {
+                break Ok(());
+            };
+            let (end, depth_change) = if first != b'<' {
+                match memchr(b'<', rest) {
+                    Some(n) => (n, 0),
+                    None if ended => (rest.len(), 0),
+                    None => match utf8_cut(rest) {
+                        0 => break Ok(()),
+                        n => (n, 0),
+                    },
+                }
+            } else {
+                let Some(&second) = rest.get(1) else {
+                    break Ok(());
+                };
+                match second {
+                    b'/' => match memchr(b'>', rest) {
+                        Some(n) => (n + 1, -1),
+                        None => break Ok(()),
+                    },
+                    b'!' | b'?' => {
+                        if rest.len() < 9 && !ended && second == b'!' {
+                            break Ok(());
+                        }
+                        if is_declaration(rest) {
+                            break Err(
+                                self.error("a DTD or declaration, which FHIR XML does not allow")
+                            );
+                        }
+                        match markup_end(rest) {
+                            Some((end, _)) => (end, 0),
+                            None => break Ok(()),
+                        }
+                    }
+                    _ => match tag_end(&rest[1..], None) {
+                        Ok(n) => {
+                            let end = n + 1;
+                            (end, if rest[end - 2] == b'/' { 0 } else { 1 })
+                        }
+                        Err(_) => break Ok(()),
+                    },
+                }
+            };
+            if first == b'<' && end > self.limits.max_held {
+                break Err(self.held_whole());
             }
-        } else if depth_change < 0 {
-            *depth -= 1;
-            if *depth == 0 {
-                sink_of(out, &mut self.side, to_side).push(b'"');
-                self.pop();
+            pos += end;
+            if depth_change > 0 {
+                depth += 1;
+                if depth > self.limits.max_depth {
+                    break Err(self.error("XHTML nested too deep"));
+                }
+            } else if depth_change < 0 {
+                depth -= 1;
+                if depth == 0 {
+                    break Ok(());
+                }
             }
+        };
+        let sink = sink_of(out, &mut self.side, to_side);
+        if escape_json_utf8(&buf[at..pos], sink).is_err() {
+            return Err(self.error("XHTML that is not UTF-8"));
         }
-        Ok(())
+        if to_side && self.side.len() > self.limits.max_side {
+            return Err(self.side_too_large());
+        }
+        result?;
+        if let Some(Frame {
+            kind: FrameKind::Div { depth: d },
+            ..
+        }) = self.stack.last_mut()
+        {
+            *d = depth;
+        }
+        if depth == 0 {
+            // The `div`'s own end tag.
+            sink_of(out, &mut self.side, to_side).push(b'"');
+            self.pop();
+        }
+        Ok((pos > at).then_some(pos))
+    }
+
+    fn side_too_large(&self) -> XmlError {
+        self.error(format!(
+            "ids and extensions of an array of primitives longer than the {} bytes held until its end",
+            self.limits.max_side
+        ))
     }
 
     fn pop(&mut self) {
@@ -434,68 +653,171 @@ impl XmlToJson {
         }
     }
 
+    /// The start tag at `at`: its end, or where reading stops when it goes on past `buf`.
+    fn start_tag(
+        &mut self,
+        buf: &[u8],
+        at: usize,
+        attributes: &mut Vec<Attribute>,
+        out: &mut Vec<u8>,
+    ) -> Result<Result<usize, Stop>, XmlError> {
+        let (name_end, tag) = parse_start(buf, at, attributes);
+        match tag {
+            Tag::Complete { end, empty } => {
+                match self.streamed.take() {
+                    Some(primitive) => {
+                        self.primitive_rest(buf, primitive, attributes, empty, out)?
+                    }
+                    None => {
+                        self.start(
+                            buf,
+                            at,
+                            name_end,
+                            attributes,
+                            Form::Complete { end, empty },
+                            out,
+                        )?;
+                    }
+                }
+                Ok(Ok(end))
+            }
+            Tag::Open(Some(open)) if self.streamed.is_none() => {
+                let streams = self.start(buf, at, name_end, attributes, Form::Open(open), out)?;
+                Ok(Err(if streams {
+                    Stop::Value { at, open }
+                } else {
+                    Stop::At(at)
+                }))
+            }
+            Tag::Open(None) if self.streamed.is_none() => {
+                let value = attributes.iter().find(|a| matches!(a.name(buf), b"value"));
+                let streams = match value {
+                    Some(_) => self.start(buf, at, name_end, attributes, Form::Cut, out)?,
+                    None => false,
+                };
+                Ok(Err(match value {
+                    Some(value) if streams => Stop::Cut {
+                        at,
+                        value: value.value,
+                    },
+                    _ => Stop::At(at),
+                }))
+            }
+            Tag::Open(_) => Ok(Err(Stop::At(at))),
+            Tag::Malformed => {
+                if self.streamed.is_none() {
+                    self.start(buf, at, name_end, attributes, Form::Malformed, out)?;
+                }
+                Err(self.malformed(&buf[at + 1..name_end]))
+            }
+        }
+    }
+
+    fn malformed(&self, name: &[u8]) -> XmlError {
+        self.error(format!(
+            "a malformed tag <{}>",
+            String::from_utf8_lossy(name)
+        ))
+    }
+
+    /// A start tag. With `Form::Open` (the tag goes on in its `value`) it only starts the
+    /// element when that value streams, and says whether it did; with `Form::Malformed`, only
+    /// what comes before the fault: a streaming value.
     fn start(
         &mut self,
+        buf: &[u8],
         at: usize,
-        end: usize,
-        empty: bool,
+        name_end: usize,
+        attributes: &[Attribute],
+        form: Form,
         out: &mut Vec<u8>,
-    ) -> Result<(), XmlError> {
-        let tag = &self.input[at + 1..end - if empty { 2 } else { 1 }];
-        let name_len = tag
+    ) -> Result<bool, XmlError> {
+        let name_bytes = &buf[at + 1..name_end];
+        let value_index = attributes
             .iter()
-            .position(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
-            .unwrap_or(tag.len());
-        let name = std::str::from_utf8(&tag[..name_len])
-            .map_err(|_| self.error("an element name that is not UTF-8"))?
-            .to_owned();
-        let attributes: Attributes = parse_attributes(&tag[name_len..])
-            .ok_or_else(|| self.error(format!("a malformed tag <{name}>")))?
-            .into_iter()
-            .map(|(n, v)| (n.to_vec(), v.to_vec()))
-            .collect();
+            .position(|a| matches!(a.name(buf), b"value"));
+        // A string primitive's `value` streams.
+        let found = match self.stack.last() {
+            Some(Frame {
+                kind: FrameKind::Object { ty, .. },
+                ..
+            }) => self.elements.find(*ty, name_bytes),
+            _ => None,
+        };
+        let streams = (matches!(form, Form::Open(_)) || value_index.is_some())
+            && found.is_some_and(|f| {
+                !f.element.is_attribute()
+                    && !f.element.is_xhtml()
+                    && f.ty.json_kind() == Some(JsonKind::String)
+            });
+        match form {
+            Form::Open(_) | Form::Cut if !streams => return Ok(false),
+            Form::Malformed if !streams => return Err(self.malformed(name_bytes)),
+            Form::Complete { end, .. } => {
+                let streamed_len = match value_index {
+                    Some(i) if streams => attributes[i].value.1 - attributes[i].value.0,
+                    _ => 0,
+                };
+                if end - at - streamed_len > self.limits.max_held {
+                    return Err(self.held_whole());
+                }
+            }
+            _ => {}
+        }
+        let name = name_bytes;
+        if !name.is_ascii() && std::str::from_utf8(name).is_err() {
+            return Err(self.error("an element name that is not UTF-8"));
+        }
         if self.stack.len() >= self.limits.max_depth {
             return Err(self.error("elements nested too deep"));
         }
         if self.done {
-            return Err(self.error(format!("<{name}> after the root element")));
+            return Err(self.error(format!("<{}> after the root element", shown(name))));
         }
-        if name.contains(':') {
-            return Err(self.error(format!("<{name}> is not in the FHIR namespace")));
-        }
-        // The namespace: FHIR everywhere, XHTML on the `div`.
-        let namespace = attributes
+        // A prefixed name (`x:active`) is found neither in the tables nor among the resources:
+        // it is told apart there, where it costs nothing on the way of the names found.
+        // The namespace: FHIR everywhere, XHTML on the `div`. A streaming value's element
+        // checks the attributes after the value once its tag ends.
+        let before = match value_index {
+            Some(i) if streams => &attributes[..i],
+            _ => attributes,
+        };
+        let namespace = before
             .iter()
-            .find(|a| a.0 == b"xmlns")
-            .map(|a| a.1.as_slice());
+            .find(|a| matches!(a.name(buf), b"xmlns"))
+            .map(|a| a.value(buf));
         let element_ns_ok = |expected: &[u8]| namespace.is_none_or(|ns| ns == expected);
+        let empty = matches!(form, Form::Complete { empty: true, .. });
         let Some(top) = self.stack.last() else {
             // The root: a resource of the release in the FHIR namespace.
             if self.started {
-                return Err(self.error(format!("<{name}> after the root element")));
+                return Err(self.error(format!("<{}> after the root element", shown(name))));
             }
             if namespace != Some(FHIR_NS) {
-                return Err(self.error(format!("<{name}> is not in the FHIR namespace")));
+                return Err(self.error(format!("<{}> is not in the FHIR namespace", shown(name))));
             }
-            let ty = self.resource(&name)?;
+            let ty = self.resource(name)?;
             self.started = true;
             out.extend_from_slice(b"{\"resourceType\":\"");
-            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(name);
             out.push(b'"');
-            self.push_object(&name, ty, true, None, false);
-            return self.object_attributes(ty, &attributes, empty, out);
+            self.push_object(name, ty, true, None, false);
+            self.object_attributes(buf, ty, attributes, empty, out)?;
+            return Ok(false);
         };
         let to_side = top.to_side;
         match top.kind {
-            FrameKind::Div { .. } => unreachable!("handled by div_token"),
+            FrameKind::Div { .. } => unreachable!("handled by div_step"),
             FrameKind::Wrapper { filled } => {
                 if filled {
-                    return Err(self.error(format!("<{name}>: a second resource")));
+                    return Err(self.error(format!("<{}>: a second resource", shown(name))));
                 }
                 if !element_ns_ok(FHIR_NS) {
-                    return Err(self.error(format!("<{name}> is not in the FHIR namespace")));
+                    return Err(
+                        self.error(format!("<{}> is not in the FHIR namespace", shown(name)))
+                    );
                 }
-                let ty = self.resource(&name)?;
+                let ty = self.resource(name)?;
                 if let Some(Frame {
                     kind: FrameKind::Wrapper { filled },
                     ..
@@ -505,58 +827,80 @@ impl XmlToJson {
                 }
                 let sink = sink_of(out, &mut self.side, to_side);
                 sink.extend_from_slice(b"{\"resourceType\":\"");
-                sink.extend_from_slice(name.as_bytes());
+                sink.extend_from_slice(name);
                 sink.push(b'"');
-                self.push_object(&name, ty, true, None, to_side);
-                self.object_attributes(ty, &attributes, empty, out)
+                self.push_object(name, ty, true, None, to_side);
+                self.object_attributes(buf, ty, attributes, empty, out)?;
+                Ok(false)
             }
-            FrameKind::Object { ty: parent, .. } => {
-                let Some(found) = parent.element(&name) else {
-                    return Err(self.error(format!("<{name}> is not an element here")));
+            FrameKind::Object { .. } => {
+                let Some(found) = found else {
+                    return Err(self.not_fhir(name, "is not an element here"));
                 };
                 if found.element.is_attribute() {
-                    return Err(self.error(format!("<{name}> is an attribute in FHIR XML")));
+                    return Err(
+                        self.error(format!("<{}> is an attribute in FHIR XML", shown(name)))
+                    );
                 }
                 let is_xhtml = found.element.is_xhtml();
                 if !element_ns_ok(if is_xhtml { XHTML_NS } else { FHIR_NS }) {
-                    return Err(self.error(format!("<{name}> is in the wrong namespace")));
+                    return Err(self.error(format!("<{}> is in the wrong namespace", shown(name))));
                 }
                 if is_xhtml && namespace.is_none() {
                     return Err(self.error("the div is not in the XHTML namespace"));
                 }
-                self.element_start(
-                    &name,
-                    found.element,
-                    found.ty,
-                    &attributes,
-                    at,
-                    end,
-                    empty,
-                    out,
-                )
+                let value = if streams {
+                    Some((value_index.unwrap_or(attributes.len()), form))
+                } else {
+                    None
+                };
+                self.element_start(buf, name, found, attributes, value, at, form, out)?;
+                Ok(streams)
             }
         }
     }
 
-    fn resource(&self, name: &str) -> Result<TypeRef, XmlError> {
-        self.model.resource(name).ok_or_else(|| {
-            self.error(format!(
-                "<{name}> is not a resource of FHIR {}",
-                self.model.version()
-            ))
-        })
+    fn resource(&self, name: &[u8]) -> Result<TypeRef, XmlError> {
+        std::str::from_utf8(name)
+            .ok()
+            .and_then(|name| self.model.resource(name))
+            .ok_or_else(|| {
+                let what = format!("is not a resource of FHIR {}", self.model.version());
+                self.not_fhir(name, &what)
+            })
+    }
+
+    /// An element name that is not FHIR here: one with a prefix is in another namespace.
+    fn not_fhir(&self, name: &[u8], what: &str) -> XmlError {
+        if name.contains(&b':') {
+            self.error(format!("<{}> is not in the FHIR namespace", shown(name)))
+        } else {
+            self.error(format!("<{}> {what}", shown(name)))
+        }
     }
 
     fn push_object(
         &mut self,
-        name: &str,
+        name: &[u8],
         ty: TypeRef,
         members: bool,
         pending_open: Option<&'static str>,
         to_side: bool,
     ) {
         let tag = self.tags.len();
-        self.tags.extend_from_slice(name.as_bytes());
+        self.tags.extend_from_slice(name);
+        self.push_object_at(tag, ty, members, pending_open, to_side);
+    }
+
+    /// Opens an object whose name is the end of `tags`, from `tag` on.
+    fn push_object_at(
+        &mut self,
+        tag: usize,
+        ty: TypeRef,
+        members: bool,
+        pending_open: Option<&'static str>,
+        to_side: bool,
+    ) {
         self.stack.push(Frame {
             tag,
             to_side,
@@ -571,31 +915,27 @@ impl XmlToJson {
         });
     }
 
-    /// A child element of the object on top of the stack.
+    /// A child element of the object on top of the stack. `value` is the index of the
+    /// streaming `value` attribute (`attributes.len()` when it is open) and the tag's form.
     #[allow(clippy::too_many_arguments)]
     fn element_start(
         &mut self,
-        name: &str,
-        element: ElementRef,
-        ty: TypeRef,
-        attributes: &Attributes,
+        buf: &[u8],
+        name: &[u8],
+        found: ElementMatch,
+        attributes: &[Attribute],
+        value: Option<(usize, Form)>,
         at: usize,
-        end: usize,
-        empty: bool,
+        form: Form,
         out: &mut Vec<u8>,
     ) -> Result<(), XmlError> {
+        let ElementMatch { element, ty } = found;
+        let empty = matches!(form, Form::Complete { empty: true, .. });
         let partner_key = self.stack.last().and_then(|top| match top.kind {
             FrameKind::Object {
                 pending_open: Some(prefix),
                 ..
-            } => {
-                let mut key = prefix.as_bytes().to_vec();
-                key.push(b'"');
-                key.push(b'_');
-                key.extend_from_slice(&self.tags[top.tag..]);
-                key.extend_from_slice(b"\":{");
-                Some(key)
-            }
+            } => Some((prefix, top.tag)),
             _ => None,
         });
         let Some(Frame {
@@ -616,14 +956,23 @@ impl XmlToJson {
         if !continuing {
             if let Some((previous, open)) = previous {
                 if previous.position() >= element.position() {
-                    return Err(
-                        self.error(format!("<{name}> repeated or out of the definition order"))
-                    );
+                    return Err(self.error(format!(
+                        "<{}> repeated or out of the definition order",
+                        shown(name)
+                    )));
                 }
                 if open {
                     close_array(previous, out, &mut self.side, &mut self.side_used, to_side);
                 }
             }
+        }
+        if let Some((prefix, tag)) = partner_key {
+            // A primitive's `_name`, opened by its first member: `,"_name":{`.
+            let sink = sink_of(out, &mut self.side, to_side);
+            sink.extend_from_slice(prefix.as_bytes());
+            sink.extend_from_slice(b"\"_");
+            sink.extend_from_slice(&self.tags[tag..]);
+            sink.extend_from_slice(b"\":{");
         }
         let Some(Frame {
             kind:
@@ -639,16 +988,14 @@ impl XmlToJson {
             unreachable!("called in an object");
         };
         *last = Some((element, is_array));
+        *pending_open = None;
         let sink = sink_of(out, &mut self.side, to_side);
-        if pending_open.take().is_some() {
-            sink.extend_from_slice(&partner_key.unwrap_or_default());
-        }
         if !continuing && primitive.is_none() {
             // Complex members are written now; primitives write their own keys.
             if *members {
                 sink.push(b',');
             }
-            push_key(sink, name.as_bytes());
+            push_key(sink, name);
             if is_array {
                 sink.push(b'[');
             }
@@ -658,21 +1005,19 @@ impl XmlToJson {
         let had_members = *members;
         *members = true;
         if let Some(kind) = primitive {
-            return self.primitive_start(
-                name,
-                element,
+            let primitive = Primitive {
                 ty,
                 kind,
+                is_array,
                 continuing,
                 had_members,
-                attributes,
-                empty,
-                out,
-            );
+                to_side,
+            };
+            return self.primitive_start(buf, name, primitive, attributes, value, empty, out);
         }
         if element.is_resource_typed() {
             let tag = self.tags.len();
-            self.tags.extend_from_slice(name.as_bytes());
+            self.tags.extend_from_slice(name);
             self.stack.push(Frame {
                 tag,
                 to_side,
@@ -684,55 +1029,268 @@ impl XmlToJson {
             return Ok(());
         }
         if element.is_xhtml() {
+            if attributes
+                .iter()
+                .any(|a| memchr(b'<', a.value(buf)).is_some())
+            {
+                return Err(self.malformed(name));
+            }
             let tag = self.tags.len();
-            self.tags.extend_from_slice(name.as_bytes());
+            self.tags.extend_from_slice(name);
             self.stack.push(Frame {
                 tag,
                 to_side,
                 kind: FrameKind::Div { depth: 0 },
             });
-            sink_of(out, &mut self.side, to_side).push(b'"');
-            let token = Token::Start { end, empty };
-            return self.div_token(&token, at, out);
+            // Its start tag as written; the `div` written `<div .../>` ends there.
+            let Form::Complete { end, empty } = form else {
+                unreachable!("only string primitives stream");
+            };
+            let sink = sink_of(out, &mut self.side, to_side);
+            sink.push(b'"');
+            if escape_json_utf8(&buf[at..end], sink).is_err() {
+                return Err(self.error("XHTML that is not UTF-8"));
+            }
+            if empty {
+                sink_of(out, &mut self.side, to_side).push(b'"');
+                self.pop();
+            } else if let Some(Frame {
+                kind: FrameKind::Div { depth },
+                ..
+            }) = self.stack.last_mut()
+            {
+                *depth = 1;
+            }
+            return Ok(());
         }
         if to_side && matches!(ty.kind(), TypeKind::Resource) {
             return Err(self.error("a resource inside a primitive's extension"));
         }
         sink_of(out, &mut self.side, to_side).push(b'{');
         self.push_object(name, ty, false, None, to_side);
-        self.object_attributes(ty, attributes, empty, out)
+        self.object_attributes(buf, ty, attributes, empty, out)
     }
 
     /// A primitive element: its value in the value array or member, its `id` and
-    /// extensions in `_name`.
+    /// extensions in `_name`. A string's `value` (`value`: its index among `attributes`, or
+    /// `attributes.len()` when the tag goes on in it) streams: the attributes before it are
+    /// read, its text written as it comes, and those after it read when the tag ends.
     #[allow(clippy::too_many_arguments)]
     fn primitive_start(
         &mut self,
-        name: &str,
-        element: ElementRef,
-        ty: TypeRef,
-        kind: JsonKind,
-        continuing: bool,
-        had_members: bool,
-        attributes: &Attributes,
+        buf: &[u8],
+        name: &[u8],
+        p: Primitive,
+        attributes: &[Attribute],
+        value: Option<(usize, Form)>,
         empty: bool,
         out: &mut Vec<u8>,
     ) -> Result<(), XmlError> {
-        let to_side = self.stack.last().is_some_and(|f| f.to_side);
         let tag = self.tags.len();
-        self.tags.extend_from_slice(name.as_bytes());
+        self.tags.extend_from_slice(name);
         // Pushed now so that errors name the element.
         self.stack.push(Frame {
             tag,
-            to_side,
+            to_side: p.to_side,
             kind: FrameKind::Wrapper { filled: true },
         });
-        let mut value = None;
+        let Some((index, form)) = value else {
+            return self.primitive_whole(buf, name, p, attributes, empty, out);
+        };
+        self.primitive_attributes(buf, &attributes[..index])?;
+        if p.is_array && p.to_side {
+            return Err(self.error("an array of primitives inside a primitive's extension"));
+        }
+        self.value_key(name, p, out);
+        let sink = sink_of(out, &mut self.side, p.to_side);
+        sink.push(b'"');
+        if let Form::Complete { empty, .. } = form {
+            self.whole_value(buf, attributes[index], p.to_side, out)?;
+            if attributes.len() == 1 {
+                // Only the value (the most common primitive): no id, nothing after it.
+                return self.primitive_end(buf, p, None, true, empty, out);
+            }
+            return self.primitive_rest(buf, p, attributes, empty, out);
+        }
+        self.streamed = Some(p);
+        match form {
+            Form::Open(open) => {
+                self.value = Some(ValueStream {
+                    quote: open.quote,
+                    carry: Vec::new(),
+                    written: false,
+                    to_side: p.to_side,
+                });
+                Ok(())
+            }
+            Form::Complete { .. } => unreachable!("written above"),
+            Form::Cut | Form::Malformed => self.whole_value(buf, attributes[index], p.to_side, out),
+        }
+    }
+
+    /// The text of a `value` attribute that is all in `buf`, written as a stream would be.
+    fn whole_value(
+        &mut self,
+        buf: &[u8],
+        value: Attribute,
+        to_side: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), XmlError> {
+        let text = value.value(buf);
+        let sink = sink_of(out, &mut self.side, to_side);
+        let (used, _) = decode_value(text, 0, sink, false).map_err(|e| self.value_error(e))?;
+        debug_assert_eq!(used, text.len());
+        self.end_value(!text.is_empty(), to_side, out)
+    }
+
+    fn value_error(&self, error: ValueError) -> XmlError {
+        match error {
+            ValueError::Tag => {
+                let top = self.stack.last().map_or(0, |f| f.tag);
+                self.malformed(&self.tags[top..])
+            }
+            ValueError::Other(message) => self.error(message),
+        }
+    }
+
+    /// Ends a string value: its closing quote, or an error when it had no character.
+    fn end_value(
+        &mut self,
+        written: bool,
+        to_side: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), XmlError> {
+        if !written {
+            return Err(self.error("an empty value"));
+        }
+        sink_of(out, &mut self.side, to_side).push(b'"');
+        if to_side && self.side.len() > self.limits.max_side {
+            return Err(self.side_too_large());
+        }
+        Ok(())
+    }
+
+    /// Streams the text of the open `value` attribute from `input`: where its closing quote
+    /// ends, or `None` when all of `input` was its text.
+    fn stream_value(
+        &mut self,
+        mut input: &[u8],
+        ended: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<usize>, XmlError> {
+        let Some(mut stream) = self.value.take() else {
+            return Ok(Some(0));
+        };
+        let start_len = input.len();
+        let result = loop {
+            let sink = sink_of(out, &mut self.side, stream.to_side);
+            if !stream.carry.is_empty() {
+                // Complete the cut reference, line end or character with a few more bytes.
+                let old = stream.carry.len();
+                let more = input.len().min(MAX_REFERENCE);
+                stream.carry.extend_from_slice(&input[..more]);
+                match decode_value(
+                    &stream.carry,
+                    stream.quote,
+                    sink,
+                    !ended || more < input.len(),
+                ) {
+                    Err(e) => break Err(e),
+                    Ok((used, closed)) => {
+                        stream.written |= used > 0;
+                        if used >= old {
+                            input = &input[used - old..];
+                            stream.carry.clear();
+                            if closed {
+                                break Ok(true);
+                            }
+                        } else {
+                            stream.carry.drain(..used);
+                            input = &input[more..];
+                            if input.is_empty() {
+                                break Ok(false);
+                            }
+                        }
+                    }
+                }
+                continue;
+            }
+            match decode_value(input, stream.quote, sink, !ended) {
+                Err(e) => break Err(e),
+                Ok((used, closed)) => {
+                    stream.written |= used > 0;
+                    if closed {
+                        input = &input[used..];
+                        break Ok(true);
+                    }
+                    stream.carry.extend_from_slice(&input[used..]);
+                    input = &[];
+                    break Ok(false);
+                }
+            }
+        };
+        if stream.to_side && self.side.len() > self.limits.max_side {
+            return Err(self.side_too_large());
+        }
+        match result {
+            Err(e) => Err(self.value_error(e)),
+            Ok(false) if ended => Err(self.error("the document ends inside a tag")),
+            Ok(false) => {
+                self.value = Some(stream);
+                Ok(None)
+            }
+            Ok(true) => {
+                self.end_value(stream.written, stream.to_side, out)?;
+                // The tag without the value's text: `value=""`, then the rest.
+                self.held.push(stream.quote);
+                self.held_quote = None;
+                Ok(Some(start_len - input.len() + 1))
+            }
+        }
+    }
+
+    /// The key of a primitive's value: `"name":`, or the next item of its array.
+    fn value_key(&mut self, name: &[u8], p: Primitive, out: &mut Vec<u8>) {
+        if p.is_array {
+            // Never in `side` (refused before).
+            if p.continuing {
+                out.push(b',');
+            } else {
+                if p.had_members {
+                    out.push(b',');
+                }
+                push_key(out, name);
+                out.push(b'[');
+                self.side.clear();
+                self.side_used = false;
+            }
+        } else {
+            let sink = sink_of(out, &mut self.side, p.to_side);
+            if p.had_members {
+                sink.push(b',');
+            }
+            push_key(sink, name);
+        }
+    }
+
+    /// The attributes of a primitive other than its `value`: its `id`, if any.
+    fn primitive_attributes(
+        &self,
+        buf: &[u8],
+        attributes: &[Attribute],
+    ) -> Result<Option<Attribute>, XmlError> {
         let mut id = None;
-        for (attribute, text) in attributes {
-            match attribute.as_slice() {
-                b"value" => value = Some(text.as_slice()),
-                b"id" => id = Some(text.as_slice()),
+        for &attribute in attributes {
+            match attribute.name(buf) {
+                b"value" => {}
+                b"id" => id = Some(attribute),
+                b"xmlns" if attribute.value(buf) != FHIR_NS => {
+                    let top = self.stack.last().map_or(0, |f| f.tag);
+                    return Err(self.error(format!(
+                        "<{}> is in the wrong namespace",
+                        String::from_utf8_lossy(&self.tags[top..])
+                    )));
+                }
                 other if is_ignored_attribute(other) => {}
                 other => {
                     return Err(self.error(format!(
@@ -742,70 +1300,114 @@ impl XmlToJson {
                 }
             }
         }
-        let is_array = element.is_array();
-        if is_array && to_side {
+        Ok(id)
+    }
+
+    /// A primitive without a streaming value: a number, a boolean, or no `value`.
+    fn primitive_whole(
+        &mut self,
+        buf: &[u8],
+        name: &[u8],
+        p: Primitive,
+        attributes: &[Attribute],
+        empty: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), XmlError> {
+        let id = self.primitive_attributes(buf, attributes)?;
+        let value = attributes
+            .iter()
+            .find(|a| matches!(a.name(buf), b"value"))
+            .map(|a| a.value(buf));
+        if p.is_array && p.to_side {
             return Err(self.error("an array of primitives inside a primitive's extension"));
         }
         if value.is_none() && id.is_none() && empty {
             return Err(self.error("an element with neither a value nor children"));
         }
-        // The value.
         let mut scratch = std::mem::take(&mut self.scratch);
-        let written = self.write_value(value, kind, ty.name(), &mut scratch);
+        let written = self.write_value(value, p.kind, p.ty.name(), &mut scratch);
         self.scratch = scratch;
         written?;
-        if is_array {
-            // Never in `side` (refused above).
-            if continuing {
-                out.push(b',');
-            } else {
-                if had_members {
-                    out.push(b',');
-                }
-                push_key(out, name.as_bytes());
-                out.push(b'[');
-                self.side.clear();
-                self.side_used = false;
+        match value {
+            Some(_) => {
+                self.value_key(name, p, out);
+                sink_of(out, &mut self.side, p.to_side).extend_from_slice(&self.scratch);
             }
-            match value {
-                Some(_) => out.extend_from_slice(&self.scratch),
-                None => out.extend_from_slice(b"null"),
+            None if p.is_array => {
+                let bare = Primitive {
+                    to_side: false,
+                    ..p
+                };
+                self.value_key(name, bare, out);
+                out.extend_from_slice(b"null");
             }
-        } else if value.is_some() {
-            let sink = sink_of(out, &mut self.side, to_side);
-            if had_members {
-                sink.push(b',');
-            }
-            push_key(sink, name.as_bytes());
-            sink.extend_from_slice(&self.scratch);
+            None => {}
         }
-        // The `_name` part: an object in `side` (arrays) or after the value.
+        self.primitive_end(buf, p, id, value.is_some(), empty, out)
+    }
+
+    /// The rest of a primitive whose `value` streamed, once its tag has ended.
+    fn primitive_rest(
+        &mut self,
+        buf: &[u8],
+        p: Primitive,
+        attributes: &[Attribute],
+        empty: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), XmlError> {
+        let index = attributes
+            .iter()
+            .position(|a| matches!(a.name(buf), b"value"))
+            .unwrap_or(attributes.len());
+        let after = self.primitive_attributes(buf, &attributes[index..])?;
+        let before = attributes[..index]
+            .iter()
+            .rev()
+            .find(|a| matches!(a.name(buf), b"id"))
+            .copied();
+        self.primitive_end(buf, p, before.or(after), true, empty, out)
+    }
+
+    /// A primitive's `_name` part: an object in `side` (arrays) or after the value.
+    fn primitive_end(
+        &mut self,
+        buf: &[u8],
+        p: Primitive,
+        id: Option<Attribute>,
+        has_value: bool,
+        empty: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), XmlError> {
         let mut id_json = Vec::new();
         if let Some(id) = id {
             let mut scratch = std::mem::take(&mut self.scratch);
-            let written = self.write_value(Some(id), JsonKind::String, "string", &mut scratch);
+            let written = self.write_value(
+                Some(id.value(buf)),
+                JsonKind::String,
+                "string",
+                &mut scratch,
+            );
             id_json.extend_from_slice(&scratch);
             self.scratch = scratch;
             written?;
         }
-        self.pop();
-        let mut partner = Vec::with_capacity(name.len() + 1);
-        partner.push(b'_');
-        partner.extend_from_slice(name.as_bytes());
-        if is_array {
-            if continuing {
+        // The element's frame goes; its name stays in `tags` for the `_name` object's.
+        let tag = self.stack.pop().map_or(0, |f| f.tag);
+        if p.is_array {
+            if p.continuing {
                 self.side.push(b',');
             }
             if id.is_none() && empty {
+                self.tags.truncate(tag);
                 self.side.extend_from_slice(b"null");
-                return Ok(());
+                return self.check_side();
             }
             self.side.push(b'{');
             if id.is_some() {
                 self.side.extend_from_slice(b"\"id\":");
                 self.side.extend_from_slice(&id_json);
             }
-            self.push_object(name, ty, id.is_some(), None, true);
+            self.push_object_at(tag, p.ty, id.is_some(), None, true);
             if let Some(Frame {
                 kind: FrameKind::Object { item_partner, .. },
                 ..
@@ -814,39 +1416,49 @@ impl XmlToJson {
                 *item_partner = true;
             }
         } else {
-            let sink = sink_of(out, &mut self.side, to_side);
-            let separated = had_members || value.is_some();
+            let sink = sink_of(out, &mut self.side, p.to_side);
+            let separated = p.had_members || has_value;
             // The key is static for the pending form: keep the name in `tags` instead.
             if id.is_some() {
                 if separated {
                     sink.push(b',');
                 }
-                push_key(sink, &partner);
-                sink.extend_from_slice(b"{\"id\":");
+                sink.extend_from_slice(b"\"_");
+                sink.extend_from_slice(&self.tags[tag..]);
+                sink.extend_from_slice(b"\":{\"id\":");
                 sink.extend_from_slice(&id_json);
                 if empty {
                     sink.push(b'}');
-                    return Ok(());
+                    self.tags.truncate(tag);
+                    return self.check_side();
                 }
-                self.push_object(name, ty, true, None, to_side);
+                self.push_object_at(tag, p.ty, true, None, p.to_side);
             } else {
                 if empty {
+                    self.tags.truncate(tag);
                     return Ok(());
                 }
                 // Opened by its first member: `,"_name":{`.
                 let key: &'static str = if separated { "," } else { "" };
-                self.push_object(name, ty, false, Some(key), to_side);
+                self.push_object_at(tag, p.ty, false, Some(key), p.to_side);
             }
         }
         if let Some(Frame {
-            kind: FrameKind::Object { has_value, .. },
+            kind: FrameKind::Object { has_value: h, .. },
             ..
         }) = self.stack.last_mut()
         {
-            *has_value = value.is_some();
+            *h = has_value;
         }
         if empty {
             return self.end_object(out);
+        }
+        self.check_side()
+    }
+
+    fn check_side(&self) -> Result<(), XmlError> {
+        if self.side.len() > self.limits.max_side {
+            return Err(self.side_too_large());
         }
         Ok(())
     }
@@ -854,17 +1466,19 @@ impl XmlToJson {
     /// The attributes of a resource or complex element: `id` and `url` become members.
     fn object_attributes(
         &mut self,
+        buf: &[u8],
         ty: TypeRef,
-        attributes: &Attributes,
+        attributes: &[Attribute],
         empty: bool,
         out: &mut Vec<u8>,
     ) -> Result<(), XmlError> {
         let to_side = self.stack.last().is_some_and(|f| f.to_side);
-        for (attribute, text) in attributes {
-            if is_ignored_attribute(attribute) {
+        for &attribute in attributes {
+            let attribute_name = attribute.name(buf);
+            if is_ignored_attribute(attribute_name) {
                 continue;
             }
-            let name = String::from_utf8_lossy(attribute);
+            let name = String::from_utf8_lossy(attribute_name);
             let found = ty
                 .element(&name)
                 .filter(|found| found.element.is_attribute());
@@ -873,7 +1487,12 @@ impl XmlToJson {
             };
             let kind = found.ty.json_kind().unwrap_or(JsonKind::String);
             let mut scratch = std::mem::take(&mut self.scratch);
-            let written = self.write_value(Some(text), kind, found.ty.name(), &mut scratch);
+            let written = self.write_value(
+                Some(attribute.value(buf)),
+                kind,
+                found.ty.name(),
+                &mut scratch,
+            );
             self.scratch = scratch;
             written?;
             let Some(Frame {
@@ -888,7 +1507,7 @@ impl XmlToJson {
                 sink.push(b',');
             }
             *members = true;
-            push_key(sink, attribute);
+            push_key(sink, attribute_name);
             sink.extend_from_slice(&self.scratch);
         }
         if empty {
@@ -909,28 +1528,26 @@ impl XmlToJson {
         let Some(text) = text else {
             return Ok(());
         };
-        // Most values (a Binary's base64 always) have nothing to resolve: no copy then.
-        let plain = !text.iter().any(|&b| b == b'&' || b < 0x20);
+        if kind == JsonKind::String {
+            if text.is_empty() {
+                return Err(self.error("an empty value"));
+            }
+            json.push(b'"');
+            decode_value(text, 0, json, false).map_err(|e| self.value_error(e))?;
+            json.push(b'"');
+            return Ok(());
+        }
+        // Numbers and booleans are short: decoded first (when they need it), then checked.
         let mut owned = Vec::new();
-        let decoded = if plain {
-            text
-        } else {
-            owned.reserve(text.len());
-            decode_attribute(text, &mut owned).map_err(|m| self.error(m))?;
-            &owned
-        };
-        let Ok(decoded) = std::str::from_utf8(decoded) else {
+        let plain = text.iter().all(|&b| b > b' ' && b != b'&' && b != b'<');
+        if !plain {
+            decode_attribute(text, &mut owned).map_err(|e| self.value_error(e))?;
+        }
+        let Ok(decoded) = std::str::from_utf8(if plain { text } else { &owned }) else {
             return Err(self.error("a value that is not UTF-8"));
         };
         match kind {
-            JsonKind::String => {
-                if decoded.is_empty() {
-                    return Err(self.error("an empty value"));
-                }
-                json.push(b'"');
-                escape_json(decoded.as_bytes(), json);
-                json.push(b'"');
-            }
+            JsonKind::String => unreachable!("written above"),
             JsonKind::Number => {
                 let integer = !matches!(type_name, "decimal");
                 if !is_json_number(decoded.as_bytes())
@@ -950,8 +1567,8 @@ impl XmlToJson {
         Ok(())
     }
 
-    fn end(&mut self, at: usize, end: usize, out: &mut Vec<u8>) -> Result<(), XmlError> {
-        let name = self.input[at + 2..end - 1].trim_ascii_end();
+    fn end(&mut self, name: &[u8], out: &mut Vec<u8>) -> Result<(), XmlError> {
+        let name = name.trim_ascii_end();
         let Some(top) = self.stack.last() else {
             return Err(self.error("an end tag without its start"));
         };
@@ -962,7 +1579,7 @@ impl XmlToJson {
             )));
         }
         match top.kind {
-            FrameKind::Div { .. } => unreachable!("handled by div_token"),
+            FrameKind::Div { .. } => unreachable!("handled by div_step"),
             FrameKind::Wrapper { filled } => {
                 if !filled {
                     return Err(self.error("an element without its resource"));
@@ -1070,9 +1687,11 @@ fn close_array(
 }
 
 fn push_key(out: &mut Vec<u8>, name: &[u8]) {
+    out.reserve(name.len() + 3);
     out.push(b'"');
     out.extend_from_slice(name);
-    out.extend_from_slice(b"\":");
+    out.push(b'"');
+    out.push(b':');
 }
 
 /// Namespace declarations and schema locations, which have no JSON form.
@@ -1080,70 +1699,515 @@ fn is_ignored_attribute(name: &[u8]) -> bool {
     name == b"xmlns" || name.starts_with(b"xmlns:") || name.ends_with(b":schemaLocation")
 }
 
-fn memchr(byte: u8, bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|&b| b == byte)
+/// A name as error messages show it.
+fn shown(name: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(name)
 }
 
-/// The attributes of a start tag after its name, values still escaped.
-fn parse_attributes(mut rest: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
-    let mut attributes = Vec::new();
+/// The elements found by name in each type, remembered: a document names the same
+/// elements of the same types over and over, and a table's lookup is a binary search.
+struct ElementCache {
+    slots: Vec<Option<(TypeRef, ElementMatch)>>,
+}
+
+/// A power of two.
+const CACHE_SLOTS: usize = 2048;
+
+impl ElementCache {
+    fn new() -> ElementCache {
+        ElementCache { slots: Vec::new() }
+    }
+
+    /// The element of `parent` named `name` in XML.
+    fn find(&mut self, parent: TypeRef, name: &[u8]) -> Option<ElementMatch> {
+        // The first and last eight bytes of the name (zero-padded), its length and the type.
+        let mut head = [0u8; 8];
+        let mut tail = [0u8; 8];
+        let n = name.len().min(8);
+        head[..n].copy_from_slice(&name[..n]);
+        tail[..n].copy_from_slice(&name[name.len() - n..]);
+        let hash = (u64::from_le_bytes(head) ^ u64::from_le_bytes(tail).rotate_left(29))
+            .wrapping_add((parent.name().as_ptr() as usize as u64) ^ name.len() as u64)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let slot = (hash >> 40) as usize & (CACHE_SLOTS - 1);
+        if let Some(Some((cached_parent, found))) = self.slots.get(slot) {
+            if *cached_parent == parent && is_xml_name(*found, name) {
+                return Some(*found);
+            }
+        }
+        let found = parent.element(std::str::from_utf8(name).ok()?)?;
+        if self.slots.is_empty() {
+            self.slots = vec![None; CACHE_SLOTS];
+        }
+        self.slots[slot] = Some((parent, found));
+        Some(found)
+    }
+}
+
+/// Whether `name` is the XML name of `found`: its name, or for a choice its stem and type
+/// (`valueQuantity`, `valueString` for `string`).
+fn is_xml_name(found: ElementMatch, name: &[u8]) -> bool {
+    let Some(rest) = name.strip_prefix(found.element.name().as_bytes()) else {
+        return false;
+    };
+    if !found.element.is_choice() {
+        return rest.is_empty();
+    }
+    let ty = found.ty.name().as_bytes();
+    rest.len() == ty.len()
+        && !rest.is_empty()
+        && rest[0] == ty[0].to_ascii_uppercase()
+        && rest[1..] == ty[1..]
+}
+
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+/// Reads the start tag at `buf[at]` (`<` and a name): where its name ends, and how far the
+/// tag goes. `attributes` gets its complete attributes. A `<` in an attribute value is
+/// malformed, except in `value`, whose text is checked as it is written (it may stream).
+fn parse_start(buf: &[u8], at: usize, attributes: &mut Vec<Attribute>) -> (usize, Tag) {
+    attributes.clear();
+    let len = buf.len();
+    let mut i = at + 1;
+    i += name_length(&buf[i..]);
+    let name_end = i;
     loop {
-        rest = rest.trim_ascii_start();
-        if rest.is_empty() {
-            return Some(attributes);
+        while i < len && is_space(buf[i]) {
+            i += 1;
         }
-        let eq = memchr(b'=', rest)?;
-        let name = rest[..eq].trim_ascii_end();
-        if name.is_empty() || name.iter().any(|b| b.is_ascii_whitespace()) {
-            return None;
+        let Some(&b) = buf.get(i) else {
+            return (name_end, Tag::Open(None));
+        };
+        match b {
+            b'>' => {
+                return (
+                    name_end,
+                    Tag::Complete {
+                        end: i + 1,
+                        empty: false,
+                    },
+                )
+            }
+            b'/' => {
+                let tag = match buf.get(i + 1) {
+                    None => Tag::Open(None),
+                    Some(b'>') => Tag::Complete {
+                        end: i + 2,
+                        empty: true,
+                    },
+                    Some(_) => Tag::Malformed,
+                };
+                return (name_end, tag);
+            }
+            _ => {}
         }
-        rest = rest[eq + 1..].trim_ascii_start();
-        let quote = *rest.first()?;
+        let name_start = i;
+        if buf[i..].starts_with(b"value=") {
+            i += 5;
+        } else {
+            while i < len && !ATTRIBUTE_NAME_STOPS[usize::from(buf[i])] {
+                i += 1;
+            }
+        }
+        if i >= len {
+            return (name_end, Tag::Open(None));
+        }
+        let name = (name_start, i);
+        if name_start == i {
+            return (name_end, Tag::Malformed);
+        }
+        while i < len && is_space(buf[i]) {
+            i += 1;
+        }
+        match buf.get(i) {
+            None => return (name_end, Tag::Open(None)),
+            Some(b'=') => i += 1,
+            Some(_) => return (name_end, Tag::Malformed),
+        }
+        while i < len && is_space(buf[i]) {
+            i += 1;
+        }
+        let Some(&quote) = buf.get(i) else {
+            return (name_end, Tag::Open(None));
+        };
         if quote != b'"' && quote != b'\'' {
-            return None;
+            return (name_end, Tag::Malformed);
         }
-        let close = memchr(quote, &rest[1..])?;
-        let value = &rest[1..1 + close];
-        if memchr(b'<', value).is_some() {
-            return None;
+        let attribute_name = &buf[name.0..name.1];
+        if attributes.iter().any(|a| a.name(buf) == attribute_name) {
+            return (name_end, Tag::Malformed);
         }
-        if attributes.iter().any(|(n, _)| *n == name) {
-            return None;
+        let content = i + 1;
+        let is_value = matches!(attribute_name, b"value");
+        let Some((n, lt)) = find_quote(quote, &buf[content..]) else {
+            let open = is_value.then_some(OpenValue { content, quote });
+            return (name_end, Tag::Open(open));
+        };
+        let close = content + n;
+        if !is_value && lt {
+            return (name_end, Tag::Malformed);
         }
-        attributes.push((name, value));
-        rest = &rest[close + 2..];
-        if !rest.is_empty() && !rest[0].is_ascii_whitespace() {
-            return None;
+        attributes.push(Attribute {
+            name,
+            value: (content, close),
+        });
+        i = close + 1;
+        if let Some(&next) = buf.get(i) {
+            if !is_space(next) && next != b'/' && next != b'>' {
+                return (name_end, Tag::Malformed);
+            }
         }
     }
 }
 
-/// Resolves the references of an attribute value and normalises its whitespace as XML does.
-fn decode_attribute(text: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+/// Where `quote` first is in `bytes`, and whether a `<` comes before it. Values are mostly
+/// short: the first bytes are searched eight at a time, the rest with `memchr`.
+fn find_quote(quote: u8, bytes: &[u8]) -> Option<(usize, bool)> {
+    let mut i = 0;
+    let mut lt = false;
+    while i < 32 {
+        let Some(chunk) = bytes.get(i..i + 8) else {
+            break;
+        };
+        let w = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let quotes = bytes_equal(w, quote);
+        let before = if quotes == 0 {
+            u64::MAX
+        } else {
+            // The bits below the first quote.
+            (quotes & quotes.wrapping_neg()) - 1
+        };
+        lt |= bytes_equal(w, b'<') & before != 0;
+        if quotes != 0 {
+            return Some((i + (quotes.trailing_zeros() / 8) as usize, lt));
+        }
+        i += 8;
+    }
+    let n = i + memchr(quote, &bytes[i..])?;
+    Some((n, lt || memchr(b'<', &bytes[i..n]).is_some()))
+}
+
+/// Where the tag whose rest starts `bytes` ends (after its `>`), starting inside `quote`;
+/// the quote it is in at the end of `bytes` when it goes on.
+fn tag_end(bytes: &[u8], mut quote: Option<u8>) -> Result<usize, Option<u8>> {
+    let mut i = 0;
+    loop {
+        match quote {
+            Some(q) => match memchr(q, &bytes[i..]) {
+                Some(n) => {
+                    i += n + 1;
+                    quote = None;
+                }
+                None => return Err(quote),
+            },
+            None => match memchr3(b'>', b'"', b'\'', &bytes[i..]) {
+                Some(n) => {
+                    let b = bytes[i + n];
+                    i += n + 1;
+                    if b == b'>' {
+                        return Ok(i);
+                    }
+                    quote = Some(b);
+                }
+                None => return Err(None),
+            },
+        }
+    }
+}
+
+/// The end of the comment, processing instruction or CDATA section that `rest` starts with,
+/// and whether it is CDATA; `None` when it goes on past `rest`, or is none of them.
+fn markup_end(rest: &[u8]) -> Option<(usize, bool)> {
+    let (from, close, cdata): (usize, &[u8], bool) = if rest[1] == b'?' {
+        (2, b"?>", false)
+    } else if rest.starts_with(b"<!--") {
+        (4, b"-->", false)
+    } else if rest.starts_with(b"<![CDATA[") {
+        (9, b"]]>", true)
+    } else {
+        return None;
+    };
+    memchr::memmem::find(rest.get(from..)?, close).map(|n| (from + n + close.len(), cdata))
+}
+
+/// Whether `rest` (a `<!` not yet known complete) is a declaration FHIR XML does not allow.
+fn is_declaration(rest: &[u8]) -> bool {
+    rest[1] == b'!' && !rest.starts_with(b"<!--") && !rest.starts_with(b"<![CDATA[")
+}
+
+/// The length of `bytes` without a UTF-8 sequence cut by its end.
+fn utf8_cut(bytes: &[u8]) -> usize {
+    let n = bytes.len();
+    for back in 1..=n.min(3) {
+        let b = bytes[n - back];
+        if b & 0xC0 == 0x80 {
+            continue;
+        }
+        if b >= 0xC0 {
+            let needs = if b >= 0xF0 {
+                4
+            } else if b >= 0xE0 {
+                3
+            } else {
+                2
+            };
+            return if back < needs { n - back } else { n };
+        }
+        return n;
+    }
+    n
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each byte of `w` below `n` (< 0x80); above the lowest, there may be
+/// false ones.
+#[inline(always)]
+fn bytes_below(w: u64, n: u8) -> u64 {
+    w.wrapping_sub(ONES * u64::from(n)) & !w & HIGHS
+}
+
+/// The high bit of each byte of `w` equal to `b`; above the lowest, there may be false ones.
+#[inline(always)]
+fn bytes_equal(w: u64, b: u8) -> u64 {
+    bytes_below(w ^ (ONES * u64::from(b)), 1)
+}
+
+/// The length of the element name that starts `bytes`, found eight bytes at a time: up to
+/// whitespace, `/` or `>` (controls stop it too: they are never in a name).
+fn name_length(bytes: &[u8]) -> usize {
+    let mut i = 0;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let stops = bytes_below(w, 0x21) | bytes_equal(w, b'/') | bytes_equal(w, b'>');
+        if stops != 0 {
+            return i + (stops.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    i + bytes[i..]
+        .iter()
+        .position(|&b| b <= b' ' || b == b'/' || b == b'>')
+        .unwrap_or(bytes.len() - i)
+}
+/// The bytes that end an attribute name.
+const ATTRIBUTE_NAME_STOPS: [bool; 256] = byte_set(b"= \t\r\n>/\"'<");
+
+const fn byte_set(bytes: &[u8]) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < bytes.len() {
+        table[bytes[i] as usize] = true;
+        i += 1;
+    }
+    table
+}
+
+/// The bytes that end a run of an attribute value copied as it is.
+const VALUE_STOPS: [bool; 256] = stops(b"\"&<\\");
+/// The same inside `'`.
+const QUOTED_VALUE_STOPS: [bool; 256] = stops(b"\"'&<\\");
+/// The bytes that end a run of XHTML copied as it is into a JSON string.
+const ESCAPE_STOPS: [bool; 256] = stops(b"\"\\");
+
+/// Every control character and non-ASCII byte, and `others`.
+const fn stops(others: &[u8]) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = b < 0x20 || b >= 0x80;
+        b += 1;
+    }
+    let mut i = 0;
+    while i < others.len() {
+        table[others[i] as usize] = true;
+        i += 1;
+    }
+    table
+}
+
+/// The length of the run at the start of `text` without a byte of `table`, found eight
+/// bytes at a time (the bytes of `table` beyond controls and non-ASCII are `specials`).
+#[inline(always)]
+fn run_length(text: &[u8], specials: &[u8], table: &[bool; 256]) -> usize {
+    let mut i = 0;
+    while let Some(chunk) = text.get(i..i + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let mut stops = (w & HIGHS) | bytes_below(w, 0x20);
+        for &special in specials {
+            stops |= bytes_equal(w, special);
+        }
+        if stops != 0 {
+            return i + (stops.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    i + text[i..]
+        .iter()
+        .position(|&b| table[usize::from(b)])
+        .unwrap_or(text.len() - i)
+}
+
+/// How many bytes from the first byte of `text` (not ASCII) are valid UTF-8, up to the next
+/// ASCII byte; `Err` with the valid length when the text ends inside a character, `None`
+/// when it is not UTF-8.
+fn utf8_run(text: &[u8]) -> Result<usize, Option<usize>> {
+    let end = text.iter().position(|&b| b < 0x80).unwrap_or(text.len());
+    match std::str::from_utf8(&text[..end]) {
+        Ok(_) => Ok(end),
+        Err(e) if e.error_len().is_none() => Err(Some(e.valid_up_to())),
+        Err(_) => Err(None),
+    }
+}
+
+/// Why the text of a value cannot be written.
+enum ValueError {
+    /// A `<`: the tag is malformed.
+    Tag,
+    Other(String),
+}
+
+/// Writes the text of an attribute value up to `quote` (0 for none) onto `sink` as the
+/// content of a JSON string: references resolved, XML's attribute whitespace normalisation
+/// applied, JSON escapes written. Returns how much of `text` it used and whether `quote`
+/// comes there. With `more` (the value goes on in the next piece), a reference, line end or
+/// character cut by the end of `text` is left unused.
+fn decode_value(
+    text: &[u8],
+    quote: u8,
+    sink: &mut Vec<u8>,
+    more: bool,
+) -> Result<(usize, bool), ValueError> {
+    let mut i = 0;
+    let mut plain = 0;
+    loop {
+        // `'` ends a run only as the quote.
+        i += if quote == b'\'' {
+            run_length(&text[i..], b"\"'&<\\", &QUOTED_VALUE_STOPS)
+        } else {
+            run_length(&text[i..], b"\"&<\\", &VALUE_STOPS)
+        };
+        let Some(&b) = text.get(i) else {
+            sink.extend_from_slice(&text[plain..]);
+            return Ok((text.len(), false));
+        };
+        if b >= 0x80 {
+            match utf8_run(&text[i..]) {
+                Ok(n) => i += n,
+                Err(Some(n)) if more && i + utf8_run_end(&text[i..]) == text.len() => {
+                    sink.extend_from_slice(&text[plain..i + n]);
+                    return Ok((i + n, false));
+                }
+                Err(_) => return Err(ValueError::Other("a value that is not UTF-8".into())),
+            }
+            continue;
+        }
+        sink.extend_from_slice(&text[plain..i]);
+        match b {
+            b'\t' | b'\n' => {
+                sink.push(b' ');
+                i += 1;
+            }
+            b'\r' => {
+                match text.get(i + 1) {
+                    Some(b'\n') => i += 2,
+                    None if more => return Ok((i, false)),
+                    _ => i += 1,
+                }
+                sink.push(b' ');
+            }
+            0..=0x1f => return Err(ValueError::Other("a control character in a value".into())),
+            _ if b == quote => return Ok((i, true)),
+            b'"' => {
+                sink.extend_from_slice(b"\\\"");
+                i += 1;
+            }
+            b'\\' => {
+                sink.extend_from_slice(b"\\\\");
+                i += 1;
+            }
+            b'<' => return Err(ValueError::Tag),
+            b'&' => match reference(&text[i + 1..]) {
+                Ok((c, n)) => {
+                    escape_char(c, sink);
+                    i += 1 + n;
+                }
+                Err(None) if more => return Ok((i, false)),
+                Err(None) => return Err(ValueError::Other("a bare & in a value".into())),
+                Err(Some(message)) => return Err(ValueError::Other(message)),
+            },
+            _ => {
+                // `'` inside `"`.
+                sink.push(b);
+                i += 1;
+            }
+        }
+        plain = i;
+    }
+}
+
+/// Where the run of non-ASCII bytes at the start of `text` ends.
+fn utf8_run_end(text: &[u8]) -> usize {
+    text.iter().position(|&b| b < 0x80).unwrap_or(text.len())
+}
+
+/// Appends `c` to a JSON string.
+fn escape_char(c: char, sink: &mut Vec<u8>) {
+    match c {
+        '"' => sink.extend_from_slice(b"\\\""),
+        '\\' => sink.extend_from_slice(b"\\\\"),
+        '\n' => sink.extend_from_slice(b"\\n"),
+        '\r' => sink.extend_from_slice(b"\\r"),
+        '\t' => sink.extend_from_slice(b"\\t"),
+        c => {
+            let mut buf = [0; 4];
+            sink.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+        }
+    }
+}
+
+/// The entity or character reference after a `&` at the start of `rest`: its character and
+/// length with the `;`. `Err(None)` when no `;` comes within the reference's longest length
+/// and `rest` is shorter than that (it may go on).
+fn reference(rest: &[u8]) -> Result<(char, usize), Option<String>> {
+    let window = &rest[..rest.len().min(MAX_REFERENCE)];
+    let Some(end) = memchr(b';', window) else {
+        return Err((rest.len() >= MAX_REFERENCE).then(|| "a bare & in a value".to_owned()));
+    };
+    let c = match &rest[..end] {
+        b"lt" => '<',
+        b"gt" => '>',
+        b"amp" => '&',
+        b"quot" => '"',
+        b"apos" => '\'',
+        [b'#', b'x', hex @ ..] => char_ref(hex, 16)?,
+        [b'#', decimal @ ..] => char_ref(decimal, 10)?,
+        other => {
+            return Err(Some(format!(
+                "the entity &{}; is not XML's",
+                String::from_utf8_lossy(other)
+            )))
+        }
+    };
+    Ok((c, end + 1))
+}
+
+/// Resolves the references of a (short) attribute value and normalises its whitespace as
+/// XML does, into `out`.
+fn decode_attribute(text: &[u8], out: &mut Vec<u8>) -> Result<(), ValueError> {
     let mut i = 0;
     while i < text.len() {
         match text[i] {
             b'&' => {
-                let end = memchr(b';', &text[i..]).ok_or("a bare & in a value")?;
-                let reference = &text[i + 1..i + end];
-                let c = match reference {
-                    b"lt" => '<',
-                    b"gt" => '>',
-                    b"amp" => '&',
-                    b"quot" => '"',
-                    b"apos" => '\'',
-                    [b'#', b'x', hex @ ..] => char_ref(hex, 16)?,
-                    [b'#', decimal @ ..] => char_ref(decimal, 10)?,
-                    other => {
-                        return Err(format!(
-                            "the entity &{}; is not XML's",
-                            String::from_utf8_lossy(other)
-                        ))
-                    }
-                };
+                let (c, n) = reference(&text[i + 1..]).map_err(|e| {
+                    ValueError::Other(e.unwrap_or_else(|| "a bare & in a value".into()))
+                })?;
                 let mut buf = [0; 4];
                 out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-                i += end + 1;
+                i += 1 + n;
             }
             // Attribute-value normalisation; a CR LF pair is one line end.
             b'\r' if text.get(i + 1) == Some(&b'\n') => i += 1,
@@ -1151,7 +2215,10 @@ fn decode_attribute(text: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
                 out.push(b' ');
                 i += 1;
             }
-            b if b < 0x20 => return Err("a control character in a value".into()),
+            b if b < 0x20 => {
+                return Err(ValueError::Other("a control character in a value".into()))
+            }
+            b'<' => return Err(ValueError::Tag),
             b => {
                 out.push(b);
                 i += 1;
@@ -1159,6 +2226,34 @@ fn decode_attribute(text: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Appends `bytes` (XHTML as written) escaped for a JSON string, checking that it is UTF-8.
+fn escape_json_utf8(bytes: &[u8], out: &mut Vec<u8>) -> Result<(), ()> {
+    let mut i = 0;
+    let mut plain = 0;
+    loop {
+        i += run_length(&bytes[i..], b"\"\\", &ESCAPE_STOPS);
+        let Some(&b) = bytes.get(i) else {
+            out.extend_from_slice(&bytes[plain..]);
+            return Ok(());
+        };
+        if b >= 0x80 {
+            i += utf8_run(&bytes[i..]).map_err(|_| ())?;
+            continue;
+        }
+        out.extend_from_slice(&bytes[plain..i]);
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b => out.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
+        }
+        i += 1;
+        plain = i;
+    }
 }
 
 fn char_ref(digits: &[u8], radix: u32) -> Result<char, String> {
@@ -1176,30 +2271,6 @@ fn char_ref(digits: &[u8], radix: u32) -> Result<char, String> {
         ));
     }
     Ok(c)
-}
-
-/// Appends `bytes` escaped for a JSON string (without the quotes).
-fn escape_json(bytes: &[u8], out: &mut Vec<u8>) {
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let escaped: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            b if b < 0x20 => b"",
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        if escaped.is_empty() {
-            out.extend_from_slice(format!("\\u{b:04x}").as_bytes());
-        } else {
-            out.extend_from_slice(escaped);
-        }
-        start = i + 1;
-    }
-    out.extend_from_slice(&bytes[start..]);
 }
 
 /// JSON's number grammar: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
@@ -1297,7 +2368,7 @@ mod tests {
                 .feed(&xml.as_bytes()[..cut], &mut out)
                 .and_then(|()| converter.feed(&xml.as_bytes()[cut..], &mut out))
                 .and_then(|()| converter.finish(&mut out));
-            assert!(result.is_err(), "{xml}: cut at {cut}");
+            assert_eq!(result.as_ref().err(), Some(&error), "{xml}: cut at {cut}");
             assert!(
                 serde_json::from_slice::<Value>(&out).is_err(),
                 "{xml}: cut at {cut}"
@@ -1521,10 +2592,100 @@ mod tests {
                 "Patient.name.family",
                 "not an XML character",
             ),
+            // Faults in and around a streaming value: the same whatever the cuts.
+            (
+                r#"<Patient xmlns="http://hl7.org/fhir"><name><family value="a<b"/></name></Patient>"#,
+                "Patient.name.family",
+                "malformed tag <family>",
+            ),
+            (
+                r#"<Patient xmlns="http://hl7.org/fhir"><gender value="male"/><active value="a<b"/></Patient>"#,
+                "Patient",
+                "out of the definition order",
+            ),
+            (
+                r#"<Patient xmlns="http://hl7.org/fhir"><gender value="male"/><birthDate value="a<b"/><active value="true"/></Patient>"#,
+                "Patient.birthDate",
+                "malformed tag <birthDate>",
+            ),
+            (
+                r#"<Patient xmlns="http://hl7.org/fhir"><gender value="male" id="x"y="z"/></Patient>"#,
+                "Patient.gender",
+                "malformed tag <gender>",
+            ),
+            (
+                r#"<Patient xmlns="http://hl7.org/fhir"><gender value="ma&le;" bad="1"/></Patient>"#,
+                "Patient.gender",
+                "the entity &le; is not XML's",
+            ),
+            (
+                r#"<Patient xmlns="http://hl7.org/fhir"><gender value="male" bad="1"/></Patient>"#,
+                "Patient.gender",
+                "the attribute \"bad\" is not FHIR",
+            ),
+            (
+                r#"<Patient xmlns="http://hl7.org/fhir"><gender value="male" xmlns="urn:x"/></Patient>"#,
+                "Patient.gender",
+                "wrong namespace",
+            ),
+            (
+                r#"<Patient xmlns="http://hl7.org/fhir"><gender xmlns="urn:x" value="male"/></Patient>"#,
+                "Patient",
+                "wrong namespace",
+            ),
+            (
+                r#"<Patient xmlns="http://hl7.org/fhir"><gender value="m&ale" id="1"/></Patient>"#,
+                "Patient.gender",
+                "a bare &",
+            ),
+            (
+                r#"<Patient xmlns="http://hl7.org/fhir"><gender value="m&#xD800;"/></Patient>"#,
+                "Patient.gender",
+                "malformed character reference",
+            ),
+            (
+                "<Patient xmlns=\"http://hl7.org/fhir\"><gender value=\"m\u{1}\"/></Patient>",
+                "Patient.gender",
+                "control character",
+            ),
+            (
+                r#"<Patient xmlns="http://hl7.org/fhir"><gender value='' id="g"/></Patient>"#,
+                "Patient.gender",
+                "an empty value",
+            ),
+            (
+                r#"<Patient xmlns="http://hl7.org/fhir"><gender value="male" value="female"/></Patient>"#,
+                "Patient.gender",
+                "malformed tag <gender>",
+            ),
+            (
+                r#"<Patient xmlns="http://hl7.org/fhir"><gender value="male"#,
+                "Patient.gender",
+                "ends inside a tag",
+            ),
+            (
+                r#"<Patient xmlns="http://hl7.org/fhir"><gender value="male" "#,
+                "Patient.gender",
+                "ends inside a tag",
+            ),
         ] {
             let e = error(r4, xml);
             assert_eq!(e.path(), path, "{xml}: {e}");
             assert!(e.to_string().contains(message), "{xml}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_value_that_is_not_utf8_is_an_error_wherever_it_is_cut() {
+        let xml =
+            b"<Patient xmlns=\"http://hl7.org/fhir\"><gender value=\"m\xc3\xa9\xc3\"/></Patient>";
+        for cut in 0..=xml.len() {
+            let e = convert_split(FhirVersion::R4, XmlLimits::default(), xml, &[cut]).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "Patient.gender: a value that is not UTF-8",
+                "{cut}"
+            );
         }
     }
 
@@ -1540,13 +2701,168 @@ mod tests {
         let limits = XmlLimits {
             max_held: 100,
             max_depth: 16,
+            ..XmlLimits::default()
         };
-        let xml = format!(
-            r#"<Binary xmlns="http://hl7.org/fhir"><contentType value="a/b"/><data value="{}"/></Binary>"#,
-            "A".repeat(200)
+        // A tag without its streamed value, a number, a comment and a `div` tag are held
+        // whole; the `div`'s text and a string's `value` stream (below).
+        for (xml, message) in [
+            (
+                format!(
+                    r#"<Binary xmlns="http://hl7.org/fhir"><contentType id="{}" value="a/b"/></Binary>"#,
+                    "i".repeat(200)
+                ),
+                "held whole",
+            ),
+            (
+                format!(
+                    r#"<Patient xmlns="http://hl7.org/fhir"><multipleBirthInteger value="{}"/></Patient>"#,
+                    "1".repeat(200)
+                ),
+                "held whole",
+            ),
+            (
+                format!(
+                    r#"<Patient xmlns="http://hl7.org/fhir"><!--{}--><active value="true"/></Patient>"#,
+                    "c".repeat(200)
+                ),
+                "held whole",
+            ),
+            (
+                format!(
+                    r#"<Patient xmlns="http://hl7.org/fhir"><text><status value="generated"/><div xmlns="http://www.w3.org/1999/xhtml"><p title="{}">x</p></div></text></Patient>"#,
+                    "t".repeat(200)
+                ),
+                "held whole",
+            ),
+        ] {
+            for cut in [30, 60, 90, 130, 160] {
+                let e = convert_split(FhirVersion::R4, limits, xml.as_bytes(), &[cut]).unwrap_err();
+                assert!(e.to_string().contains(message), "{cut} {e}");
+            }
+        }
+        let limits = XmlLimits {
+            max_side: 100,
+            ..XmlLimits::default()
+        };
+        let mut xml = String::from(r#"<Patient xmlns="http://hl7.org/fhir"><name>"#);
+        for i in 0..10 {
+            xml.push_str(&format!(r#"<given id="g{i}" value="x"/>"#));
+        }
+        xml.push_str("</name></Patient>");
+        let e = convert_split(FhirVersion::R4, limits, xml.as_bytes(), &[]).unwrap_err();
+        assert!(e.to_string().contains("held until its end"), "{e}");
+    }
+
+    /// A string's `value` streams: whatever the pieces, the JSON is that of the whole
+    /// document, and nothing but a few bytes of it is held.
+    #[test]
+    fn values_stream_with_every_escape_cut_anywhere() {
+        let xml = "<Patient xmlns=\"http://hl7.org/fhir\"><id value='p&apos;1'/>\
+            <name id=\"n\"><family xmlns=\"http://hl7.org/fhir\" value=\"a&amp;b&#x2014;c\r\nd\te\rf'g&quot;h&#10;i\u{20ac}\u{e9}\u{1F600}&lt;&gt;&#9;\\z\" id=\"f\"/>\
+            <given value='say \"hi\"'/><given id=\"g\" value=\"&#65;&#x42;\"/></name></Patient>";
+        let value = json_every_split(FhirVersion::R4, xml);
+        assert_eq!(
+            value,
+            json!({
+                "resourceType": "Patient",
+                "id": "p'1",
+                "name": [{
+                    "id": "n",
+                    "family": "a&b\u{2014}c d e f'g\"h\ni\u{20ac}\u{e9}\u{1F600}<>\t\\z",
+                    "_family": {"id": "f"},
+                    "given": ["say \"hi\"", "AB"],
+                    "_given": [null, {"id": "g"}]
+                }]
+            })
         );
-        let e = convert_split(FhirVersion::R4, limits, xml.as_bytes(), &[50, 120]).unwrap_err();
-        assert!(e.to_string().contains("held whole"), "{e}");
+        // Every cut of every pair around the value's escapes, with a small bound.
+        let limits = XmlLimits {
+            max_held: 100,
+            ..XmlLimits::default()
+        };
+        let whole = convert(FhirVersion::R4, xml.as_bytes()).unwrap();
+        for a in 0..xml.len() {
+            for b in (a..xml.len()).step_by(3) {
+                let split = convert_split(FhirVersion::R4, limits, xml.as_bytes(), &[a, b]);
+                assert_eq!(split.as_ref(), Ok(&whole), "cuts at {a}, {b}");
+            }
+        }
+    }
+
+    /// A 2 MiB value with references, line ends and multi-byte characters, in random pieces
+    /// (some of one byte): the same JSON as whole, and at most `max_held` held at any time.
+    #[test]
+    fn a_long_value_is_never_held() {
+        let mut rng = Rng(0x5eed_0bad);
+        let pieces = [
+            "QUJD",
+            "&amp;",
+            "&#x2014;",
+            "&#233;",
+            "\r\n",
+            "\t",
+            "\u{e9}",
+            "\u{1F600}",
+            "\"",
+            "\\",
+            "&quot;",
+            " ",
+            "\r",
+        ];
+        let mut text = String::new();
+        while text.len() < 2 << 20 {
+            text.push_str(rng.pick(&pieces));
+        }
+        let xml = format!(
+            "<DocumentReference xmlns=\"http://hl7.org/fhir\"><status value=\"current\"/><content><attachment><contentType value=\"text/plain\"/><data value=\"{}\"/><title value='{text}' id=\"t\"/></attachment></content></DocumentReference>",
+            "QUJD".repeat(1 << 18)
+        );
+        let whole = convert(FhirVersion::R4, xml.as_bytes()).unwrap();
+        let value: Value = serde_json::from_slice(&whole).unwrap();
+        let title = value["content"][0]["attachment"]["title"].as_str().unwrap();
+        let expected = text
+            .replace("&amp;", "&")
+            .replace("&#x2014;", "\u{2014}")
+            .replace("&#233;", "\u{e9}")
+            .replace("&quot;", "\"")
+            .replace("\r\n", " ")
+            .replace(['\r', '\t'], " ");
+        assert!(title == expected, "the title differs");
+        let limits = XmlLimits {
+            max_held: 1024,
+            ..XmlLimits::default()
+        };
+        for round in 0..8 {
+            let mut converter = XmlToJson::new(FhirVersion::R4, limits);
+            let mut out = Vec::new();
+            let mut at = 0;
+            while at < xml.len() {
+                let n = if round % 2 == 0 {
+                    1 + rng.below(5)
+                } else {
+                    1 + rng.below(200_000)
+                };
+                let end = (at + n).min(xml.len());
+                converter.feed(&xml.as_bytes()[at..end], &mut out).unwrap();
+                assert!(
+                    converter.held.len() <= limits.max_held,
+                    "{}",
+                    converter.held.len()
+                );
+                assert!(converter
+                    .value
+                    .as_ref()
+                    .is_none_or(|v| v.carry.len() <= MAX_REFERENCE + 4));
+                at = end;
+                if round % 2 == 0 && at > 100_000 {
+                    // Bytes at a time is slow: the rest in large pieces.
+                    converter.feed(&xml.as_bytes()[at..], &mut out).unwrap();
+                    at = xml.len();
+                }
+            }
+            converter.finish(&mut out).unwrap();
+            assert!(out == whole, "round {round}");
+        }
     }
 
     #[test]
