@@ -420,22 +420,32 @@ impl NameIndex {
 
     fn find(&self, json_name: &str) -> Option<ElementMatch> {
         let hash = name_hash(json_name.as_bytes());
-        let mask = self.slots.len() - 1;
-        let mut slot = hash as usize & mask;
-        loop {
-            let entry = self
-                .entries
-                .get(usize::from(self.slots[slot]).checked_sub(1)?)?;
-            if entry.hash == hash
+        let entry = probe(&self.slots, &self.entries, hash, |entry| {
+            entry.hash == hash
                 && match entry.name {
                     Some(name) => name == json_name,
                     None => entry.found.is_named(json_name),
                 }
-            {
-                return Some(entry.found);
-            }
-            slot = (slot + 1) & mask;
+        })?;
+        Some(entry.found)
+    }
+}
+
+/// The entry `hash` leads to in `slots` that `is_it` accepts, following the collisions.
+fn probe<'a, T>(
+    slots: &[u16],
+    entries: &'a [T],
+    hash: u32,
+    is_it: impl Fn(&T) -> bool,
+) -> Option<&'a T> {
+    let mask = slots.len() - 1;
+    let mut slot = hash as usize & mask;
+    loop {
+        let entry = entries.get(usize::from(slots[slot]).checked_sub(1)?)?;
+        if is_it(entry) {
+            return Some(entry);
         }
+        slot = (slot + 1) & mask;
     }
 }
 
@@ -474,17 +484,10 @@ impl TypeIndex {
 
     fn find(&self, name: &str) -> Option<u16> {
         let hash = name_hash(name.as_bytes());
-        let mask = self.slots.len() - 1;
-        let mut slot = hash as usize & mask;
-        loop {
-            let &(h, n, index) = self
-                .entries
-                .get(usize::from(self.slots[slot]).checked_sub(1)?)?;
-            if h == hash && n == name {
-                return Some(index);
-            }
-            slot = (slot + 1) & mask;
-        }
+        let &(_, _, index) = probe(&self.slots, &self.entries, hash, |&(h, n, _)| {
+            h == hash && n == name
+        })?;
+        Some(index)
     }
 }
 
