@@ -90,7 +90,7 @@ const fn with(mut e: Elem, extra: &'static [&'static str]) -> Elem {
 
 /// The elements `fhir-xhtml.xsd` lets a narrative contain, except `map` and `area`, whose
 /// id and IDREF rules are not worth checking for image maps in narratives.
-static ELEMENTS: &[Elem] = &[
+const ELEMENTS: &[Elem] = &[
     el("div", Cat::Block, Model::Flow),
     el("p", Cat::Block, Model::Inline),
     el("h1", Cat::Block, Model::Inline),
@@ -177,6 +177,36 @@ static ELEMENTS: &[Elem] = &[
     with(el("colgroup", Cat::Other, Model::Cols), COLS),
     with(el("col", Cat::Other, Model::Empty), COLS),
 ];
+
+/// The most elements whose names start with one letter (`t`: `table`, `tbody`, ...).
+const SAME_LETTER: usize = 8;
+
+/// [`ELEMENTS`] by the first letter of their names: their indices, then `u8::MAX`.
+static BY_LETTER: [[u8; SAME_LETTER]; 26] = {
+    let mut table = [[u8::MAX; SAME_LETTER]; 26];
+    let mut i = 0;
+    while i < ELEMENTS.len() {
+        let letter = (ELEMENTS[i].name.as_bytes()[0] - b'a') as usize;
+        let mut j = 0;
+        while table[letter][j] != u8::MAX {
+            j += 1;
+        }
+        table[letter][j] = i as u8;
+        i += 1;
+    }
+    table
+};
+
+/// The element of [`ELEMENTS`] named `local`.
+fn element(local: &[u8]) -> Option<&'static Elem> {
+    let letter = usize::from(local.first()?.wrapping_sub(b'a'));
+    BY_LETTER
+        .get(letter)?
+        .iter()
+        .take_while(|&&i| i != u8::MAX)
+        .map(|&i| &ELEMENTS[usize::from(i)])
+        .find(|el| el.name.as_bytes() == local)
+}
 
 impl Model {
     fn accepts(self, child: &Elem) -> bool {
@@ -617,13 +647,7 @@ fn enter(
     stack: &mut [Open],
     out: &mut impl Sink,
 ) -> Result<&'static Elem, Reject> {
-    let elem = ELEMENTS
-        .iter()
-        .find(|el| {
-            let name = el.name.as_bytes();
-            name.len() == local.len() && name.first() == local.first() && name == local
-        })
-        .ok_or("element not allowed")?;
+    let elem = element(local).ok_or("element not allowed")?;
     match stack.last_mut() {
         None if elem.name != "div" => return Err("root is not a div"),
         None => {}
