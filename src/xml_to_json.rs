@@ -2808,7 +2808,10 @@ mod tests {
         const OPEN: &str = r#"<div xmlns="http://www.w3.org/1999/xhtml">"#;
         for (div, reason) in [
             (format!("{OPEN}<p>a</b></div>"), "not well-formed XML"),
-            (format!("{OPEN}<p>a<b>b</p></b></div>"), "not well-formed XML"),
+            (
+                format!("{OPEN}<p>a<b>b</p></b></div>"),
+                "not well-formed XML",
+            ),
             (
                 format!("{OPEN}<script>alert(1)</script></div>"),
                 "element not allowed",
@@ -2830,7 +2833,10 @@ mod tests {
                 format!("{OPEN}<p><a href=\"data:text/html,x\">a</a></p></div>"),
                 "active content in a link",
             ),
-            (format!("{OPEN}<li>a</li></div>"), "element not allowed here"),
+            (
+                format!("{OPEN}<li>a</li></div>"),
+                "element not allowed here",
+            ),
             (
                 format!("{OPEN}<x:p xmlns:x=\"urn:x\">a</x:p></div>"),
                 "element not in the XHTML namespace",
@@ -2853,7 +2859,8 @@ mod tests {
             );
             // The JSON the response path would have been given: it refuses it too, for the
             // same reason, but for an active link, which it drops.
-            let json = json!({"resourceType": "Patient", "text": {"status": "generated", "div": div}});
+            let json =
+                json!({"resourceType": "Patient", "text": {"status": "generated", "div": div}});
             let mut converter = JsonToXml::new(FhirVersion::R4, ConvertLimits::default());
             let mut rendered = Vec::new();
             let result = converter
@@ -2893,7 +2900,10 @@ mod tests {
             json!({"resourceType": "Patient", "text": {"status": "generated", "div": div}, "active": true})
         );
         let empty = r#"<div xmlns="http://www.w3.org/1999/xhtml"/>"#;
-        let value = json_every_split(FhirVersion::R4, &format!("{NARRATIVE_HEAD}{empty}{NARRATIVE_TAIL}"));
+        let value = json_every_split(
+            FhirVersion::R4,
+            &format!("{NARRATIVE_HEAD}{empty}{NARRATIVE_TAIL}"),
+        );
         assert_eq!(value["text"]["div"], empty);
     }
 
@@ -2907,8 +2917,14 @@ mod tests {
             max_div: 200,
             ..XmlLimits::default()
         };
-        let fits = format!("{open}{}{close}", "x".repeat(200 - open.len() - close.len()));
-        let longer = format!("{open}{}{close}", "x".repeat(201 - open.len() - close.len()));
+        let fits = format!(
+            "{open}{}{close}",
+            "x".repeat(200 - open.len() - close.len())
+        );
+        let longer = format!(
+            "{open}{}{close}",
+            "x".repeat(201 - open.len() - close.len())
+        );
         for (div, ok) in [(fits, true), (longer, false)] {
             let xml = format!("{NARRATIVE_HEAD}{div}{NARRATIVE_TAIL}");
             for cut in 0..=xml.len() {

@@ -642,11 +642,7 @@ fn open(
 
 /// Checks an element of the XHTML namespace where it stands, and writes its start tag up to
 /// its attributes.
-fn enter(
-    local: &[u8],
-    stack: &mut [Open],
-    out: &mut impl Sink,
-) -> Result<&'static Elem, Reject> {
+fn enter(local: &[u8], stack: &mut [Open], out: &mut impl Sink) -> Result<&'static Elem, Reject> {
     let elem = element(local).ok_or("element not allowed")?;
     match stack.last_mut() {
         None if elem.name != "div" => return Err("root is not a div"),
@@ -722,16 +718,23 @@ fn attribute(
 }
 
 fn text(content: &str, stack: &[Open], out: &mut impl Sink) -> Result<(), Reject> {
-    let whitespace = content
-        .bytes()
-        .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
     match stack.last() {
-        None if whitespace => return Ok(()),
-        None => return Err("text outside the root element"),
-        Some(open) if !whitespace && !open.elem.model.allows_text() => {
-            return Err("text not allowed here");
+        Some(open) if open.elem.model.allows_text() => {}
+        top => {
+            // Only whitespace, which is written inside the root and dropped outside it.
+            if !content
+                .bytes()
+                .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+            {
+                return Err(match top {
+                    None => "text outside the root element",
+                    Some(_) => "text not allowed here",
+                });
+            }
+            if top.is_none() {
+                return Ok(());
+            }
         }
-        Some(_) => {}
     }
     out.escaped(content, false);
     Ok(())
@@ -1097,7 +1100,8 @@ mod tests {
             let div = format!("{OPEN}<a href=\"{url}\">x</a></div>");
             assert_eq!(check_div(&div), Ok(()), "{url}");
         }
-        let image = format!("{OPEN}<img src=\"data:image/png;base64,iVBORw0KGgo=\" alt=\"a\"/></div>");
+        let image =
+            format!("{OPEN}<img src=\"data:image/png;base64,iVBORw0KGgo=\" alt=\"a\"/></div>");
         assert_eq!(check_div(&image), Ok(()));
         for link in [
             "<a href=\"javascript:alert(1)\">x</a>",
@@ -1119,12 +1123,27 @@ mod tests {
     fn a_check_refuses_what_writing_refuses() {
         for (div, reason) in [
             (format!("{OPEN}<p>a</b></div>"), "not well-formed XML"),
-            (format!("{OPEN}<script>x</script></div>"), "element not allowed"),
-            (format!("{OPEN}<p onclick=\"x\">a</p></div>"), "attribute not allowed"),
+            (
+                format!("{OPEN}<script>x</script></div>"),
+                "element not allowed",
+            ),
+            (
+                format!("{OPEN}<p onclick=\"x\">a</p></div>"),
+                "attribute not allowed",
+            ),
             (format!("{OPEN}a &bogus; b</div>"), "undefined entity"),
-            (format!("{OPEN}<li>a</li></div>"), "element not allowed here"),
-            ("<div>a</div>".to_owned(), "element not in the XHTML namespace"),
-            (format!("{OPEN}<table></table></div>"), "element needs children"),
+            (
+                format!("{OPEN}<li>a</li></div>"),
+                "element not allowed here",
+            ),
+            (
+                "<div>a</div>".to_owned(),
+                "element not in the XHTML namespace",
+            ),
+            (
+                format!("{OPEN}<table></table></div>"),
+                "element needs children",
+            ),
         ] {
             assert_eq!(check_div(&div), Err(reason), "{div}");
             assert_eq!(written(&div), Err(reason), "{div}");
