@@ -454,10 +454,26 @@ async fn a_narrative_that_is_not_fhir_xhtml_gets_400_and_the_backend_no_document
     let mut rng = Rng::new(0x0019_0006);
     let long = "x".repeat(100_000);
     let cases = [
-        ("a script", "<script>alert(1)</script>", "element not allowed"),
-        ("an end tag that does not match", "<p>a</b>", "not well-formed XML"),
-        ("an undefined entity", "<p>a &bogus; b</p>", "undefined entity"),
-        ("an event attribute", "<p onclick=\"alert(1)\">a</p>", "attribute not allowed"),
+        (
+            "a script",
+            "<script>alert(1)</script>",
+            "element not allowed",
+        ),
+        (
+            "an end tag that does not match",
+            "<p>a</b>",
+            "not well-formed XML",
+        ),
+        (
+            "an undefined entity",
+            "<p>a &bogus; b</p>",
+            "undefined entity",
+        ),
+        (
+            "an event attribute",
+            "<p onclick=\"alert(1)\">a</p>",
+            "attribute not allowed",
+        ),
         (
             "a script link",
             "<p><a href=\"javascript:alert(1)\">a</a></p>",
@@ -465,10 +481,7 @@ async fn a_narrative_that_is_not_fhir_xhtml_gets_400_and_the_backend_no_document
         ),
     ];
     for (what, fault, reason) in cases {
-        let xml = PATIENT_XML.replace(
-            "Peter &amp; <b>James</b>",
-            &format!("<p>{long}</p>{fault}"),
-        );
+        let xml = PATIENT_XML.replace("Peter &amp; <b>James</b>", &format!("<p>{long}</p>{fault}"));
         for _ in 0..3 {
             let request = xml_request(
                 "PUT",
