@@ -994,7 +994,7 @@ fn escape_bytes(bytes: &[u8], out: &mut Vec<u8>, attribute: bool, ascii_only: bo
 }
 
 // Narrative XHTML, checked and written back (see the module's docs).
-mod xhtml;
+pub(crate) mod xhtml;
 // Any resource as FHIR XML, streamed from its FHIR JSON.
 pub(crate) mod resource;
 

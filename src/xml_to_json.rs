@@ -16,7 +16,12 @@
 //! - Resource-typed elements (`contained`, `Bundle.entry.resource`, ...) are unwrapped: the
 //!   inner element's name becomes `resourceType`.
 //! - The narrative `div` becomes a JSON string of its XHTML, copied as written (entities
-//!   and all, which is what FHIR JSON carries).
+//!   and all, which is what FHIR JSON carries). It streams, and is held as written (within
+//!   `max_div`) to be checked when it ends by the rules the response path renders narratives
+//!   by (`xml::xhtml`): well-formed, only the elements and attributes of FHIR's XHTML, the
+//!   predefined entities and `&nbsp;`. Links are kept as written (a `mailto:` too), but active
+//!   content (`javascript:`, `vbscript:`, a `data:` URL other than an image's) is refused. A
+//!   `div` refused is an error before its string ends.
 //! - Entities and character references in attribute values are resolved, XML's attribute
 //!   whitespace normalisation applied, and the text JSON-escaped.
 //! - Memory is bounded whatever the document's size. The `value` of a string primitive (the
@@ -24,8 +29,8 @@
 //!   known, its JSON goes out as its text arrives, holding at most a reference, a line end or
 //!   a character cut by the end of a piece. Everything else that is cut by the end of a piece
 //!   (a tag without that text, a number or boolean, a comment, a tag or character of the
-//!   `div`) is held whole, within `max_held`; text of the `div` streams; the nesting depth is
-//!   bounded by `max_depth`.
+//!   `div`) is held whole, within `max_held`; text of the `div` streams (and is held within
+//!   `max_div` to be checked); the nesting depth is bounded by `max_depth`.
 //! - XML that is not FHIR for the release (an unknown or misplaced element, another
 //!   namespace, a DTD, text where FHIR has none, a value not of its kind, an empty element)
 //!   is an [`XmlError`] naming the element path; after one, nothing more is written, so the
@@ -37,6 +42,7 @@ use std::fmt;
 use memchr::{memchr, memchr3};
 
 use crate::model::{ElementMatch, ElementRef, JsonKind, Model, TypeKind, TypeRef};
+use crate::xml::xhtml;
 use crate::FhirVersion;
 
 const FHIR_NS: &[u8] = b"http://hl7.org/fhir";
@@ -56,6 +62,9 @@ pub(crate) struct XmlLimits {
     pub(crate) max_side: usize,
     /// The deepest element nesting accepted.
     pub(crate) max_depth: usize,
+    /// The largest narrative `div`, from its start tag to its end tag as written: it streams
+    /// into its JSON string, and is held to be checked as FHIR XHTML when it ends.
+    pub(crate) max_div: usize,
 }
 
 impl Default for XmlLimits {
@@ -64,6 +73,8 @@ impl Default for XmlLimits {
             max_held: 64 << 10,
             max_side: 1 << 20,
             max_depth: 128,
+            // As large as a `div` the response path holds whole (its reorder limit).
+            max_div: 4 << 20,
         }
     }
 }
@@ -120,6 +131,8 @@ pub(crate) struct XmlToJson {
     side: Vec<u8>,
     /// Whether `side` has an item other than `null`.
     side_used: bool,
+    /// The narrative `div` being read, as written so far.
+    div: Vec<u8>,
     started: bool,
     done: bool,
     failed: Option<XmlError>,
@@ -251,6 +264,7 @@ impl XmlToJson {
             tags: Vec::new(),
             side: Vec::new(),
             side_used: false,
+            div: Vec::new(),
             started: false,
             done: false,
             failed: None,
@@ -624,6 +638,7 @@ impl XmlToJson {
         if to_side && self.side.len() > self.limits.max_side {
             return Err(self.side_too_large());
         }
+        self.hold_div(&buf[at..pos])?;
         result?;
         if let Some(Frame {
             kind: FrameKind::Div { depth: d },
@@ -633,11 +648,37 @@ impl XmlToJson {
             *d = depth;
         }
         if depth == 0 {
-            // The `div`'s own end tag.
+            // The `div`'s own end tag: checked whole before its string ends.
+            self.check_div()?;
             sink_of(out, &mut self.side, to_side).push(b'"');
             self.pop();
         }
         Ok((pos > at).then_some(pos))
+    }
+
+    /// Adds the next part of the `div` as written to what is held of it.
+    fn hold_div(&mut self, part: &[u8]) -> Result<(), XmlError> {
+        if self.div.len() + part.len() > self.limits.max_div {
+            return Err(self.error(format!(
+                "a narrative longer than the {} bytes held to check it",
+                self.limits.max_div
+            )));
+        }
+        self.div.extend_from_slice(part);
+        Ok(())
+    }
+
+    /// Checks the whole `div` by the rules of the response path (`xhtml::check_div`), and
+    /// lets go of what was held of it.
+    fn check_div(&mut self) -> Result<(), XmlError> {
+        let checked = match std::str::from_utf8(&self.div) {
+            Ok(div) => xhtml::check_div(div),
+            Err(_) => Err("not UTF-8"),
+        };
+        self.div.clear();
+        // A large narrative's allocation is not kept for the rest of the document.
+        self.div.shrink_to(self.limits.max_held);
+        checked.map_err(|reason| self.error(format!("the narrative is not FHIR XHTML: {reason}")))
     }
 
     fn side_too_large(&self) -> XmlError {
@@ -1051,7 +1092,10 @@ impl XmlToJson {
             if escape_json_utf8(&buf[at..end], sink).is_err() {
                 return Err(self.error("XHTML that is not UTF-8"));
             }
+            self.div.clear();
+            self.hold_div(&buf[at..end])?;
             if empty {
+                self.check_div()?;
                 sink_of(out, &mut self.side, to_side).push(b'"');
                 self.pop();
             } else if let Some(Frame {
@@ -2751,6 +2795,151 @@ mod tests {
         xml.push_str("</name></Patient>");
         let e = convert_split(FhirVersion::R4, limits, xml.as_bytes(), &[]).unwrap_err();
         assert!(e.to_string().contains("held until its end"), "{e}");
+    }
+
+    const NARRATIVE_HEAD: &str =
+        r#"<Patient xmlns="http://hl7.org/fhir"><text><status value="generated"/>"#;
+    const NARRATIVE_TAIL: &str = r#"</text><active value="true"/></Patient>"#;
+
+    /// A `div` the response path would refuse is refused when it ends, by the same rules
+    /// and with the same reason, before its JSON string ends, wherever the pieces are cut.
+    #[test]
+    fn a_narrative_that_is_not_fhir_xhtml_is_refused() {
+        const OPEN: &str = r#"<div xmlns="http://www.w3.org/1999/xhtml">"#;
+        for (div, reason) in [
+            (format!("{OPEN}<p>a</b></div>"), "not well-formed XML"),
+            (
+                format!("{OPEN}<p>a<b>b</p></b></div>"),
+                "not well-formed XML",
+            ),
+            (
+                format!("{OPEN}<script>alert(1)</script></div>"),
+                "element not allowed",
+            ),
+            (
+                format!("{OPEN}<p onclick=\"alert(1)\">a</p></div>"),
+                "attribute not allowed",
+            ),
+            (format!("{OPEN}a &bogus; b</div>"), "undefined entity"),
+            (
+                format!("{OPEN}<a href=\"javascript:alert(1)\">a</a></div>"),
+                "active content in a link",
+            ),
+            (
+                format!("{OPEN}<a href=\" &#x6A;ava&#9;script:alert(1)\">a</a></div>"),
+                "active content in a link",
+            ),
+            (
+                format!("{OPEN}<p><a href=\"data:text/html,x\">a</a></p></div>"),
+                "active content in a link",
+            ),
+            (
+                format!("{OPEN}<li>a</li></div>"),
+                "element not allowed here",
+            ),
+            (
+                format!("{OPEN}<x:p xmlns:x=\"urn:x\">a</x:p></div>"),
+                "element not in the XHTML namespace",
+            ),
+            (
+                format!("{OPEN}<p id=\"a\">a</p><p id=\"a\">b</p></div>"),
+                "duplicate id",
+            ),
+            (
+                r#"<div xmlns="http://www.w3.org/1999/xhtml" onclick="x"/>"#.to_owned(),
+                "attribute not allowed",
+            ),
+        ] {
+            let xml = format!("{NARRATIVE_HEAD}{div}{NARRATIVE_TAIL}");
+            let e = error(FhirVersion::R4, &xml);
+            assert_eq!(
+                e.to_string(),
+                format!("Patient.text.div: the narrative is not FHIR XHTML: {reason}"),
+                "{div}"
+            );
+            // The JSON the response path would have been given: it refuses it too, for the
+            // same reason, but for an active link, which it drops.
+            let json =
+                json!({"resourceType": "Patient", "text": {"status": "generated", "div": div}});
+            let mut converter = JsonToXml::new(FhirVersion::R4, ConvertLimits::default());
+            let mut rendered = Vec::new();
+            let result = converter
+                .feed(json.to_string().as_bytes(), &mut rendered)
+                .and_then(|()| converter.finish(&mut rendered));
+            match result {
+                Ok(()) => assert_eq!(reason, "active content in a link", "{div}"),
+                Err(e) => assert_eq!(
+                    e.to_string(),
+                    format!("Patient.text.div: the narrative is not FHIR XHTML: {reason}"),
+                    "{div}"
+                ),
+            }
+        }
+        // In a contained resource, the path names it.
+        let xml = format!(
+            r#"<Patient xmlns="http://hl7.org/fhir"><contained><Organization>{}{OPEN}<script/></div></text></Organization></contained></Patient>"#,
+            r#"<text><status value="generated"/>"#
+        );
+        assert_eq!(
+            error(FhirVersion::R4, &xml).to_string(),
+            "Patient.contained.Organization.text.div: the narrative is not FHIR XHTML: element not allowed"
+        );
+    }
+
+    /// A `div` that is FHIR XHTML goes out as written, links that are not active content
+    /// included, whatever the cuts.
+    #[test]
+    fn a_narrative_that_is_fhir_xhtml_is_kept_as_written() {
+        let div = "<div xmlns=\"http://www.w3.org/1999/xhtml\" xml:lang=\"en\">\r\n<!-- c --><p>a&nbsp;&amp;&#65;<![CDATA[<b>]]></p >\
+            <p><a href=\"mailto:a@example.org\">m</a> <a href=\"urn:oid:1.2\">u</a> <a href=\"#x\">f</a>\
+            <img src=\"data:image/png;base64,iVBORw0KGgo=\" alt=\"i\"/> \u{e9}</p><table><tr><td>1</td></tr></table></div>";
+        let xml = format!("{NARRATIVE_HEAD}{div}{NARRATIVE_TAIL}");
+        let value = json_every_split(FhirVersion::R4, &xml);
+        assert_eq!(
+            value,
+            json!({"resourceType": "Patient", "text": {"status": "generated", "div": div}, "active": true})
+        );
+        let empty = r#"<div xmlns="http://www.w3.org/1999/xhtml"/>"#;
+        let value = json_every_split(
+            FhirVersion::R4,
+            &format!("{NARRATIVE_HEAD}{empty}{NARRATIVE_TAIL}"),
+        );
+        assert_eq!(value["text"]["div"], empty);
+    }
+
+    /// The `div` is held within `max_div`: one longer is refused, at every cut, and one of
+    /// the limit's length passes.
+    #[test]
+    fn a_narrative_is_held_within_its_limit() {
+        let open = r#"<div xmlns="http://www.w3.org/1999/xhtml"><p>"#;
+        let close = "</p></div>";
+        let limits = XmlLimits {
+            max_div: 200,
+            ..XmlLimits::default()
+        };
+        let fits = format!(
+            "{open}{}{close}",
+            "x".repeat(200 - open.len() - close.len())
+        );
+        let longer = format!(
+            "{open}{}{close}",
+            "x".repeat(201 - open.len() - close.len())
+        );
+        for (div, ok) in [(fits, true), (longer, false)] {
+            let xml = format!("{NARRATIVE_HEAD}{div}{NARRATIVE_TAIL}");
+            for cut in 0..=xml.len() {
+                let result = convert_split(FhirVersion::R4, limits, xml.as_bytes(), &[cut]);
+                if ok {
+                    assert!(result.is_ok(), "cut at {cut}: {result:?}");
+                } else {
+                    assert_eq!(
+                        result.unwrap_err().to_string(),
+                        "Patient.text.div: a narrative longer than the 200 bytes held to check it",
+                        "cut at {cut}"
+                    );
+                }
+            }
+        }
     }
 
     /// A string's `value` streams: whatever the pieces, the JSON is that of the whole

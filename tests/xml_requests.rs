@@ -445,6 +445,89 @@ async fn xml_that_is_not_fhir_or_ends_early_fails_the_backends_read() {
     assert!(seen >= 10, "{seen}");
 }
 
+/// A narrative `div` that is not FHIR XHTML, after 100 KB of text that streams to the
+/// backend: the client gets 400 with an OperationOutcome naming the `div`, and the backend's
+/// read of the body fails, with what came before the fault already received.
+#[tokio::test]
+async fn a_narrative_that_is_not_fhir_xhtml_gets_400_and_the_backend_no_document() {
+    let (backend, mut received) = strict_backend().await;
+    let mut rng = Rng::new(0x0019_0006);
+    let long = "x".repeat(100_000);
+    let cases = [
+        (
+            "a script",
+            "<script>alert(1)</script>",
+            "element not allowed",
+        ),
+        (
+            "an end tag that does not match",
+            "<p>a</b>",
+            "not well-formed XML",
+        ),
+        (
+            "an undefined entity",
+            "<p>a &bogus; b</p>",
+            "undefined entity",
+        ),
+        (
+            "an event attribute",
+            "<p onclick=\"alert(1)\">a</p>",
+            "attribute not allowed",
+        ),
+        (
+            "a script link",
+            "<p><a href=\"javascript:alert(1)\">a</a></p>",
+            "active content in a link",
+        ),
+    ];
+    for (what, fault, reason) in cases {
+        let xml = PATIENT_XML.replace("Peter &amp; <b>James</b>", &format!("<p>{long}</p>{fault}"));
+        for _ in 0..3 {
+            let request = xml_request(
+                "PUT",
+                "/fhir/Patient/p1",
+                "application/fhir+xml",
+                split(xml.as_bytes(), &mut rng, 10),
+            );
+            let layer = BinaryNegotiationLayer::new().select_all();
+            let (status, answer) = send(layer, backend, request).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{what}");
+            let outcome: Value = serde_json::from_slice(&answer).unwrap();
+            assert_eq!(outcome["resourceType"], "OperationOutcome");
+            let text = outcome["issue"][0]["diagnostics"].as_str().unwrap();
+            assert!(
+                text.contains(&format!(
+                    "Patient.text.div: the narrative is not FHIR XHTML: {reason}"
+                )),
+                "{what}: {text}"
+            );
+            let got = tokio::time::timeout(Duration::from_secs(10), received.recv())
+                .await
+                .expect("the backend saw the request")
+                .unwrap();
+            assert!(got.body.is_err(), "{what}: {:?}", got.body);
+        }
+    }
+    // The same narrative, FHIR XHTML, arrives as written: a `mailto:` link, `&nbsp;`.
+    let div = format!(
+        "<div xmlns=\"http://www.w3.org/1999/xhtml\"><p>{long}&nbsp;<a href=\"mailto:a@example.org\">a</a></p></div>"
+    );
+    let xml = PATIENT_XML.replace(
+        "<div xmlns=\"http://www.w3.org/1999/xhtml\">Peter &amp; <b>James</b></div>",
+        &div,
+    );
+    let request = xml_request(
+        "PUT",
+        "/fhir/Patient/p1",
+        "application/fhir+xml",
+        split(xml.as_bytes(), &mut rng, 10),
+    );
+    let (status, _) = send(BinaryNegotiationLayer::new().select_all(), backend, request).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let got = received.recv().await.unwrap().body.unwrap();
+    assert_eq!(got["text"]["div"], div);
+}
+
 /// An inner service that reads the body, whatever comes of it, and answers 201.
 #[tokio::test]
 async fn xml_that_is_not_fhir_gets_400_whatever_the_inner_service_says() {

@@ -26,7 +26,7 @@ use super::{escape_str, XHTML_NS};
 const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
 
 /// Why a narrative was rejected (kept short: it is only for tests and debugging).
-pub(super) type Reject = &'static str;
+pub(crate) type Reject = &'static str;
 
 /// Where an element may appear: in the schema's block or inline groups, or only inside
 /// one particular parent (list items, table parts).
@@ -90,7 +90,7 @@ const fn with(mut e: Elem, extra: &'static [&'static str]) -> Elem {
 
 /// The elements `fhir-xhtml.xsd` lets a narrative contain, except `map` and `area`, whose
 /// id and IDREF rules are not worth checking for image maps in narratives.
-static ELEMENTS: &[Elem] = &[
+const ELEMENTS: &[Elem] = &[
     el("div", Cat::Block, Model::Flow),
     el("p", Cat::Block, Model::Inline),
     el("h1", Cat::Block, Model::Inline),
@@ -178,6 +178,36 @@ static ELEMENTS: &[Elem] = &[
     with(el("col", Cat::Other, Model::Empty), COLS),
 ];
 
+/// The most elements whose names start with one letter (`t`: `table`, `tbody`, ...).
+const SAME_LETTER: usize = 8;
+
+/// [`ELEMENTS`] by the first letter of their names: their indices, then `u8::MAX`.
+static BY_LETTER: [[u8; SAME_LETTER]; 26] = {
+    let mut table = [[u8::MAX; SAME_LETTER]; 26];
+    let mut i = 0;
+    while i < ELEMENTS.len() {
+        let letter = (ELEMENTS[i].name.as_bytes()[0] - b'a') as usize;
+        let mut j = 0;
+        while table[letter][j] != u8::MAX {
+            j += 1;
+        }
+        table[letter][j] = i as u8;
+        i += 1;
+    }
+    table
+};
+
+/// The element of [`ELEMENTS`] named `local`.
+fn element(local: &[u8]) -> Option<&'static Elem> {
+    let letter = usize::from(local.first()?.wrapping_sub(b'a'));
+    BY_LETTER
+        .get(letter)?
+        .iter()
+        .take_while(|&&i| i != u8::MAX)
+        .map(|&i| &ELEMENTS[usize::from(i)])
+        .find(|el| el.name.as_bytes() == local)
+}
+
 impl Model {
     fn accepts(self, child: &Elem) -> bool {
         match self {
@@ -231,20 +261,74 @@ struct Open {
     last: &'static str,
 }
 
-/// Checks `src` and appends it to `out` as `<div xmlns="http://www.w3.org/1999/xhtml">...`.
-/// On rejection `out` may hold part of the markup; the caller discards it.
-pub(super) fn write_div(src: &str, out: &mut Vec<u8>) -> Result<(), Reject> {
+/// Checks `src` and appends it to `out` as `<div xmlns="http://www.w3.org/1999/xhtml">...`,
+/// with the links that are not passive dropped. On rejection `out` may hold part of the
+/// markup; the caller discards it.
+pub(crate) fn write_div(src: &str, out: &mut Vec<u8>) -> Result<(), Reject> {
     let start = out.len();
-    if write_plain_div(src, out).is_some() {
+    if write_plain_div(src, out, Links::DropUnlessPassive).is_some() {
         return Ok(());
     }
     out.truncate(start);
-    write_any_div(src, out)
+    write_any_div(src, out, Links::DropUnlessPassive)
+}
+
+/// Checks `src` by the rules of [`write_div`], writing nothing, for a narrative that is kept
+/// as written: a link that is not passive is kept, but one that is active content (a
+/// script URL, or a `data:` URL other than an image's) is refused.
+pub(crate) fn check_div(src: &str) -> Result<(), Reject> {
+    if write_plain_div(src, &mut Discard, Links::RefuseActive).is_some() {
+        return Ok(());
+    }
+    write_any_div(src, &mut Discard, Links::RefuseActive)
+}
+
+/// What becomes of a URL attribute that is not `http`, `https`, relative or a fragment.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Links {
+    /// Dropped with its attribute (an `img`'s required `src` emptied): markup served to a
+    /// browser.
+    DropUnlessPassive,
+    /// Kept, unless it is active content, which is refused: markup kept as written.
+    RefuseActive,
+}
+
+/// Where checked markup goes: a buffer, or nowhere when it is only checked.
+trait Sink {
+    fn push(&mut self, byte: u8);
+    fn extend_from_slice(&mut self, bytes: &[u8]);
+    /// `s` escaped as text, or as an attribute value.
+    fn escaped(&mut self, s: &str, attribute: bool);
+}
+
+impl Sink for Vec<u8> {
+    fn push(&mut self, byte: u8) {
+        Vec::push(self, byte);
+    }
+
+    fn extend_from_slice(&mut self, bytes: &[u8]) {
+        Vec::extend_from_slice(self, bytes);
+    }
+
+    fn escaped(&mut self, s: &str, attribute: bool) {
+        escape_str(s, self, attribute);
+    }
+}
+
+/// A [`Sink`] that keeps nothing.
+struct Discard;
+
+impl Sink for Discard {
+    fn push(&mut self, _: u8) {}
+
+    fn extend_from_slice(&mut self, _: &[u8]) {}
+
+    fn escaped(&mut self, _: &str, _: bool) {}
 }
 
 /// [`write_div`] with a general XML reader: any well-formed markup, with its exact reason
 /// for a rejection.
-fn write_any_div(src: &str, out: &mut Vec<u8>) -> Result<(), Reject> {
+fn write_any_div(src: &str, out: &mut impl Sink, links: Links) -> Result<(), Reject> {
     let mut reader = NsReader::from_str(src);
     let mut stack: Vec<Open> = Vec::new();
     let mut ids: HashSet<String> = HashSet::new();
@@ -256,7 +340,7 @@ fn write_any_div(src: &str, out: &mut Vec<u8>) -> Result<(), Reject> {
                 return Err("more than one root element");
             }
             Event::Start(e) => {
-                let elem = open(&reader, &e, &mut stack, &mut ids, out)?;
+                let elem = open(&reader, &e, &mut stack, &mut ids, out, links)?;
                 out.push(b'>');
                 stack.push(Open {
                     elem,
@@ -267,7 +351,7 @@ fn write_any_div(src: &str, out: &mut Vec<u8>) -> Result<(), Reject> {
                 seen_root = true;
             }
             Event::Empty(e) => {
-                let elem = open(&reader, &e, &mut stack, &mut ids, out)?;
+                let elem = open(&reader, &e, &mut stack, &mut ids, out, links)?;
                 if elem.model.needs_child() {
                     return Err("element needs children");
                 }
@@ -327,7 +411,7 @@ fn write_any_div(src: &str, out: &mut Vec<u8>) -> Result<(), Reject> {
 /// text with the predefined entities and `&nbsp;`. `None` for anything else, and for any
 /// rejection: [`write_any_div`] then reads the whole `div` again and gives the reason. What
 /// it accepts it checks and writes through the same functions as [`write_any_div`].
-fn write_plain_div(src: &str, out: &mut Vec<u8>) -> Option<()> {
+fn write_plain_div(src: &str, out: &mut impl Sink, links: Links) -> Option<()> {
     let b = src.as_bytes();
     let mut stack: Vec<Open> = Vec::new();
     let mut ids: HashSet<String> = HashSet::new();
@@ -432,6 +516,7 @@ fn write_plain_div(src: &str, out: &mut Vec<u8>) -> Option<()> {
                 &mut ids,
                 &mut required,
                 out,
+                links,
             )
             .ok()?;
         };
@@ -478,7 +563,7 @@ fn name_len(b: &[u8]) -> usize {
 /// `&nbsp;`, each as the general reader hands it to [`text`]. `None` for a line break other
 /// than LF, another control character, `>`, a possible U+FFFE or U+FFFF, or another
 /// reference.
-fn plain_text(content: &str, stack: &[Open], out: &mut Vec<u8>) -> Option<()> {
+fn plain_text(content: &str, stack: &[Open], out: &mut impl Sink) -> Option<()> {
     // One pass without an early exit, on whole vectors.
     let odd = content.bytes().fold(false, |odd, c| {
         odd | ((c < 0x20) & (c != b'\t') & (c != b'\n')) | (c == b'>') | (c == 0xEF)
@@ -511,7 +596,8 @@ fn open(
     e: &BytesStart<'_>,
     stack: &mut [Open],
     ids: &mut HashSet<String>,
-    out: &mut Vec<u8>,
+    out: &mut impl Sink,
+    links: Links,
 ) -> Result<&'static Elem, Reject> {
     let (ns, local) = reader.resolver().resolve_element(e.name());
     if !matches!(ns, ResolveResult::Bound(Namespace(n)) if n == XHTML_NS) {
@@ -546,7 +632,7 @@ fn open(
                 }
             })
             .map_err(|_| "bad attribute value")?;
-        attribute(elem, name, value, ids, &mut required, out)?;
+        attribute(elem, name, value, ids, &mut required, out, links)?;
     }
     if required != elem.required.len() {
         return Err("required attribute missing");
@@ -556,14 +642,8 @@ fn open(
 
 /// Checks an element of the XHTML namespace where it stands, and writes its start tag up to
 /// its attributes.
-fn enter(local: &[u8], stack: &mut [Open], out: &mut Vec<u8>) -> Result<&'static Elem, Reject> {
-    let elem = ELEMENTS
-        .iter()
-        .find(|el| {
-            let name = el.name.as_bytes();
-            name.len() == local.len() && name.first() == local.first() && name == local
-        })
-        .ok_or("element not allowed")?;
+fn enter(local: &[u8], stack: &mut [Open], out: &mut impl Sink) -> Result<&'static Elem, Reject> {
+    let elem = element(local).ok_or("element not allowed")?;
     match stack.last_mut() {
         None if elem.name != "div" => return Err("root is not a div"),
         None => {}
@@ -601,7 +681,8 @@ fn attribute(
     value: Cow<'_, str>,
     ids: &mut HashSet<String>,
     required: &mut usize,
-    out: &mut Vec<u8>,
+    out: &mut impl Sink,
+    links: Links,
 ) -> Result<(), Reject> {
     if matches!(name, "class" | "rel" | "rev") && value.trim_ascii().is_empty() {
         // A token list without tokens means nothing, and strict validators refuse it.
@@ -617,10 +698,13 @@ fn attribute(
         *required += 1;
     }
     let value = if is_url_attribute(name) && !is_passive_url(&value) {
-        if elem.required.contains(&name) {
-            Cow::Borrowed("")
-        } else {
-            return Ok(());
+        match links {
+            Links::RefuseActive if is_active_url(elem.name, name, &value) => {
+                return Err("active content in a link");
+            }
+            Links::RefuseActive => value,
+            Links::DropUnlessPassive if elem.required.contains(&name) => Cow::Borrowed(""),
+            Links::DropUnlessPassive => return Ok(()),
         }
     } else {
         value
@@ -628,24 +712,31 @@ fn attribute(
     out.push(b' ');
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b"=\"");
-    escape_str(&value, out, true);
+    out.escaped(&value, true);
     out.push(b'"');
     Ok(())
 }
 
-fn text(content: &str, stack: &[Open], out: &mut Vec<u8>) -> Result<(), Reject> {
-    let whitespace = content
-        .bytes()
-        .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+fn text(content: &str, stack: &[Open], out: &mut impl Sink) -> Result<(), Reject> {
     match stack.last() {
-        None if whitespace => return Ok(()),
-        None => return Err("text outside the root element"),
-        Some(open) if !whitespace && !open.elem.model.allows_text() => {
-            return Err("text not allowed here");
+        Some(open) if open.elem.model.allows_text() => {}
+        top => {
+            // Only whitespace, which is written inside the root and dropped outside it.
+            if !content
+                .bytes()
+                .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+            {
+                return Err(match top {
+                    None => "text outside the root element",
+                    Some(_) => "text not allowed here",
+                });
+            }
+            if top.is_none() {
+                return Ok(());
+            }
         }
-        Some(_) => {}
     }
-    escape_str(content, out, false);
+    out.escaped(content, false);
     Ok(())
 }
 
@@ -681,10 +772,25 @@ fn is_url_attribute(name: &str) -> bool {
     matches!(name, "href" | "src" | "cite" | "longdesc")
 }
 
-/// Whether a URL is `http`, `https`, relative or a fragment, read as browsers read it: they
-/// ignore leading spaces and control characters and tabs and line breaks anywhere, so
-/// `" java\tscript:"` is `javascript:`.
+/// Whether a URL is `http`, `https`, relative or a fragment.
 fn is_passive_url(url: &str) -> bool {
+    scheme(url).is_none_or(|s| s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https"))
+}
+
+/// Whether a URL runs in the page that shows it: `javascript:` and `vbscript:`, and a `data:`
+/// URL anywhere but an image's `src` (where a browser shows it as an image only).
+fn is_active_url(element: &str, attribute: &str, url: &str) -> bool {
+    scheme(url).is_some_and(|s| {
+        s.eq_ignore_ascii_case("javascript")
+            || s.eq_ignore_ascii_case("vbscript")
+            || (s.eq_ignore_ascii_case("data") && (element, attribute) != ("img", "src"))
+    })
+}
+
+/// A URL's scheme, read as browsers read it: they ignore leading spaces and control
+/// characters and tabs and line breaks anywhere, so `" java\tscript:"` is `javascript`.
+/// `None` for a relative URL or a fragment.
+fn scheme(url: &str) -> Option<String> {
     let mut scheme = String::new();
     for c in url
         .trim_start_matches(|c: char| c <= ' ')
@@ -692,18 +798,16 @@ fn is_passive_url(url: &str) -> bool {
         .filter(|c| !matches!(c, '\t' | '\n' | '\r'))
     {
         match c {
-            ':' => {
-                return scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")
-            }
+            ':' => return Some(scheme),
             // A path, query or fragment before any colon: relative.
-            '/' | '?' | '#' => return true,
+            '/' | '?' | '#' => return None,
             c if c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.') => scheme.push(c),
             // Not a scheme character before any colon: no scheme, a relative URL (as the URL
             // standard's parser reads it).
-            _ => return true,
+            _ => return None,
         }
     }
-    true
+    None
 }
 
 fn is_digits(v: &str) -> bool {
@@ -804,13 +908,20 @@ mod tests {
         divs
     }
 
-    /// The plain reading and the general reader agree: same markup, or the same reason.
+    /// The plain reading and the general reader agree: same markup, or the same reason; and
+    /// so do they when they only check.
     fn assert_same(div: &str) {
         let mut any = Vec::new();
-        let expected = write_any_div(div, &mut any).map(|()| any);
+        let expected = write_any_div(div, &mut any, Links::DropUnlessPassive).map(|()| any);
         let mut out = b"kept".to_vec();
         let got = write_div(div, &mut out).map(|()| out.split_off(4));
         assert_eq!(got, expected, "{div:?}");
+        let checked = write_any_div(div, &mut Vec::new(), Links::RefuseActive);
+        assert_eq!(check_div(div), checked, "{div:?}");
+        // Only active content is refused by one and not the other.
+        if checked != Err("active content in a link") {
+            assert_eq!(checked, expected.map(|_| ()), "{div:?}");
+        }
     }
 
     #[test]
@@ -820,7 +931,9 @@ mod tests {
         let mut plain = 0;
         for div in &divs {
             assert_same(div);
-            plain += usize::from(write_plain_div(div, &mut Vec::new()).is_some());
+            plain += usize::from(
+                write_plain_div(div, &mut Vec::new(), Links::DropUnlessPassive).is_some(),
+            );
         }
         // Most official narratives take the plain reading.
         assert!(plain * 10 > divs.len() * 9, "{plain} of {}", divs.len());
@@ -972,5 +1085,69 @@ mod tests {
                  </p></blockquote></div>"
             )
         );
+    }
+
+    #[test]
+    fn a_check_keeps_links_that_are_not_active_and_refuses_active_ones() {
+        for url in [
+            "http://example.org/a",
+            "#section",
+            "mailto:a@example.org",
+            "tel:+1-555-0100",
+            "urn:oid:1.2.3",
+            "ftp://example.org/f",
+        ] {
+            let div = format!("{OPEN}<a href=\"{url}\">x</a></div>");
+            assert_eq!(check_div(&div), Ok(()), "{url}");
+        }
+        let image =
+            format!("{OPEN}<img src=\"data:image/png;base64,iVBORw0KGgo=\" alt=\"a\"/></div>");
+        assert_eq!(check_div(&image), Ok(()));
+        for link in [
+            "<a href=\"javascript:alert(1)\">x</a>",
+            "<a href=\" JavaScript:alert(1)\">x</a>",
+            "<a href=\"java&#9;script:alert(1)\">x</a>",
+            "<a href=\"&#x6A;avascript:alert(1)\">x</a>",
+            "<a href=\"vbscript:msgbox\">x</a>",
+            "<a href=\"data:text/html,x\">x</a>",
+            "<img src=\"javascript:alert(1)\" alt=\"a\"/>",
+            "<img src=\"a.png\" alt=\"a\" longdesc=\"data:text/html,x\"/>",
+            "<q cite=\"javascript:x\">q</q>",
+        ] {
+            let div = format!("{OPEN}<p>{link}</p></div>");
+            assert_eq!(check_div(&div), Err("active content in a link"), "{link}");
+        }
+    }
+
+    #[test]
+    fn a_check_refuses_what_writing_refuses() {
+        for (div, reason) in [
+            (format!("{OPEN}<p>a</b></div>"), "not well-formed XML"),
+            (
+                format!("{OPEN}<script>x</script></div>"),
+                "element not allowed",
+            ),
+            (
+                format!("{OPEN}<p onclick=\"x\">a</p></div>"),
+                "attribute not allowed",
+            ),
+            (format!("{OPEN}a &bogus; b</div>"), "undefined entity"),
+            (
+                format!("{OPEN}<li>a</li></div>"),
+                "element not allowed here",
+            ),
+            (
+                "<div>a</div>".to_owned(),
+                "element not in the XHTML namespace",
+            ),
+            (
+                format!("{OPEN}<table></table></div>"),
+                "element needs children",
+            ),
+        ] {
+            assert_eq!(check_div(&div), Err(reason), "{div}");
+            assert_eq!(written(&div), Err(reason), "{div}");
+        }
+        assert_eq!(check_div(&format!("{OPEN}a&nbsp;<b>b</b></div>")), Ok(()));
     }
 }
