@@ -286,6 +286,12 @@ fn envelope(
 /// Appends `text` as a JSON string: `"` and `\` escaped, control characters as `\u00XX`.
 fn push_json_string(out: &mut String, text: &str) {
     out.push('"');
+    push_json_escaped(out, text);
+    out.push('"');
+}
+
+/// Appends `text` as the inside of a JSON string, escaped as [`push_json_string`] says.
+pub(crate) fn push_json_escaped(out: &mut String, text: &str) {
     let mut rest = text;
     // The bytes looked for are ASCII: `at` is always on a character boundary.
     while let Some(at) = rest
@@ -306,7 +312,6 @@ fn push_json_string(out: &mut String, text: &str) {
         rest = &rest[at + 1..];
     }
     out.push_str(rest);
-    out.push('"');
 }
 
 /// Where in the Binary endpoint a path points.

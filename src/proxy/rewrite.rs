@@ -25,6 +25,18 @@ enum State {
     Escaped,
 }
 
+impl State {
+    /// Where the scan stands after the base and the byte that follows it: the string's
+    /// closing quote, or the rest of the string.
+    fn after_base(boundary: &[u8]) -> State {
+        if boundary == b"\"" {
+            State::Outside
+        } else {
+            State::Inside
+        }
+    }
+}
+
 /// Streams JSON, replacing the upstream base at the start of strings by the public base.
 #[derive(Debug)]
 pub(crate) struct UrlRewriter {
@@ -84,11 +96,7 @@ impl UrlRewriter {
                 } => {
                     self.held.clear();
                     out.replace(bytes, 0, resume, &self.replacement, boundary);
-                    self.state = if boundary == b"\"" {
-                        State::Outside
-                    } else {
-                        State::Inside
-                    };
+                    self.state = State::after_base(boundary);
                     at = resume;
                 }
             }
@@ -117,11 +125,7 @@ impl UrlRewriter {
                                 boundary,
                             } => {
                                 out.replace(bytes, start, resume, &self.replacement, boundary);
-                                self.state = if boundary == b"\"" {
-                                    State::Outside
-                                } else {
-                                    State::Inside
-                                };
+                                self.state = State::after_base(boundary);
                                 at = resume;
                             }
                         }
@@ -310,14 +314,7 @@ impl Out {
 /// `text` as the inside of a JSON string.
 pub(crate) fn json_escaped(text: &str) -> Bytes {
     let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
+    crate::upload::push_json_escaped(&mut out, text);
     Bytes::from(out)
 }
 
