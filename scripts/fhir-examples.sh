@@ -12,7 +12,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
-work="${1:-$(mktemp -d)}"
+if [ -n "${1:-}" ]; then
+  work="$1"
+else
+  work="$(mktemp -d)"
+  trap 'rm -rf "$work"' EXIT
+fi
 mkdir -p "$work"
 
 # Not FHIR as published: a required element missing, an R4 resource in the STU3 package.
