@@ -204,9 +204,9 @@ fn inner<B>(
 /// The path users write by hand: collect the Binary JSON, parse it with `serde_json`, decode
 /// `data` with base64 STANDARD and serve it with the Binary's content type. Returns the decoded
 /// length.
-async fn naive<S>(service: &S, request: Request<()>) -> usize
+async fn naive<S>(service: &S, request: Request<http_body_util::Empty<bytes::Bytes>>) -> usize
 where
-    S: Service<Request<()>, Response = Response<Frames>, Error = Infallible> + Clone,
+    S: Service<Request<http_body_util::Empty<bytes::Bytes>>, Response = Response<Frames>, Error = Infallible> + Clone,
 {
     let response = service.clone().oneshot(request).await.unwrap();
     let (mut parts, body) = response.into_parts();
@@ -230,9 +230,9 @@ where
 /// `Content-Disposition`, `ETag`, `Accept-Ranges`, `Vary`) and the same `Negotiation`
 /// extension. A floor for the per-request cost, not a way to serve documents. Returns the
 /// decoded length.
-async fn minimum<S>(service: &S, mut request: Request<()>) -> usize
+async fn minimum<S>(service: &S, mut request: Request<http_body_util::Empty<bytes::Bytes>>) -> usize
 where
-    S: Service<Request<()>, Response = Response<Frames>, Error = Infallible> + Clone,
+    S: Service<Request<http_body_util::Empty<bytes::Bytes>>, Response = Response<Frames>, Error = Infallible> + Clone,
 {
     use http::header::{
         ACCEPT, ACCEPT_RANGES, CONTENT_DISPOSITION, CONTENT_TYPE, ETAG, VARY,
@@ -358,7 +358,7 @@ fn bench_large(c: &mut Criterion) {
         let service = BinaryNegotiationLayer::new().layer(inner(plain.frames.clone()));
         b.iter(|| {
             runtime.block_on(async {
-                let request = Request::get("/Binary/bench?_format=json").body(()).unwrap();
+                let request = Request::get("/Binary/bench?_format=json").body(http_body_util::Empty::new()).unwrap();
                 let response = service.clone().oneshot(request).await.unwrap();
                 black_box(drain(response.into_body()).await);
             })
@@ -384,7 +384,7 @@ fn bench_large(c: &mut Criterion) {
             group.bench_function(name, |b| {
                 b.iter(|| {
                     runtime.block_on(async {
-                        let request = Request::get(uri).body(()).unwrap();
+                        let request = Request::get(uri).body(http_body_util::Empty::new()).unwrap();
                         let response = service.clone().oneshot(request).await.unwrap();
                         let total = drain(response.into_body()).await;
                         if representation == "native" {
@@ -401,10 +401,10 @@ fn bench_large(c: &mut Criterion) {
 }
 
 /// Makes a fresh request for each iteration.
-type MakeRequest = fn() -> Request<()>;
+type MakeRequest = fn() -> Request<http_body_util::Empty<bytes::Bytes>>;
 
 /// The request head of a browser opening a document: what most native responses answer.
-fn browser_request() -> Request<()> {
+fn browser_request() -> Request<http_body_util::Empty<bytes::Bytes>> {
     Request::get("/Binary/bench")
         .header("host", "fhir.example.org")
         .header(
@@ -419,7 +419,7 @@ fn browser_request() -> Request<()> {
         )
         .header("accept-encoding", "gzip, deflate, br, zstd")
         .header("accept-language", "en-US,en;q=0.9")
-        .body(())
+        .body(http_body_util::Empty::new())
         .unwrap()
 }
 
@@ -435,7 +435,7 @@ fn bench_small(c: &mut Criterion) {
     // head a browser sends when it opens the document.
     let requests: [(&str, MakeRequest); 2] = [
         ("bare GET", || {
-            Request::get("/Binary/bench").body(()).unwrap()
+            Request::get("/Binary/bench").body(http_body_util::Empty::new()).unwrap()
         }),
         ("browser GET", browser_request),
     ];
@@ -482,7 +482,7 @@ fn bench_first_byte(c: &mut Criterion) {
         // inner body costs the same whatever its size.
         let frames: Arc<[Bytes]> = doc.frames.into();
         let service =
-            BinaryNegotiationLayer::new().layer(service_fn(move |_: Request<RequestBody<()>>| {
+            BinaryNegotiationLayer::new().layer(service_fn(move |_: Request<RequestBody<http_body_util::Empty<bytes::Bytes>>>| {
                 let body = Shared(Arc::clone(&frames), 0);
                 async move {
                     Ok::<_, Infallible>(
@@ -496,7 +496,7 @@ fn bench_first_byte(c: &mut Criterion) {
         group.bench_function(format!("{mib} MiB Binary"), |b| {
             b.iter(|| {
                 runtime.block_on(async {
-                    let request = Request::get("/Binary/bench").body(()).unwrap();
+                    let request = Request::get("/Binary/bench").body(http_body_util::Empty::new()).unwrap();
                     let response = service.clone().oneshot(request).await.unwrap();
                     let mut body = std::pin::pin!(response.into_body());
                     let first = body.frame().await.unwrap().unwrap();

@@ -173,7 +173,7 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("a runtime");
-    let inner = service_fn(move |_request: Request<RequestBody<()>>| async move {
+    let inner = service_fn(move |_request: Request<RequestBody<http_body_util::Empty<bytes::Bytes>>>| async move {
         Ok::<_, Infallible>(
             Response::builder()
                 .header("content-type", "application/fhir+json")
@@ -188,7 +188,7 @@ fn main() {
     let service = BinaryNegotiationLayer::new().layer(inner);
     let before = peak_rss_kib();
     let total = runtime.block_on(async {
-        let request = Request::get(uri).body(()).expect("a request");
+        let request = Request::get(uri).body(http_body_util::Empty::new()).expect("a request");
         let response = service.oneshot(request).await.expect("a response");
         assert_eq!(response.status(), 200);
         let mut body = response.into_body();
@@ -213,7 +213,7 @@ fn searchset(mib: usize) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("a runtime");
-    let inner = service_fn(move |_request: Request<RequestBody<()>>| {
+    let inner = service_fn(move |_request: Request<RequestBody<http_body_util::Empty<bytes::Bytes>>>| {
         let examples = examples.clone();
         async move {
             Ok::<_, Infallible>(
@@ -233,7 +233,7 @@ fn searchset(mib: usize) {
     let before = peak_rss_kib();
     let total = runtime.block_on(async {
         let request = Request::get("/Bundle?_format=xml")
-            .body(())
+            .body(http_body_util::Empty::new())
             .expect("a request");
         let response = service.oneshot(request).await.expect("a response");
         assert_eq!(response.status(), 200);

@@ -112,7 +112,7 @@ fn main() {
     for _ in 0..times {
         total += runtime.block_on(async {
             let request = Request::get("/Bundle?_format=xml")
-                .body(())
+                .body(http_body_util::Empty::new())
                 .expect("a request");
             let response = service.clone().oneshot(request).await.expect("a response");
             assert_eq!(response.status(), 200);

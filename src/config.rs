@@ -18,6 +18,9 @@ pub(crate) struct Config {
     pub(crate) native_when_not_acceptable: bool,
     pub(crate) security_policy: SecurityPolicy,
     pub(crate) uploads: UploadOptions,
+    /// The most FHIR JSON held from a FHIR XML request body before the inner service is
+    /// called.
+    pub(crate) xml_request_read_ahead: usize,
 }
 
 /// The options of raw uploads (`POST`/`PUT` of a document to the Binary endpoint).
@@ -54,6 +57,7 @@ impl Default for Config {
             native_when_not_acceptable: false,
             security_policy: SecurityPolicy::Standard,
             uploads: UploadOptions::default(),
+            xml_request_read_ahead: 1 << 20,
         }
     }
 }
@@ -170,6 +174,34 @@ macro_rules! option_methods {
         /// broken off (the inner service's request body fails) and answered with 413.
         pub fn max_upload_size(mut self, bytes: u64) -> Self {
             self.config.uploads.max_upload_size = bytes;
+            self
+        }
+
+        /// The most FHIR JSON held from a FHIR XML request body before the inner service is
+        /// called (default 1 MiB).
+        ///
+        /// A `POST` or `PUT` of a resource in FHIR XML reaches the inner service as FHIR JSON.
+        /// The layer converts the body before it calls the inner service, until the body ends
+        /// or the JSON made of it reaches this size:
+        ///
+        /// - the body ends within the limit and is FHIR: the inner service gets the whole JSON
+        ///   with an exact `Content-Length` (servers that refuse chunked uploads take it);
+        /// - the body is not FHIR XML, is not well-formed, grows over
+        ///   [`max_upload_size`](Self::max_upload_size), fails or ends before its
+        ///   `Content-Length` within the limit: the client gets 400 (413 for the size) with an
+        ///   OperationOutcome, and the inner service is not called;
+        /// - the limit is reached first: the inner service is called with a chunked body that
+        ///   gives what was converted, then goes on converting as the XML arrives. A fault in the
+        ///   rest makes that body end with an error, never with a complete resource, and the
+        ///   client still gets 400 (413) whatever the inner service answers.
+        ///
+        /// The memory of a request is bounded by this (plus one frame, see
+        /// [`frame_size`](Self::frame_size)), and the inner service, made ready, waits for the
+        /// client for as long as the read-ahead takes. `0` calls the inner service at once.
+        /// Raw documents (any other `Content-Type`) are not read ahead: their size and headers
+        /// are checked before the call, and their bytes cannot be malformed.
+        pub fn xml_request_read_ahead(mut self, bytes: usize) -> Self {
+            self.config.xml_request_read_ahead = bytes;
             self
         }
 

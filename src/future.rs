@@ -5,72 +5,101 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use http::Response;
+use bytes::Bytes;
+use http::request::Parts;
+use http::{Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
+use tower_service::Service;
 
 use crate::body::NegotiatedBody;
 use crate::error::BoxError;
 use crate::extension::Negotiation;
 use crate::outcome::Outcome;
-use crate::request_body::UploadWatch;
+use crate::request_body::{RequestBody, UploadWatch, XmlReadAhead};
 use crate::respond::{self, BinaryReading, Negotiated, Next, ResourceReading};
+use crate::write::xml_request;
 
 pin_project! {
-    /// The response future of [`BinaryNegotiation`](crate::BinaryNegotiation): `F` is the inner
-    /// service's future, `B` the body of its responses.
+    /// The response future of [`BinaryNegotiation`](crate::BinaryNegotiation): `S` is the
+    /// inner service, `ReqBody` the body of the requests and `ResBody` that of the inner
+    /// service's responses.
     ///
     /// For a Binary it resolves once the inner body has shown enough to decide the
     /// representation (usually at the first byte of the payload); the rest streams through
-    /// the [`NegotiatedBody`].
-    pub struct ResponseFuture<F, B> {
+    /// the [`NegotiatedBody`]. For a request body in FHIR XML it first reads the body ahead,
+    /// then calls the inner service it holds (see
+    /// [`xml_request_read_ahead`](crate::BinaryNegotiationLayer::xml_request_read_ahead)).
+    pub struct ResponseFuture<S, ReqBody, ResBody>
+    where
+        S: Service<Request<RequestBody<ReqBody>>>,
+    {
         #[pin]
-        state: State<F, B>,
+        state: State<S, ReqBody, ResBody>,
     }
+}
+
+/// A call waiting for its FHIR XML body to be read ahead: the inner service, made ready,
+/// and the request. Boxed in the future, so that the other requests' futures stay small.
+struct PendingCall<S, B> {
+    service: S,
+    head: Parts,
+    body: XmlReadAhead<B>,
+    negotiated: Negotiated,
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, B> {
+    enum State<S, ReqBody, ResBody>
+    where
+        S: Service<Request<RequestBody<ReqBody>>>,
+    {
         NotNegotiated {
             #[pin]
-            future: F,
+            future: S::Future,
         },
         Negotiated {
             #[pin]
-            future: F,
+            future: S::Future,
             negotiated: Option<Negotiated>,
+        },
+        // A FHIR XML body read before the inner service is called.
+        ReadingAhead {
+            call: Option<Box<PendingCall<S, ReqBody>>>,
         },
         // A raw upload or FHIR XML: answered with 413 if it grew past the limit while
         // streaming, with 400 if its XML was not FHIR.
         Upload {
             #[pin]
-            future: F,
+            future: S::Future,
             negotiated: Option<Negotiated>,
             watch: UploadWatch,
         },
         Reading {
-            reading: BinaryReading<B>,
+            reading: BinaryReading<ResBody>,
         },
         ReadingResource {
-            reading: ResourceReading<B>,
+            reading: ResourceReading<ResBody>,
         },
         Ready {
-            response: Option<Response<NegotiatedBody<B>>>,
+            response: Option<Response<NegotiatedBody<ResBody>>>,
         },
     }
 }
 
-impl<F, B> ResponseFuture<F, B> {
+impl<S, ReqBody, ResBody> ResponseFuture<S, ReqBody, ResBody>
+where
+    S: Service<Request<RequestBody<ReqBody>>>,
+{
     /// A request the layer does not negotiate.
-    pub(crate) fn not_negotiated(future: F) -> Self {
+    pub(crate) fn not_negotiated(future: S::Future) -> Self {
         ResponseFuture {
             state: State::NotNegotiated { future },
         }
     }
 
     /// A negotiated request, sent on to the inner service.
-    pub(crate) fn negotiated(future: F, negotiated: Negotiated) -> Self {
+    pub(crate) fn negotiated(future: S::Future, negotiated: Negotiated) -> Self {
         ResponseFuture {
             state: State::Negotiated {
                 future,
@@ -79,8 +108,29 @@ impl<F, B> ResponseFuture<F, B> {
         }
     }
 
+    /// A write whose body is FHIR XML: `service`, made ready, is called once the body has
+    /// been read ahead.
+    pub(crate) fn read_ahead(
+        service: S,
+        head: Parts,
+        body: XmlReadAhead<ReqBody>,
+        negotiated: Negotiated,
+    ) -> Self {
+        let call = PendingCall {
+            service,
+            head,
+            body,
+            negotiated,
+        };
+        ResponseFuture {
+            state: State::ReadingAhead {
+                call: Some(Box::new(call)),
+            },
+        }
+    }
+
     /// A raw upload, sent on to the inner service as Binary JSON.
-    pub(crate) fn upload(future: F, negotiated: Negotiated, watch: UploadWatch) -> Self {
+    pub(crate) fn upload(future: S::Future, negotiated: Negotiated, watch: UploadWatch) -> Self {
         ResponseFuture {
             state: State::Upload {
                 future,
@@ -109,11 +159,15 @@ impl<F, B> ResponseFuture<F, B> {
     }
 }
 
-impl<F, B> fmt::Debug for ResponseFuture<F, B> {
+impl<S, ReqBody, ResBody> fmt::Debug for ResponseFuture<S, ReqBody, ResBody>
+where
+    S: Service<Request<RequestBody<ReqBody>>>,
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
             State::NotNegotiated { .. } => "NotNegotiated",
             State::Negotiated { .. } => "Negotiated",
+            State::ReadingAhead { .. } => "ReadingAhead",
             State::Upload { .. } => "Upload",
             State::Reading { .. } => "Reading",
             State::ReadingResource { .. } => "ReadingResource",
@@ -125,13 +179,15 @@ impl<F, B> fmt::Debug for ResponseFuture<F, B> {
     }
 }
 
-impl<F, B, E> Future for ResponseFuture<F, B>
+impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody, ResBody>
 where
-    F: Future<Output = Result<Response<B>, E>>,
-    B: Body,
-    B::Error: Into<BoxError>,
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+    ReqBody: Body<Data = Bytes>,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body,
+    ResBody::Error: Into<BoxError>,
 {
-    type Output = Result<Response<NegotiatedBody<B>>, E>;
+    type Output = Result<Response<NegotiatedBody<ResBody>>, S::Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
@@ -157,6 +213,28 @@ where
                             State::Reading { reading }
                         }
                         Next::Resource(reading) => State::ReadingResource { reading },
+                    }
+                }
+                StateProj::ReadingAhead { call } => {
+                    let pending = call
+                        .as_mut()
+                        .expect("ResponseFuture polled after completion");
+                    let read = ready!(pending.body.poll(cx));
+                    let PendingCall {
+                        mut service,
+                        head,
+                        body,
+                        negotiated,
+                    } = *call.take().expect("ResponseFuture polled after completion");
+                    if let Err(outcome) = read {
+                        // The inner service is not called: its readiness is given up.
+                        return Poll::Ready(Ok(respond::outcome_response(&outcome, &negotiated)));
+                    }
+                    let (request, watch) = xml_request(head, body);
+                    State::Upload {
+                        future: service.call(request),
+                        negotiated: Some(negotiated),
+                        watch,
                     }
                 }
                 StateProj::Upload {

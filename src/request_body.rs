@@ -7,6 +7,10 @@
 //! cannot store a truncated document as a valid Binary. The same holds for FHIR XML: XML that
 //! is not FHIR, or that ends early, ends the body with an error, never with a complete JSON
 //! document.
+//!
+//! A FHIR XML body is first read ahead ([`XmlReadAhead`]), up to a limit of JSON, before the
+//! inner service is called: most documents are then known to be FHIR, or refused, before the
+//! inner service sees anything.
 
 use std::fmt;
 use std::pin::Pin;
@@ -33,9 +37,9 @@ pin_project! {
     /// upload arrives; for a resource posted or put in FHIR XML, its FHIR JSON, converted as
     /// the XML arrives.
     ///
-    /// Its size is exact when the upload's length is known (never for FHIR XML). A failed,
-    /// short, overlong or oversized upload, or XML that is not FHIR, makes it end with an
-    /// error, never with a complete resource.
+    /// Its size is exact when the upload's length is known, and for FHIR XML read whole ahead
+    /// of the call. A failed, short, overlong or oversized upload, or XML that is not FHIR,
+    /// makes it end with an error, never with a complete resource.
     pub struct RequestBody<B> {
         #[pin]
         kind: Kind<B>,
@@ -47,7 +51,8 @@ pin_project! {
     enum Kind<B> {
         Untouched { #[pin] body: B },
         Upload { #[pin] body: B, state: UploadState },
-        FhirXml { #[pin] body: B, state: XmlState },
+        // Boxed: the body is polled by the read-ahead, then moved into the inner request.
+        FhirXml { body: Pin<Box<B>>, state: XmlState },
     }
 }
 
@@ -74,9 +79,18 @@ impl<B: fmt::Debug> fmt::Debug for RequestBody<B> {
 /// A FHIR XML body being converted.
 struct XmlState {
     converter: XmlToJson,
+    /// Received and not converted yet (each step converts at most `frame_size` bytes).
+    pending: Bytes,
+    frame_size: usize,
     received: u64,
+    /// The body's announced length (`Content-Length`).
+    expected: Option<u64>,
     max_upload_size: u64,
     watch: UploadWatch,
+    /// The JSON converted by the read-ahead, until it has gone out.
+    held: Option<Bytes>,
+    /// Bytes of JSON still to come, when the read-ahead converted the whole body.
+    remaining: Option<u64>,
     done: bool,
 }
 
@@ -175,27 +189,100 @@ impl<B> RequestBody<B> {
     }
 }
 
-impl<B> RequestBody<B> {
-    /// The FHIR JSON of the FHIR XML `body`, converted as it arrives. The body grows over
-    /// `max_upload_size` or turns out not to be FHIR XML: the JSON ends with an error.
-    pub(crate) fn fhir_xml(
-        body: B,
-        version: FhirVersion,
-        limits: XmlLimits,
-        max_upload_size: u64,
-    ) -> (Self, UploadWatch) {
-        let watch = UploadWatch::default();
-        let state = XmlState {
-            converter: XmlToJson::new(version, limits),
-            received: 0,
-            max_upload_size,
-            watch: watch.clone(),
-            done: false,
-        };
+/// A FHIR XML request body read ahead of the inner service's call: converted until it ends or
+/// the JSON held reaches the limit. Then [`into_body`](Self::into_body) gives the body the
+/// inner service reads, starting with what was held.
+pub(crate) struct XmlReadAhead<B> {
+    body: Pin<Box<B>>,
+    state: XmlState,
+    held: Vec<u8>,
+    limit: usize,
+}
+
+impl<B> fmt::Debug for XmlReadAhead<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("XmlReadAhead")
+            .field("received", &self.state.received)
+            .field("held", &self.held.len())
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a FHIR XML body is converted.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct XmlBodyOptions {
+    pub(crate) version: FhirVersion,
+    pub(crate) limits: XmlLimits,
+    pub(crate) max_upload_size: u64,
+    /// The most bytes of XML converted into one frame of JSON.
+    pub(crate) frame_size: usize,
+    /// The most JSON held before the inner service is called.
+    pub(crate) read_ahead: usize,
+}
+
+impl<B> XmlReadAhead<B> {
+    /// Starts reading `body`, whose announced length is `expected`.
+    pub(crate) fn new(body: B, expected: Option<u64>, options: &XmlBodyOptions) -> Self {
+        XmlReadAhead {
+            body: Box::pin(body),
+            state: XmlState {
+                converter: XmlToJson::new(options.version, options.limits),
+                pending: Bytes::new(),
+                frame_size: options.frame_size.max(1),
+                received: 0,
+                expected,
+                max_upload_size: options.max_upload_size,
+                watch: UploadWatch::default(),
+                held: None,
+                remaining: None,
+                done: false,
+            },
+            held: Vec::new(),
+            limit: options.read_ahead,
+        }
+    }
+
+    /// Converts until the body has ended or the JSON held has reached the limit. An error is
+    /// the answer the client gets instead of the inner service's: the body is not FHIR XML,
+    /// grows over the upload limit, fails or ends short of its length.
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Outcome>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        while !self.state.done && self.held.len() < self.limit {
+            let step = self
+                .state
+                .convert_next(self.body.as_mut(), cx, &mut self.held);
+            if let Err(error) = ready!(step) {
+                return Poll::Ready(Err(self.state.refusal(&error)));
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// The body the inner service reads, what was held first; for the later faults the layer
+    /// answers for, its watch; and its length, when the whole body was read.
+    pub(crate) fn into_body(self) -> (RequestBody<B>, UploadWatch, Option<u64>) {
+        let XmlReadAhead {
+            body,
+            mut state,
+            held,
+            ..
+        } = self;
+        if state.done {
+            state.remaining = Some(held.len() as u64);
+        }
+        let length = state.remaining;
+        if !held.is_empty() {
+            state.held = Some(Bytes::from(held));
+        }
+        let watch = state.watch.clone();
         let body = RequestBody {
             kind: Kind::FhirXml { body, state },
         };
-        (body, watch)
+        (body, watch, length)
     }
 }
 
@@ -214,7 +301,7 @@ where
         match self.project().kind.project() {
             KindProj::Untouched { body } => body.poll_frame(cx).map_err(Into::into),
             KindProj::Upload { body, state } => state.poll(body, cx),
-            KindProj::FhirXml { body, state } => state.poll(body, cx),
+            KindProj::FhirXml { body, state } => state.poll(body.as_mut(), cx),
         }
     }
 
@@ -222,7 +309,7 @@ where
         match &self.kind {
             Kind::Untouched { body } => body.is_end_stream(),
             Kind::Upload { state, .. } => state.done,
-            Kind::FhirXml { state, .. } => state.done,
+            Kind::FhirXml { state, .. } => state.done && state.held.is_none(),
         }
     }
 
@@ -233,7 +320,10 @@ where
                 Some(remaining) => SizeHint::with_exact(remaining),
                 None => SizeHint::default(),
             },
-            Kind::FhirXml { .. } => SizeHint::default(),
+            Kind::FhirXml { state, .. } => match state.remaining {
+                Some(remaining) => SizeHint::with_exact(remaining),
+                None => SizeHint::default(),
+            },
         }
     }
 }
@@ -361,53 +451,133 @@ impl XmlState {
         error.into()
     }
 
+    /// The answer to a body that failed with `error` before the inner service was called.
+    fn refusal(&self, error: &BoxError) -> Outcome {
+        self.watch
+            .outcome(self.max_upload_size)
+            .unwrap_or_else(|| Outcome {
+                status: StatusCode::BAD_REQUEST,
+                code: "invalid",
+                diagnostics: format!("the request body failed: {error}"),
+            })
+    }
+
     fn poll<B>(
         &mut self,
-        mut body: Pin<&mut B>,
+        body: Pin<&mut B>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>
     where
         B: Body<Data = Bytes>,
         B::Error: Into<BoxError>,
     {
+        if let Some(held) = self.held.take() {
+            return Poll::Ready(Some(Ok(self.emit(held))));
+        }
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let mut out = Vec::new();
+        if let Err(e) = ready!(self.convert_next(body, cx, &mut out)) {
+            return Poll::Ready(Some(Err(e)));
+        }
+        if out.is_empty() {
+            // Only at the end: a step writes something or ends the document.
+            return Poll::Ready(None);
+        }
+        Poll::Ready(Some(Ok(self.emit(Bytes::from(out)))))
+    }
+
+    fn emit(&mut self, data: Bytes) -> Frame<Bytes> {
+        if let Some(remaining) = &mut self.remaining {
+            *remaining = remaining.saturating_sub(data.len() as u64);
+        }
+        Frame::data(data)
+    }
+
+    /// Converts the next piece of the body, at most `frame_size` bytes of XML, appending its
+    /// JSON to `out`; at the body's end, checks its length and ends the document. Ready once
+    /// it has written something, ended the document, or failed (then `done`, and nothing
+    /// more is written).
+    fn convert_next<B>(
+        &mut self,
+        mut body: Pin<&mut B>,
+        cx: &mut Context<'_>,
+        out: &mut Vec<u8>,
+    ) -> Poll<Result<(), BoxError>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        let start = out.len();
         loop {
             if self.done {
-                return Poll::Ready(None);
+                return Poll::Ready(Ok(()));
             }
-            let mut out = Vec::new();
-            let result = match ready!(body.as_mut().poll_frame(cx)) {
+            if !self.pending.is_empty() {
+                let piece = self
+                    .pending
+                    .split_to(self.pending.len().min(self.frame_size));
+                // The JSON is about as long as the XML: room for it, not regrown.
+                out.reserve(piece.len() + piece.len() / 8 + 64);
+                if let Err(e) = self.converter.feed(&piece, out) {
+                    self.done = true;
+                    return Poll::Ready(Err(self.invalid(e)));
+                }
+                if out.len() > start {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
+            }
+            match ready!(body.as_mut().poll_frame(cx)) {
                 Some(Ok(frame)) => {
                     let Ok(data) = frame.into_data() else {
                         continue;
                     };
-                    // The JSON is about as long as the XML: room for it, not regrown.
-                    out.reserve(data.len() + data.len() / 8 + 64);
-                    self.received += data.len() as u64;
-                    if self.received > self.max_upload_size {
-                        self.watch.0.store(true, Ordering::Relaxed);
-                        Err(UploadError::TooLarge {
-                            max: self.max_upload_size,
-                        }
-                        .into())
-                    } else {
-                        self.converter
-                            .feed(&data, &mut out)
-                            .map_err(|e| self.invalid(e))
+                    if let Err(e) = self.receive(data.len()) {
+                        self.done = true;
+                        return Poll::Ready(Err(e));
                     }
+                    self.pending = data;
                 }
-                Some(Err(e)) => Err(e.into()),
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Poll::Ready(Err(e.into()));
+                }
                 None => {
                     self.done = true;
-                    self.converter.finish(&mut out).map_err(|e| self.invalid(e))
+                    if let Some(expected) = self.expected {
+                        if self.received < expected {
+                            return Poll::Ready(Err(UploadError::Short {
+                                received: self.received,
+                                expected,
+                            }
+                            .into()));
+                        }
+                    }
+                    let ended = self.converter.finish(out).map_err(|e| self.invalid(e));
+                    return Poll::Ready(ended);
                 }
-            };
-            if let Err(e) = result {
-                self.done = true;
-                return Poll::Ready(Some(Err(e)));
             }
-            if !out.is_empty() {
-                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+        }
+    }
+
+    /// Counts `n` more bytes of XML; an error when they go past the announced length or the
+    /// limit.
+    fn receive(&mut self, n: usize) -> Result<(), BoxError> {
+        self.received += n as u64;
+        if self.received > self.max_upload_size {
+            self.watch.0.store(true, Ordering::Relaxed);
+            return Err(UploadError::TooLarge {
+                max: self.max_upload_size,
             }
+            .into());
+        }
+        match self.expected {
+            Some(expected) if self.received > expected => {
+                Err(UploadError::Long { expected }.into())
+            }
+            _ => Ok(()),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use http::{Method, Request, Response};
 use http_body::Body;
 use tower_service::Service;
@@ -22,6 +23,13 @@ use crate::write::{prepare, Prepared};
 /// of a service that answers with Binary JSON. Made by
 /// [`BinaryNegotiationLayer`](crate::BinaryNegotiationLayer), or with [`new`](Self::new) and
 /// the same option methods.
+///
+/// As a [`Service`] it needs an inner service that is `Clone`: a request whose body is FHIR
+/// XML is read ahead before the inner service is called (see
+/// [`xml_request_read_ahead`](Self::xml_request_read_ahead)), so the response future calls
+/// it later. As tower's middleware do for this, `call` moves the service `poll_ready` made
+/// ready into the future and keeps a clone for the next request (which `poll_ready` then
+/// makes ready in its turn); other requests call the inner service at once, without a clone.
 #[derive(Clone, Debug)]
 pub struct BinaryNegotiation<S, P = BinaryEndpoint> {
     inner: S,
@@ -77,14 +85,16 @@ impl<S, P> BinaryNegotiation<S, P> {
 
 impl<S, P, ReqBody, ResBody> Service<Request<ReqBody>> for BinaryNegotiation<S, P>
 where
-    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Clone,
     P: Selector,
+    ReqBody: Body<Data = Bytes>,
+    ReqBody::Error: Into<BoxError>,
     ResBody: Body,
     ResBody::Error: Into<BoxError>,
 {
     type Response = Response<NegotiatedBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, ResBody>;
+    type Future = ResponseFuture<S, ReqBody, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -135,15 +145,16 @@ where
 }
 
 impl<S, P> BinaryNegotiation<S, P> {
-    /// A `POST` or `PUT` to the Binary endpoint: a raw document goes on as Binary JSON (see
-    /// [`prepare`]), and the answer comes back as FHIR, never as a document: FHIR XML when the
-    /// client asked for XML, else the inner service's FHIR JSON untouched.
+    /// A `POST` or `PUT` to the Binary endpoint: a raw document goes on as Binary JSON, FHIR
+    /// XML as FHIR JSON once read ahead (see [`prepare`]), and the answer comes back as FHIR,
+    /// never as a document: FHIR XML when the client asked for XML, else the inner service's
+    /// FHIR JSON untouched.
     fn write<ReqBody, ResBody>(
         &mut self,
         request: Request<ReqBody>,
-    ) -> ResponseFuture<S::Future, ResBody>
+    ) -> ResponseFuture<S, ReqBody, ResBody>
     where
-        S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+        S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Clone,
     {
         let preference = Preference::from_request(
             request.uri().query(),
@@ -176,22 +187,22 @@ impl<S, P> BinaryNegotiation<S, P> {
         if unknown_format {
             return ResponseFuture::not_acceptable(&negotiated);
         }
-        let prepared = prepare(
-            request,
-            self.config.fhir_version,
-            &self.config.uploads,
-            self.config.frame_size,
-        );
-        match prepared {
+        match prepare(request, &self.config) {
             Err(outcome) => ResponseFuture::refused(&outcome, &negotiated),
-            Ok(Prepared {
+            Ok(Prepared::Ready {
                 request,
                 watch: Some(watch),
             }) => ResponseFuture::upload(self.inner.call(request), negotiated, watch),
-            Ok(Prepared {
+            Ok(Prepared::Ready {
                 request,
                 watch: None,
             }) => ResponseFuture::negotiated(self.inner.call(request), negotiated),
+            Ok(Prepared::ReadAhead { head, body }) => {
+                // The service made ready goes into the future; its clone stays for the next.
+                let clone = self.inner.clone();
+                let ready = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::read_ahead(ready, head, body, negotiated)
+            }
         }
     }
 }

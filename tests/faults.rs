@@ -29,7 +29,7 @@ struct Refused(&'static str);
 #[tokio::test]
 async fn an_error_from_call_is_the_layers_error() {
     let inner = service_fn(
-        |_request: Request<tower_fhir_binary::RequestBody<()>>| async {
+        |_request: Request<tower_fhir_binary::RequestBody<http_body_util::Empty<bytes::Bytes>>>| async {
             Err::<Response<Frames>, _>(Refused("backend down"))
         },
     );
@@ -58,6 +58,7 @@ async fn an_error_from_call_is_the_layers_error() {
 
 #[tokio::test]
 async fn an_error_from_poll_ready_is_the_layers_error() {
+    #[derive(Clone)]
     struct NotReady;
     impl<B> tower::Service<Request<B>> for NotReady {
         type Response = Response<Frames>;

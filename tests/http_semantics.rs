@@ -865,7 +865,7 @@ async fn a_streamed_range_that_passes_the_end_breaks_the_body() {
             .layer(Upstream::new(json));
         let request = Request::get("/Binary/example")
             .header("range", "bytes=90000-149999")
-            .body(())
+            .body(http_body_util::Empty::new())
             .unwrap();
         let response = service.oneshot(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);

@@ -204,7 +204,7 @@ async fn the_inner_service_is_asked_plainly_for_fhir_json() {
         .header("authorization", "Bearer secret")
         .header("if-none-match", "W/\"1\"")
         .header("range", "bytes=0-10")
-        .body(())
+        .body(http_body_util::Empty::new())
         .unwrap();
     let got = call(&BinaryNegotiationLayer::new(), legacy, request).await;
     assert_eq!(got.status, StatusCode::OK);

@@ -99,7 +99,7 @@ async fn non_ascii_content_type_text_is_served_only_inside_a_quoted_parameter() 
 async fn a_payload_name_before_the_resource_type_is_not_taken_for_a_binarys_payload() {
     let sorted = r#"{"content":[{"attachment":{"contentType":"text/plain","data":"aGk="}}],"resourceType":"DocumentReference","status":"current"}"#;
     let layer = BinaryNegotiationLayer::new().select_all();
-    let call = |legacy: Legacy, request: http::Request<()>| {
+    let call = |legacy: Legacy, request: http::Request<http_body_util::Empty<bytes::Bytes>>| {
         let service = layer.layer(legacy);
         async move { read(service.oneshot(request).await.unwrap()).await }
     };

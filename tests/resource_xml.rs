@@ -23,7 +23,7 @@ use tower_layer::Layer;
 async fn send<P: Selector>(
     layer: &BinaryNegotiationLayer<P>,
     legacy: Legacy,
-    request: Request<()>,
+    request: Request<http_body_util::Empty<bytes::Bytes>>,
 ) -> (Got, Option<Negotiation>) {
     let response = layer.layer(legacy).oneshot(request).await.unwrap();
     let negotiation = response.extensions().get::<Negotiation>().copied();
@@ -603,7 +603,7 @@ async fn a_compressed_answer_to_an_xml_request_is_a_502_never_json() {
     // A compression layer inside this one: the layer cannot read the 404's OperationOutcome,
     // and passing the gzipped JSON on would give JSON to a client that asked for XML.
     let gzipping = tower::service_fn(
-        |_request: Request<tower_fhir_binary::RequestBody<()>>| async {
+        |_request: Request<tower_fhir_binary::RequestBody<http_body_util::Empty<bytes::Bytes>>>| async {
             Ok::<_, std::convert::Infallible>(
                 http::Response::builder()
                     .status(StatusCode::NOT_FOUND)

@@ -118,7 +118,7 @@ fn ask(rng: &mut Rng) -> Ask {
     }
 }
 
-fn request(ask: Ask, doc: usize) -> Request<()> {
+fn request(ask: Ask, doc: usize) -> Request<http_body_util::Empty<bytes::Bytes>> {
     let uri = format!("/Binary/{doc}");
     let builder = match ask {
         Ask::Native => Request::get(uri),
@@ -129,7 +129,7 @@ fn request(ask: Ask, doc: usize) -> Request<()> {
             Request::get(uri).header("range", format!("bytes={first}-{last}"))
         }
     };
-    builder.body(()).unwrap()
+    builder.body(http_body_util::Empty::new()).unwrap()
 }
 
 /// Reads a whole response body; Err when it fails.
@@ -248,7 +248,7 @@ fn two_hundred_thousand_mixed_requests_neither_fail_nor_leak() {
     // The inner service: the Binary named by the path, in frames cut at seeded places, the
     // size announced for some, failing midway for some.
     let inner = tower::service_fn(
-        move |request: Request<tower_fhir_binary::RequestBody<()>>| {
+        move |request: Request<tower_fhir_binary::RequestBody<http_body_util::Empty<bytes::Bytes>>>| {
             let path = request.uri().path();
             let index: usize = path.rsplit('/').next().unwrap().parse().unwrap();
             let body = &json[index];

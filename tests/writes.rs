@@ -57,7 +57,7 @@ where
         Request<tower_fhir_binary::RequestBody<B>>,
         Response = Response<Full<Bytes>>,
         Error = Infallible,
-    >,
+    > + Clone,
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {

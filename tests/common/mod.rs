@@ -297,16 +297,16 @@ pub async fn read(response: Response<NegotiatedBody<Frames>>) -> Got {
     }
 }
 
-pub fn request(method: &str, uri: &str, accept: &[&str]) -> Request<()> {
+pub fn request(method: &str, uri: &str, accept: &[&str]) -> Request<http_body_util::Empty<bytes::Bytes>> {
     let mut builder = Request::builder().method(method).uri(uri);
     for accept in accept {
         builder = builder.header("accept", *accept);
     }
-    builder.body(()).unwrap()
+    builder.body(http_body_util::Empty::new()).unwrap()
 }
 
 /// One request through the layer in front of `legacy`.
-pub async fn call(layer: &BinaryNegotiationLayer, legacy: Legacy, request: Request<()>) -> Got {
+pub async fn call(layer: &BinaryNegotiationLayer, legacy: Legacy, request: Request<http_body_util::Empty<bytes::Bytes>>) -> Got {
     let response = layer.layer(legacy).oneshot(request).await.unwrap();
     read(response).await
 }

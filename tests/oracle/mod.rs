@@ -108,7 +108,7 @@ pub enum Mode {
 impl Mode {
     pub const ALL: [Mode; 4] = [Mode::Native, Mode::Head, Mode::Json, Mode::Mixed];
 
-    pub fn request(self) -> Request<()> {
+    pub fn request(self) -> Request<http_body_util::Empty<bytes::Bytes>> {
         let builder = match self {
             Mode::Native => Request::get("/Binary/1"),
             Mode::Head => Request::head("/Binary/1"),
@@ -116,7 +116,7 @@ impl Mode {
             Mode::Mixed => Request::get("/Binary/1")
                 .header("accept", "application/fhir+json;q=0.5, image/*;q=0.8"),
         };
-        builder.body(()).unwrap()
+        builder.body(http_body_util::Empty::new()).unwrap()
     }
 
     /// Whether a Binary with this (valid) content type is served as the document.
@@ -799,11 +799,12 @@ pub fn run_layer(body: &[u8], ends: &[usize], exact: bool, mode: Mode, limits: &
 
 /// Runs `request` through the layer over an inner service that answers with `status`, FHIR
 /// JSON and `frames`, and reads the whole response.
-pub fn respond(limits: &Limits, status: StatusCode, frames: Frames, request: Request<()>) -> Got {
-    let mut frames = Some(frames);
+pub fn respond(limits: &Limits, status: StatusCode, frames: Frames, request: Request<http_body_util::Empty<bytes::Bytes>>) -> Got {
+    // Shared, so that the inner service is `Clone` as the layer asks.
+    let frames = std::sync::Arc::new(std::sync::Mutex::new(Some(frames)));
     let inner = tower::service_fn(
-        move |_request: Request<tower_fhir_binary::RequestBody<()>>| {
-            let body = frames.take().expect("one request");
+        move |_request: Request<tower_fhir_binary::RequestBody<http_body_util::Empty<bytes::Bytes>>>| {
+            let body = frames.lock().unwrap().take().expect("one request");
             let response = Response::builder()
                 .status(status)
                 .header("content-type", "application/fhir+json")
