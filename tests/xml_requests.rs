@@ -1,6 +1,7 @@
 //! FHIR XML request bodies: a `POST` or `PUT` in FHIR XML reaches a real HTTP backend on
 //! 127.0.0.1, which parses what it receives strictly, as the equivalent FHIR JSON; XML that is
-//! not FHIR, or that ends early, makes the backend's read of the body fail.
+//! not FHIR, or that ends early, is refused before the backend sees it when it shows within
+//! the read-ahead, and makes the backend's read of the body fail when it shows later.
 
 mod common;
 
@@ -231,13 +232,17 @@ async fn an_xml_binary_upload_arrives_as_binary_json() {
         (FhirVersion::Stu3, "content", "application/fhir+json"),
         (FhirVersion::Dstu2, "content", "application/json+fhir"),
     ] {
-        for (size, content_type) in [
-            (8, "application/fhir+xml"),
-            (400_000, "application/xml+fhir"),
-            (1_000_000, "application/xml"),
+        for (size, content_type, read_ahead) in [
+            (8, "application/fhir+xml", None),
+            (400_000, "application/xml+fhir", None),
+            (1_000_000, "application/xml", None),
+            (400_000, "application/fhir+xml", Some(64 << 10)),
         ] {
             let (xml, base64) = binary_xml(payload, size, &mut rng);
-            let layer = BinaryNegotiationLayer::new().fhir_version(version);
+            let mut layer = BinaryNegotiationLayer::new().fhir_version(version);
+            if let Some(bytes) = read_ahead {
+                layer = layer.xml_request_read_ahead(bytes);
+            }
             let request = xml_request(
                 "PUT",
                 "/fhir/Binary/b-1",
@@ -248,13 +253,15 @@ async fn an_xml_binary_upload_arrives_as_binary_json() {
             assert_eq!(status, StatusCode::CREATED, "{version:?} {size}");
             let got = received.recv().await.unwrap();
             assert_eq!(got.content_type.as_deref(), Some(media_type));
-            // The length is not known before the conversion ends: chunked.
-            assert_eq!(got.content_length, None);
-            assert_eq!(
-                got.body.unwrap(),
-                json!({"resourceType": "Binary", "id": "b-1", "contentType": "application/pdf", payload: base64}),
-                "{version:?} {size}"
-            );
+            let expected = json!({"resourceType": "Binary", "id": "b-1", "contentType": "application/pdf", payload: base64});
+            let length = serde_json::to_vec(&expected).unwrap().len().to_string();
+            match read_ahead {
+                // Converted whole within the read-ahead (1 MiB): its exact length.
+                None => assert_eq!(got.content_length, Some(length), "{version:?} {size}"),
+                // Longer than the read-ahead: chunked.
+                Some(_) => assert_eq!(got.content_length, None),
+            }
+            assert_eq!(got.body.unwrap(), expected, "{version:?} {size}");
         }
     }
 }
@@ -409,45 +416,61 @@ async fn xml_that_is_not_fhir_or_ends_early_fails_the_backends_read() {
             "",
         ),
     ];
-    let mut seen = 0;
-    for (what, path, body, fail_at_end, diagnostics) in cases {
-        for _ in 0..3 {
-            let mut frames = split(&body, &mut rng, 10);
-            frames.fail_at_end = fail_at_end;
-            let request = xml_request("PUT", path, "application/fhir+xml", frames);
-            let layer = BinaryNegotiationLayer::new().select_all();
-            let (status, answer) = send(layer, backend, request).await;
-            if diagnostics.is_empty() {
-                // The client's own failure: what the backend made of it (here a 502).
-                assert!(!status.is_success(), "{what}: {status}");
-            } else {
-                // Whatever the backend answered, the client learns what is wrong.
-                assert_eq!(status, StatusCode::BAD_REQUEST, "{what}");
-                let outcome: Value = serde_json::from_slice(&answer).unwrap();
-                assert_eq!(outcome["resourceType"], "OperationOutcome");
-                let text = outcome["issue"][0]["diagnostics"].as_str().unwrap();
-                assert!(text.contains(diagnostics), "{what}: {text}");
-            }
-            // The backend never has a complete document; when it saw the request at all, its
-            // read of the body failed.
-            if let Ok(Some(got)) =
-                tokio::time::timeout(Duration::from_millis(1000), received.recv())
-                    .await
-                    .map(Some)
-            {
-                let got = got.unwrap();
-                assert!(got.body.is_err(), "{what}: {:?}", got.body);
-                seen += 1;
+    // Within the read-ahead (1 MiB by default) every fault is found before the backend is
+    // called: 400, and the backend sees nothing. With a read-ahead of 16 KiB, most faults show
+    // after the call: the backend's read of the body fails.
+    for read_ahead in [None, Some(16 << 10)] {
+        let mut seen = 0;
+        for (what, path, body, fail_at_end, diagnostics) in &cases {
+            for _ in 0..3 {
+                let mut frames = split(body, &mut rng, 10);
+                frames.fail_at_end = *fail_at_end;
+                let request = xml_request("PUT", path, "application/fhir+xml", frames);
+                let mut layer = BinaryNegotiationLayer::new().select_all();
+                if let Some(bytes) = read_ahead {
+                    layer = layer.xml_request_read_ahead(bytes);
+                }
+                let (status, answer) = send(layer, backend, request).await;
+                if diagnostics.is_empty() && read_ahead.is_some() {
+                    // The client's own failure after the call: what the backend made of it
+                    // (here a 502).
+                    assert!(!status.is_success(), "{what}: {status}");
+                } else {
+                    // Whatever the backend answered, the client learns what is wrong.
+                    assert_eq!(status, StatusCode::BAD_REQUEST, "{what}");
+                    let outcome: Value = serde_json::from_slice(&answer).unwrap();
+                    assert_eq!(outcome["resourceType"], "OperationOutcome");
+                    let text = outcome["issue"][0]["diagnostics"].as_str().unwrap();
+                    let diagnostics = match diagnostics.is_empty() {
+                        true => "the request body failed: the client went away",
+                        false => *diagnostics,
+                    };
+                    assert!(text.contains(diagnostics), "{what}: {text}");
+                }
+                // The backend never has a complete document; when it saw the request at all,
+                // its read of the body failed.
+                if let Ok(Some(got)) =
+                    tokio::time::timeout(Duration::from_millis(300), received.recv())
+                        .await
+                        .map(Some)
+                {
+                    let got = got.unwrap();
+                    assert!(got.body.is_err(), "{what}: {:?}", got.body);
+                    seen += 1;
+                }
             }
         }
+        match read_ahead {
+            None => assert_eq!(seen, 0, "the backend was called"),
+            // Most reach the backend before the XML goes wrong.
+            Some(_) => assert!(seen >= 10, "{seen}"),
+        }
     }
-    // Most reach the backend before the XML goes wrong.
-    assert!(seen >= 10, "{seen}");
 }
 
-/// A narrative `div` that is not FHIR XHTML, after 100 KB of text that streams to the
-/// backend: the client gets 400 with an OperationOutcome naming the `div`, and the backend's
-/// read of the body fails, with what came before the fault already received.
+/// A narrative `div` that is not FHIR XHTML, after 100 KB of text: the client gets 400 with an
+/// OperationOutcome naming the `div`. Within the read-ahead the backend sees nothing; with a
+/// read-ahead of 16 KiB the text streams to the backend, and its read of the body fails.
 #[tokio::test]
 async fn a_narrative_that_is_not_fhir_xhtml_gets_400_and_the_backend_no_document() {
     let (backend, mut received) = strict_backend().await;
@@ -482,14 +505,17 @@ async fn a_narrative_that_is_not_fhir_xhtml_gets_400_and_the_backend_no_document
     ];
     for (what, fault, reason) in cases {
         let xml = PATIENT_XML.replace("Peter &amp; <b>James</b>", &format!("<p>{long}</p>{fault}"));
-        for _ in 0..3 {
+        for read_ahead in [None, None, Some(16 << 10), Some(16 << 10)] {
             let request = xml_request(
                 "PUT",
                 "/fhir/Patient/p1",
                 "application/fhir+xml",
                 split(xml.as_bytes(), &mut rng, 10),
             );
-            let layer = BinaryNegotiationLayer::new().select_all();
+            let mut layer = BinaryNegotiationLayer::new().select_all();
+            if let Some(bytes) = read_ahead {
+                layer = layer.xml_request_read_ahead(bytes);
+            }
             let (status, answer) = send(layer, backend, request).await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{what}");
             let outcome: Value = serde_json::from_slice(&answer).unwrap();
@@ -501,6 +527,11 @@ async fn a_narrative_that_is_not_fhir_xhtml_gets_400_and_the_backend_no_document
                 )),
                 "{what}: {text}"
             );
+            if read_ahead.is_none() {
+                let got = tokio::time::timeout(Duration::from_millis(300), received.recv()).await;
+                assert!(got.is_err(), "{what}: the backend was called: {got:?}");
+                continue;
+            }
             let got = tokio::time::timeout(Duration::from_secs(10), received.recv())
                 .await
                 .expect("the backend saw the request")
@@ -528,7 +559,8 @@ async fn a_narrative_that_is_not_fhir_xhtml_gets_400_and_the_backend_no_document
     assert_eq!(got["text"]["div"], div);
 }
 
-/// An inner service that reads the body, whatever comes of it, and answers 201.
+/// Past the read-ahead (here none), an inner service that reads the body, whatever comes of
+/// it, and answers 201.
 #[tokio::test]
 async fn xml_that_is_not_fhir_gets_400_whatever_the_inner_service_says() {
     let careless = service_fn(|request: Request<RequestBody<Full<Bytes>>>| async move {
@@ -548,6 +580,7 @@ async fn xml_that_is_not_fhir_gets_400_whatever_the_inner_service_says() {
         Full::new(Bytes::from_static(b"<Binary xmlns=\"http://hl7.org/fhir\"><data value=\"%%\"/><contentType value=\"a/b\"/></Binary>")),
     );
     let response = BinaryNegotiationLayer::new()
+        .xml_request_read_ahead(0)
         .layer(careless)
         .oneshot(request)
         .await
