@@ -149,7 +149,11 @@ fn layer_xml(
     runtime.block_on(async {
         let response = service
             .clone()
-            .oneshot(Request::get(uri).body(http_body_util::Empty::new()).unwrap())
+            .oneshot(
+                Request::get(uri)
+                    .body(http_body_util::Empty::new())
+                    .unwrap(),
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -162,7 +166,9 @@ fn layer_xml(
     group.bench_function(name, |b| {
         b.iter(|| {
             runtime.block_on(async {
-                let request = Request::get(uri).body(http_body_util::Empty::new()).unwrap();
+                let request = Request::get(uri)
+                    .body(http_body_util::Empty::new())
+                    .unwrap();
                 let response = service.clone().oneshot(request).await.unwrap();
                 black_box(drain(response.into_body()).await);
             })
@@ -208,7 +214,9 @@ fn xml_of(runtime: &tokio::runtime::Runtime, json: &Bytes) -> Bytes {
         .select_all()
         .layer(inner(frames(json, 64 << 10)));
     runtime.block_on(async {
-        let request = Request::get("/Bundle?_format=xml").body(http_body_util::Empty::new()).unwrap();
+        let request = Request::get("/Bundle?_format=xml")
+            .body(http_body_util::Empty::new())
+            .unwrap();
         let response = service.oneshot(request).await.unwrap();
         response.into_body().collect().await.unwrap().to_bytes()
     })

@@ -206,7 +206,11 @@ fn inner<B>(
 /// length.
 async fn naive<S>(service: &S, request: Request<http_body_util::Empty<bytes::Bytes>>) -> usize
 where
-    S: Service<Request<http_body_util::Empty<bytes::Bytes>>, Response = Response<Frames>, Error = Infallible> + Clone,
+    S: Service<
+            Request<http_body_util::Empty<bytes::Bytes>>,
+            Response = Response<Frames>,
+            Error = Infallible,
+        > + Clone,
 {
     let response = service.clone().oneshot(request).await.unwrap();
     let (mut parts, body) = response.into_parts();
@@ -232,7 +236,11 @@ where
 /// decoded length.
 async fn minimum<S>(service: &S, mut request: Request<http_body_util::Empty<bytes::Bytes>>) -> usize
 where
-    S: Service<Request<http_body_util::Empty<bytes::Bytes>>, Response = Response<Frames>, Error = Infallible> + Clone,
+    S: Service<
+            Request<http_body_util::Empty<bytes::Bytes>>,
+            Response = Response<Frames>,
+            Error = Infallible,
+        > + Clone,
 {
     use http::header::{
         ACCEPT, ACCEPT_RANGES, CONTENT_DISPOSITION, CONTENT_TYPE, ETAG, VARY,
@@ -339,7 +347,10 @@ fn bench_large(c: &mut Criterion) {
     group.bench_function("baseline: naive collect + serde_json + base64", |b| {
         let service = inner(plain.frames.clone());
         b.iter(|| {
-            let decoded = runtime.block_on(naive(&service, Request::new(())));
+            let decoded = runtime.block_on(naive(
+                &service,
+                Request::new(http_body_util::Empty::<Bytes>::new()),
+            ));
             assert_eq!(decoded, size);
         })
     });
@@ -348,7 +359,11 @@ fn bench_large(c: &mut Criterion) {
         let service = inner(plain.frames.clone());
         b.iter(|| {
             runtime.block_on(async {
-                let response = service.clone().oneshot(Request::new(())).await.unwrap();
+                let response = service
+                    .clone()
+                    .oneshot(Request::new(http_body_util::Empty::<Bytes>::new()))
+                    .await
+                    .unwrap();
                 black_box(drain(response.into_body()).await);
             })
         })
@@ -358,7 +373,9 @@ fn bench_large(c: &mut Criterion) {
         let service = BinaryNegotiationLayer::new().layer(inner(plain.frames.clone()));
         b.iter(|| {
             runtime.block_on(async {
-                let request = Request::get("/Binary/bench?_format=json").body(http_body_util::Empty::new()).unwrap();
+                let request = Request::get("/Binary/bench?_format=json")
+                    .body(http_body_util::Empty::<Bytes>::new())
+                    .unwrap();
                 let response = service.clone().oneshot(request).await.unwrap();
                 black_box(drain(response.into_body()).await);
             })
@@ -384,7 +401,9 @@ fn bench_large(c: &mut Criterion) {
             group.bench_function(name, |b| {
                 b.iter(|| {
                     runtime.block_on(async {
-                        let request = Request::get(uri).body(http_body_util::Empty::new()).unwrap();
+                        let request = Request::get(uri)
+                            .body(http_body_util::Empty::<Bytes>::new())
+                            .unwrap();
                         let response = service.clone().oneshot(request).await.unwrap();
                         let total = drain(response.into_body()).await;
                         if representation == "native" {
@@ -419,7 +438,7 @@ fn browser_request() -> Request<http_body_util::Empty<bytes::Bytes>> {
         )
         .header("accept-encoding", "gzip, deflate, br, zstd")
         .header("accept-language", "en-US,en;q=0.9")
-        .body(http_body_util::Empty::new())
+        .body(http_body_util::Empty::<Bytes>::new())
         .unwrap()
 }
 
@@ -435,7 +454,9 @@ fn bench_small(c: &mut Criterion) {
     // head a browser sends when it opens the document.
     let requests: [(&str, MakeRequest); 2] = [
         ("bare GET", || {
-            Request::get("/Binary/bench").body(http_body_util::Empty::new()).unwrap()
+            Request::get("/Binary/bench")
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap()
         }),
         ("browser GET", browser_request),
     ];
@@ -481,8 +502,8 @@ fn bench_first_byte(c: &mut Criterion) {
         // Frames handed out one by one from a shared list, so that making and dropping the
         // inner body costs the same whatever its size.
         let frames: Arc<[Bytes]> = doc.frames.into();
-        let service =
-            BinaryNegotiationLayer::new().layer(service_fn(move |_: Request<RequestBody<http_body_util::Empty<bytes::Bytes>>>| {
+        let service = BinaryNegotiationLayer::new().layer(service_fn(
+            move |_: Request<RequestBody<http_body_util::Empty<bytes::Bytes>>>| {
                 let body = Shared(Arc::clone(&frames), 0);
                 async move {
                     Ok::<_, Infallible>(
@@ -492,11 +513,14 @@ fn bench_first_byte(c: &mut Criterion) {
                             .unwrap(),
                     )
                 }
-            }));
+            },
+        ));
         group.bench_function(format!("{mib} MiB Binary"), |b| {
             b.iter(|| {
                 runtime.block_on(async {
-                    let request = Request::get("/Binary/bench").body(http_body_util::Empty::new()).unwrap();
+                    let request = Request::get("/Binary/bench")
+                        .body(http_body_util::Empty::<Bytes>::new())
+                        .unwrap();
                     let response = service.clone().oneshot(request).await.unwrap();
                     let mut body = std::pin::pin!(response.into_body());
                     let first = body.frame().await.unwrap().unwrap();

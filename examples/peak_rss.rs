@@ -173,22 +173,26 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("a runtime");
-    let inner = service_fn(move |_request: Request<RequestBody<http_body_util::Empty<bytes::Bytes>>>| async move {
-        Ok::<_, Infallible>(
-            Response::builder()
-                .header("content-type", "application/fhir+json")
-                .body(Generated {
-                    remaining: size,
-                    state: 0x9E37_79B9_7F4A_7C15,
-                    stage: 0,
-                })
-                .expect("a response"),
-        )
-    });
+    let inner = service_fn(
+        move |_request: Request<RequestBody<http_body_util::Empty<bytes::Bytes>>>| async move {
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .header("content-type", "application/fhir+json")
+                    .body(Generated {
+                        remaining: size,
+                        state: 0x9E37_79B9_7F4A_7C15,
+                        stage: 0,
+                    })
+                    .expect("a response"),
+            )
+        },
+    );
     let service = BinaryNegotiationLayer::new().layer(inner);
     let before = peak_rss_kib();
     let total = runtime.block_on(async {
-        let request = Request::get(uri).body(http_body_util::Empty::new()).expect("a request");
+        let request = Request::get(uri)
+            .body(http_body_util::Empty::new())
+            .expect("a request");
         let response = service.oneshot(request).await.expect("a response");
         assert_eq!(response.status(), 200);
         let mut body = response.into_body();
@@ -213,22 +217,24 @@ fn searchset(mib: usize) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("a runtime");
-    let inner = service_fn(move |_request: Request<RequestBody<http_body_util::Empty<bytes::Bytes>>>| {
-        let examples = examples.clone();
-        async move {
-            Ok::<_, Infallible>(
-                Response::builder()
-                    .header("content-type", "application/fhir+json")
-                    .body(Searchset {
-                        examples,
-                        remaining: mib << 20,
-                        entry: 0,
-                        stage: 0,
-                    })
-                    .expect("a response"),
-            )
-        }
-    });
+    let inner = service_fn(
+        move |_request: Request<RequestBody<http_body_util::Empty<bytes::Bytes>>>| {
+            let examples = examples.clone();
+            async move {
+                Ok::<_, Infallible>(
+                    Response::builder()
+                        .header("content-type", "application/fhir+json")
+                        .body(Searchset {
+                            examples,
+                            remaining: mib << 20,
+                            entry: 0,
+                            stage: 0,
+                        })
+                        .expect("a response"),
+                )
+            }
+        },
+    );
     let service = BinaryNegotiationLayer::new().select_all().layer(inner);
     let before = peak_rss_kib();
     let total = runtime.block_on(async {

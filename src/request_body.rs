@@ -874,6 +874,144 @@ mod tests {
         assert!(!too_large(&watch));
     }
 
+    const PATIENT: &str = r#"<Patient xmlns="http://hl7.org/fhir"><id value="p1"/><text><status value="generated"/><div xmlns="http://www.w3.org/1999/xhtml">a &amp; <b>b</b></div></text><active value="true"/><name><given value="A"/><given id="g"><extension url="http://e"><valueCode value="X"/></extension></given></name><multipleBirthInteger value="2"/></Patient>"#;
+
+    /// The JSON of `xml` converted in one piece.
+    fn converted(xml: &[u8]) -> Vec<u8> {
+        let mut converter = XmlToJson::new(FhirVersion::R4, XmlLimits::default());
+        let mut out = Vec::new();
+        converter.feed(xml, &mut out).unwrap();
+        converter.finish(&mut out).unwrap();
+        out
+    }
+
+    fn xml_options(frame_size: usize, read_ahead: usize) -> XmlBodyOptions {
+        XmlBodyOptions {
+            version: FhirVersion::R4,
+            limits: XmlLimits::default(),
+            max_upload_size: 1 << 30,
+            frame_size,
+            read_ahead,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_xml_body_read_ahead_gives_the_same_json_whole_or_streamed() {
+        let mut rng = Rng(0x0019_0604);
+        let base64: String = (0..3000)
+            .map(|i| char::from(b'A' + (i % 26) as u8))
+            .collect();
+        let binary = format!(
+            "<Binary xmlns=\"http://hl7.org/fhir\"><contentType value=\"a/b\"/><data value=\"{base64}\"/></Binary>"
+        );
+        for round in 0..400 {
+            let xml = if round % 2 == 0 { PATIENT } else { &binary };
+            let json = converted(xml.as_bytes());
+            let frame_size = [1, 3, 64, 1000, 64 * 1024][rng.below(5)];
+            let limit = rng.below(json.len() + 200);
+            let mut cuts: Vec<usize> = (0..rng.below(12))
+                .map(|_| rng.below(xml.len() + 1))
+                .collect();
+            cuts.extend([0, xml.len()]);
+            cuts.sort_unstable();
+            let parts: Vec<&[u8]> = cuts
+                .windows(2)
+                .map(|w| &xml.as_bytes()[w[0]..w[1]])
+                .collect();
+            let announced = (round % 3 == 0).then_some(xml.len() as u64);
+            let mut read_ahead =
+                XmlReadAhead::new(frames(&parts), announced, &xml_options(frame_size, limit));
+            std::future::poll_fn(|cx| read_ahead.poll(cx))
+                .await
+                .unwrap();
+            let held = read_ahead.held.len();
+            // What is held: up to the limit, and one step over it: the JSON of at most
+            // `frame_size` bytes of XML and of a token held whole (a tag, here short).
+            assert!(held < limit + frame_size + 1024, "round {round}: {held}");
+            let (body, watch, length) = read_ahead.into_body();
+            // Whole exactly when the JSON, short of its last step, was under the limit.
+            if json.len() <= limit {
+                assert_eq!(length, Some(json.len() as u64), "round {round}");
+            }
+            if length.is_none() {
+                assert!(held >= limit, "round {round}");
+            }
+            assert_eq!(body.size_hint().exact(), length);
+            let mut body = body;
+            let mut out = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let data = frame.unwrap().into_data().unwrap();
+                if !out.is_empty() {
+                    assert!(
+                        data.len() < frame_size + 1024,
+                        "round {round}: frame of {}",
+                        data.len()
+                    );
+                }
+                out.extend_from_slice(&data);
+            }
+            assert!(body.is_end_stream());
+            assert_eq!(out, json, "round {round}");
+            assert!(watch.outcome(1 << 30).is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn an_xml_body_that_fails_within_the_read_ahead_is_refused() {
+        let refused = |parts: &[&[u8]], announced: Option<u64>, fail: bool, max: u64| {
+            let mut client = frames(parts);
+            client.fail_at_end = fail;
+            let options = XmlBodyOptions {
+                max_upload_size: max,
+                ..xml_options(7, 1 << 20)
+            };
+            let mut read_ahead = XmlReadAhead::new(client, announced, &options);
+            async move {
+                std::future::poll_fn(|cx| read_ahead.poll(cx))
+                    .await
+                    .unwrap_err()
+            }
+        };
+        let xml = PATIENT.as_bytes();
+        let (a, b) = xml.split_at(100);
+        let bad = PATIENT.replace("<active", "<activ");
+        for (outcome, status, text) in [
+            (
+                refused(&[bad.as_bytes()], None, false, 1 << 30).await,
+                400,
+                "the body is not FHIR XML: Patient: <activ> is not an element here",
+            ),
+            (
+                refused(&[a], None, false, 1 << 30).await,
+                400,
+                "the body is not FHIR XML: ",
+            ),
+            (
+                refused(&[a], None, true, 1 << 30).await,
+                400,
+                "the request body failed: connection reset",
+            ),
+            (
+                refused(&[a, b], Some(xml.len() as u64 + 1), false, 1 << 30).await,
+                400,
+                "the upload ended after",
+            ),
+            (
+                refused(&[a, b, b"  "], Some(xml.len() as u64), false, 1 << 30).await,
+                400,
+                "the upload went on past its",
+            ),
+            (
+                refused(&[a, b], None, false, 200).await,
+                413,
+                "larger than the 200 bytes",
+            ),
+        ] {
+            assert_eq!(outcome.status.as_u16(), status, "{outcome:?}");
+            assert!(outcome.diagnostics.contains(text), "{outcome:?}");
+        }
+    }
+
     #[tokio::test]
     async fn an_untouched_body_is_the_clients() {
         let mut client = frames(&[b"{\"a\"", b":1}"]);

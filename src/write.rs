@@ -37,10 +37,7 @@ pub(crate) enum Prepared<B> {
     },
     /// A resource in FHIR XML: its body is read ahead, then the head and body go on with
     /// [`xml_request`].
-    ReadAhead {
-        head: Parts,
-        body: XmlReadAhead<B>,
-    },
+    ReadAhead { head: Parts, body: XmlReadAhead<B> },
 }
 
 /// Prepares `request` (one the layer selected as addressed to the Binary endpoint): anything
@@ -141,7 +138,8 @@ pub(crate) fn xml_request<B>(
     let (body, watch, length) = body.into_body();
     if let Some(length) = length {
         head.headers.remove(TRANSFER_ENCODING);
-        head.headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
+        head.headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(length));
     }
     (Request::from_parts(head, body), watch)
 }
@@ -404,7 +402,8 @@ mod tests {
 
     #[tokio::test]
     async fn fhir_xml_announced_over_the_limit_or_short_is_refused() {
-        let xml = r#"<Binary xmlns="http://hl7.org/fhir"><contentType value="text/plain"/></Binary>"#;
+        let xml =
+            r#"<Binary xmlns="http://hl7.org/fhir"><contentType value="text/plain"/></Binary>"#;
         let config = Config {
             uploads: crate::config::UploadOptions {
                 max_upload_size: 10,

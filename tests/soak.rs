@@ -248,7 +248,9 @@ fn two_hundred_thousand_mixed_requests_neither_fail_nor_leak() {
     // The inner service: the Binary named by the path, in frames cut at seeded places, the
     // size announced for some, failing midway for some.
     let inner = tower::service_fn(
-        move |request: Request<tower_fhir_binary::RequestBody<http_body_util::Empty<bytes::Bytes>>>| {
+        move |request: Request<
+            tower_fhir_binary::RequestBody<http_body_util::Empty<bytes::Bytes>>,
+        >| {
             let path = request.uri().path();
             let index: usize = path.rsplit('/').next().unwrap().parse().unwrap();
             let body = &json[index];

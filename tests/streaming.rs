@@ -51,23 +51,29 @@ async fn the_first_half_reaches_the_client_before_the_second_is_sent() {
     let (tx, rx) = mpsc::channel(4);
     // Shared, so that the inner service is `Clone` as the layer asks.
     let rx = std::sync::Arc::new(std::sync::Mutex::new(Some(rx)));
-    let inner = service_fn(move |_request: Request<RequestBody<http_body_util::Empty<bytes::Bytes>>>| {
-        let rx = rx.lock().unwrap().take().expect("one request");
-        async move {
-            Ok::<_, Infallible>(
-                Response::builder()
-                    .header("content-type", "application/fhir+json")
-                    .body(Channel(rx))
-                    .unwrap(),
-            )
-        }
-    });
+    let inner = service_fn(
+        move |_request: Request<RequestBody<http_body_util::Empty<bytes::Bytes>>>| {
+            let rx = rx.lock().unwrap().take().expect("one request");
+            async move {
+                Ok::<_, Infallible>(
+                    Response::builder()
+                        .header("content-type", "application/fhir+json")
+                        .body(Channel(rx))
+                        .unwrap(),
+                )
+            }
+        },
+    );
     let service = BinaryNegotiationLayer::new().layer(inner);
 
     tx.send(first).await.unwrap();
     let response = tokio::time::timeout(
         Duration::from_secs(10),
-        service.oneshot(Request::get("/Binary/big").body(http_body_util::Empty::new()).unwrap()),
+        service.oneshot(
+            Request::get("/Binary/big")
+                .body(http_body_util::Empty::new())
+                .unwrap(),
+        ),
     )
     .await
     .expect("the head goes out before the body is complete")
@@ -110,22 +116,28 @@ async fn output_frames_are_bounded_by_the_frame_size() {
     );
     // One 4 MiB frame from the inner service still comes out in bounded pieces.
     let json = Bytes::from(json);
-    let inner = service_fn(move |_request: Request<RequestBody<http_body_util::Empty<bytes::Bytes>>>| {
-        let json = json.clone();
-        async move {
-            Ok::<_, Infallible>(
-                Response::builder()
-                    .header("content-type", "application/fhir+json")
-                    .body(common::Frames::new(vec![json]))
-                    .unwrap(),
-            )
-        }
-    });
+    let inner = service_fn(
+        move |_request: Request<RequestBody<http_body_util::Empty<bytes::Bytes>>>| {
+            let json = json.clone();
+            async move {
+                Ok::<_, Infallible>(
+                    Response::builder()
+                        .header("content-type", "application/fhir+json")
+                        .body(common::Frames::new(vec![json]))
+                        .unwrap(),
+                )
+            }
+        },
+    );
     let service = BinaryNegotiationLayer::new()
         .frame_size(64 * 1024)
         .layer(inner);
     let response = service
-        .oneshot(Request::get("/Binary/1").body(http_body_util::Empty::new()).unwrap())
+        .oneshot(
+            Request::get("/Binary/1")
+                .body(http_body_util::Empty::new())
+                .unwrap(),
+        )
         .await
         .unwrap();
     let mut body = response.into_body();

@@ -54,10 +54,10 @@ impl Answer {
 async fn through<S, B>(layer: &BinaryNegotiationLayer, inner: S, request: Request<B>) -> Answer
 where
     S: tower::Service<
-        Request<tower_fhir_binary::RequestBody<B>>,
-        Response = Response<Full<Bytes>>,
-        Error = Infallible,
-    > + Clone,
+            Request<tower_fhir_binary::RequestBody<B>>,
+            Response = Response<Full<Bytes>>,
+            Error = Infallible,
+        > + Clone,
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {

@@ -162,8 +162,8 @@ struct Answer {
 
 impl Answer {
     fn diagnostics(&self) -> String {
-        let value: Value = serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{e}: {:?}", self.body));
+        let value: Value =
+            serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {:?}", self.body));
         assert_eq!(value["resourceType"], "OperationOutcome");
         value["issue"][0]["diagnostics"]
             .as_str()
@@ -341,13 +341,13 @@ async fn xml_that_is_not_fhir_within_the_read_ahead_never_reaches_the_inner_serv
     // Over max_upload_size: announced (refused at once) or found while reading.
     for announced in [None, Some(big.len())] {
         let layer = BinaryNegotiationLayer::new().max_upload_size(100_000);
-        let request = put(
-            "/Binary/b1",
-            announced,
-            split(big.as_bytes(), &mut rng, 30),
-        );
+        let request = put("/Binary/b1", announced, split(big.as_bytes(), &mut rng, 30));
         let answer = through(layer, &inner, request).await;
-        assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE, "{announced:?}");
+        assert_eq!(
+            answer.status,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "{announced:?}"
+        );
         assert!(answer
             .diagnostics()
             .contains("larger than the 100000 bytes this server accepts"));
@@ -424,7 +424,10 @@ async fn past_the_read_ahead_the_body_streams_and_a_later_fault_fails_it() {
         assert!(answer
             .diagnostics()
             .contains("Binary: <id> repeated or out of the definition order"));
-        let error = inner.last().body.expect_err("a complete body after a fault");
+        let error = inner
+            .last()
+            .body
+            .expect_err("a complete body after a fault");
         assert!(
             error.contains("Binary: <id> repeated or out of the definition order"),
             "{error}"
@@ -509,7 +512,8 @@ async fn a_64_mib_xml_binary_upload_streams_past_the_read_ahead() {
                 assert!(request.headers().get("content-length").is_none());
                 let mut body = request.into_body();
                 // The Binary JSON, compared as it comes with the base64 made again.
-                let head = "{\"resourceType\":\"Binary\",\"contentType\":\"application/pdf\",\"data\":\"";
+                let head =
+                    "{\"resourceType\":\"Binary\",\"contentType\":\"application/pdf\",\"data\":\"";
                 let mut expected = head.bytes().collect::<VecDeque<u8>>();
                 let mut state = SEED;
                 let mut left = SIZE;
@@ -534,7 +538,10 @@ async fn a_64_mib_xml_binary_upload_streams_past_the_read_ahead() {
                         assert_eq!(Some(byte), expected.pop_front(), "at byte {total}");
                     }
                 }
-                assert!(left == 0 && closed && expected.is_empty(), "the JSON ends short");
+                assert!(
+                    left == 0 && closed && expected.is_empty(),
+                    "the JSON ends short"
+                );
                 Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(total.to_string()))))
             }
         })
@@ -561,7 +568,10 @@ async fn a_64_mib_xml_binary_upload_streams_past_the_read_ahead() {
         first_frame >= read_ahead as usize && first_frame <= (read_ahead + (128 << 10)) as usize,
         "{first_frame}"
     );
-    assert_eq!(produced.load(Ordering::SeqCst), (BIG_HEAD.len() + SIZE + BIG_TAIL.len()) as u64);
+    assert_eq!(
+        produced.load(Ordering::SeqCst),
+        (BIG_HEAD.len() + SIZE + BIG_TAIL.len()) as u64
+    );
 }
 
 /// Serves the layer over `inner` with hyper on 127.0.0.1.
@@ -586,7 +596,12 @@ where
 
 /// Sends `head` and `body` on a new connection, then, if `close`, shuts the sending half;
 /// returns the status and body of the answer (None if the connection ended without one).
-async fn exchange(address: SocketAddr, head: &str, body: &[u8], close: bool) -> Option<(u16, String)> {
+async fn exchange(
+    address: SocketAddr,
+    head: &str,
+    body: &[u8],
+    close: bool,
+) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(address).await.unwrap();
     stream.write_all(head.as_bytes()).await.unwrap();
     stream.write_all(body).await.unwrap();
@@ -610,21 +625,32 @@ async fn behind_a_real_server_bad_xml_never_reaches_the_inner_service() {
         format!("PUT /fhir/Patient/p1 HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/fhir+xml\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n")
     };
     // Good: the inner service gets the JSON with its exact length.
-    let (status, _) = exchange(address, &head(PATIENT_XML.len()), PATIENT_XML.as_bytes(), false)
-        .await
-        .unwrap();
+    let (status, _) = exchange(
+        address,
+        &head(PATIENT_XML.len()),
+        PATIENT_XML.as_bytes(),
+        false,
+    )
+    .await
+    .unwrap();
     assert_eq!(status, 201);
     let seen = inner.last();
     let body = seen.body.unwrap();
     assert_eq!(seen.content_length, Some(body.len().to_string()));
-    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap(), patient_json());
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap(),
+        patient_json()
+    );
     // Not FHIR: 400 with an OperationOutcome, the inner service not called.
     let bad = PATIENT_XML.replace("<active value", "<activ value");
     let (status, answer) = exchange(address, &head(bad.len()), bad.as_bytes(), false)
         .await
         .unwrap();
     assert_eq!(status, 400);
-    assert!(answer.contains("OperationOutcome") && answer.contains("<activ>"), "{answer}");
+    assert!(
+        answer.contains("OperationOutcome") && answer.contains("<activ>"),
+        "{answer}"
+    );
     // Shorter than its Content-Length, the connection closed: the inner service is not
     // called (the client may or may not still get the 400).
     let answer = exchange(
@@ -638,5 +664,9 @@ async fn behind_a_real_server_bad_xml_never_reaches_the_inner_service() {
         assert_eq!(status, 400);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(inner.calls(), 1, "only the good request reached the inner service");
+    assert_eq!(
+        inner.calls(),
+        1,
+        "only the good request reached the inner service"
+    );
 }

@@ -297,7 +297,11 @@ pub async fn read(response: Response<NegotiatedBody<Frames>>) -> Got {
     }
 }
 
-pub fn request(method: &str, uri: &str, accept: &[&str]) -> Request<http_body_util::Empty<bytes::Bytes>> {
+pub fn request(
+    method: &str,
+    uri: &str,
+    accept: &[&str],
+) -> Request<http_body_util::Empty<bytes::Bytes>> {
     let mut builder = Request::builder().method(method).uri(uri);
     for accept in accept {
         builder = builder.header("accept", *accept);
@@ -306,7 +310,11 @@ pub fn request(method: &str, uri: &str, accept: &[&str]) -> Request<http_body_ut
 }
 
 /// One request through the layer in front of `legacy`.
-pub async fn call(layer: &BinaryNegotiationLayer, legacy: Legacy, request: Request<http_body_util::Empty<bytes::Bytes>>) -> Got {
+pub async fn call(
+    layer: &BinaryNegotiationLayer,
+    legacy: Legacy,
+    request: Request<http_body_util::Empty<bytes::Bytes>>,
+) -> Got {
     let response = layer.layer(legacy).oneshot(request).await.unwrap();
     read(response).await
 }

@@ -799,11 +799,18 @@ pub fn run_layer(body: &[u8], ends: &[usize], exact: bool, mode: Mode, limits: &
 
 /// Runs `request` through the layer over an inner service that answers with `status`, FHIR
 /// JSON and `frames`, and reads the whole response.
-pub fn respond(limits: &Limits, status: StatusCode, frames: Frames, request: Request<http_body_util::Empty<bytes::Bytes>>) -> Got {
+pub fn respond(
+    limits: &Limits,
+    status: StatusCode,
+    frames: Frames,
+    request: Request<http_body_util::Empty<bytes::Bytes>>,
+) -> Got {
     // Shared, so that the inner service is `Clone` as the layer asks.
     let frames = std::sync::Arc::new(std::sync::Mutex::new(Some(frames)));
     let inner = tower::service_fn(
-        move |_request: Request<tower_fhir_binary::RequestBody<http_body_util::Empty<bytes::Bytes>>>| {
+        move |_request: Request<
+            tower_fhir_binary::RequestBody<http_body_util::Empty<bytes::Bytes>>,
+        >| {
             let body = frames.lock().unwrap().take().expect("one request");
             let response = Response::builder()
                 .status(status)
