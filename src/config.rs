@@ -171,7 +171,9 @@ macro_rules! option_methods {
         /// Largest raw document a client may upload, in bytes (default 1 GiB, as Google's Cloud
         /// Healthcare API). An upload whose `Content-Length` says more is answered with 413
         /// before the inner service is called; one of unknown length that grows past it is
-        /// broken off (the inner service's request body fails) and answered with 413.
+        /// broken off (the inner service's request body fails) and answered with 413. FHIR XML
+        /// that grows past it within the [read-ahead](Self::xml_request_read_ahead) is
+        /// answered with 413 before the call.
         pub fn max_upload_size(mut self, bytes: u64) -> Self {
             self.config.uploads.max_upload_size = bytes;
             self

@@ -14,9 +14,10 @@ use crate::service::BinaryNegotiation;
 /// for FHIR JSON, and turns a Binary JSON answer into the raw document (the default), passes the
 /// FHIR JSON through, or renders FHIR XML. `POST` and `PUT` to it are writes: a raw document
 /// (any `Content-Type` but FHIR JSON and FHIR XML) reaches the inner service as the equivalent
-/// Binary JSON, made as the upload arrives (see [`RequestBody`](crate::RequestBody)), and the
-/// answer comes back as FHIR JSON, or FHIR XML when asked. Every other request passes
-/// untouched. See the [crate documentation](crate) for the rules.
+/// Binary JSON, made as the upload arrives (see [`RequestBody`](crate::RequestBody)), a
+/// resource in FHIR XML as FHIR JSON, read ahead first (see
+/// [`xml_request_read_ahead`](Self::xml_request_read_ahead)), and the answer comes back as FHIR
+/// JSON, or FHIR XML when asked. Every other request passes untouched. See the [crate documentation](crate) for the rules.
 ///
 /// The options are set with consuming builder methods:
 ///

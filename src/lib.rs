@@ -54,9 +54,12 @@
 //! The README has the complete example.
 //!
 //! `GET` and `HEAD` of the Binary endpoint are negotiated as reads. `POST` and `PUT` of it are
-//! writes: a raw document becomes Binary JSON for the inner service (see [`RequestBody`]), and
-//! the answer comes back as FHIR JSON, or FHIR XML when asked. Every other request passes
-//! through untouched.
+//! writes: a raw document becomes Binary JSON for the inner service (see [`RequestBody`]), a
+//! resource in FHIR XML becomes FHIR JSON, read ahead so that XML that is not FHIR is refused
+//! before the inner service is called (see
+//! [`xml_request_read_ahead`](BinaryNegotiationLayer::xml_request_read_ahead)), and the answer
+//! comes back as FHIR JSON, or FHIR XML when asked. Every other request passes through
+//! untouched.
 //!
 //! # The API
 //!
