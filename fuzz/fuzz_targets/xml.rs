@@ -80,7 +80,9 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn ask_for_xml(status: StatusCode, body: &[u8], ends: &[usize]) -> Got {
-    let request = Request::get("/Binary/1?_format=xml").body(()).unwrap();
+    let request = Request::get("/Binary/1?_format=xml")
+        .body(http_body_util::Empty::new())
+        .unwrap();
     respond(
         &Limits::DEFAULT,
         status,

@@ -156,17 +156,22 @@ pub fn get(
     frames: Frames,
     keep: bool,
 ) -> Got {
-    let mut frames = Some(frames);
-    let inner = tower::service_fn(move |_: Request<RequestBody<()>>| {
-        let response = Response::builder()
-            .status(status)
-            .header("content-type", "application/fhir+json")
-            .body(frames.take().expect("one request"))
-            .unwrap();
-        std::future::ready(Ok::<_, std::convert::Infallible>(response))
-    });
+    // Shared, so that the inner service is `Clone` as the layer asks.
+    let frames = Arc::new(Mutex::new(Some(frames)));
+    let inner = tower::service_fn(
+        move |_: Request<RequestBody<http_body_util::Empty<Bytes>>>| {
+            let response = Response::builder()
+                .status(status)
+                .header("content-type", "application/fhir+json")
+                .body(frames.lock().unwrap().take().expect("one request"))
+                .unwrap();
+            std::future::ready(Ok::<_, std::convert::Infallible>(response))
+        },
+    );
     let mut service = layer.clone().layer(inner);
-    let request = Request::get(uri).body(()).unwrap();
+    let request = Request::get(uri)
+        .body(http_body_util::Empty::new())
+        .unwrap();
     match now(service.call(request)) {
         Ok(response) => got(response, keep),
         Err(never) => match never {},
