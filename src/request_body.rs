@@ -12,6 +12,7 @@
 //! inner service is called: most documents are then known to be FHIR, or refused, before the
 //! inner service sees anything.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -88,7 +89,7 @@ struct XmlState {
     max_upload_size: u64,
     watch: UploadWatch,
     /// The JSON converted by the read-ahead, until it has gone out.
-    held: Option<Bytes>,
+    held: VecDeque<Bytes>,
     /// Bytes of JSON still to come, when the read-ahead converted the whole body.
     remaining: Option<u64>,
     done: bool,
@@ -189,13 +190,21 @@ impl<B> RequestBody<B> {
     }
 }
 
+/// The smallest piece of JSON held by the read-ahead: a tiny `frame_size` must not make a piece
+/// of every few bytes.
+const MIN_HELD_PIECE: usize = 16 << 10;
+
 /// A FHIR XML request body read ahead of the inner service's call: converted until it ends or
 /// the JSON held reaches the limit. Then [`into_body`](Self::into_body) gives the body the
 /// inner service reads, starting with what was held.
 pub(crate) struct XmlReadAhead<B> {
     body: Pin<Box<B>>,
     state: XmlState,
-    held: Vec<u8>,
+    /// The JSON held, in pieces of about `frame_size` bytes (at least [`MIN_HELD_PIECE`]): a
+    /// single buffer would double its capacity as it grows. The last one is being filled.
+    held: VecDeque<Bytes>,
+    filling: Vec<u8>,
+    held_len: usize,
     limit: usize,
 }
 
@@ -203,7 +212,7 @@ impl<B> fmt::Debug for XmlReadAhead<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("XmlReadAhead")
             .field("received", &self.state.received)
-            .field("held", &self.held.len())
+            .field("held", &self.held_len)
             .field("limit", &self.limit)
             .finish_non_exhaustive()
     }
@@ -234,11 +243,13 @@ impl<B> XmlReadAhead<B> {
                 expected,
                 max_upload_size: options.max_upload_size,
                 watch: UploadWatch::default(),
-                held: None,
+                held: VecDeque::new(),
                 remaining: None,
                 done: false,
             },
-            held: Vec::new(),
+            held: VecDeque::new(),
+            filling: Vec::new(),
+            held_len: 0,
             limit: options.read_ahead,
         }
     }
@@ -251,12 +262,19 @@ impl<B> XmlReadAhead<B> {
         B: Body<Data = Bytes>,
         B::Error: Into<BoxError>,
     {
-        while !self.state.done && self.held.len() < self.limit {
+        while !self.state.done && self.held_len < self.limit {
+            let before = self.filling.len();
             let step = self
                 .state
-                .convert_next(self.body.as_mut(), cx, &mut self.held);
+                .convert_next(self.body.as_mut(), cx, &mut self.filling);
             if let Err(error) = ready!(step) {
                 return Poll::Ready(Err(self.state.refusal(&error)));
+            }
+            self.held_len += self.filling.len() - before;
+            if self.filling.len() >= self.state.frame_size.max(MIN_HELD_PIECE) {
+                let mut piece = std::mem::take(&mut self.filling);
+                piece.shrink_to_fit();
+                self.held.push_back(Bytes::from(piece));
             }
         }
         Poll::Ready(Ok(()))
@@ -268,16 +286,19 @@ impl<B> XmlReadAhead<B> {
         let XmlReadAhead {
             body,
             mut state,
-            held,
+            mut held,
+            filling,
+            held_len,
             ..
         } = self;
         if state.done {
-            state.remaining = Some(held.len() as u64);
+            state.remaining = Some(held_len as u64);
         }
         let length = state.remaining;
-        if !held.is_empty() {
-            state.held = Some(Bytes::from(held));
+        if !filling.is_empty() {
+            held.push_back(Bytes::from(filling));
         }
+        state.held = held;
         let watch = state.watch.clone();
         let body = RequestBody {
             kind: Kind::FhirXml { body, state },
@@ -309,7 +330,7 @@ where
         match &self.kind {
             Kind::Untouched { body } => body.is_end_stream(),
             Kind::Upload { state, .. } => state.done,
-            Kind::FhirXml { state, .. } => state.done && state.held.is_none(),
+            Kind::FhirXml { state, .. } => state.done && state.held.is_empty(),
         }
     }
 
@@ -471,7 +492,7 @@ impl XmlState {
         B: Body<Data = Bytes>,
         B::Error: Into<BoxError>,
     {
-        if let Some(held) = self.held.take() {
+        if let Some(held) = self.held.pop_front() {
             return Poll::Ready(Some(Ok(self.emit(held))));
         }
         if self.done {
@@ -898,16 +919,21 @@ mod tests {
     #[tokio::test]
     async fn an_xml_body_read_ahead_gives_the_same_json_whole_or_streamed() {
         let mut rng = Rng(0x0019_0604);
-        let base64: String = (0..3000)
-            .map(|i| char::from(b'A' + (i % 26) as u8))
-            .collect();
-        let binary = format!(
-            "<Binary xmlns=\"http://hl7.org/fhir\"><contentType value=\"a/b\"/><data value=\"{base64}\"/></Binary>"
-        );
+        let binary = |n: usize| {
+            let base64: String = (0..n).map(|i| char::from(b'A' + (i % 26) as u8)).collect();
+            format!(
+                "<Binary xmlns=\"http://hl7.org/fhir\"><contentType value=\"a/b\"/><data value=\"{base64}\"/></Binary>"
+            )
+        };
+        let (small, large) = (binary(3000), binary(80_000));
         for round in 0..400 {
-            let xml = if round % 2 == 0 { PATIENT } else { &binary };
+            let (xml, frame_size) = match round % 3 {
+                0 => (PATIENT, [1, 3, 64, 1000, 64 * 1024][rng.below(5)]),
+                1 => (small.as_str(), [1, 3, 64, 1000, 64 * 1024][rng.below(5)]),
+                // Held in several pieces.
+                _ => (large.as_str(), [300, 1000, 20_000][rng.below(3)]),
+            };
             let json = converted(xml.as_bytes());
-            let frame_size = [1, 3, 64, 1000, 64 * 1024][rng.below(5)];
             let limit = rng.below(json.len() + 200);
             let mut cuts: Vec<usize> = (0..rng.below(12))
                 .map(|_| rng.below(xml.len() + 1))
@@ -924,7 +950,11 @@ mod tests {
             std::future::poll_fn(|cx| read_ahead.poll(cx))
                 .await
                 .unwrap();
-            let held = read_ahead.held.len();
+            let held = read_ahead.held_len;
+            assert_eq!(
+                held,
+                read_ahead.held.iter().map(Bytes::len).sum::<usize>() + read_ahead.filling.len()
+            );
             // What is held: up to the limit, and one step over it: the JSON of at most
             // `frame_size` bytes of XML and of a token held whole (a tag, here short).
             assert!(held < limit + frame_size + 1024, "round {round}: {held}");
@@ -941,13 +971,12 @@ mod tests {
             let mut out = Vec::new();
             while let Some(frame) = body.frame().await {
                 let data = frame.unwrap().into_data().unwrap();
-                if !out.is_empty() {
-                    assert!(
-                        data.len() < frame_size + 1024,
-                        "round {round}: frame of {}",
-                        data.len()
-                    );
-                }
+                // Held pieces of about a frame (at least 16 KiB), then a frame's worth a step.
+                assert!(
+                    data.len() < frame_size.max(MIN_HELD_PIECE) + frame_size + 1024,
+                    "round {round}: frame of {}",
+                    data.len()
+                );
                 out.extend_from_slice(&data);
             }
             assert!(body.is_end_stream());
