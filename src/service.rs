@@ -30,6 +30,8 @@ use crate::write::{prepare, Prepared};
 /// it later. As tower's middleware do for this, `call` moves the service `poll_ready` made
 /// ready into the future and keeps a clone for the next request (which `poll_ready` then
 /// makes ready in its turn); other requests call the inner service at once, without a clone.
+/// For the same reason the request body must be an [`http_body::Body`] of [`Bytes`], as
+/// hyper's, axum's and `http-body-util`'s are (`Empty<Bytes>` where a test would use `()`).
 #[derive(Clone, Debug)]
 pub struct BinaryNegotiation<S, P = BinaryEndpoint> {
     inner: S,
