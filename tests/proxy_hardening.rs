@@ -346,6 +346,50 @@ async fn a_request_body_over_the_limit_gets_413() {
     .await
 }
 
+fn xml_post(xml: &str) -> Vec<u8> {
+    format!(
+        "POST /Binary HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/fhir+xml\r\nContent-Length: {}\r\n\r\n{xml}",
+        xml.len()
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fhir_xml_uploads_are_read_ahead_before_the_upstream_is_called() {
+    bounded(async {
+        let (upstream, heads) = pdf_upstream().await;
+        let proxy = proxy_with(upstream, |_| {}).await;
+        // Not FHIR: answered by the proxy, nothing goes upstream.
+        let bad = r#"<Binary xmlns="http://hl7.org/fhir"><contentType value="text/plain"/><colour value="red"/></Binary>"#;
+        let response = raw(&proxy, &xml_post(bad)).await;
+        assert_eq!(status_of(&response), 400, "{response}");
+        assert!(response.contains("OperationOutcome"), "{response}");
+        assert!(heads.all().is_empty(), "{:?}", heads.all());
+
+        // FHIR, within the read-ahead: the upstream gets the JSON with its length.
+        let data = "QUJD".repeat(64);
+        let good = format!(
+            r#"<Binary xmlns="http://hl7.org/fhir"><contentType value="text/plain"/><data value="{data}"/></Binary>"#
+        );
+        let json = format!(r#"{{"resourceType":"Binary","contentType":"text/plain","data":"{data}"}}"#);
+        let response = raw(&proxy, &xml_post(&good)).await;
+        assert_eq!(status_of(&response), 200, "{response}");
+        let head = heads.last();
+        assert_eq!(header(&head, "content-length"), [json.len().to_string()], "{head}");
+        assert_eq!(header(&head, "content-type"), ["application/fhir+json"], "{head}");
+
+        // A read-ahead shorter than the JSON: the upstream is called with the body streaming.
+        let (upstream, heads) = pdf_upstream().await;
+        let proxy = proxy_with(upstream, |o| o.xml_request_read_ahead = 64).await;
+        let response = raw(&proxy, &xml_post(&good)).await;
+        assert_eq!(status_of(&response), 200, "{response}");
+        let head = heads.all().first().cloned().expect("a request upstream");
+        assert!(header(&head, "content-length").is_empty(), "{head}");
+        assert_eq!(header(&head, "transfer-encoding"), ["chunked"], "{head}");
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversize_upstream_head_is_a_502() {
     bounded(async {

@@ -232,6 +232,12 @@ pub(crate) struct Args {
     #[arg(long, value_name = "SIZE", default_value = "64KiB", value_parser = parse_size, env = "FHIR_BINARY_PROXY_XML_REORDER_LIMIT")]
     pub(crate) xml_reorder_limit: u64,
 
+    /// Most of a FHIR XML request body's JSON read ahead before the upstream is called (e.g.
+    /// 1MiB): XML that is not FHIR within it is answered 400 without reaching the upstream, and
+    /// a body that ends within it goes upstream with its `Content-Length`. 0: no read-ahead.
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_size, env = "FHIR_BINARY_PROXY_XML_REQUEST_READ_AHEAD")]
+    pub(crate) xml_request_read_ahead: u64,
+
     /// Log lines as text or as JSON objects (one a line, for log collectors).
     #[arg(
         long,
@@ -281,6 +287,7 @@ impl Args {
         options.ready_timeout = self.ready_timeout;
         options.metrics_path = self.metrics_path.clone();
         options.xml_reorder_limit = size(self.xml_reorder_limit);
+        options.xml_request_read_ahead = size(self.xml_request_read_ahead);
         options
     }
 }

@@ -174,6 +174,9 @@ pub struct ProxyOptions {
     /// see [`BinaryNegotiationLayer::xml_reorder_limit`]). It stays in memory until the client
     /// has read what comes before it, so it bounds what a slow FHIR XML reader holds.
     pub xml_reorder_limit: usize,
+    /// The most of a FHIR XML request body's JSON read ahead before the upstream is called
+    /// (default 1 MiB; see [`BinaryNegotiationLayer::xml_request_read_ahead`]).
+    pub xml_request_read_ahead: usize,
 }
 
 impl ProxyOptions {
@@ -206,6 +209,7 @@ impl ProxyOptions {
             ready_timeout: Duration::from_secs(2),
             metrics_path: "/metrics".into(),
             xml_reorder_limit: 64 * 1024,
+            xml_request_read_ahead: 1 << 20,
         }
     }
 
@@ -248,6 +252,7 @@ fn proxy_service(options: &ProxyOptions, metrics: &Arc<Metrics>) -> io::Result<P
     let negotiation = BinaryNegotiationLayer::new()
         .fhir_version(options.fhir_version)
         .xml_reorder_limit(options.xml_reorder_limit)
+        .xml_request_read_ahead(options.xml_request_read_ahead)
         .layer(forward.clone());
     let guard = Guard::new(
         negotiation,
