@@ -40,6 +40,7 @@
 use std::fmt;
 
 use memchr::{memchr, memchr3};
+use wide::u8x16;
 
 use crate::model::{ElementMatch, ElementRef, JsonKind, Model, TypeKind, TypeRef};
 use crate::xml::xhtml;
@@ -133,6 +134,8 @@ pub(crate) struct XmlToJson {
     side_used: bool,
     /// The narrative `div` being read, as written so far.
     div: Vec<u8>,
+    /// The check of the `div` being read, fed its tokens as they are found.
+    div_check: xhtml::DivCheck,
     started: bool,
     done: bool,
     failed: Option<XmlError>,
@@ -265,6 +268,7 @@ impl XmlToJson {
             side: Vec::new(),
             side_used: false,
             div: Vec::new(),
+            div_check: xhtml::DivCheck::new(),
             started: false,
             done: false,
             failed: None,
@@ -575,7 +579,7 @@ impl XmlToJson {
                 break Ok(());
             };
             let (end, depth_change) = if first != b'<' {
-                match memchr(b'<', rest) {
+                match find_near(b'<', rest) {
                     Some(n) => (n, 0),
                     None if ended => (rest.len(), 0),
                     None => match utf8_cut(rest) {
@@ -588,7 +592,7 @@ impl XmlToJson {
                     break Ok(());
                 };
                 match second {
-                    b'/' => match memchr(b'>', rest) {
+                    b'/' => match find_near(b'>', rest) {
                         Some(n) => (n + 1, -1),
                         None => break Ok(()),
                     },
@@ -618,17 +622,26 @@ impl XmlToJson {
             if first == b'<' && end > self.limits.max_held {
                 break Err(self.held_whole());
             }
+            let token = &rest[..end];
             pos += end;
             if depth_change > 0 {
                 depth += 1;
                 if depth > self.limits.max_depth {
                     break Err(self.error("XHTML nested too deep"));
                 }
+                self.div_check.start_tag(token);
             } else if depth_change < 0 {
+                self.div_check.end_tag(token);
                 depth -= 1;
                 if depth == 0 {
                     break Ok(());
                 }
+            } else if first != b'<' {
+                self.div_check.text(token);
+            } else if token[1] == b'!' || token[1] == b'?' {
+                self.div_check.markup();
+            } else {
+                self.div_check.start_tag(token);
             }
         };
         let sink = sink_of(out, &mut self.side, to_side);
@@ -668,13 +681,10 @@ impl XmlToJson {
         Ok(())
     }
 
-    /// Checks the whole `div` by the rules of the response path (`xhtml::check_div`), and
+    /// The verdict on the whole `div` by the rules of the response path (`xml::xhtml`), and
     /// lets go of what was held of it.
     fn check_div(&mut self) -> Result<(), XmlError> {
-        let checked = match std::str::from_utf8(&self.div) {
-            Ok(div) => xhtml::check_div(div),
-            Err(_) => Err("not UTF-8"),
-        };
+        let checked = self.div_check.finish(&self.div);
         self.div.clear();
         // A large narrative's allocation is not kept for the rest of the document.
         self.div.shrink_to(self.limits.max_held);
@@ -1094,6 +1104,7 @@ impl XmlToJson {
             }
             self.div.clear();
             self.hold_div(&buf[at..end])?;
+            self.div_check.start_tag(&buf[at..end]);
             if empty {
                 self.check_div()?;
                 sink_of(out, &mut self.side, to_side).push(b'"');
@@ -1736,6 +1747,20 @@ fn push_key(out: &mut Vec<u8>, name: &[u8]) {
     out.extend_from_slice(name);
     out.push(b'"');
     out.push(b':');
+}
+
+/// Where the first `byte` of `bytes` is: by one comparison of sixteen bytes when it is
+/// among them, as it mostly is in the short tokens of a narrative, else by `memchr`.
+#[inline(always)]
+fn find_near(byte: u8, bytes: &[u8]) -> Option<usize> {
+    let Some(block) = bytes.get(..16) else {
+        return memchr(byte, bytes);
+    };
+    let x = u8x16::new(block.try_into().unwrap_or([0; 16]));
+    match x.simd_eq(u8x16::splat(byte)).to_bitmask() {
+        0 => memchr(byte, &bytes[16..]).map(|n| n + 16),
+        found => Some(found.trailing_zeros() as usize),
+    }
 }
 
 /// Namespace declarations and schema locations, which have no JSON form.
