@@ -2826,6 +2826,101 @@ mod tests {
         r#"<Patient xmlns="http://hl7.org/fhir"><text><status value="generated"/>"#;
     const NARRATIVE_TAIL: &str = r#"</text><active value="true"/></Patient>"#;
 
+    /// The narrative check, fed the tokens the converter finds, gives the verdict of
+    /// `xhtml::check_div` on the whole `div` (debug builds also assert it for every `div`
+    /// converted): the official examples' narratives and variations of them, cut anywhere.
+    #[test]
+    fn narratives_are_checked_as_whole_divs_are_wherever_they_are_cut() {
+        let mut rng = Rng(0xD1C);
+        let (mut accepted, mut refused, mut before_check) = (0, 0, 0);
+        for example in xhtml::tests::example_divs() {
+            let variants = [
+                example.clone(),
+                xhtml::tests::mutated(&example, &mut rng),
+                xhtml::tests::mutated(&example, &mut rng),
+                xhtml::tests::mutated(&example, &mut rng),
+                xhtml::tests::mutated(&example, &mut rng),
+            ];
+            for div in variants {
+                if !div.starts_with('<') || div.starts_with("<!") || div.starts_with("<?") {
+                    // Cut before its start tag: no `div` to check.
+                    continue;
+                }
+                let xml = format!("{NARRATIVE_HEAD}{div}{NARRATIVE_TAIL}");
+                let whole = convert(FhirVersion::R4, xml.as_bytes());
+                for _ in 0..3 {
+                    let mut cuts: Vec<usize> = (0..1 + rng.below(8))
+                        .map(|_| rng.below(xml.len() + 1))
+                        .collect();
+                    cuts.sort_unstable();
+                    let split =
+                        convert_split(FhirVersion::R4, XmlLimits::default(), xml.as_bytes(), &cuts);
+                    assert_eq!(split, whole, "{div:?} cut at {cuts:?}");
+                }
+                // The `div` the converter holds: `div` itself when its tags end it, else
+                // one that goes on into the tail, or to the end of the document.
+                let full = format!("{div}{NARRATIVE_TAIL}");
+                let held = div_extent(full.as_bytes()).map(|n| &full[..n]);
+                match (held.map(xhtml::check_div), whole) {
+                    (Some(Ok(())), Ok(json)) => {
+                        let value: Value = serde_json::from_slice(&json).unwrap();
+                        assert_eq!(value["text"]["div"], held.unwrap());
+                        accepted += 1;
+                    }
+                    (Some(Err(reason)), Err(e)) if e.to_string().contains("not FHIR XHTML") => {
+                        assert_eq!(
+                            e.to_string(),
+                            format!("Patient.text.div: the narrative is not FHIR XHTML: {reason}"),
+                            "{div:?}"
+                        );
+                        refused += 1;
+                    }
+                    // Refused before its check: the start tag of the `div`, read as a FHIR
+                    // tag, is not one (a changed name, no space between attributes); the
+                    // document ends in the `div`; after a `div` that ends early, the rest
+                    // is not FHIR.
+                    (_, Err(e)) if !e.to_string().contains("not FHIR XHTML") => {
+                        if held == Some(&div) {
+                            assert_eq!(e.path(), "Patient.text", "{div:?}: {e}");
+                        }
+                        before_check += 1;
+                    }
+                    (expected, got) => panic!("{div:?}: {expected:?}, {got:?}"),
+                }
+            }
+        }
+        assert!(
+            accepted > 1000 && refused > 800,
+            "{accepted} accepted, {refused} refused, {before_check} refused before the check"
+        );
+    }
+
+    /// The length of the `div` that starts `xml` as the converter reads it: up to the tag
+    /// that brings its depth back to 0.
+    fn div_extent(xml: &[u8]) -> Option<usize> {
+        let (mut depth, mut at) = (0usize, 0);
+        loop {
+            let rest = xml.get(at..)?;
+            if rest.first()? != &b'<' {
+                at += memchr(b'<', rest)?;
+                continue;
+            }
+            let (end, change) = match rest.get(1)? {
+                b'/' => (memchr(b'>', rest)? + 1, -1),
+                b'!' | b'?' => (markup_end(rest)?.0, 0),
+                _ => {
+                    let end = tag_end(&rest[1..], None).ok()? + 1;
+                    (end, if rest[end - 2] == b'/' { 0 } else { 1 })
+                }
+            };
+            at += end;
+            depth = depth.checked_add_signed(change)?;
+            if depth == 0 {
+                return Some(at);
+            }
+        }
+    }
+
     /// A `div` the response path would refuse is refused when it ends, by the same rules
     /// and with the same reason, before its JSON string ends, wherever the pieces are cut.
     #[test]
