@@ -792,14 +792,15 @@ impl XmlToJson {
             Some(Frame {
                 kind: FrameKind::Object { ty, .. },
                 ..
-            }) => self.elements.find(*ty, name_bytes),
+            }) => self.elements.find(*ty, buf, at + 1..name_end),
             _ => None,
         };
+        let (is_attribute, is_xhtml) = found.map_or((false, false), |f| {
+            (f.element.is_attribute(), f.element.is_xhtml())
+        });
         let streams = (matches!(form, Form::Open(_)) || value_index.is_some())
             && found.is_some_and(|f| {
-                !f.element.is_attribute()
-                    && !f.element.is_xhtml()
-                    && f.ty.json_kind() == Some(JsonKind::String)
+                !is_attribute && !is_xhtml && f.ty.json_kind() == Some(JsonKind::String)
             });
         match form {
             Form::Open(_) | Form::Cut if !streams => return Ok(false),
@@ -888,12 +889,11 @@ impl XmlToJson {
                 let Some(found) = found else {
                     return Err(self.not_fhir(name, "is not an element here"));
                 };
-                if found.element.is_attribute() {
+                if is_attribute {
                     return Err(
                         self.error(format!("<{}> is an attribute in FHIR XML", shown(name)))
                     );
                 }
-                let is_xhtml = found.element.is_xhtml();
                 if !element_ns_ok(if is_xhtml { XHTML_NS } else { FHIR_NS }) {
                     return Err(self.error(format!("<{}> is in the wrong namespace", shown(name))));
                 }
@@ -1787,15 +1787,34 @@ impl ElementCache {
         ElementCache { slots: Vec::new() }
     }
 
-    /// The element of `parent` named `name` in XML.
-    fn find(&mut self, parent: TypeRef, name: &[u8]) -> Option<ElementMatch> {
+    /// The element of `parent` named in XML by `buf[name]`.
+    fn find(
+        &mut self,
+        parent: TypeRef,
+        buf: &[u8],
+        name: std::ops::Range<usize>,
+    ) -> Option<ElementMatch> {
         // The first and last eight bytes of the name (zero-padded), its length and the type.
-        let mut head = [0u8; 8];
-        let mut tail = [0u8; 8];
-        let n = name.len().min(8);
-        head[..n].copy_from_slice(&name[..n]);
-        tail[..n].copy_from_slice(&name[name.len() - n..]);
-        let hash = (u64::from_le_bytes(head) ^ u64::from_le_bytes(tail).rotate_left(29))
+        // Eight bytes are read from the buffer at once, the bytes after a short name masked
+        // off (a tag goes on after its name).
+        let eight = |at: usize| {
+            buf.get(at..at + 8)
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+        };
+        let (start, end) = (name.start, name.end);
+        let name = &buf[name];
+        let (head, tail) = match eight(start) {
+            Some(head) if name.len() >= 8 => (head, eight(end - 8).unwrap_or(0)),
+            Some(head) => {
+                let head = head & ((1 << (8 * name.len())) - 1);
+                (head, head)
+            }
+            None => {
+                let whole = name.iter().rev().fold(0, |w, &b| (w << 8) | u64::from(b));
+                (whole, whole)
+            }
+        };
+        let hash = (head ^ tail.rotate_left(29))
             .wrapping_add((parent.name().as_ptr() as usize as u64) ^ name.len() as u64)
             .wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let slot = (hash >> 40) as usize & (CACHE_SLOTS - 1);
