@@ -1776,15 +1776,35 @@ fn shown(name: &[u8]) -> std::borrow::Cow<'_, str> {
 /// The elements found by name in each type, remembered: a document names the same
 /// elements of the same types over and over, and a table's lookup is a binary search.
 struct ElementCache {
-    slots: Vec<Option<(TypeRef, ElementMatch)>>,
+    slots: Vec<Option<CachedElement>>,
+    /// Misses since `slots` was last made larger.
+    misses: usize,
 }
 
-/// A power of two.
-const CACHE_SLOTS: usize = 2048;
+/// An element found, with what tells its name and parent apart from others.
+#[derive(Clone, Copy)]
+struct CachedElement {
+    parent: TypeRef,
+    /// The first and last eight bytes of the name (zero-padded), and its length: the whole
+    /// name when it is no longer than sixteen bytes.
+    head: u64,
+    tail: u64,
+    len: usize,
+    found: ElementMatch,
+}
+
+/// The slots of a cache when it is made, on the first lookup (a power of two), and the most
+/// it grows to (72 bytes each): a document with more elements of more types than the slots
+/// hold misses more often, and doubles them.
+const CACHE_SLOTS: usize = 256;
+const MAX_CACHE_SLOTS: usize = 8192;
 
 impl ElementCache {
     fn new() -> ElementCache {
-        ElementCache { slots: Vec::new() }
+        ElementCache {
+            slots: Vec::new(),
+            misses: 0,
+        }
     }
 
     /// The element of `parent` named in XML by `buf[name]`.
@@ -1817,17 +1837,37 @@ impl ElementCache {
         let hash = (head ^ tail.rotate_left(29))
             .wrapping_add((parent.name().as_ptr() as usize as u64) ^ name.len() as u64)
             .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let slot = (hash >> 40) as usize & (CACHE_SLOTS - 1);
-        if let Some(Some((cached_parent, found))) = self.slots.get(slot) {
-            if *cached_parent == parent && is_xml_name(*found, name) {
-                return Some(*found);
+        // Two slots for each hash, the one found last first.
+        let slot = (hash >> 40) as usize & self.slots.len().wrapping_sub(2);
+        let hit = |cached: &Option<CachedElement>| {
+            cached.filter(|c| {
+                c.head == head
+                    && c.tail == tail
+                    && c.len == name.len()
+                    && c.parent == parent
+                    && (name.len() <= 16 || is_xml_name(c.found, name))
+            })
+        };
+        if let Some(pair) = self.slots.get(slot..slot + 2) {
+            if let Some(c) = hit(&pair[0]).or_else(|| hit(&pair[1])) {
+                return Some(c.found);
             }
         }
         let found = parent.element(std::str::from_utf8(name).ok()?)?;
-        if self.slots.is_empty() {
-            self.slots = vec![None; CACHE_SLOTS];
+        self.misses += 1;
+        if self.misses > self.slots.len() / 2 && self.slots.len() < MAX_CACHE_SLOTS {
+            self.slots = vec![None; (self.slots.len() * 2).max(CACHE_SLOTS)];
+            self.misses = 0;
         }
-        self.slots[slot] = Some((parent, found));
+        let slot = (hash >> 40) as usize & (self.slots.len() - 2);
+        self.slots[slot + 1] = self.slots[slot];
+        self.slots[slot] = Some(CachedElement {
+            parent,
+            head,
+            tail,
+            len: name.len(),
+            found,
+        });
         Some(found)
     }
 }
