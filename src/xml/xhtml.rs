@@ -1437,4 +1437,89 @@ pub(crate) mod tests {
         }
         assert_eq!(check_div(&format!("{OPEN}a&nbsp;<b>b</b></div>")), Ok(()));
     }
+
+    /// The verdict of [`DivCheck`] on `div`'s tokens, each text cut in two at `cut` bytes
+    /// from its start (when it is longer), and whether the plain reading took them all.
+    fn checked_in_pieces(div: &str, cut: usize) -> (Result<(), Reject>, bool) {
+        let mut check = DivCheck::new();
+        let mut rest = div.as_bytes();
+        while !rest.is_empty() {
+            let end = if rest[0] == b'<' {
+                memchr::memchr(b'>', rest).map_or(rest.len(), |n| n + 1)
+            } else {
+                memchr::memchr(b'<', rest).unwrap_or(rest.len())
+            };
+            let token = &rest[..end];
+            match token {
+                [b'<', b'/', ..] => check.end_tag(token),
+                [b'<', b'!' | b'?', ..] => check.markup(),
+                [b'<', ..] => check.start_tag(token),
+                _ => {
+                    let (a, b) = token.split_at(cut.min(token.len()));
+                    check.text(a);
+                    check.text(b);
+                }
+            }
+            rest = &rest[end..];
+        }
+        let plain = check.plain && check.reading.complete();
+        (check.finish(div.as_bytes()), plain)
+    }
+
+    #[test]
+    fn a_check_of_tokens_gives_the_whole_divs_verdict_wherever_text_is_cut() {
+        for text in [
+            "a &amp; b&nbsp;c &lt;d&gt; &quot;e&apos;",
+            "&nbsp;&nbsp;",
+            "x &bogus; y",
+            "x &nbspx; y",
+            "x &amp y",
+            "x &",
+            "&lt;&;",
+            "a\tb\nc",
+            "a\rb",
+            "a > b",
+            "\u{e9}t\u{e9} &#233;",
+            "\u{FFFE}",
+        ] {
+            for div in [
+                format!("{OPEN}{text}</div>"),
+                format!("{OPEN}<p>{text}</p><ul><li>{text}</li></ul></div>"),
+                format!("{OPEN}<ul>{text}<li/></ul></div>"),
+                format!("{OPEN}<p>{text}<!-- c --></p></div>"),
+            ] {
+                let whole = check_div(&div);
+                let plain = write_plain_div(&div, &mut Discard, Links::RefuseActive).is_some();
+                for cut in 0..=text.len() {
+                    assert_eq!(
+                        checked_in_pieces(&div, cut),
+                        (whole, plain),
+                        "{div:?} cut at {cut}"
+                    );
+                }
+            }
+        }
+        // The tags as well as the text decide, those the plain reading leaves to the general
+        // reader too (a space in an end tag).
+        for (div, verdict) in [
+            (format!("{OPEN}<p>a</b></div>"), Err("not well-formed XML")),
+            (format!("{OPEN}<p/><p></p ></div>"), Ok(())),
+            (
+                format!("{OPEN}<table><tr><td>1</td></tr></table><img src=\"a\"/></div>"),
+                Err("required attribute missing"),
+            ),
+        ] {
+            assert_eq!(checked_in_pieces(&div, 0).0, verdict, "{div:?}");
+            assert_eq!(check_div(&div), verdict, "{div:?}");
+        }
+        // A check is ready for the next `div` once it has given its verdict.
+        let mut check = DivCheck::new();
+        check.start_tag(b"<p>");
+        assert_eq!(check.finish(b"<p>"), check_div("<p>"));
+        let div = format!("{OPEN}a</div>");
+        check.start_tag(OPEN.as_bytes());
+        check.text(b"a");
+        check.end_tag(b"</div>");
+        assert_eq!(check.finish(div.as_bytes()), Ok(()));
+    }
 }
