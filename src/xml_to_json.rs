@@ -2892,13 +2892,13 @@ mod tests {
     fn narratives_are_checked_as_whole_divs_are_wherever_they_are_cut() {
         let mut rng = Rng(0xD1C);
         let (mut accepted, mut refused, mut before_check) = (0, 0, 0);
-        for example in xhtml::tests::example_divs() {
+        for example in xhtml::example_divs() {
             let variants = [
                 example.clone(),
-                xhtml::tests::mutated(&example, &mut rng),
-                xhtml::tests::mutated(&example, &mut rng),
-                xhtml::tests::mutated(&example, &mut rng),
-                xhtml::tests::mutated(&example, &mut rng),
+                xhtml::mutated(&example, &mut rng),
+                xhtml::mutated(&example, &mut rng),
+                xhtml::mutated(&example, &mut rng),
+                xhtml::mutated(&example, &mut rng),
             ];
             for div in variants {
                 if !div.starts_with('<') || div.starts_with("<!") || div.starts_with("<?") {

@@ -1137,8 +1137,12 @@ fn is_ncname(v: &str) -> bool {
         && chars.all(|c| c != ':' && is_name_char(c))
 }
 
+/// The official narratives and variations of them, for the request path's tests too.
 #[cfg(test)]
-pub(crate) mod tests {
+pub(crate) use tests::{example_divs, mutated};
+
+#[cfg(test)]
+mod tests {
     use super::*;
     use crate::test_rng::Rng;
 
