@@ -16,12 +16,14 @@
 //! - Resource-typed elements (`contained`, `Bundle.entry.resource`, ...) are unwrapped: the
 //!   inner element's name becomes `resourceType`.
 //! - The narrative `div` becomes a JSON string of its XHTML, copied as written (entities
-//!   and all, which is what FHIR JSON carries). It streams, and is held as written (within
-//!   `max_div`) to be checked when it ends by the rules the response path renders narratives
-//!   by (`xml::xhtml`): well-formed, only the elements and attributes of FHIR's XHTML, the
-//!   predefined entities and `&nbsp;`. Links are kept as written (a `mailto:` too), but active
-//!   content (`javascript:`, `vbscript:`, a `data:` URL other than an image's) is refused. A
-//!   `div` refused is an error before its string ends.
+//!   and all, which is what FHIR JSON carries). It streams, and is checked by the rules the
+//!   response path renders narratives by (`xml::xhtml`): well-formed, only the elements and
+//!   attributes of FHIR's XHTML, the predefined entities and `&nbsp;`. Links are kept as
+//!   written (a `mailto:` too), but active content (`javascript:`, `vbscript:`, a `data:` URL
+//!   other than an image's) is refused. Its tokens are checked as the converter finds them;
+//!   it is also held as written (within `max_div`), for a general XML reader to read again
+//!   when it ends in the rare case the check of tokens leaves it to one (comments, prefixes,
+//!   a refusal's reason). A `div` refused is an error before its string ends.
 //! - Entities and character references in attribute values are resolved, XML's attribute
 //!   whitespace normalisation applied, and the text JSON-escaped.
 //! - Memory is bounded whatever the document's size. The `value` of a string primitive (the
