@@ -16,12 +16,14 @@
 //! - Resource-typed elements (`contained`, `Bundle.entry.resource`, ...) are unwrapped: the
 //!   inner element's name becomes `resourceType`.
 //! - The narrative `div` becomes a JSON string of its XHTML, copied as written (entities
-//!   and all, which is what FHIR JSON carries). It streams, and is held as written (within
-//!   `max_div`) to be checked when it ends by the rules the response path renders narratives
-//!   by (`xml::xhtml`): well-formed, only the elements and attributes of FHIR's XHTML, the
-//!   predefined entities and `&nbsp;`. Links are kept as written (a `mailto:` too), but active
-//!   content (`javascript:`, `vbscript:`, a `data:` URL other than an image's) is refused. A
-//!   `div` refused is an error before its string ends.
+//!   and all, which is what FHIR JSON carries). It streams, and is checked by the rules the
+//!   response path renders narratives by (`xml::xhtml`): well-formed, only the elements and
+//!   attributes of FHIR's XHTML, the predefined entities and `&nbsp;`. Links are kept as
+//!   written (a `mailto:` too), but active content (`javascript:`, `vbscript:`, a `data:` URL
+//!   other than an image's) is refused. Its tokens are checked as the converter finds them;
+//!   it is also held as written (within `max_div`), for a general XML reader to read again
+//!   when it ends in the rare case the check of tokens leaves it to one (comments, prefixes,
+//!   a refusal's reason). A `div` refused is an error before its string ends.
 //! - Entities and character references in attribute values are resolved, XML's attribute
 //!   whitespace normalisation applied, and the text JSON-escaped.
 //! - Memory is bounded whatever the document's size. The `value` of a string primitive (the
@@ -40,6 +42,7 @@
 use std::fmt;
 
 use memchr::{memchr, memchr3};
+use wide::u8x16;
 
 use crate::model::{ElementMatch, ElementRef, JsonKind, Model, TypeKind, TypeRef};
 use crate::xml::xhtml;
@@ -133,6 +136,8 @@ pub(crate) struct XmlToJson {
     side_used: bool,
     /// The narrative `div` being read, as written so far.
     div: Vec<u8>,
+    /// The check of the `div` being read, fed its tokens as they are found.
+    div_check: xhtml::DivCheck,
     started: bool,
     done: bool,
     failed: Option<XmlError>,
@@ -265,6 +270,7 @@ impl XmlToJson {
             side: Vec::new(),
             side_used: false,
             div: Vec::new(),
+            div_check: xhtml::DivCheck::new(),
             started: false,
             done: false,
             failed: None,
@@ -575,7 +581,7 @@ impl XmlToJson {
                 break Ok(());
             };
             let (end, depth_change) = if first != b'<' {
-                match memchr(b'<', rest) {
+                match find_near(b'<', rest) {
                     Some(n) => (n, 0),
                     None if ended => (rest.len(), 0),
                     None => match utf8_cut(rest) {
@@ -588,7 +594,7 @@ impl XmlToJson {
                     break Ok(());
                 };
                 match second {
-                    b'/' => match memchr(b'>', rest) {
+                    b'/' => match find_near(b'>', rest) {
                         Some(n) => (n + 1, -1),
                         None => break Ok(()),
                     },
@@ -618,17 +624,26 @@ impl XmlToJson {
             if first == b'<' && end > self.limits.max_held {
                 break Err(self.held_whole());
             }
+            let token = &rest[..end];
             pos += end;
             if depth_change > 0 {
                 depth += 1;
                 if depth > self.limits.max_depth {
                     break Err(self.error("XHTML nested too deep"));
                 }
+                self.div_check.start_tag(token);
             } else if depth_change < 0 {
+                self.div_check.end_tag(token);
                 depth -= 1;
                 if depth == 0 {
                     break Ok(());
                 }
+            } else if first != b'<' {
+                self.div_check.text(token);
+            } else if token[1] == b'!' || token[1] == b'?' {
+                self.div_check.markup();
+            } else {
+                self.div_check.start_tag(token);
             }
         };
         let sink = sink_of(out, &mut self.side, to_side);
@@ -668,13 +683,10 @@ impl XmlToJson {
         Ok(())
     }
 
-    /// Checks the whole `div` by the rules of the response path (`xhtml::check_div`), and
+    /// The verdict on the whole `div` by the rules of the response path (`xml::xhtml`), and
     /// lets go of what was held of it.
     fn check_div(&mut self) -> Result<(), XmlError> {
-        let checked = match std::str::from_utf8(&self.div) {
-            Ok(div) => xhtml::check_div(div),
-            Err(_) => Err("not UTF-8"),
-        };
+        let checked = self.div_check.finish(&self.div);
         self.div.clear();
         // A large narrative's allocation is not kept for the rest of the document.
         self.div.shrink_to(self.limits.max_held);
@@ -782,14 +794,15 @@ impl XmlToJson {
             Some(Frame {
                 kind: FrameKind::Object { ty, .. },
                 ..
-            }) => self.elements.find(*ty, name_bytes),
+            }) => self.elements.find(*ty, buf, at + 1..name_end),
             _ => None,
         };
+        let (is_attribute, is_xhtml) = found.map_or((false, false), |f| {
+            (f.element.is_attribute(), f.element.is_xhtml())
+        });
         let streams = (matches!(form, Form::Open(_)) || value_index.is_some())
             && found.is_some_and(|f| {
-                !f.element.is_attribute()
-                    && !f.element.is_xhtml()
-                    && f.ty.json_kind() == Some(JsonKind::String)
+                !is_attribute && !is_xhtml && f.ty.json_kind() == Some(JsonKind::String)
             });
         match form {
             Form::Open(_) | Form::Cut if !streams => return Ok(false),
@@ -878,12 +891,11 @@ impl XmlToJson {
                 let Some(found) = found else {
                     return Err(self.not_fhir(name, "is not an element here"));
                 };
-                if found.element.is_attribute() {
+                if is_attribute {
                     return Err(
                         self.error(format!("<{}> is an attribute in FHIR XML", shown(name)))
                     );
                 }
-                let is_xhtml = found.element.is_xhtml();
                 if !element_ns_ok(if is_xhtml { XHTML_NS } else { FHIR_NS }) {
                     return Err(self.error(format!("<{}> is in the wrong namespace", shown(name))));
                 }
@@ -1094,6 +1106,7 @@ impl XmlToJson {
             }
             self.div.clear();
             self.hold_div(&buf[at..end])?;
+            self.div_check.start_tag(&buf[at..end]);
             if empty {
                 self.check_div()?;
                 sink_of(out, &mut self.side, to_side).push(b'"');
@@ -1738,6 +1751,20 @@ fn push_key(out: &mut Vec<u8>, name: &[u8]) {
     out.push(b':');
 }
 
+/// Where the first `byte` of `bytes` is: by one comparison of sixteen bytes when it is
+/// among them, as it mostly is in the short tokens of a narrative, else by `memchr`.
+#[inline(always)]
+fn find_near(byte: u8, bytes: &[u8]) -> Option<usize> {
+    let Some(block) = bytes.get(..16) else {
+        return memchr(byte, bytes);
+    };
+    let x = u8x16::new(block.try_into().unwrap_or([0; 16]));
+    match x.simd_eq(u8x16::splat(byte)).to_bitmask() {
+        0 => memchr(byte, &bytes[16..]).map(|n| n + 16),
+        found => Some(found.trailing_zeros() as usize),
+    }
+}
+
 /// Namespace declarations and schema locations, which have no JSON form.
 fn is_ignored_attribute(name: &[u8]) -> bool {
     name == b"xmlns" || name.starts_with(b"xmlns:") || name.ends_with(b":schemaLocation")
@@ -1751,39 +1778,98 @@ fn shown(name: &[u8]) -> std::borrow::Cow<'_, str> {
 /// The elements found by name in each type, remembered: a document names the same
 /// elements of the same types over and over, and a table's lookup is a binary search.
 struct ElementCache {
-    slots: Vec<Option<(TypeRef, ElementMatch)>>,
+    slots: Vec<Option<CachedElement>>,
+    /// Misses since `slots` was last made larger.
+    misses: usize,
 }
 
-/// A power of two.
-const CACHE_SLOTS: usize = 2048;
+/// An element found, with what tells its name and parent apart from others.
+#[derive(Clone, Copy)]
+struct CachedElement {
+    parent: TypeRef,
+    /// The first and last eight bytes of the name (zero-padded), and its length: the whole
+    /// name when it is no longer than sixteen bytes.
+    head: u64,
+    tail: u64,
+    len: usize,
+    found: ElementMatch,
+}
+
+/// The slots of a cache when it is made, on the first lookup (a power of two), and the most
+/// it grows to (72 bytes each): a document with more elements of more types than the slots
+/// hold misses more often, and doubles them.
+const CACHE_SLOTS: usize = 256;
+const MAX_CACHE_SLOTS: usize = 8192;
 
 impl ElementCache {
     fn new() -> ElementCache {
-        ElementCache { slots: Vec::new() }
+        ElementCache {
+            slots: Vec::new(),
+            misses: 0,
+        }
     }
 
-    /// The element of `parent` named `name` in XML.
-    fn find(&mut self, parent: TypeRef, name: &[u8]) -> Option<ElementMatch> {
+    /// The element of `parent` named in XML by `buf[name]`.
+    fn find(
+        &mut self,
+        parent: TypeRef,
+        buf: &[u8],
+        name: std::ops::Range<usize>,
+    ) -> Option<ElementMatch> {
         // The first and last eight bytes of the name (zero-padded), its length and the type.
-        let mut head = [0u8; 8];
-        let mut tail = [0u8; 8];
-        let n = name.len().min(8);
-        head[..n].copy_from_slice(&name[..n]);
-        tail[..n].copy_from_slice(&name[name.len() - n..]);
-        let hash = (u64::from_le_bytes(head) ^ u64::from_le_bytes(tail).rotate_left(29))
+        // Eight bytes are read from the buffer at once, the bytes after a short name masked
+        // off (a tag goes on after its name).
+        let eight = |at: usize| {
+            buf.get(at..at + 8)
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+        };
+        let (start, end) = (name.start, name.end);
+        let name = &buf[name];
+        let (head, tail) = match eight(start) {
+            Some(head) if name.len() >= 8 => (head, eight(end - 8).unwrap_or(0)),
+            Some(head) => {
+                let head = head & ((1 << (8 * name.len())) - 1);
+                (head, head)
+            }
+            None => {
+                let whole = name.iter().rev().fold(0, |w, &b| (w << 8) | u64::from(b));
+                (whole, whole)
+            }
+        };
+        let hash = (head ^ tail.rotate_left(29))
             .wrapping_add((parent.name().as_ptr() as usize as u64) ^ name.len() as u64)
             .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let slot = (hash >> 40) as usize & (CACHE_SLOTS - 1);
-        if let Some(Some((cached_parent, found))) = self.slots.get(slot) {
-            if *cached_parent == parent && is_xml_name(*found, name) {
-                return Some(*found);
+        // Two slots for each hash, the one found last first.
+        let slot = (hash >> 40) as usize & self.slots.len().wrapping_sub(2);
+        let hit = |cached: &Option<CachedElement>| {
+            cached.filter(|c| {
+                c.head == head
+                    && c.tail == tail
+                    && c.len == name.len()
+                    && c.parent == parent
+                    && (name.len() <= 16 || is_xml_name(c.found, name))
+            })
+        };
+        if let Some(pair) = self.slots.get(slot..slot + 2) {
+            if let Some(c) = hit(&pair[0]).or_else(|| hit(&pair[1])) {
+                return Some(c.found);
             }
         }
         let found = parent.element(std::str::from_utf8(name).ok()?)?;
-        if self.slots.is_empty() {
-            self.slots = vec![None; CACHE_SLOTS];
+        self.misses += 1;
+        if self.misses > self.slots.len() / 2 && self.slots.len() < MAX_CACHE_SLOTS {
+            self.slots = vec![None; (self.slots.len() * 2).max(CACHE_SLOTS)];
+            self.misses = 0;
         }
-        self.slots[slot] = Some((parent, found));
+        let slot = (hash >> 40) as usize & (self.slots.len() - 2);
+        self.slots[slot + 1] = self.slots[slot];
+        self.slots[slot] = Some(CachedElement {
+            parent,
+            head,
+            tail,
+            len: name.len(),
+            found,
+        });
         Some(found)
     }
 }
@@ -2800,6 +2886,101 @@ mod tests {
     const NARRATIVE_HEAD: &str =
         r#"<Patient xmlns="http://hl7.org/fhir"><text><status value="generated"/>"#;
     const NARRATIVE_TAIL: &str = r#"</text><active value="true"/></Patient>"#;
+
+    /// The narrative check, fed the tokens the converter finds, gives the verdict of
+    /// `xhtml::check_div` on the whole `div` (debug builds also assert it for every `div`
+    /// converted): the official examples' narratives and variations of them, cut anywhere.
+    #[test]
+    fn narratives_are_checked_as_whole_divs_are_wherever_they_are_cut() {
+        let mut rng = Rng(0xD1C);
+        let (mut accepted, mut refused, mut before_check) = (0, 0, 0);
+        for example in xhtml::example_divs() {
+            let variants = [
+                example.clone(),
+                xhtml::mutated(&example, &mut rng),
+                xhtml::mutated(&example, &mut rng),
+                xhtml::mutated(&example, &mut rng),
+                xhtml::mutated(&example, &mut rng),
+            ];
+            for div in variants {
+                if !div.starts_with('<') || div.starts_with("<!") || div.starts_with("<?") {
+                    // Cut before its start tag: no `div` to check.
+                    continue;
+                }
+                let xml = format!("{NARRATIVE_HEAD}{div}{NARRATIVE_TAIL}");
+                let whole = convert(FhirVersion::R4, xml.as_bytes());
+                for _ in 0..3 {
+                    let mut cuts: Vec<usize> = (0..1 + rng.below(8))
+                        .map(|_| rng.below(xml.len() + 1))
+                        .collect();
+                    cuts.sort_unstable();
+                    let split =
+                        convert_split(FhirVersion::R4, XmlLimits::default(), xml.as_bytes(), &cuts);
+                    assert_eq!(split, whole, "{div:?} cut at {cuts:?}");
+                }
+                // The `div` the converter holds: `div` itself when its tags end it, else
+                // one that goes on into the tail, or to the end of the document.
+                let full = format!("{div}{NARRATIVE_TAIL}");
+                let held = div_extent(full.as_bytes()).map(|n| &full[..n]);
+                match (held.map(xhtml::check_div), whole) {
+                    (Some(Ok(())), Ok(json)) => {
+                        let value: Value = serde_json::from_slice(&json).unwrap();
+                        assert_eq!(value["text"]["div"], held.unwrap());
+                        accepted += 1;
+                    }
+                    (Some(Err(reason)), Err(e)) if e.to_string().contains("not FHIR XHTML") => {
+                        assert_eq!(
+                            e.to_string(),
+                            format!("Patient.text.div: the narrative is not FHIR XHTML: {reason}"),
+                            "{div:?}"
+                        );
+                        refused += 1;
+                    }
+                    // Refused before its check: the start tag of the `div`, read as a FHIR
+                    // tag, is not one (a changed name, no space between attributes); the
+                    // document ends in the `div`; after a `div` that ends early, the rest
+                    // is not FHIR.
+                    (_, Err(e)) if !e.to_string().contains("not FHIR XHTML") => {
+                        if held == Some(&div) {
+                            assert_eq!(e.path(), "Patient.text", "{div:?}: {e}");
+                        }
+                        before_check += 1;
+                    }
+                    (expected, got) => panic!("{div:?}: {expected:?}, {got:?}"),
+                }
+            }
+        }
+        assert!(
+            accepted > 1000 && refused > 800,
+            "{accepted} accepted, {refused} refused, {before_check} refused before the check"
+        );
+    }
+
+    /// The length of the `div` that starts `xml` as the converter reads it: up to the tag
+    /// that brings its depth back to 0.
+    fn div_extent(xml: &[u8]) -> Option<usize> {
+        let (mut depth, mut at) = (0usize, 0);
+        loop {
+            let rest = xml.get(at..)?;
+            if rest.first()? != &b'<' {
+                at += memchr(b'<', rest)?;
+                continue;
+            }
+            let (end, change) = match rest.get(1)? {
+                b'/' => (memchr(b'>', rest)? + 1, -1),
+                b'!' | b'?' => (markup_end(rest)?.0, 0),
+                _ => {
+                    let end = tag_end(&rest[1..], None).ok()? + 1;
+                    (end, if rest[end - 2] == b'/' { 0 } else { 1 })
+                }
+            };
+            at += end;
+            depth = depth.checked_add_signed(change)?;
+            if depth == 0 {
+                return Some(at);
+            }
+        }
+    }
 
     /// A `div` the response path would refuse is refused when it ends, by the same rules
     /// and with the same reason, before its JSON string ends, wherever the pieces are cut.
