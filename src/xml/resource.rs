@@ -259,16 +259,24 @@ struct Frame {
 }
 
 /// A piece of a direct frame's content in the stream: an element (or consecutive items of
-/// one), complete XML or a primitive slot, ending at `end`.
+/// one), ending at `end`.
 #[derive(Clone, Copy)]
 struct Written {
     position: u16,
-    /// The slot of a primitive, `NO_SLOT` for complete XML.
-    slot: u32,
+    piece: Piece,
     end: usize,
 }
 
-const NO_SLOT: u32 = u32::MAX;
+#[derive(Clone, Copy)]
+enum Piece {
+    /// Complete XML.
+    Xml,
+    /// A primitive slot.
+    Slot(u32),
+    /// A primitive without `_name` part, written as it came: `<name value="..."/>`, its
+    /// value starting at this position of the stream.
+    Value(Member, usize),
+}
 
 /// The members of a resource read before its `resourceType`, kept as tokens.
 struct Record {
@@ -851,16 +859,30 @@ impl Converter {
             }
             let seq = frame.seq;
             frame.seq += 1;
-            let body = if w.slot == NO_SLOT {
-                let at = frame.arena.len();
-                frame
-                    .arena
-                    .extend_from_slice(&self.stream[s - base..w.end - base]);
-                let (a, e) = range(at, frame.arena.len());
-                Body::Xml(a, e)
-            } else {
-                frame.slots[w.slot as usize].written = false;
-                Body::Slot(w.slot)
+            let body = match w.piece {
+                Piece::Xml => {
+                    let at = frame.arena.len();
+                    frame
+                        .arena
+                        .extend_from_slice(&self.stream[s - base..w.end - base]);
+                    let (a, e) = range(at, frame.arena.len());
+                    Body::Xml(a, e)
+                }
+                Piece::Slot(slot) => {
+                    frame.slots[slot as usize].written = false;
+                    Body::Slot(slot)
+                }
+                Piece::Value(member, value_start) => {
+                    // The value between `value="` and `"/>`.
+                    let at = frame.arena.len();
+                    frame
+                        .arena
+                        .extend_from_slice(&self.stream[value_start - base..w.end - 3 - base]);
+                    let value = range(at, frame.arena.len());
+                    let slot = add_slot(frame, member);
+                    frame.slots[slot as usize].values.push(Some(value));
+                    Body::Slot(slot)
+                }
             };
             frame.parts.push(Part {
                 position: w.position,
@@ -891,26 +913,7 @@ impl Converter {
         {
             return at as u32;
         }
-        let at = frame.slots_used as u32;
-        let member_value = Member {
-            partner: false,
-            ..member
-        };
-        // Slots, and their vectors, are reused from object to object.
-        if let Some(slot) = frame.slots.get_mut(frame.slots_used) {
-            slot.member = member_value;
-            slot.values.clear();
-            slot.extras.clear();
-            slot.written = false;
-        } else {
-            frame.slots.push(Slot {
-                member: member_value,
-                values: Vec::new(),
-                extras: Vec::new(),
-                written: false,
-            });
-        }
-        frame.slots_used += 1;
+        let at = add_slot(frame, member);
         let seq = frame.seq;
         frame.seq += 1;
         frame.parts.push(Part {
@@ -928,6 +931,12 @@ impl Converter {
         token: Token<'_>,
         index: Option<u32>,
     ) -> Result<(), ConvertError> {
+        if index.is_none() && !member.element.is_attribute() && !member.element.is_xhtml() {
+            let frame = nearest_frame(&mut self.stack);
+            if frame.direct && !bit(&frame.seen_partner, member.element.position()) {
+                return self.direct_primitive(member, kind, token);
+            }
+        }
         let mut text = std::mem::take(&mut self.scratch);
         text.clear();
         let result = self.primitive_text(member, kind, token, index, &mut text);
@@ -960,6 +969,44 @@ impl Converter {
         }
         self.scratch = text;
         result.map(|_| ())
+    }
+
+    /// A primitive that does not repeat, without a `_name` part so far, in an object that
+    /// writes to the stream: written there at once (a `_name` part after it moves it back into
+    /// a slot).
+    fn direct_primitive(
+        &mut self,
+        member: Member,
+        kind: JsonKind,
+        token: Token<'_>,
+    ) -> Result<(), ConvertError> {
+        let position = member.element.position();
+        let base = self.stream_base;
+        let frame = nearest_frame(&mut self.stack);
+        if let Err((message, name)) = write_direct(frame, position, &mut self.stream, base) {
+            return Err(ConvertError {
+                path: format!("{}.{name}", self.path()),
+                message: message.to_string(),
+            });
+        }
+        let mut stream = std::mem::take(&mut self.stream);
+        stream.push(b'<');
+        write_name(&mut stream, &member);
+        stream.extend_from_slice(b" value=\"");
+        let value_start = base + stream.len();
+        let result = self.primitive_text(member, kind, token, None, &mut stream);
+        stream.extend_from_slice(b"\"/>");
+        self.stream = stream;
+        result?;
+        let end = self.stream_end();
+        let frame = nearest_frame(&mut self.stack);
+        frame.written.push(Written {
+            position: position as u16,
+            piece: Piece::Value(member, value_start),
+            end,
+        });
+        frame.next_free = frame.next_free.max(position + 1);
+        Ok(())
     }
 
     /// Writes a primitive's value, escaped for an attribute (the `div`: its XHTML) to `text`;
@@ -1132,12 +1179,14 @@ impl Converter {
                 let end = self.stream_end();
                 let parent = self.frame();
                 match parent.written.last_mut() {
-                    Some(w) if w.slot == NO_SLOT && usize::from(w.position) == position => {
+                    Some(w)
+                        if matches!(w.piece, Piece::Xml) && usize::from(w.position) == position =>
+                    {
                         w.end = end;
                     }
                     _ => parent.written.push(Written {
                         position: position as u16,
-                        slot: NO_SLOT,
+                        piece: Piece::Xml,
                         end,
                     }),
                 }
@@ -1244,6 +1293,31 @@ impl Converter {
     }
 }
 
+/// A new primitive slot in `frame`, without a part.
+fn add_slot(frame: &mut Frame, member: Member) -> u32 {
+    let at = frame.slots_used as u32;
+    let member = Member {
+        partner: false,
+        ..member
+    };
+    // Slots, and their vectors, are reused from object to object.
+    if let Some(slot) = frame.slots.get_mut(frame.slots_used) {
+        slot.member = member;
+        slot.values.clear();
+        slot.extras.clear();
+        slot.written = false;
+    } else {
+        frame.slots.push(Slot {
+            member,
+            values: Vec::new(),
+            extras: Vec::new(),
+            written: false,
+        });
+    }
+    frame.slots_used += 1;
+    at
+}
+
 /// The nearest object below the top of the stack.
 fn nearest_frame(stack: &mut [Ctx]) -> &mut Frame {
     for ctx in stack.iter_mut().rev() {
@@ -1281,22 +1355,22 @@ fn write_direct(
             break;
         }
         n += 1;
-        let slot = match part.body {
+        let piece = match part.body {
             Body::Xml(s, e) => {
                 stream.extend_from_slice(slice(&frame.arena, (s, e)));
-                NO_SLOT
+                Piece::Xml
             }
             Body::Slot(i) => {
                 let slot = &mut frame.slots[i as usize];
                 slot.written = true;
                 write_slot(slot, &frame.arena, stream)
                     .map_err(|message| (message, slot.member.element.name()))?;
-                i
+                Piece::Slot(i)
             }
         };
         frame.written.push(Written {
             position: part.position,
-            slot,
+            piece,
             end: base + stream.len(),
         });
         frame.next_free = frame.next_free.max(position + 1);
@@ -1399,7 +1473,7 @@ impl Converter {
     }
 
     /// Checks the limit every few KiB of input: what is held grows with the input read.
-    #[inline]
+    #[inline(always)]
     fn check_limit_now_and_then(
         &mut self,
         token: &Token<'_>,
