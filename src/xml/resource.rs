@@ -1759,10 +1759,14 @@ fn compact(frame: &mut Frame) {
 /// error.
 fn escape_attribute(s: &str, out: &mut Vec<u8>) -> Result<(), &'static str> {
     let bytes = s.as_bytes();
-    // Most values need nothing: one pass without an early exit, on whole vectors.
-    let care = bytes.iter().fold(false, |care, &b| {
+    // Most values need nothing: one pass without an early exit, on whole vectors, and the
+    // short rest (most values are short) through the table.
+    let (whole, rest) = bytes.split_at(bytes.len() - bytes.len() % 32);
+    let care = whole.iter().fold(false, |care, &b| {
         care | (b < 0x20) | (b == b'&') | (b == b'<') | (b == b'>') | (b == b'"') | (b == 0xEF)
-    });
+    }) | rest
+        .iter()
+        .fold(false, |care, &b| care | NEEDS_CARE[usize::from(b)]);
     if !care {
         out.extend_from_slice(bytes);
         return Ok(());

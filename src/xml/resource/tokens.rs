@@ -241,7 +241,23 @@ impl Tokenizer {
                         Expect::Value | Expect::ValueOrEnd => false,
                         _ => return Err(self.error("unexpected string", at)),
                     };
-                    match find_string_end(&input[i + 1..], false) {
+                    // Most strings are short: found in one look at each byte for the closing
+                    // quote, a backslash and control characters.
+                    let rest = &input[i + 1..];
+                    if let Some(len) = rest[..rest.len().min(SHORT)]
+                        .iter()
+                        .position(|&b| STRING_STOP[usize::from(b)])
+                    {
+                        if rest[len] == b'"'
+                            && i + 1 + len <= text.len()
+                            && (key || len <= self.max_token)
+                        {
+                            self.plain_string(&text[i + 1..i + 1 + len], key, false, at, handler)?;
+                            i += len + 2;
+                            continue;
+                        }
+                    }
+                    match find_string_end(rest, false) {
                         StringEnd::At(len, _) if !key && len > self.max_token => {
                             self.partial_bytes.clear();
                             self.partial_bytes
@@ -250,7 +266,7 @@ impl Tokenizer {
                             i += len + 2;
                         }
                         StringEnd::At(len, false) if i + 1 + len <= text.len() => {
-                            self.plain_string(&text[i + 1..i + 1 + len], key, at, handler)?;
+                            self.plain_string(&text[i + 1..i + 1 + len], key, true, at, handler)?;
                             i += len + 2;
                         }
                         StringEnd::At(len, _) => {
@@ -416,11 +432,13 @@ impl Tokenizer {
         };
     }
 
-    /// A complete string or key without escapes, already checked as UTF-8.
+    /// A complete string or key without escapes, already checked as UTF-8 (and, unless
+    /// `check_control`, for control characters).
     fn plain_string<E>(
         &mut self,
         text: &str,
         key: bool,
+        check_control: bool,
         at: u64,
         handler: &mut impl FnMut(Token<'_>) -> Result<(), E>,
     ) -> Result<(), FeedError<E>> {
@@ -432,7 +450,7 @@ impl Tokenizer {
         } else {
             self.after_value();
         }
-        if has_control(text.as_bytes()) {
+        if check_control && has_control(text.as_bytes()) {
             return Err(self.error("control character in a string", at));
         }
         let token = if key {
@@ -511,6 +529,23 @@ impl Tokenizer {
         handler(token).map_err(FeedError::Handler)
     }
 }
+
+/// How many bytes of a string are looked at one by one before searching with `memchr`.
+const SHORT: usize = 24;
+
+/// The bytes that end the plain run of a string: the closing quote, a backslash, and control
+/// characters (an error unless escaped).
+static STRING_STOP: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
 
 enum StringEnd {
     /// The closing quote is at this offset; `escaped`: a backslash comes before it.
