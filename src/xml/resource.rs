@@ -725,7 +725,6 @@ impl Converter {
                 .iter()
                 .any(|slot| !slot.written && slot.member.element.position() == position);
             if !(position == frame.cursor && held_slot) {
-                frame.pending = Some(member);
                 return Err(self.error(
                     "comes after elements that XML puts after it, beyond the reorder limit",
                 ));
@@ -740,18 +739,24 @@ impl Converter {
         if frame.direct && (position < frame.next_free || (frame.started && attribute)) {
             self.lift(out);
         }
+        // The two parts of a primitive must agree on the choice type (a slot exists when the
+        // other part came first).
         let frame = self.frame();
-        // The two parts of a primitive must agree on the choice type.
-        if let Some(slot) = frame.slots[..frame.slots_used]
-            .iter()
-            .find(|s| s.member.element == found.element)
-        {
-            if slot.member.ty != found.ty {
-                frame.pending = Some(member);
-                return Err(self.error("`_name` and `name` of different choice types"));
+        let other = if partner {
+            &frame.seen
+        } else {
+            &frame.seen_partner
+        };
+        if position >= 256 || bit(other, position) {
+            if let Some(slot) = frame.slots[..frame.slots_used]
+                .iter()
+                .find(|s| s.member.element == found.element)
+            {
+                if slot.member.ty != found.ty {
+                    return Err(self.error("`_name` and `name` of different choice types"));
+                }
             }
         }
-        frame.pending = Some(member);
         Ok(())
     }
 
@@ -2134,6 +2139,16 @@ mod tests {
                 r#"{"resourceType":"Patient","_gender":"x"}"#,
                 "Patient._gender",
                 "must be an object",
+            ),
+            (
+                r#"{"resourceType":"Observation","status":"final","code":{"text":"t"},"valueString":"x","_valueBoolean":{"id":"a"}}"#,
+                "Observation._valueBoolean",
+                "different choice types",
+            ),
+            (
+                r#"{"resourceType":"Observation","status":"final","code":{"text":"t"},"_valueBoolean":{"id":"a"},"valueString":"x"}"#,
+                "Observation.valueString",
+                "different choice types",
             ),
         ] {
             let error = convert(FhirVersion::R4, json).unwrap_err();
