@@ -254,6 +254,14 @@ impl Tokenizer {
                         {
                             self.plain_string(&text[i + 1..i + 1 + len], key, false, at, handler)?;
                             i += len + 2;
+                            // A key's colon, and a space after it, most often follow at once.
+                            if key && input.get(i) == Some(&b':') {
+                                self.expect = Expect::Value;
+                                i += 1;
+                                if input.get(i) == Some(&b' ') {
+                                    i += 1;
+                                }
+                            }
                             continue;
                         }
                     }
