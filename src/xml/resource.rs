@@ -1337,7 +1337,21 @@ fn nearest_frame(stack: &mut [Ctx]) -> &mut Frame {
 /// what it holds that is placed before `before` (all with `usize::MAX`), in definition order,
 /// recording each piece in `written`. `base` is the position of `stream[0]` in the output.
 /// An error names the element.
+#[inline]
 fn write_direct(
+    frame: &mut Frame,
+    before: usize,
+    stream: &mut Vec<u8>,
+    base: usize,
+) -> Result<(), (&'static str, &'static str)> {
+    // Most often there is nothing to do.
+    if frame.started && frame.parts.is_empty() {
+        return Ok(());
+    }
+    write_direct_held(frame, before, stream, base)
+}
+
+fn write_direct_held(
     frame: &mut Frame,
     before: usize,
     stream: &mut Vec<u8>,
