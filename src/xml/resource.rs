@@ -1196,8 +1196,15 @@ impl Converter {
                     }),
                 }
                 parent.next_free = parent.next_free.max(position + 1);
+                // An item of the array a live object was reading when it went live (the entries
+                // of a large Bundle) is handed out as it ends, all that comes before it being.
+                let hand_out = parent.live && position == parent.cursor;
                 self.close_member();
                 self.recycle(frame);
+                if hand_out {
+                    let end = self.stream_end();
+                    self.commit(end, out);
+                }
                 result
             }
             Role::Element { member, .. } => {
