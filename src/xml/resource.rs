@@ -609,6 +609,7 @@ impl Converter {
 
     /// A string value larger than the reorder limit: written out as it comes, when it is a
     /// primitive that does not repeat and everything before it can be written out first.
+    #[inline(never)]
     fn stream_start(
         &mut self,
         tokenizer_held: usize,
@@ -1099,6 +1100,7 @@ impl Converter {
     }
 
     /// The members of a resource before its `resourceType`, kept as tokens.
+    #[inline(never)]
     fn record(&mut self, token: Token<'_>, out: &mut Vec<u8>) -> Result<(), ConvertError> {
         let Some(Ctx::Record(record)) = self.stack.last_mut() else {
             unreachable!("called with a record on top");
