@@ -4,13 +4,17 @@
 //! [`JsonToXml`] is fed the JSON in pieces split anywhere and appends XML to the caller's
 //! buffer as soon as it can:
 //!
-//! - Elements are written in definition order whatever the JSON order. The members of an
-//!   object are held (already converted to XML) until the object ends, so any order works for
-//!   objects that fit in the reorder limit. When the held XML would pass the limit, what is
-//!   held is written out in order, from the document's root down to the member being read,
-//!   and from then on an element that XML puts before one already written is an error, never
-//!   silently moved or dropped. Items of an array already being written (the entries of a
-//!   large `Bundle`) then go out one by one as each is complete.
+//! - Elements are written in definition order whatever the JSON order. While an object's
+//!   members come in definition order (the usual case), its XML goes at once into one stream
+//!   of XML not yet handed out, where its parent and its own objects write too: nothing is
+//!   copied from level to level. The first member out of order moves what its object wrote
+//!   there back into held pieces, and the object then holds its members (converted to XML)
+//!   until it ends, so any order works within the reorder limit. When what is held (the
+//!   stream included) would pass the limit, it is handed out in order, from the document's
+//!   root down to the member being read, and from then on an element that XML puts before one
+//!   already handed out is an error, never silently moved or dropped. Items of an array
+//!   already being handed out (the entries of a large `Bundle`) then go out one by one as
+//!   each is complete.
 //! - `resourceType` names the element (the root in the FHIR namespace, a resource inside
 //!   `contained`, `Bundle.entry.resource`, `Parameters.parameter.resource` wrapped in that
 //!   element). Members that come before it are kept as tokens, within the reorder limit, and
