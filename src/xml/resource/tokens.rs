@@ -241,7 +241,28 @@ impl Tokenizer {
                         Expect::Value | Expect::ValueOrEnd => false,
                         _ => return Err(self.error("unexpected string", at)),
                     };
-                    match find_string_end(&input[i + 1..], false) {
+                    // Most strings are short: found in one look at each byte for the closing
+                    // quote, a backslash and control characters.
+                    let rest = &input[i + 1..];
+                    if let Some(len) = string_stop(&rest[..rest.len().min(SHORT)]) {
+                        if rest[len] == b'"'
+                            && i + 1 + len <= text.len()
+                            && (key || len <= self.max_token)
+                        {
+                            self.plain_string(&text[i + 1..i + 1 + len], key, false, at, handler)?;
+                            i += len + 2;
+                            // A key's colon, and a space after it, most often follow at once.
+                            if key && input.get(i) == Some(&b':') {
+                                self.expect = Expect::Value;
+                                i += 1;
+                                if input.get(i) == Some(&b' ') {
+                                    i += 1;
+                                }
+                            }
+                            continue;
+                        }
+                    }
+                    match find_string_end(rest, false) {
                         StringEnd::At(len, _) if !key && len > self.max_token => {
                             self.partial_bytes.clear();
                             self.partial_bytes
@@ -250,7 +271,7 @@ impl Tokenizer {
                             i += len + 2;
                         }
                         StringEnd::At(len, false) if i + 1 + len <= text.len() => {
-                            self.plain_string(&text[i + 1..i + 1 + len], key, at, handler)?;
+                            self.plain_string(&text[i + 1..i + 1 + len], key, true, at, handler)?;
                             i += len + 2;
                         }
                         StringEnd::At(len, _) => {
@@ -416,11 +437,13 @@ impl Tokenizer {
         };
     }
 
-    /// A complete string or key without escapes, already checked as UTF-8.
+    /// A complete string or key without escapes, already checked as UTF-8 (and, unless
+    /// `check_control`, for control characters).
     fn plain_string<E>(
         &mut self,
         text: &str,
         key: bool,
+        check_control: bool,
         at: u64,
         handler: &mut impl FnMut(Token<'_>) -> Result<(), E>,
     ) -> Result<(), FeedError<E>> {
@@ -432,7 +455,7 @@ impl Tokenizer {
         } else {
             self.after_value();
         }
-        if has_control(text.as_bytes()) {
+        if check_control && has_control(text.as_bytes()) {
             return Err(self.error("control character in a string", at));
         }
         let token = if key {
@@ -510,6 +533,47 @@ impl Tokenizer {
         self.after_value();
         handler(token).map_err(FeedError::Handler)
     }
+}
+
+/// How many bytes of a string are looked at one by one before searching with `memchr`.
+const SHORT: usize = 32;
+
+/// The bytes that end the plain run of a string: the closing quote, a backslash, and control
+/// characters (an error unless escaped).
+static STRING_STOP: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
+/// Where the first byte of [`STRING_STOP`] is in `bytes`, looking at eight bytes at a time.
+fn string_stop(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // The high bit of each byte below `ONES * n`: exact up to the first such byte, the only
+    // one used (a borrow only reaches the bytes above it).
+    let below = |word: u64, n: u64| word.wrapping_sub(ONES * n) & !word & HIGH;
+    let mut at = 0;
+    while let Some(eight) = bytes.get(at..at + 8) {
+        let word = u64::from_le_bytes(eight.try_into().unwrap_or_default());
+        let found = below(word ^ (ONES * u64::from(b'"')), 1)
+            | below(word ^ (ONES * u64::from(b'\\')), 1)
+            | below(word, 0x20);
+        if found != 0 {
+            return Some(at + found.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+    }
+    bytes[at..]
+        .iter()
+        .position(|&b| STRING_STOP[usize::from(b)])
+        .map(|p| at + p)
 }
 
 enum StringEnd {
@@ -692,6 +756,26 @@ fn hex4(digits: Option<&[u8]>) -> Option<u32> {
 mod tests {
     use super::*;
     use crate::test_rng::Rng;
+
+    /// Eight bytes at a time find what one byte at a time finds, whatever the bytes.
+    #[test]
+    fn string_stop_finds_the_first_stop() {
+        let mut rng = Rng(5);
+        let pool = [
+            b'a', b' ', b'"', b'\\', 0x00, 0x1F, 0x20, 0x7F, 0x80, 0x9F, 0xA0, 0xE9, 0xFF,
+        ];
+        for _ in 0..20_000 {
+            let len = rng.below(40);
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| match rng.below(3) {
+                    0 => pool[rng.below(pool.len())],
+                    _ => rng.below(256) as u8,
+                })
+                .collect();
+            let expected = bytes.iter().position(|&b| STRING_STOP[usize::from(b)]);
+            assert_eq!(string_stop(&bytes), expected, "{bytes:?}");
+        }
+    }
 
     #[derive(Debug, PartialEq)]
     enum Owned {
