@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::Rng;
+use common::{paced_split, Rng};
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full};
@@ -102,54 +102,6 @@ where
                 )))
                 .unwrap())
         })
-    }
-}
-
-/// A client body: the frames given, each ready on the second poll, then the end or an error.
-struct Frames {
-    frames: VecDeque<Bytes>,
-    fail_at_end: bool,
-    ready: bool,
-}
-
-impl Body for Frames {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        self.ready = !self.ready;
-        if !self.ready {
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
-        Poll::Ready(match self.frames.pop_front() {
-            Some(frame) => Some(Ok(Frame::data(frame))),
-            None if self.fail_at_end => {
-                self.fail_at_end = false;
-                Some(Err(std::io::Error::other("the client went away")))
-            }
-            None => None,
-        })
-    }
-}
-
-/// `bytes` cut at `cuts` random points.
-fn split(bytes: &[u8], rng: &mut Rng, cuts: usize) -> Frames {
-    let mut points: Vec<usize> = (0..cuts).map(|_| rng.below(bytes.len() + 1)).collect();
-    points.sort_unstable();
-    let mut frames = VecDeque::new();
-    let mut from = 0;
-    for point in points.into_iter().chain([bytes.len()]) {
-        frames.push_back(Bytes::copy_from_slice(&bytes[from..point]));
-        from = point;
-    }
-    Frames {
-        frames,
-        fail_at_end: false,
-        ready: false,
     }
 }
 
@@ -298,7 +250,7 @@ async fn xml_that_is_not_fhir_within_the_read_ahead_never_reaches_the_inner_serv
     for (what, path, xml, diagnostics) in &cases {
         for _ in 0..4 {
             let cuts = rng.below(20);
-            let request = put(path, None, split(xml.as_bytes(), &mut rng, cuts));
+            let request = put(path, None, paced_split(xml.as_bytes(), &mut rng, cuts));
             let layer = BinaryNegotiationLayer::new().select_all();
             let answer = through(layer, &inner, request).await;
             assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{what}");
@@ -310,7 +262,7 @@ async fn xml_that_is_not_fhir_within_the_read_ahead_never_reaches_the_inner_serv
     }
     // The client's body fails, or ends before its Content-Length.
     for _ in 0..4 {
-        let mut frames = split(PATIENT_XML.as_bytes(), &mut rng, 5);
+        let mut frames = paced_split(PATIENT_XML.as_bytes(), &mut rng, 5);
         frames.fail_at_end = true;
         let answer = through(
             BinaryNegotiationLayer::new().select_all(),
@@ -322,7 +274,7 @@ async fn xml_that_is_not_fhir_within_the_read_ahead_never_reaches_the_inner_serv
         assert!(answer
             .diagnostics()
             .contains("the request body failed: the client went away"));
-        let frames = split(PATIENT_XML.as_bytes(), &mut rng, 5);
+        let frames = paced_split(PATIENT_XML.as_bytes(), &mut rng, 5);
         let announced = PATIENT_XML.len() + 100;
         let answer = through(
             BinaryNegotiationLayer::new().select_all(),
@@ -341,7 +293,11 @@ async fn xml_that_is_not_fhir_within_the_read_ahead_never_reaches_the_inner_serv
     // Over max_upload_size: announced (refused at once) or found while reading.
     for announced in [None, Some(big.len())] {
         let layer = BinaryNegotiationLayer::new().max_upload_size(100_000);
-        let request = put("/Binary/b1", announced, split(big.as_bytes(), &mut rng, 30));
+        let request = put(
+            "/Binary/b1",
+            announced,
+            paced_split(big.as_bytes(), &mut rng, 30),
+        );
         let answer = through(layer, &inner, request).await;
         assert_eq!(
             answer.status,
@@ -356,7 +312,7 @@ async fn xml_that_is_not_fhir_within_the_read_ahead_never_reaches_the_inner_serv
     let request = put(
         "/Binary/b1?_format=xml",
         None,
-        split(cases[4].2.as_bytes(), &mut rng, 10),
+        paced_split(cases[4].2.as_bytes(), &mut rng, 10),
     );
     let answer = through(BinaryNegotiationLayer::new(), &inner, request).await;
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
@@ -384,7 +340,7 @@ async fn good_xml_within_the_read_ahead_arrives_whole_with_its_length() {
         };
         let cuts = rng.below(40);
         let announced = (round % 2 == 0).then_some(xml.len());
-        let request = put(path, announced, split(xml.as_bytes(), &mut rng, cuts));
+        let request = put(path, announced, paced_split(xml.as_bytes(), &mut rng, cuts));
         let answer = through(BinaryNegotiationLayer::new().select_all(), &inner, request).await;
         assert_eq!(answer.status, StatusCode::CREATED, "round {round}");
         let seen = inner.last();
@@ -407,7 +363,11 @@ async fn past_the_read_ahead_the_body_streams_and_a_later_fault_fails_it() {
         let read_ahead = rng.below(40_000);
         let layer = BinaryNegotiationLayer::new().xml_request_read_ahead(read_ahead);
         let cuts = rng.below(40);
-        let request = put("/Binary/b1", None, split(xml.as_bytes(), &mut rng, cuts));
+        let request = put(
+            "/Binary/b1",
+            None,
+            paced_split(xml.as_bytes(), &mut rng, cuts),
+        );
         let answer = through(layer.clone(), &inner, request).await;
         assert_eq!(answer.status, StatusCode::CREATED, "round {round}");
         let seen = inner.last();
@@ -418,7 +378,11 @@ async fn past_the_read_ahead_the_body_streams_and_a_later_fault_fails_it() {
         // The same, with a fault at the end: the inner body fails, the client gets 400.
         let bad = xml.replace("</Binary>", "<id value=\"2\"/></Binary>");
         let cuts = rng.below(40);
-        let request = put("/Binary/b1", None, split(bad.as_bytes(), &mut rng, cuts));
+        let request = put(
+            "/Binary/b1",
+            None,
+            paced_split(bad.as_bytes(), &mut rng, cuts),
+        );
         let answer = through(layer, &inner, request).await;
         assert_eq!(answer.status, StatusCode::BAD_REQUEST, "round {round}");
         assert!(answer

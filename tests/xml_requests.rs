@@ -5,17 +5,14 @@
 
 mod common;
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::Rng;
+use common::{paced_split, PacedFrames, Rng};
 use http::{Request, Response, StatusCode};
-use http_body::{Body, Frame};
+use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -151,56 +148,6 @@ where
     (status, body)
 }
 
-/// A client body in the frames given, of unknown length, failing at the end if asked.
-struct Frames {
-    frames: VecDeque<Bytes>,
-    fail_at_end: bool,
-    /// Each frame is ready only on the second poll: the frames before it go out meanwhile,
-    /// as they would over a network.
-    ready: bool,
-}
-
-impl Body for Frames {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        self.ready = !self.ready;
-        if !self.ready {
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
-        Poll::Ready(match self.frames.pop_front() {
-            Some(frame) => Some(Ok(Frame::data(frame))),
-            None if self.fail_at_end => {
-                self.fail_at_end = false;
-                Some(Err(std::io::Error::other("the client went away")))
-            }
-            None => None,
-        })
-    }
-}
-
-/// `bytes` cut at `cuts` random points.
-fn split(bytes: &[u8], rng: &mut Rng, cuts: usize) -> Frames {
-    let mut points: Vec<usize> = (0..cuts).map(|_| rng.below(bytes.len() + 1)).collect();
-    points.sort_unstable();
-    let mut frames = VecDeque::new();
-    let mut from = 0;
-    for point in points.into_iter().chain([bytes.len()]) {
-        frames.push_back(Bytes::copy_from_slice(&bytes[from..point]));
-        from = point;
-    }
-    Frames {
-        frames,
-        fail_at_end: false,
-        ready: false,
-    }
-}
-
 fn xml_request<B>(method: &str, uri: &str, content_type: &str, body: B) -> Request<B> {
     Request::builder()
         .method(method)
@@ -247,7 +194,7 @@ async fn an_xml_binary_upload_arrives_as_binary_json() {
                 "PUT",
                 "/fhir/Binary/b-1",
                 content_type,
-                split(xml.as_bytes(), &mut rng, 30),
+                paced_split(xml.as_bytes(), &mut rng, 30),
             );
             let (status, _) = send(layer, backend, request).await;
             assert_eq!(status, StatusCode::CREATED, "{version:?} {size}");
@@ -280,15 +227,7 @@ async fn a_64_mib_xml_binary_upload_arrives_byte_for_byte() {
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Binary xmlns=\"http://hl7.org/fhir\">\n  <id value=\"big\"/>\n  <meta><versionId value=\"1\"/></meta>\n  <contentType value=\"application/pdf\"/>\n  <data value=\"{base64}\"/>\n</Binary>\n"
     );
     drop(base64);
-    let frames = Frames {
-        frames: xml
-            .as_bytes()
-            .chunks(64 << 10)
-            .map(Bytes::copy_from_slice)
-            .collect(),
-        fail_at_end: false,
-        ready: false,
-    };
+    let frames = PacedFrames::new(xml.as_bytes().chunks(64 << 10).map(Bytes::copy_from_slice));
     drop(xml);
     let request = xml_request("PUT", "/Binary/big", "application/fhir+xml", frames);
     let (status, _) = send(BinaryNegotiationLayer::new(), backend, request).await;
@@ -323,7 +262,7 @@ async fn an_xml_patient_arrives_as_json_when_every_request_is_selected() {
             "PUT",
             "/fhir/Patient/p1",
             "application/fhir+xml; charset=utf-8",
-            split(PATIENT_XML.as_bytes(), &mut rng, 8),
+            paced_split(PATIENT_XML.as_bytes(), &mut rng, 8),
         );
         let (status, _) = send(layer, backend, request).await;
         let got = received.recv().await.unwrap();
@@ -423,7 +362,7 @@ async fn xml_that_is_not_fhir_or_ends_early_fails_the_backends_read() {
         let mut seen = 0;
         for (what, path, body, fail_at_end, diagnostics) in &cases {
             for _ in 0..3 {
-                let mut frames = split(body, &mut rng, 10);
+                let mut frames = paced_split(body, &mut rng, 10);
                 frames.fail_at_end = *fail_at_end;
                 let request = xml_request("PUT", path, "application/fhir+xml", frames);
                 let mut layer = BinaryNegotiationLayer::new().select_all();
@@ -510,7 +449,7 @@ async fn a_narrative_that_is_not_fhir_xhtml_gets_400_and_the_backend_no_document
                 "PUT",
                 "/fhir/Patient/p1",
                 "application/fhir+xml",
-                split(xml.as_bytes(), &mut rng, 10),
+                paced_split(xml.as_bytes(), &mut rng, 10),
             );
             let mut layer = BinaryNegotiationLayer::new().select_all();
             if let Some(bytes) = read_ahead {
@@ -551,7 +490,7 @@ async fn a_narrative_that_is_not_fhir_xhtml_gets_400_and_the_backend_no_document
         "PUT",
         "/fhir/Patient/p1",
         "application/fhir+xml",
-        split(xml.as_bytes(), &mut rng, 10),
+        paced_split(xml.as_bytes(), &mut rng, 10),
     );
     let (status, _) = send(BinaryNegotiationLayer::new().select_all(), backend, request).await;
     assert_eq!(status, StatusCode::CREATED);

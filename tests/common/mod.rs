@@ -354,3 +354,59 @@ pub fn assert_schema_valid(xml: &[u8], version: &str) {
         String::from_utf8_lossy(&xml[..xml.len().min(2000)])
     );
 }
+
+/// A client body in the frames given, of unknown length, failing at the end if asked.
+pub struct PacedFrames {
+    pub frames: VecDeque<Bytes>,
+    pub fail_at_end: bool,
+    /// Each frame is ready only on the second poll: the frames before it go out meanwhile,
+    /// as they would over a network.
+    ready: bool,
+}
+
+impl PacedFrames {
+    pub fn new(frames: impl IntoIterator<Item = Bytes>) -> Self {
+        PacedFrames {
+            frames: frames.into_iter().collect(),
+            fail_at_end: false,
+            ready: false,
+        }
+    }
+}
+
+impl Body for PacedFrames {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.ready = !self.ready;
+        if !self.ready {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        Poll::Ready(match self.frames.pop_front() {
+            Some(frame) => Some(Ok(Frame::data(frame))),
+            None if self.fail_at_end => {
+                self.fail_at_end = false;
+                Some(Err(std::io::Error::other("the client went away")))
+            }
+            None => None,
+        })
+    }
+}
+
+/// `bytes` cut at `cuts` random points.
+pub fn paced_split(bytes: &[u8], rng: &mut Rng, cuts: usize) -> PacedFrames {
+    let mut points: Vec<usize> = (0..cuts).map(|_| rng.below(bytes.len() + 1)).collect();
+    points.sort_unstable();
+    let mut frames = VecDeque::new();
+    let mut from = 0;
+    for point in points.into_iter().chain([bytes.len()]) {
+        frames.push_back(Bytes::copy_from_slice(&bytes[from..point]));
+        from = point;
+    }
+    PacedFrames::new(frames)
+}
