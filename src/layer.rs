@@ -17,7 +17,8 @@ use crate::service::BinaryNegotiation;
 /// Binary JSON, made as the upload arrives (see [`RequestBody`](crate::RequestBody)), a
 /// resource in FHIR XML as FHIR JSON, read ahead first (see
 /// [`xml_request_read_ahead`](Self::xml_request_read_ahead)), and the answer comes back as FHIR
-/// JSON, or FHIR XML when asked. Every other request passes untouched. See the [crate documentation](crate) for the rules.
+/// JSON, or FHIR XML when asked. Every other request passes untouched. See the
+/// [crate documentation](crate) for the rules.
 ///
 /// The options are set with consuming builder methods:
 ///
