@@ -13,47 +13,22 @@
 //!
 //! `cargo bench --bench resource_xml`.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::hint::black_box;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use base64::Engine as _;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use http_body_util::BodyExt;
 use tower::{service_fn, Service, ServiceExt};
 use tower_fhir_binary::BinaryNegotiationLayer;
 use tower_layer::Layer;
 
-/// The inner body: ready frames, as a fast upstream delivers them; the size is not announced.
-struct Frames(VecDeque<Bytes>);
-
-impl Body for Frames {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
-    }
-}
-
-fn frames(json: &Bytes, frame: usize) -> Vec<Bytes> {
-    (0..json.len())
-        .step_by(frame)
-        .map(|at| json.slice(at..(at + frame).min(json.len())))
-        .collect()
-}
+#[path = "support/searchset.rs"]
+mod searchset;
+use searchset::{frames, searchset, Frames};
 
 fn inner<B>(
     frames: Vec<Bytes>,
@@ -85,37 +60,6 @@ where
         }
     }
     total
-}
-
-/// A searchset Bundle of at least `size` bytes: the official R4 examples, as written, over and
-/// over.
-fn searchset(size: usize) -> Bytes {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/examples/r4");
-    let mut names: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    names.sort();
-    let examples: Vec<String> = names
-        .iter()
-        .map(|p| std::fs::read_to_string(p).unwrap().trim().to_owned())
-        .collect();
-    let mut json =
-        String::from(r#"{"resourceType":"Bundle","id":"bench","type":"searchset","entry":["#);
-    let mut n = 0;
-    while json.len() < size {
-        let example = &examples[n % examples.len()];
-        if n > 0 {
-            json.push(',');
-        }
-        json.push_str(&format!(
-            r#"{{"fullUrl":"urn:uuid:{n}","resource":{example},"search":{{"mode":"match"}}}}"#
-        ));
-        n += 1;
-    }
-    json.push_str("]}");
-    Bytes::from(json)
 }
 
 /// A Binary of `size` random bytes, with `meta` before `data`.

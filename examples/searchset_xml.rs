@@ -10,71 +10,22 @@
 //! valgrind --tool=callgrind target/release/examples/searchset_xml 2 1 serde
 //! ```
 //!
-//! The Bundle is made as the benchmark makes it, before the first conversion.
+//! The Bundle is made by the benchmark's own code (`benches/support/searchset.rs`), before the
+//! first conversion.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body::{Body, Frame};
+use http_body::Body;
 use tower::{service_fn, ServiceExt};
 use tower_fhir_binary::BinaryNegotiationLayer;
 use tower_layer::Layer;
 
+#[path = "../benches/support/searchset.rs"]
+mod searchset;
+use searchset::{frames, searchset, Frames};
+
 /// The inner body: ready frames, the size not announced.
-struct Frames(VecDeque<Bytes>);
-
-impl Body for Frames {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
-    }
-}
-
-/// A searchset Bundle of at least `size` bytes: the official R4 examples, as written, over and
-/// over (as `benches/resource_xml.rs` makes it).
-fn searchset(size: usize) -> Bytes {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/examples/r4");
-    let mut names: Vec<_> = std::fs::read_dir(dir)
-        .expect("the R4 examples")
-        .map(|e| e.expect("a directory entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    names.sort();
-    let examples: Vec<String> = names
-        .iter()
-        .map(|p| {
-            std::fs::read_to_string(p)
-                .expect("an example")
-                .trim()
-                .to_owned()
-        })
-        .collect();
-    let mut json =
-        String::from(r#"{"resourceType":"Bundle","id":"bench","type":"searchset","entry":["#);
-    let mut n = 0;
-    while json.len() < size {
-        let example = &examples[n % examples.len()];
-        if n > 0 {
-            json.push(',');
-        }
-        json.push_str(&format!(
-            r#"{{"fullUrl":"urn:uuid:{n}","resource":{example},"search":{{"mode":"match"}}}}"#
-        ));
-        n += 1;
-    }
-    json.push_str("]}");
-    Bytes::from(json)
-}
-
 fn main() {
     let mut args = std::env::args().skip(1);
     let mib: usize = args.next().and_then(|v| v.parse().ok()).unwrap_or(2);
@@ -89,10 +40,7 @@ fn main() {
         );
         return;
     }
-    let frames: Vec<Bytes> = (0..json.len())
-        .step_by(64 << 10)
-        .map(|at| json.slice(at..(at + (64 << 10)).min(json.len())))
-        .collect();
+    let frames = frames(&json, 64 << 10);
     let inner = service_fn(move |_request: Request<_>| {
         let body = Frames(frames.iter().cloned().collect());
         async move {

@@ -13,65 +13,17 @@
 //! written once to `/tmp/fhir-searchset-<size>.xml` and read from there), the repetitions.
 
 use std::convert::Infallible;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tower::{service_fn, ServiceExt};
 use tower_fhir_binary::{BinaryNegotiationLayer, RequestBody};
 use tower_layer::Layer;
 
-struct Frames(std::collections::VecDeque<Bytes>);
-impl Body for Frames {
-    type Data = Bytes;
-    type Error = Infallible;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
-    }
-}
-fn frames(b: &Bytes, n: usize) -> Frames {
-    Frames(
-        (0..b.len())
-            .step_by(n)
-            .map(|at| b.slice(at..(at + n).min(b.len())))
-            .collect(),
-    )
-}
-
-fn searchset(size: usize) -> Bytes {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/examples/r4");
-    let mut names: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    names.sort();
-    let examples: Vec<String> = names
-        .iter()
-        .map(|p| std::fs::read_to_string(p).unwrap().trim().to_owned())
-        .collect();
-    let mut json =
-        String::from(r#"{"resourceType":"Bundle","id":"bench","type":"searchset","entry":["#);
-    let mut n = 0;
-    while json.len() < size {
-        if n > 0 {
-            json.push(',');
-        }
-        json.push_str(&format!(
-            r#"{{"fullUrl":"urn:uuid:{n}","resource":{},"search":{{"mode":"match"}}}}"#,
-            examples[n % examples.len()]
-        ));
-        n += 1;
-    }
-    json.push_str("]}");
-    Bytes::from(json)
-}
+#[path = "../benches/support/searchset.rs"]
+mod searchset;
+use searchset::{frames, searchset, Frames};
 
 fn main() {
     let what = std::env::args().nth(1).unwrap_or_default();
@@ -94,7 +46,7 @@ fn main() {
             let j = json.clone();
             let svc = BinaryNegotiationLayer::new().select_all().layer(service_fn(
                 move |_r: Request<RequestBody<http_body_util::Empty<Bytes>>>| {
-                    let f = frames(&j, 64 << 10);
+                    let f = Frames(frames(&j, 64 << 10).into());
                     async move {
                         Ok::<_, Infallible>(
                             Response::builder()
@@ -158,7 +110,7 @@ fn main() {
         let r = rt.block_on(async {
             let req = Request::post("/Bundle")
                 .header("content-type", "application/fhir+xml")
-                .body(frames(&xml, 64 << 10))
+                .body(Frames(frames(&xml, 64 << 10).into()))
                 .unwrap();
             let resp = svc.clone().oneshot(req).await.unwrap();
             assert_eq!(resp.status(), 200, "{:?}", resp.headers());
