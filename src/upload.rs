@@ -10,12 +10,12 @@
 //! - Anything else, `text/xml` included (a CDA document is `text/xml`): the raw document. With
 //!   `UploadOptions::generic_types_as_documents`, plain `application/json` and
 //!   `application/xml` are documents too.
-//! - No `Content-Type`: 400.
+//! - No `Content-Type`: 400. A raw upload says what it is; guessing `application/octet-stream`
+//!   would store a document nobody can open as what it is.
 //!
 //! A `POST` or `PUT` elsewhere (another resource, a transaction Bundle to the base), when the
 //! layer selects it, is a write only when it is FHIR XML (the three media types above, plain
-//! `application/xml` included): it goes on as FHIR JSON too. Anything else goes on untouched. A raw upload says what it is; guessing `application/octet-stream`
-//!   would store a document nobody can open as what it is.
+//! `application/xml` included): it goes on as FHIR JSON too. Anything else goes on untouched.
 //!
 //! A raw document becomes, in this order, `{"resourceType":"Binary","id":..,"contentType":..,
 //! "securityContext":{"reference":..},"data":"<base64>"}` (`content` for DSTU2 and STU3; no
