@@ -757,10 +757,10 @@ impl PlainReading {
             rest = &rest[semicolon + 1..];
         }
         if !has_reference {
-            return text(rest, &self.stack, out).ok();
+            return plain_text(rest, &self.stack, out).ok();
         }
         while let Some(amp) = memchr::memchr(b'&', rest) {
-            text(&rest[..amp], &self.stack, out).ok()?;
+            plain_text(&rest[..amp], &self.stack, out).ok()?;
             let Some(semicolon) = memchr::memchr(b';', &rest[amp..]) else {
                 if rest.len() - amp > LONGEST_REFERENCE {
                     return None;
@@ -776,7 +776,7 @@ impl PlainReading {
             .ok()?;
             rest = &rest[amp + semicolon + 1..];
         }
-        text(rest, &self.stack, out).ok()
+        plain_text(rest, &self.stack, out).ok()
     }
 }
 
@@ -1000,8 +1000,26 @@ fn attribute(
 }
 
 fn text(content: &[u8], stack: &[Open], out: &mut impl Sink) -> Result<(), Reject> {
+    if text_allowed(content, stack)? {
+        out.escaped(content, false);
+    }
+    Ok(())
+}
+
+/// [`text`] for text the plain reading has checked (no markup, references, controls other
+/// than tab and LF, `>` or 0xEF): as text it needs no escaping, so it is copied as it is.
+fn plain_text(content: &[u8], stack: &[Open], out: &mut impl Sink) -> Result<(), Reject> {
+    if text_allowed(content, stack)? {
+        out.extend_from_slice(content);
+    }
+    Ok(())
+}
+
+/// Whether text may stand where it is: `false` for whitespace outside the root, which is
+/// dropped.
+fn text_allowed(content: &[u8], stack: &[Open]) -> Result<bool, Reject> {
     match stack.last() {
-        Some(open) if open.elem.model.allows_text() => {}
+        Some(open) if open.elem.model.allows_text() => Ok(true),
         top => {
             // Only whitespace, which is written inside the root and dropped outside it.
             if !content
@@ -1013,13 +1031,9 @@ fn text(content: &[u8], stack: &[Open], out: &mut impl Sink) -> Result<(), Rejec
                     Some(_) => "text not allowed here",
                 });
             }
-            if top.is_none() {
-                return Ok(());
-            }
+            Ok(top.is_some())
         }
     }
-    out.escaped(content, false);
-    Ok(())
 }
 
 /// Checks an attribute value against its type in `fhir-xhtml.xsd`; free-text and URI types
