@@ -43,8 +43,10 @@ use crate::FhirVersion;
 
 use super::{xhtml, FHIR_NS, XML_DECL};
 
+mod lookups;
 mod tokens;
 
+use lookups::Lookups;
 use tokens::{FeedError, Token, Tokenizer};
 
 /// The bounds of a conversion's memory.
@@ -123,6 +125,7 @@ impl JsonToXml {
                 stream_tail: None,
                 stream: Vec::new(),
                 stream_base: 0,
+                lookups: Lookups::new(),
             },
             failed: None,
         }
@@ -325,6 +328,7 @@ struct Converter {
     stream: Vec<u8>,
     /// The position in the whole output of `stream[0]`.
     stream_base: usize,
+    lookups: Lookups,
 }
 
 /// The largest buffer a frame keeps for reuse.
@@ -700,7 +704,7 @@ impl Converter {
             None => (false, key),
         };
         let previous = self.frame().last;
-        let Some(found) = ty.element_after(previous, name) else {
+        let Some(found) = self.lookups.element(ty, previous, name) else {
             return Err(self.error(&format!("unknown element `{key}` in {}", ty.name())));
         };
         let member = Member {
