@@ -532,8 +532,9 @@ fn write_plain_div(src: &str, out: &mut impl Sink, links: Links) -> Option<()> {
     let mut reading = PlainReading::new();
     let mut i = 0;
     loop {
-        let tag = memchr::memchr(b'<', &b[i..]).map_or(b.len(), |n| i + n);
-        reading.text(&b[i..tag], out)?;
+        let (len, has_reference) = text_run(&b[i..]);
+        let tag = i + len;
+        reading.checked_text(&b[i..tag], has_reference?, out)?;
         if tag == b.len() {
             break;
         }
@@ -737,7 +738,17 @@ impl PlainReading {
     /// U+FFFF, or another reference. A reference cut by the end of the piece is completed
     /// by the next piece.
     fn text(&mut self, piece: &[u8], out: &mut impl Sink) -> Option<()> {
-        let has_reference = plain_text_has_reference(piece)?;
+        self.checked_text(piece, plain_text_has_reference(piece)?, out)
+    }
+
+    /// [`PlainReading::text`] for a piece already looked at by [`plain_text_has_reference`]
+    /// (or [`text_run`]): whether it has a `&`.
+    fn checked_text(
+        &mut self,
+        piece: &[u8],
+        has_reference: bool,
+        out: &mut impl Sink,
+    ) -> Option<()> {
         let mut rest = piece;
         if !self.cut.is_empty() {
             let Some(semicolon) = memchr::memchr(b';', rest) else {
@@ -860,11 +871,50 @@ fn plain_text_has_reference(text: &[u8]) -> Option<bool> {
     (odd == 0).then_some(ampersands != 0)
 }
 
+/// The length of the text that starts `b` (up to a `<` or the end), and what
+/// [`plain_text_has_reference`] says of it: one pass, sixteen bytes at a time, that may look
+/// past the text but not past `b`.
+fn text_run(b: &[u8]) -> (usize, Option<bool>) {
+    let mut odd = 0;
+    let mut ampersands = 0;
+    let mut at = 0;
+    while let Some(block) = b.get(at..at + 16) {
+        let x = u8x16::new(block.try_into().unwrap_or([0; 16]));
+        let (o, a) = text_flags(x);
+        let tags = x.simd_eq(u8x16::splat(b'<')).to_bitmask();
+        if tags != 0 {
+            let before = (1 << tags.trailing_zeros()) - 1;
+            odd |= o & before;
+            ampersands |= a & before;
+            at += tags.trailing_zeros() as usize;
+            return (at, (odd == 0).then_some(ampersands != 0));
+        }
+        odd |= o;
+        ampersands |= a;
+        at += 16;
+    }
+    let mut flags = 0;
+    while let Some(&c) = b.get(at) {
+        if c == b'<' {
+            break;
+        }
+        flags |= TEXT_BYTES[usize::from(c)];
+        at += 1;
+    }
+    odd |= u32::from(flags & ODD);
+    ampersands |= u32::from(flags & AMPERSAND);
+    (at, (odd == 0).then_some(ampersands != 0))
+}
+
 /// The bits of the bytes of a block of sixteen that the plain reading does not take in
 /// text, and those of its `&`s.
 #[inline(always)]
 fn text_block(block: &[u8]) -> (u32, u32) {
-    let x = u8x16::new(block.try_into().unwrap_or([0; 16]));
+    text_flags(u8x16::new(block.try_into().unwrap_or([0; 16])))
+}
+
+#[inline(always)]
+fn text_flags(x: u8x16) -> (u32, u32) {
     let control = x.min(u8x16::splat(0x1f)).simd_eq(x);
     let tab_or_lf = x.simd_eq(u8x16::splat(b'\t')) | x.simd_eq(u8x16::splat(b'\n'));
     let odd = (control ^ tab_or_lf) | x.simd_eq(u8x16::splat(b'>')) | x.simd_eq(u8x16::splat(0xEF));
@@ -1159,6 +1209,28 @@ pub(crate) use tests::{example_divs, mutated};
 mod tests {
     use super::*;
     use crate::test_rng::Rng;
+
+    /// One pass finds what a search for `<` and a look at the text before it find, whatever
+    /// the bytes.
+    #[test]
+    fn text_run_is_a_search_and_a_look() {
+        let mut rng = Rng(11);
+        let pool = [
+            b'a', b' ', b'<', b'&', b'>', b'\t', b'\n', b'\r', 0x01, 0xEF, 0xC3,
+        ];
+        for _ in 0..20_000 {
+            let len = rng.below(70);
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| match rng.below(4) {
+                    0 => rng.below(256) as u8,
+                    _ => pool[rng.below(pool.len())],
+                })
+                .collect();
+            let end = memchr::memchr(b'<', &bytes).unwrap_or(bytes.len());
+            let expected = (end, plain_text_has_reference(&bytes[..end]));
+            assert_eq!(text_run(&bytes), expected, "{bytes:?}");
+        }
+    }
 
     fn written(div: &str) -> Result<String, Reject> {
         let mut out = Vec::new();
