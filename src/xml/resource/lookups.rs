@@ -26,7 +26,7 @@ struct Entry {
 /// Element lookups, made on first use.
 pub(crate) struct Lookups {
     entries: Vec<Option<Entry>>,
-    /// Misses since the table was made: more than half its size, and it doubles (emptied).
+    /// Misses since the table last grew: more than half its size, and it doubles.
     misses: usize,
 }
 
@@ -49,15 +49,8 @@ impl Lookups {
         let Some(words) = words(json_name.as_bytes()) else {
             return ty.element_after(previous, json_name);
         };
-        // The type's name is a static string: its address tells the types apart.
-        let salt = ty.name().as_ptr() as u64;
-        let hash = (words[0] ^ words[1].rotate_left(21) ^ words[2].rotate_left(42) ^ words[3])
-            .wrapping_add(salt)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        // Empty, the table has one bit of slots, which hold nothing.
-        let bits = self.entries.len().max(2).trailing_zeros();
-        let slot = (hash >> (64 - bits)) as usize;
-        if let Some(Some(entry)) = self.entries.get(slot) {
+        let hash = hash_of(ty, &words);
+        if let Some(Some(entry)) = self.entries.get(slot_of(hash, self.entries.len())) {
             if entry.words == words && entry.ty == ty {
                 return Some(entry.found);
             }
@@ -66,13 +59,40 @@ impl Lookups {
         self.misses += 1;
         let len = self.entries.len();
         if len == 0 || (self.misses * 2 > len && len < MOST_ENTRIES) {
-            self.entries = vec![None; (len * 2).max(FIRST_ENTRIES)];
-            self.misses = 0;
-            return Some(found);
+            self.grow();
         }
+        let slot = slot_of(hash, self.entries.len());
         self.entries[slot] = Some(Entry { ty, words, found });
         Some(found)
     }
+
+    /// Doubles the table, keeping what it holds.
+    #[cold]
+    fn grow(&mut self) {
+        let len = (self.entries.len() * 2).max(FIRST_ENTRIES);
+        let old = std::mem::replace(&mut self.entries, vec![None; len]);
+        for entry in old.into_iter().flatten() {
+            let slot = slot_of(hash_of(entry.ty, &entry.words), len);
+            self.entries[slot] = Some(entry);
+        }
+        self.misses = 0;
+    }
+}
+
+#[inline(always)]
+fn hash_of(ty: TypeRef, words: &Words) -> u64 {
+    // The type's name is a static string: its address tells the types apart.
+    let salt = ty.name().as_ptr() as u64;
+    (words[0] ^ words[1].rotate_left(21) ^ words[2].rotate_left(42) ^ words[3])
+        .wrapping_add(salt)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// The slot of a hash in a table of `len` entries (a power of two; an empty table has none,
+/// and any slot is out of it).
+#[inline(always)]
+fn slot_of(hash: u64, len: usize) -> usize {
+    (hash >> (64 - len.max(2).trailing_zeros())) as usize
 }
 
 /// The bytes of a name of at most [`LONGEST`] bytes as words (overlapping loads), with its
