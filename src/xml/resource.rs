@@ -48,7 +48,7 @@ use super::{xhtml, FHIR_NS, XML_DECL};
 mod lookups;
 mod tokens;
 
-use lookups::Lookups;
+use lookups::{Lookups, Traits};
 use tokens::{FeedError, Token, Tokenizer};
 
 /// The bounds of a conversion's memory.
@@ -183,6 +183,7 @@ struct Member {
     element: ElementRef,
     ty: TypeRef,
     partner: bool,
+    traits: Traits,
 }
 
 /// What a converted object becomes.
@@ -361,7 +362,7 @@ fn slice(arena: &[u8], (start, end): (u32, u32)) -> &[u8] {
 /// Writes an element's XML name: its JSON name, for a choice with the type's name.
 fn write_name(out: &mut Vec<u8>, member: &Member) {
     out.extend_from_slice(member.element.name().as_bytes());
-    if member.element.is_choice() {
+    if member.traits.is_choice() {
         let name = member.ty.name().as_bytes();
         out.push(name[0].to_ascii_uppercase());
         out.extend_from_slice(&name[1..]);
@@ -596,13 +597,13 @@ impl Converter {
                 Some(member) => {
                     frame.open = Some(member);
                     if matches!(token, Token::BeginArray) {
-                        if !member.element.is_array() {
+                        if !member.traits.is_array() {
                             return Err(self.error("an array for an element that does not repeat"));
                         }
                         self.stack.push(Ctx::Array(ArrayState { member, index: 0 }));
                         return Ok(());
                     }
-                    if member.element.is_array() {
+                    if member.traits.is_array() {
                         return Err(self.error("a repeating element must be a JSON array"));
                     }
                     let depth = self.stack.len();
@@ -634,9 +635,9 @@ impl Converter {
         };
         frame.open = Some(member);
         if member.partner
-            || member.element.is_array()
-            || member.element.is_attribute()
-            || member.element.is_xhtml()
+            || member.traits.is_array()
+            || member.traits.is_attribute()
+            || member.traits.is_xhtml()
             || member.ty.json_kind() != Some(JsonKind::String)
         {
             return Err(self.error(TOO_LARGE));
@@ -706,16 +707,17 @@ impl Converter {
             None => (false, key),
         };
         let previous = self.frame().last;
-        let Some(found) = self.lookups.element(ty, previous, name) else {
+        let Some((found, traits)) = self.lookups.element(ty, previous, name) else {
             return Err(self.error(&format!("unknown element `{key}` in {}", ty.name())));
         };
         let member = Member {
             element: found.element,
             ty: found.ty,
             partner,
+            traits,
         };
-        let primitive = matches!(found.ty.kind(), TypeKind::Primitive(_));
-        if partner && (!primitive || found.element.is_attribute() || found.element.is_xhtml()) {
+        let primitive = matches!(traits.kind, TypeKind::Primitive(_));
+        if partner && (!primitive || traits.is_attribute() || traits.is_xhtml()) {
             return Err(self.error(&format!("unknown element `{key}` in {}", ty.name())));
         }
         let position = found.element.position();
@@ -741,7 +743,7 @@ impl Converter {
                 ));
             }
         }
-        let attribute = found.element.is_attribute();
+        let attribute = traits.is_attribute();
         if frame.live && frame.started && attribute {
             return Err(
                 self.error("comes after elements that XML puts after it, beyond the reorder limit")
@@ -796,9 +798,9 @@ impl Converter {
                 _ => Err(self.error("`_name` must be an object (or null in an array)")),
             };
         }
-        match member.ty.kind() {
+        match member.traits.kind {
             TypeKind::Primitive(kind) => self.primitive(member, kind, token, index),
-            _ if member.element.is_resource_typed() => {
+            _ if member.traits.is_resource_typed() => {
                 if !matches!(token, Token::BeginObject) {
                     return Err(self.error("a resource must be a JSON object"));
                 }
@@ -947,7 +949,7 @@ impl Converter {
         token: Token<'_>,
         index: Option<u32>,
     ) -> Result<(), ConvertError> {
-        if index.is_none() && !member.element.is_attribute() && !member.element.is_xhtml() {
+        if index.is_none() && !member.traits.is_attribute() && !member.traits.is_xhtml() {
             let frame = nearest_frame(&mut self.stack);
             if frame.direct && !bit(&frame.seen_partner, member.element.position()) {
                 return self.direct_primitive(member, kind, token);
@@ -958,7 +960,7 @@ impl Converter {
         let result = self.primitive_text(member, kind, token, index, &mut text);
         if let Ok(true) = result {
             let frame = self.frame();
-            if member.element.is_xhtml() {
+            if member.traits.is_xhtml() {
                 let start = frame.arena.len();
                 frame.arena.extend_from_slice(&text);
                 let seq = frame.seq;
@@ -969,7 +971,7 @@ impl Converter {
                     seq,
                     body: Body::Xml(s, e),
                 });
-            } else if member.element.is_attribute() {
+            } else if member.traits.is_attribute() {
                 let start = frame.arena.len();
                 frame.arena.extend_from_slice(&text);
                 let (s, e) = range(start, frame.arena.len());
@@ -1038,8 +1040,8 @@ impl Converter {
         match (kind, token) {
             (_, Token::Null)
                 if index.is_some()
-                    && !member.element.is_attribute()
-                    && !member.element.is_xhtml() =>
+                    && !member.traits.is_attribute()
+                    && !member.traits.is_xhtml() =>
             {
                 let slot = self.slot(member) as usize;
                 self.frame().slots[slot].values.push(None);
@@ -1049,7 +1051,7 @@ impl Converter {
                 if s.is_empty() {
                     return Err(self.error("an empty string (FHIR JSON leaves the element out)"));
                 }
-                if member.element.is_xhtml() {
+                if member.traits.is_xhtml() {
                     if let Err(reason) = xhtml::write_div(s, text) {
                         return Err(
                             self.error(&format!("the narrative is not FHIR XHTML: {reason}"))
@@ -1302,7 +1304,7 @@ impl Converter {
         }
         out.extend_from_slice(b"</");
         match frame.role {
-            Role::Element { member, .. } if !member.element.is_resource_typed() => {
+            Role::Element { member, .. } if !member.traits.is_resource_typed() => {
                 write_name(out, &member);
             }
             Role::Element { member, .. } => {
@@ -1437,7 +1439,7 @@ fn start_tag(frame: &mut Frame, out: &mut Vec<u8>) {
             Role::Element { member, .. } => {
                 out.push(b'<');
                 write_name(out, &member);
-                if member.element.is_resource_typed() {
+                if member.traits.is_resource_typed() {
                     out.extend_from_slice(b"><");
                     out.extend_from_slice(name);
                 }
@@ -1718,7 +1720,7 @@ fn held_in(stack: &[Ctx]) -> usize {
 /// the extensions of its `_name` part.
 fn write_slot(slot: &Slot, arena: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
     let member = &slot.member;
-    let items = if member.element.is_array() {
+    let items = if member.traits.is_array() {
         if !slot.values.is_empty()
             && !slot.extras.is_empty()
             && slot.values.len() != slot.extras.len()

@@ -2,7 +2,7 @@
 //! in an object of the same type is resolved by one probe of a small table, without hashing
 //! its name again in the model's index or comparing it byte by byte.
 
-use crate::model::{ElementMatch, ElementRef, TypeRef};
+use crate::model::{ElementMatch, ElementRef, TypeKind, TypeRef};
 
 /// Entries of the table at first and at most: powers of two. It grows as misses show that a
 /// document uses more names than it holds (the R4 examples use some 5,000 pairs of a type and
@@ -21,6 +21,62 @@ struct Entry {
     ty: TypeRef,
     words: Words,
     found: ElementMatch,
+    traits: Traits,
+}
+
+/// What the converter asks of an element and its type at every step, read from the model's
+/// tables once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Traits {
+    bits: u8,
+    /// The kind of the element's type (for a choice, of the chosen one).
+    pub(crate) kind: TypeKind,
+}
+
+const ARRAY: u8 = 1;
+const ATTRIBUTE: u8 = 2;
+const XHTML: u8 = 4;
+const CHOICE: u8 = 8;
+const RESOURCE_TYPED: u8 = 16;
+
+impl Traits {
+    pub(crate) fn of(found: ElementMatch) -> Traits {
+        let e = found.element;
+        let bit = |yes: bool, bit: u8| if yes { bit } else { 0 };
+        Traits {
+            bits: bit(e.is_array(), ARRAY)
+                | bit(e.is_attribute(), ATTRIBUTE)
+                | bit(e.is_xhtml(), XHTML)
+                | bit(e.is_choice(), CHOICE)
+                | bit(e.is_resource_typed(), RESOURCE_TYPED),
+            kind: found.ty.kind(),
+        }
+    }
+
+    /// [`ElementRef::is_array`].
+    pub(crate) fn is_array(self) -> bool {
+        self.bits & ARRAY != 0
+    }
+
+    /// [`ElementRef::is_attribute`].
+    pub(crate) fn is_attribute(self) -> bool {
+        self.bits & ATTRIBUTE != 0
+    }
+
+    /// [`ElementRef::is_xhtml`].
+    pub(crate) fn is_xhtml(self) -> bool {
+        self.bits & XHTML != 0
+    }
+
+    /// [`ElementRef::is_choice`].
+    pub(crate) fn is_choice(self) -> bool {
+        self.bits & CHOICE != 0
+    }
+
+    /// [`ElementRef::is_resource_typed`].
+    pub(crate) fn is_resource_typed(self) -> bool {
+        self.bits & RESOURCE_TYPED != 0
+    }
 }
 
 /// Element lookups, made on first use.
@@ -45,25 +101,32 @@ impl Lookups {
         ty: TypeRef,
         previous: Option<ElementRef>,
         json_name: &str,
-    ) -> Option<ElementMatch> {
+    ) -> Option<(ElementMatch, Traits)> {
         let Some(words) = words(json_name.as_bytes()) else {
-            return ty.element_after(previous, json_name);
+            let found = ty.element_after(previous, json_name)?;
+            return Some((found, Traits::of(found)));
         };
         let hash = hash_of(ty, &words);
         if let Some(Some(entry)) = self.entries.get(slot_of(hash, self.entries.len())) {
             if entry.words == words && entry.ty == ty {
-                return Some(entry.found);
+                return Some((entry.found, entry.traits));
             }
         }
         let found = ty.element_after(previous, json_name)?;
+        let traits = Traits::of(found);
         self.misses += 1;
         let len = self.entries.len();
         if len == 0 || (self.misses * 2 > len && len < MOST_ENTRIES) {
             self.grow();
         }
         let slot = slot_of(hash, self.entries.len());
-        self.entries[slot] = Some(Entry { ty, words, found });
-        Some(found)
+        self.entries[slot] = Some(Entry {
+            ty,
+            words,
+            found,
+            traits,
+        });
+        Some((found, traits))
     }
 
     /// Doubles the table, keeping what it holds.
@@ -186,11 +249,8 @@ mod tests {
             for _ in 0..20_000 {
                 let ty = types[rng.below(types.len())];
                 let name = &names[rng.below(names.len())];
-                assert_eq!(
-                    lookups.element(ty, None, name),
-                    ty.element(name),
-                    "{ty:?}.{name}"
-                );
+                let expected = ty.element(name).map(|found| (found, Traits::of(found)));
+                assert_eq!(lookups.element(ty, None, name), expected, "{ty:?}.{name}");
             }
         }
     }
