@@ -693,8 +693,9 @@ impl Converter {
     /// A member's name in an object.
     fn key(&mut self, key: &str, out: &mut Vec<u8>) -> Result<(), ConvertError> {
         let comments = self.comments;
-        let frame = self.frame();
+        let frame = nearest_frame(&mut self.stack);
         let ty = frame.ty;
+        let previous = frame.last;
         if key == "resourceType" && ty.kind() == TypeKind::Resource {
             return Err(self.error("resourceType twice"));
         }
@@ -706,7 +707,6 @@ impl Converter {
             Some(name) => (true, name),
             None => (false, key),
         };
-        let previous = self.frame().last;
         let Some((found, traits)) = self.lookups.element(ty, previous, name) else {
             return Err(self.error(&format!("unknown element `{key}` in {}", ty.name())));
         };
@@ -721,7 +721,6 @@ impl Converter {
             return Err(self.error(&format!("unknown element `{key}` in {}", ty.name())));
         }
         let position = found.element.position();
-        let frame = self.frame();
         frame.pending = Some(member);
         frame.last = Some(found.element);
         let seen = if partner {
@@ -754,7 +753,7 @@ impl Converter {
         }
         // The two parts of a primitive must agree on the choice type (a slot exists when the
         // other part came first).
-        let frame = self.frame();
+        let frame = nearest_frame(&mut self.stack);
         let other = if partner {
             &frame.seen
         } else {
