@@ -1006,6 +1006,31 @@ impl Converter {
                 message: message.to_string(),
             });
         }
+        if let (JsonKind::String, Token::String(text)) = (kind, token) {
+            // Most primitives: a string, written straight after its name.
+            let stream = &mut self.stream;
+            stream.push(b'<');
+            write_name(stream, &member);
+            stream.extend_from_slice(b" value=\"");
+            let value_start = base + stream.len();
+            let escaped = if text.is_empty() {
+                Err("an empty string (FHIR JSON leaves the element out)")
+            } else {
+                escape_attribute(text, stream)
+            };
+            stream.extend_from_slice(b"\"/>");
+            let end = base + stream.len();
+            if let Err(message) = escaped {
+                return Err(self.error(message));
+            }
+            frame.written.push(Written {
+                position: position as u16,
+                piece: Piece::Value(member, value_start),
+                end,
+            });
+            frame.next_free = frame.next_free.max(position + 1);
+            return Ok(());
+        }
         let mut stream = std::mem::take(&mut self.stream);
         stream.push(b'<');
         write_name(&mut stream, &member);
