@@ -128,6 +128,7 @@ impl JsonToXml {
                 stream: Vec::new(),
                 stream_base: 0,
                 lookups: Lookups::new(),
+                divs: xhtml::DivWriter::new(),
             },
             failed: None,
         }
@@ -332,6 +333,7 @@ struct Converter {
     /// The position in the whole output of `stream[0]`.
     stream_base: usize,
     lookups: Lookups,
+    divs: xhtml::DivWriter,
 }
 
 /// The largest buffer a frame keeps for reuse.
@@ -1076,7 +1078,7 @@ impl Converter {
                     return Err(self.error("an empty string (FHIR JSON leaves the element out)"));
                 }
                 if member.traits.is_xhtml() {
-                    if let Err(reason) = xhtml::write_div(s, text) {
+                    if let Err(reason) = self.divs.write(s, text) {
                         return Err(
                             self.error(&format!("the narrative is not FHIR XHTML: {reason}"))
                         );

@@ -317,6 +317,31 @@ pub(crate) fn write_div(src: &str, out: &mut Vec<u8>) -> Result<(), Reject> {
     write_any_div(src, out, Links::DropUnlessPassive)
 }
 
+/// [`write_div`] for one narrative after another, keeping the plain reading's buffers from
+/// one to the next.
+pub(crate) struct DivWriter {
+    reading: PlainReading,
+}
+
+impl DivWriter {
+    pub(crate) fn new() -> DivWriter {
+        DivWriter {
+            reading: PlainReading::new(),
+        }
+    }
+
+    /// [`write_div`].
+    pub(crate) fn write(&mut self, src: &str, out: &mut Vec<u8>) -> Result<(), Reject> {
+        let start = out.len();
+        self.reading.clear();
+        if read_plain_div(&mut self.reading, src, out, Links::DropUnlessPassive).is_some() {
+            return Ok(());
+        }
+        out.truncate(start);
+        write_any_div(src, out, Links::DropUnlessPassive)
+    }
+}
+
 /// Checks `src` by the rules of [`write_div`], writing nothing, for a narrative that is kept
 /// as written: a link that is not passive is kept, but one that is active content (a
 /// script URL, or a `data:` URL other than an image's) is refused. [`DivCheck`] gives the
@@ -528,8 +553,17 @@ fn write_any_div(src: &str, out: &mut impl Sink, links: Links) -> Result<(), Rej
 /// rejection: [`write_any_div`] then reads the whole `div` again and gives the reason. What
 /// it accepts it checks and writes through the same functions as [`write_any_div`].
 fn write_plain_div(src: &str, out: &mut impl Sink, links: Links) -> Option<()> {
+    read_plain_div(&mut PlainReading::new(), src, out, links)
+}
+
+/// [`write_plain_div`] with a plain reading ready for a `div`.
+fn read_plain_div(
+    reading: &mut PlainReading,
+    src: &str,
+    out: &mut impl Sink,
+    links: Links,
+) -> Option<()> {
     let b = src.as_bytes();
-    let mut reading = PlainReading::new();
     let mut i = 0;
     loop {
         let (len, has_reference) = text_run(&b[i..]);
