@@ -362,6 +362,7 @@ fn slice(arena: &[u8], (start, end): (u32, u32)) -> &[u8] {
 }
 
 /// Writes an element's XML name: its JSON name, for a choice with the type's name.
+#[inline(always)]
 fn write_name(out: &mut Vec<u8>, member: &Member) {
     out.extend_from_slice(member.element.name().as_bytes());
     if member.traits.is_choice() {
@@ -1823,6 +1824,7 @@ fn compact(frame: &mut Frame) {
 /// Escapes a string for an XML attribute value; tab, LF and CR as character references so
 /// that attribute-value normalization keeps them. Characters XML 1.0 cannot carry are an
 /// error.
+#[inline(always)]
 fn escape_attribute(s: &str, out: &mut Vec<u8>) -> Result<(), &'static str> {
     let bytes = s.as_bytes();
     // Most values need nothing: one pass without an early exit, sixteen bytes at a time (the
@@ -1846,6 +1848,12 @@ fn escape_attribute(s: &str, out: &mut Vec<u8>) -> Result<(), &'static str> {
         out.extend_from_slice(bytes);
         return Ok(());
     }
+    escape_attribute_slowly(bytes, out)
+}
+
+/// [`escape_attribute`] for a value with something to escape or refuse.
+#[inline(never)]
+fn escape_attribute_slowly(bytes: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
     let mut copied = 0;
     let mut i = 0;
     while let Some(found) = bytes[i..].iter().position(|&b| NEEDS_CARE[usize::from(b)]) {
