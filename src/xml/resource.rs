@@ -425,6 +425,7 @@ impl Converter {
         unreachable!("values are read inside an object")
     }
 
+    #[inline(always)]
     fn new_frame(&mut self, ty: TypeRef, role: Role) -> Box<Frame> {
         let direct = match role {
             Role::Root => true,
@@ -494,6 +495,7 @@ impl Converter {
         self.stream_base = upto;
     }
 
+    #[inline(always)]
     fn recycle(&mut self, mut frame: Box<Frame>) {
         frame.started = false;
         frame.live = false;
@@ -831,6 +833,7 @@ impl Converter {
 
     /// Before an object is read into the current object: if that writes to the stream, what
     /// XML puts before the object is written first.
+    #[inline(always)]
     fn prepare_child(&mut self, member: Member) -> Result<(), ConvertError> {
         let frame = nearest_frame(&mut self.stack);
         if !frame.direct {
