@@ -1450,6 +1450,7 @@ fn write_direct_held(
 }
 
 /// Writes an object's start tag, with its attributes, unless written.
+#[inline(always)]
 fn start_tag(frame: &mut Frame, out: &mut Vec<u8>) {
     {
         if frame.started {
