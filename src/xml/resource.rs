@@ -1320,6 +1320,7 @@ impl Converter {
 
     /// Writes a whole object: its start tag if not yet written, what it holds, its end tag
     /// (for an object that writes to the stream, `out` is the stream).
+    #[inline(always)]
     fn write_all(&mut self, frame: &mut Frame, out: &mut Vec<u8>) -> Result<(), ConvertError> {
         if frame.direct {
             if let Err((message, name)) = write_direct(frame, usize::MAX, out, self.stream_base) {
