@@ -488,6 +488,14 @@ impl Converter {
         }
         if n == self.stream.len() && out.is_empty() {
             std::mem::swap(out, &mut self.stream);
+        } else if out.is_empty() && n >= self.stream.len() / 2 {
+            // Most of it goes: the buffer itself goes out, what stays is moved to a new one
+            // (a copy of all that goes out would also touch as much fresh memory).
+            let mut rest = std::mem::take(out);
+            rest.extend_from_slice(&self.stream[n..]);
+            self.stream.truncate(n);
+            std::mem::swap(out, &mut self.stream);
+            self.stream = rest;
         } else {
             out.extend_from_slice(&self.stream[..n]);
             self.stream.drain(..n);
