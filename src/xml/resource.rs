@@ -41,10 +41,14 @@ use std::fmt;
 use crate::model::{ElementRef, JsonKind, Model, TypeKind, TypeRef};
 use crate::FhirVersion;
 
+use wide::u8x16;
+
 use super::{xhtml, FHIR_NS, XML_DECL};
 
+mod lookups;
 mod tokens;
 
+use lookups::{Lookups, Traits};
 use tokens::{FeedError, Token, Tokenizer};
 
 /// The bounds of a conversion's memory.
@@ -123,6 +127,8 @@ impl JsonToXml {
                 stream_tail: None,
                 stream: Vec::new(),
                 stream_base: 0,
+                lookups: Lookups::new(),
+                divs: xhtml::DivWriter::new(),
             },
             failed: None,
         }
@@ -178,6 +184,7 @@ struct Member {
     element: ElementRef,
     ty: TypeRef,
     partner: bool,
+    traits: Traits,
 }
 
 /// What a converted object becomes.
@@ -325,6 +332,8 @@ struct Converter {
     stream: Vec<u8>,
     /// The position in the whole output of `stream[0]`.
     stream_base: usize,
+    lookups: Lookups,
+    divs: xhtml::DivWriter,
 }
 
 /// The largest buffer a frame keeps for reuse.
@@ -353,9 +362,10 @@ fn slice(arena: &[u8], (start, end): (u32, u32)) -> &[u8] {
 }
 
 /// Writes an element's XML name: its JSON name, for a choice with the type's name.
+#[inline(always)]
 fn write_name(out: &mut Vec<u8>, member: &Member) {
     out.extend_from_slice(member.element.name().as_bytes());
-    if member.element.is_choice() {
+    if member.traits.is_choice() {
         let name = member.ty.name().as_bytes();
         out.push(name[0].to_ascii_uppercase());
         out.extend_from_slice(&name[1..]);
@@ -415,6 +425,7 @@ impl Converter {
         unreachable!("values are read inside an object")
     }
 
+    #[inline(always)]
     fn new_frame(&mut self, ty: TypeRef, role: Role) -> Box<Frame> {
         let direct = match role {
             Role::Root => true,
@@ -477,6 +488,14 @@ impl Converter {
         }
         if n == self.stream.len() && out.is_empty() {
             std::mem::swap(out, &mut self.stream);
+        } else if out.is_empty() && n >= self.stream.len() / 2 {
+            // Most of it goes: the buffer itself goes out, what stays is moved to a new one
+            // (a copy of all that goes out would also touch as much fresh memory).
+            let mut rest = std::mem::take(out);
+            rest.extend_from_slice(&self.stream[n..]);
+            self.stream.truncate(n);
+            std::mem::swap(out, &mut self.stream);
+            self.stream = rest;
         } else {
             out.extend_from_slice(&self.stream[..n]);
             self.stream.drain(..n);
@@ -484,6 +503,7 @@ impl Converter {
         self.stream_base = upto;
     }
 
+    #[inline(always)]
     fn recycle(&mut self, mut frame: Box<Frame>) {
         frame.started = false;
         frame.live = false;
@@ -590,13 +610,13 @@ impl Converter {
                 Some(member) => {
                     frame.open = Some(member);
                     if matches!(token, Token::BeginArray) {
-                        if !member.element.is_array() {
+                        if !member.traits.is_array() {
                             return Err(self.error("an array for an element that does not repeat"));
                         }
                         self.stack.push(Ctx::Array(ArrayState { member, index: 0 }));
                         return Ok(());
                     }
-                    if member.element.is_array() {
+                    if member.traits.is_array() {
                         return Err(self.error("a repeating element must be a JSON array"));
                     }
                     let depth = self.stack.len();
@@ -628,9 +648,9 @@ impl Converter {
         };
         frame.open = Some(member);
         if member.partner
-            || member.element.is_array()
-            || member.element.is_attribute()
-            || member.element.is_xhtml()
+            || member.traits.is_array()
+            || member.traits.is_attribute()
+            || member.traits.is_xhtml()
             || member.ty.json_kind() != Some(JsonKind::String)
         {
             return Err(self.error(TOO_LARGE));
@@ -686,8 +706,9 @@ impl Converter {
     /// A member's name in an object.
     fn key(&mut self, key: &str, out: &mut Vec<u8>) -> Result<(), ConvertError> {
         let comments = self.comments;
-        let frame = self.frame();
+        let frame = nearest_frame(&mut self.stack);
         let ty = frame.ty;
+        let previous = frame.last;
         if key == "resourceType" && ty.kind() == TypeKind::Resource {
             return Err(self.error("resourceType twice"));
         }
@@ -699,21 +720,20 @@ impl Converter {
             Some(name) => (true, name),
             None => (false, key),
         };
-        let previous = self.frame().last;
-        let Some(found) = ty.element_after(previous, name) else {
+        let Some((found, traits)) = self.lookups.element(ty, previous, name) else {
             return Err(self.error(&format!("unknown element `{key}` in {}", ty.name())));
         };
         let member = Member {
             element: found.element,
             ty: found.ty,
             partner,
+            traits,
         };
-        let primitive = matches!(found.ty.kind(), TypeKind::Primitive(_));
-        if partner && (!primitive || found.element.is_attribute() || found.element.is_xhtml()) {
+        let primitive = matches!(traits.kind, TypeKind::Primitive(_));
+        if partner && (!primitive || traits.is_attribute() || traits.is_xhtml()) {
             return Err(self.error(&format!("unknown element `{key}` in {}", ty.name())));
         }
         let position = found.element.position();
-        let frame = self.frame();
         frame.pending = Some(member);
         frame.last = Some(found.element);
         let seen = if partner {
@@ -735,7 +755,7 @@ impl Converter {
                 ));
             }
         }
-        let attribute = found.element.is_attribute();
+        let attribute = traits.is_attribute();
         if frame.live && frame.started && attribute {
             return Err(
                 self.error("comes after elements that XML puts after it, beyond the reorder limit")
@@ -746,7 +766,7 @@ impl Converter {
         }
         // The two parts of a primitive must agree on the choice type (a slot exists when the
         // other part came first).
-        let frame = self.frame();
+        let frame = nearest_frame(&mut self.stack);
         let other = if partner {
             &frame.seen
         } else {
@@ -790,9 +810,9 @@ impl Converter {
                 _ => Err(self.error("`_name` must be an object (or null in an array)")),
             };
         }
-        match member.ty.kind() {
+        match member.traits.kind {
             TypeKind::Primitive(kind) => self.primitive(member, kind, token, index),
-            _ if member.element.is_resource_typed() => {
+            _ if member.traits.is_resource_typed() => {
                 if !matches!(token, Token::BeginObject) {
                     return Err(self.error("a resource must be a JSON object"));
                 }
@@ -821,6 +841,7 @@ impl Converter {
 
     /// Before an object is read into the current object: if that writes to the stream, what
     /// XML puts before the object is written first.
+    #[inline(always)]
     fn prepare_child(&mut self, member: Member) -> Result<(), ConvertError> {
         let frame = nearest_frame(&mut self.stack);
         if !frame.direct {
@@ -941,7 +962,7 @@ impl Converter {
         token: Token<'_>,
         index: Option<u32>,
     ) -> Result<(), ConvertError> {
-        if index.is_none() && !member.element.is_attribute() && !member.element.is_xhtml() {
+        if index.is_none() && !member.traits.is_attribute() && !member.traits.is_xhtml() {
             let frame = nearest_frame(&mut self.stack);
             if frame.direct && !bit(&frame.seen_partner, member.element.position()) {
                 return self.direct_primitive(member, kind, token);
@@ -952,7 +973,7 @@ impl Converter {
         let result = self.primitive_text(member, kind, token, index, &mut text);
         if let Ok(true) = result {
             let frame = self.frame();
-            if member.element.is_xhtml() {
+            if member.traits.is_xhtml() {
                 let start = frame.arena.len();
                 frame.arena.extend_from_slice(&text);
                 let seq = frame.seq;
@@ -963,7 +984,7 @@ impl Converter {
                     seq,
                     body: Body::Xml(s, e),
                 });
-            } else if member.element.is_attribute() {
+            } else if member.traits.is_attribute() {
                 let start = frame.arena.len();
                 frame.arena.extend_from_slice(&text);
                 let (s, e) = range(start, frame.arena.len());
@@ -999,6 +1020,31 @@ impl Converter {
                 message: message.to_string(),
             });
         }
+        if let (JsonKind::String, Token::String(text)) = (kind, token) {
+            // Most primitives: a string, written straight after its name.
+            let stream = &mut self.stream;
+            stream.push(b'<');
+            write_name(stream, &member);
+            stream.extend_from_slice(b" value=\"");
+            let value_start = base + stream.len();
+            let escaped = if text.is_empty() {
+                Err("an empty string (FHIR JSON leaves the element out)")
+            } else {
+                escape_attribute(text, stream)
+            };
+            stream.extend_from_slice(b"\"/>");
+            let end = base + stream.len();
+            if let Err(message) = escaped {
+                return Err(self.error(message));
+            }
+            frame.written.push(Written {
+                position: position as u16,
+                piece: Piece::Value(member, value_start),
+                end,
+            });
+            frame.next_free = frame.next_free.max(position + 1);
+            return Ok(());
+        }
         let mut stream = std::mem::take(&mut self.stream);
         stream.push(b'<');
         write_name(&mut stream, &member);
@@ -1032,8 +1078,8 @@ impl Converter {
         match (kind, token) {
             (_, Token::Null)
                 if index.is_some()
-                    && !member.element.is_attribute()
-                    && !member.element.is_xhtml() =>
+                    && !member.traits.is_attribute()
+                    && !member.traits.is_xhtml() =>
             {
                 let slot = self.slot(member) as usize;
                 self.frame().slots[slot].values.push(None);
@@ -1043,8 +1089,8 @@ impl Converter {
                 if s.is_empty() {
                     return Err(self.error("an empty string (FHIR JSON leaves the element out)"));
                 }
-                if member.element.is_xhtml() {
-                    if let Err(reason) = xhtml::write_div(s, text) {
+                if member.traits.is_xhtml() {
+                    if let Err(reason) = self.divs.write(s, text) {
                         return Err(
                             self.error(&format!("the narrative is not FHIR XHTML: {reason}"))
                         );
@@ -1282,6 +1328,7 @@ impl Converter {
 
     /// Writes a whole object: its start tag if not yet written, what it holds, its end tag
     /// (for an object that writes to the stream, `out` is the stream).
+    #[inline(always)]
     fn write_all(&mut self, frame: &mut Frame, out: &mut Vec<u8>) -> Result<(), ConvertError> {
         if frame.direct {
             if let Err((message, name)) = write_direct(frame, usize::MAX, out, self.stream_base) {
@@ -1296,7 +1343,7 @@ impl Converter {
         }
         out.extend_from_slice(b"</");
         match frame.role {
-            Role::Element { member, .. } if !member.element.is_resource_typed() => {
+            Role::Element { member, .. } if !member.traits.is_resource_typed() => {
                 write_name(out, &member);
             }
             Role::Element { member, .. } => {
@@ -1412,6 +1459,7 @@ fn write_direct_held(
 }
 
 /// Writes an object's start tag, with its attributes, unless written.
+#[inline(always)]
 fn start_tag(frame: &mut Frame, out: &mut Vec<u8>) {
     {
         if frame.started {
@@ -1431,7 +1479,7 @@ fn start_tag(frame: &mut Frame, out: &mut Vec<u8>) {
             Role::Element { member, .. } => {
                 out.push(b'<');
                 write_name(out, &member);
-                if member.element.is_resource_typed() {
+                if member.traits.is_resource_typed() {
                     out.extend_from_slice(b"><");
                     out.extend_from_slice(name);
                 }
@@ -1712,7 +1760,7 @@ fn held_in(stack: &[Ctx]) -> usize {
 /// the extensions of its `_name` part.
 fn write_slot(slot: &Slot, arena: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
     let member = &slot.member;
-    let items = if member.element.is_array() {
+    let items = if member.traits.is_array() {
         if !slot.values.is_empty()
             && !slot.extras.is_empty()
             && slot.values.len() != slot.extras.len()
@@ -1789,20 +1837,36 @@ fn compact(frame: &mut Frame) {
 /// Escapes a string for an XML attribute value; tab, LF and CR as character references so
 /// that attribute-value normalization keeps them. Characters XML 1.0 cannot carry are an
 /// error.
+#[inline(always)]
 fn escape_attribute(s: &str, out: &mut Vec<u8>) -> Result<(), &'static str> {
     let bytes = s.as_bytes();
-    // Most values need nothing: one pass without an early exit, on whole vectors, and the
-    // short rest (most values are short) through the table.
-    let (whole, rest) = bytes.split_at(bytes.len() - bytes.len() % 32);
-    let care = whole.iter().fold(false, |care, &b| {
-        care | (b < 0x20) | (b == b'&') | (b == b'<') | (b == b'>') | (b == b'"') | (b == 0xEF)
-    }) | rest
-        .iter()
-        .fold(false, |care, &b| care | NEEDS_CARE[usize::from(b)]);
+    // Most values need nothing: one pass without an early exit, sixteen bytes at a time (the
+    // last sixteen again over the ones before), a short value through the table.
+    let care = match bytes.len().checked_sub(16) {
+        None => bytes
+            .iter()
+            .fold(false, |care, &b| care | NEEDS_CARE[usize::from(b)]),
+        Some(last) => {
+            let mut blocks = bytes.chunks_exact(16);
+            let care = (&mut blocks).fold(u8x16::ZERO, |care, block| care | care_block(block));
+            let care = if blocks.remainder().is_empty() {
+                care
+            } else {
+                care | care_block(&bytes[last..])
+            };
+            care.to_bitmask() != 0
+        }
+    };
     if !care {
         out.extend_from_slice(bytes);
         return Ok(());
     }
+    escape_attribute_slowly(bytes, out)
+}
+
+/// [`escape_attribute`] for a value with something to escape or refuse.
+#[inline(never)]
+fn escape_attribute_slowly(bytes: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
     let mut copied = 0;
     let mut i = 0;
     while let Some(found) = bytes[i..].iter().position(|&b| NEEDS_CARE[usize::from(b)]) {
@@ -1834,6 +1898,18 @@ fn escape_attribute(s: &str, out: &mut Vec<u8>) -> Result<(), &'static str> {
     }
     out.extend_from_slice(&bytes[copied..]);
     Ok(())
+}
+
+/// The bytes of a block of sixteen that [`escape_attribute`] must look at: all ones there.
+#[inline(always)]
+fn care_block(block: &[u8]) -> u8x16 {
+    let x = u8x16::new(block.try_into().unwrap_or([0; 16]));
+    x.min(u8x16::splat(0x1f)).simd_eq(x)
+        | x.simd_eq(u8x16::splat(b'&'))
+        | x.simd_eq(u8x16::splat(b'<'))
+        | x.simd_eq(u8x16::splat(b'>'))
+        | x.simd_eq(u8x16::splat(b'"'))
+        | x.simd_eq(u8x16::splat(0xEF))
 }
 
 /// The bytes [`escape_attribute`] must look at: markup, controls, and the lead byte of

@@ -317,6 +317,31 @@ pub(crate) fn write_div(src: &str, out: &mut Vec<u8>) -> Result<(), Reject> {
     write_any_div(src, out, Links::DropUnlessPassive)
 }
 
+/// [`write_div`] for one narrative after another, keeping the plain reading's buffers from
+/// one to the next.
+pub(crate) struct DivWriter {
+    reading: PlainReading,
+}
+
+impl DivWriter {
+    pub(crate) fn new() -> DivWriter {
+        DivWriter {
+            reading: PlainReading::new(),
+        }
+    }
+
+    /// [`write_div`].
+    pub(crate) fn write(&mut self, src: &str, out: &mut Vec<u8>) -> Result<(), Reject> {
+        let start = out.len();
+        self.reading.clear();
+        if read_plain_div(&mut self.reading, src, out, Links::DropUnlessPassive).is_some() {
+            return Ok(());
+        }
+        out.truncate(start);
+        write_any_div(src, out, Links::DropUnlessPassive)
+    }
+}
+
 /// Checks `src` by the rules of [`write_div`], writing nothing, for a narrative that is kept
 /// as written: a link that is not passive is kept, but one that is active content (a
 /// script URL, or a `data:` URL other than an image's) is refused. [`DivCheck`] gives the
@@ -528,12 +553,22 @@ fn write_any_div(src: &str, out: &mut impl Sink, links: Links) -> Result<(), Rej
 /// rejection: [`write_any_div`] then reads the whole `div` again and gives the reason. What
 /// it accepts it checks and writes through the same functions as [`write_any_div`].
 fn write_plain_div(src: &str, out: &mut impl Sink, links: Links) -> Option<()> {
+    read_plain_div(&mut PlainReading::new(), src, out, links)
+}
+
+/// [`write_plain_div`] with a plain reading ready for a `div`.
+fn read_plain_div(
+    reading: &mut PlainReading,
+    src: &str,
+    out: &mut impl Sink,
+    links: Links,
+) -> Option<()> {
     let b = src.as_bytes();
-    let mut reading = PlainReading::new();
     let mut i = 0;
     loop {
-        let tag = memchr::memchr(b'<', &b[i..]).map_or(b.len(), |n| i + n);
-        reading.text(&b[i..tag], out)?;
+        let (len, has_reference) = text_run(&b[i..]);
+        let tag = i + len;
+        reading.checked_text(&b[i..tag], has_reference?, out)?;
         if tag == b.len() {
             break;
         }
@@ -737,7 +772,17 @@ impl PlainReading {
     /// U+FFFF, or another reference. A reference cut by the end of the piece is completed
     /// by the next piece.
     fn text(&mut self, piece: &[u8], out: &mut impl Sink) -> Option<()> {
-        let has_reference = plain_text_has_reference(piece)?;
+        self.checked_text(piece, plain_text_has_reference(piece)?, out)
+    }
+
+    /// [`PlainReading::text`] for a piece already looked at by [`plain_text_has_reference`]
+    /// (or [`text_run`]): whether it has a `&`.
+    fn checked_text(
+        &mut self,
+        piece: &[u8],
+        has_reference: bool,
+        out: &mut impl Sink,
+    ) -> Option<()> {
         let mut rest = piece;
         if !self.cut.is_empty() {
             let Some(semicolon) = memchr::memchr(b';', rest) else {
@@ -757,10 +802,10 @@ impl PlainReading {
             rest = &rest[semicolon + 1..];
         }
         if !has_reference {
-            return text(rest, &self.stack, out).ok();
+            return plain_text(rest, &self.stack, out).ok();
         }
         while let Some(amp) = memchr::memchr(b'&', rest) {
-            text(&rest[..amp], &self.stack, out).ok()?;
+            plain_text(&rest[..amp], &self.stack, out).ok()?;
             let Some(semicolon) = memchr::memchr(b';', &rest[amp..]) else {
                 if rest.len() - amp > LONGEST_REFERENCE {
                     return None;
@@ -776,7 +821,7 @@ impl PlainReading {
             .ok()?;
             rest = &rest[amp + semicolon + 1..];
         }
-        text(rest, &self.stack, out).ok()
+        plain_text(rest, &self.stack, out).ok()
     }
 }
 
@@ -860,11 +905,50 @@ fn plain_text_has_reference(text: &[u8]) -> Option<bool> {
     (odd == 0).then_some(ampersands != 0)
 }
 
+/// The length of the text that starts `b` (up to a `<` or the end), and what
+/// [`plain_text_has_reference`] says of it: one pass, sixteen bytes at a time, that may look
+/// past the text but not past `b`.
+fn text_run(b: &[u8]) -> (usize, Option<bool>) {
+    let mut odd = 0;
+    let mut ampersands = 0;
+    let mut at = 0;
+    while let Some(block) = b.get(at..at + 16) {
+        let x = u8x16::new(block.try_into().unwrap_or([0; 16]));
+        let (o, a) = text_flags(x);
+        let tags = x.simd_eq(u8x16::splat(b'<')).to_bitmask();
+        if tags != 0 {
+            let before = (1 << tags.trailing_zeros()) - 1;
+            odd |= o & before;
+            ampersands |= a & before;
+            at += tags.trailing_zeros() as usize;
+            return (at, (odd == 0).then_some(ampersands != 0));
+        }
+        odd |= o;
+        ampersands |= a;
+        at += 16;
+    }
+    let mut flags = 0;
+    while let Some(&c) = b.get(at) {
+        if c == b'<' {
+            break;
+        }
+        flags |= TEXT_BYTES[usize::from(c)];
+        at += 1;
+    }
+    odd |= u32::from(flags & ODD);
+    ampersands |= u32::from(flags & AMPERSAND);
+    (at, (odd == 0).then_some(ampersands != 0))
+}
+
 /// The bits of the bytes of a block of sixteen that the plain reading does not take in
 /// text, and those of its `&`s.
 #[inline(always)]
 fn text_block(block: &[u8]) -> (u32, u32) {
-    let x = u8x16::new(block.try_into().unwrap_or([0; 16]));
+    text_flags(u8x16::new(block.try_into().unwrap_or([0; 16])))
+}
+
+#[inline(always)]
+fn text_flags(x: u8x16) -> (u32, u32) {
     let control = x.min(u8x16::splat(0x1f)).simd_eq(x);
     let tab_or_lf = x.simd_eq(u8x16::splat(b'\t')) | x.simd_eq(u8x16::splat(b'\n'));
     let odd = (control ^ tab_or_lf) | x.simd_eq(u8x16::splat(b'>')) | x.simd_eq(u8x16::splat(0xEF));
@@ -1000,8 +1084,26 @@ fn attribute(
 }
 
 fn text(content: &[u8], stack: &[Open], out: &mut impl Sink) -> Result<(), Reject> {
+    if text_allowed(content, stack)? {
+        out.escaped(content, false);
+    }
+    Ok(())
+}
+
+/// [`text`] for text the plain reading has checked (no markup, references, controls other
+/// than tab and LF, `>` or 0xEF): as text it needs no escaping, so it is copied as it is.
+fn plain_text(content: &[u8], stack: &[Open], out: &mut impl Sink) -> Result<(), Reject> {
+    if text_allowed(content, stack)? {
+        out.extend_from_slice(content);
+    }
+    Ok(())
+}
+
+/// Whether text may stand where it is: `false` for whitespace outside the root, which is
+/// dropped.
+fn text_allowed(content: &[u8], stack: &[Open]) -> Result<bool, Reject> {
     match stack.last() {
-        Some(open) if open.elem.model.allows_text() => {}
+        Some(open) if open.elem.model.allows_text() => Ok(true),
         top => {
             // Only whitespace, which is written inside the root and dropped outside it.
             if !content
@@ -1013,13 +1115,9 @@ fn text(content: &[u8], stack: &[Open], out: &mut impl Sink) -> Result<(), Rejec
                     Some(_) => "text not allowed here",
                 });
             }
-            if top.is_none() {
-                return Ok(());
-            }
+            Ok(top.is_some())
         }
     }
-    out.escaped(content, false);
-    Ok(())
 }
 
 /// Checks an attribute value against its type in `fhir-xhtml.xsd`; free-text and URI types
@@ -1145,6 +1243,28 @@ pub(crate) use tests::{example_divs, mutated};
 mod tests {
     use super::*;
     use crate::test_rng::Rng;
+
+    /// One pass finds what a search for `<` and a look at the text before it find, whatever
+    /// the bytes.
+    #[test]
+    fn text_run_is_a_search_and_a_look() {
+        let mut rng = Rng(11);
+        let pool = [
+            b'a', b' ', b'<', b'&', b'>', b'\t', b'\n', b'\r', 0x01, 0xEF, 0xC3,
+        ];
+        for _ in 0..20_000 {
+            let len = rng.below(70);
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| match rng.below(4) {
+                    0 => rng.below(256) as u8,
+                    _ => pool[rng.below(pool.len())],
+                })
+                .collect();
+            let end = memchr::memchr(b'<', &bytes).unwrap_or(bytes.len());
+            let expected = (end, plain_text_has_reference(&bytes[..end]));
+            assert_eq!(text_run(&bytes), expected, "{bytes:?}");
+        }
+    }
 
     fn written(div: &str) -> Result<String, Reject> {
         let mut out = Vec::new();

@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use wide::u8x16;
+
 const TOO_LARGE: &str = "a single value is larger than the reorder limit";
 
 /// A JSON token.
@@ -220,13 +222,14 @@ impl Tokenizer {
             let at = self.offset + i as u64;
             match b {
                 b' ' | b'\t' | b'\n' | b'\r' => {
-                    // Indentation comes in runs: spaces are counted eight at a time.
+                    // Indentation comes in runs: spaces are counted sixteen at a time.
                     i += 1;
-                    while let Some(eight) = input.get(i..i + 8) {
-                        let word = u64::from_le_bytes(eight.try_into().unwrap_or_default());
-                        let spaces = (word ^ 0x2020_2020_2020_2020).trailing_zeros() as usize / 8;
+                    while let Some(block) = input.get(i..i + 16) {
+                        let x = u8x16::new(block.try_into().unwrap_or_default());
+                        let spaces = !x.simd_eq(u8x16::splat(b' ')).to_bitmask();
+                        let spaces = spaces.trailing_zeros() as usize;
                         i += spaces;
-                        if spaces < 8 {
+                        if spaces < 16 {
                             break;
                         }
                     }
@@ -552,14 +555,26 @@ static STRING_STOP: [bool; 256] = {
     table
 };
 
-/// Where the first byte of [`STRING_STOP`] is in `bytes`, looking at eight bytes at a time.
+/// Where the first byte of [`STRING_STOP`] is in `bytes`, looking at sixteen bytes at a time,
+/// then eight.
 fn string_stop(bytes: &[u8]) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut at = 0;
+    while let Some(block) = bytes.get(at..at + 16) {
+        let x = u8x16::new(block.try_into().unwrap_or_default());
+        let stops = x.simd_eq(u8x16::splat(b'"'))
+            | x.simd_eq(u8x16::splat(b'\\'))
+            | x.min(u8x16::splat(0x1f)).simd_eq(x);
+        let stops = stops.to_bitmask();
+        if stops != 0 {
+            return Some(at + stops.trailing_zeros() as usize);
+        }
+        at += 16;
+    }
     // The high bit of each byte below `ONES * n`: exact up to the first such byte, the only
     // one used (a borrow only reaches the bytes above it).
     let below = |word: u64, n: u64| word.wrapping_sub(ONES * n) & !word & HIGH;
-    let mut at = 0;
     while let Some(eight) = bytes.get(at..at + 8) {
         let word = u64::from_le_bytes(eight.try_into().unwrap_or_default());
         let found = below(word ^ (ONES * u64::from(b'"')), 1)
