@@ -195,9 +195,11 @@ impl Compactor {
             clean: self.clean,
             codes: self.codes,
         };
+        // Once escapes with codes come, as before: compiled for AVX2, the portable loop was
+        // slower with them.
         let full = match self.simd {
             #[cfg(target_arch = "x86_64")]
-            Some(simd) => simd.vectorize(Run {
+            Some(simd) if !self.codes => simd.vectorize(Run {
                 compactor: self,
                 c: &mut c,
                 input,
