@@ -422,7 +422,8 @@ impl<const TEXT: bool> avx2::Vectorized for Run<'_, '_, TEXT> {
     }
 }
 
-/// Where the AVX2 steps left off.
+/// Where the AVX2 steps left off (only `Short` elsewhere than on x86-64).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 enum Fast {
     /// At something they do not take, for the portable way to look at.
     AtMark,
