@@ -7,7 +7,11 @@
 //! characters (`\/`, `\u002B`), so the runs between are short. Blocks of 32 bytes are copied
 //! and compared in SIMD registers (as in [`super::plain`]) in the same step; and once two lines
 //! of the same length end with the same separator, the lines after them are copied whole, only
-//! the separator being looked for where it should stand.
+//! the separator being looked for where it should stand. On CPUs with AVX2 (found at run
+//! time, in `compact/avx2.rs`), blocks with escapes of symbols are taken whole, the escapes
+//! squeezed out with a byte shuffle rather than one at a time; `\u` escapes are looked for once
+//! one was seen, as the step is longer with them. Elsewhere, and for whatever those steps
+//! leave, the portable way here.
 //!
 //! Nothing here checks that the copied bytes are base64 symbols: the decoder's engine does, on
 //! the batch, and the scanner reads the content again the general way when it refuses one (an
@@ -16,6 +20,23 @@
 use wide::u8x32;
 
 use super::hex4;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub(super) use avx2::Avx2;
+
+/// No run-time SIMD on other architectures: the portable path only.
+#[cfg(not(target_arch = "x86_64"))]
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Avx2 {}
+
+#[cfg(not(target_arch = "x86_64"))]
+impl Avx2 {
+    pub(super) fn detect() -> Option<Self> {
+        None
+    }
+}
 
 /// The block looked at in one step.
 const BLOCK: usize = 32;
@@ -85,8 +106,10 @@ enum Item {
 }
 
 /// The payload's compaction: its buffers, bounded, and the lines seen.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Compactor {
+    /// The CPU's AVX2, when it has it, for escaped blocks.
+    simd: Option<Avx2>,
     symbols: Vec<u8>,
     text: Vec<u8>,
     /// Bytes of the current line so far.
@@ -98,9 +121,33 @@ pub(super) struct Compactor {
     last_separator: Separator,
     /// The last two lines matched: copy the next ones whole.
     striding: bool,
+    /// A `\u` escape of a symbol was seen: the AVX2 steps, which do not take them, are left
+    /// alone.
+    codes: bool,
+}
+
+impl Default for Compactor {
+    fn default() -> Self {
+        Self::new(Avx2::detect())
+    }
 }
 
 impl Compactor {
+    /// A compactor that takes escaped blocks with `simd` when given, the portable way else.
+    pub(super) fn new(simd: Option<Avx2>) -> Self {
+        Self {
+            simd,
+            symbols: Vec::new(),
+            text: Vec::new(),
+            line: 0,
+            clean: false,
+            last_line: 0,
+            last_separator: Separator::default(),
+            striding: false,
+            codes: false,
+        }
+    }
+
     /// The symbols the last call made.
     pub(super) fn symbols(&self, c: &Compacted) -> &[u8] {
         &self.symbols[..c.symbols]
@@ -146,10 +193,22 @@ impl Compactor {
             trailing: 0,
             line: self.line,
             clean: self.clean,
+            codes: self.codes,
         };
-        let full = self.run(&mut c, input);
+        // Once escapes with codes come, as before: compiled for AVX2, the portable loop was
+        // slower with them.
+        let full = match self.simd {
+            #[cfg(target_arch = "x86_64")]
+            Some(simd) if !self.codes => simd.vectorize(Run {
+                compactor: self,
+                c: &mut c,
+                input,
+            }),
+            _ => self.run(&mut c, input, None),
+        };
         self.line = c.line;
         self.clean = c.clean;
+        self.codes = c.codes;
         let made = Compacted {
             consumed: c.i,
             chars: (c.i - c.extra) as u64,
@@ -165,7 +224,12 @@ impl Compactor {
 
     /// The loop of [`Self::compact`]; true when it stopped because the buffers are full.
     #[inline(always)]
-    fn run<const TEXT: bool>(&mut self, c: &mut Cursor<'_, TEXT>, input: &[u8]) -> bool {
+    fn run<const TEXT: bool>(
+        &mut self,
+        c: &mut Cursor<'_, TEXT>,
+        input: &[u8],
+        simd: Option<Avx2>,
+    ) -> bool {
         loop {
             if c.n >= SYMBOLS_CAP || c.t >= TEXT_CAP {
                 return true;
@@ -188,27 +252,40 @@ impl Compactor {
                     c.advance(BLOCK);
                     continue;
                 }
-                // The marks of this block in order. What follows an escaped symbol is stored
-                // again where it now goes, and the marks found stay good for it.
-                let block_start = c.i;
-                let at_mark = loop {
-                    c.advance(block_start + found.trailing_zeros() as usize - c.i);
-                    let Item::Symbol(symbol, len) = item(&input[c.i..]) else {
-                        break true;
-                    };
-                    c.symbol(symbol, len);
-                    let done = c.i - block_start;
-                    if done >= BLOCK {
-                        break false;
-                    }
-                    let Some(next) = input.get(c.i..c.i + BLOCK) else {
-                        break false;
-                    };
-                    c.store(next.try_into().unwrap_or(&[0; BLOCK]));
-                    found &= u32::MAX << done;
-                    if found == 0 {
-                        c.advance(BLOCK - done);
-                        break false;
+                let fast = match simd {
+                    #[cfg(target_arch = "x86_64")]
+                    Some(simd) => c.unescape(simd, input),
+                    #[cfg(not(target_arch = "x86_64"))]
+                    Some(simd) => match simd {},
+                    None => Fast::Short,
+                };
+                let at_mark = match fast {
+                    Fast::AtMark => true,
+                    Fast::Again => continue,
+                    // The marks of this block in order. What follows an escaped symbol is
+                    // stored again where it now goes, and the marks found stay good for it.
+                    Fast::Short => {
+                        let block_start = c.i;
+                        loop {
+                            c.advance(block_start + found.trailing_zeros() as usize - c.i);
+                            let Item::Symbol(symbol, len) = item(&input[c.i..]) else {
+                                break true;
+                            };
+                            c.symbol(symbol, len);
+                            let done = c.i - block_start;
+                            if done >= BLOCK {
+                                break false;
+                            }
+                            let Some(next) = input.get(c.i..c.i + BLOCK) else {
+                                break false;
+                            };
+                            c.store(next.try_into().unwrap_or(&[0; BLOCK]));
+                            found &= u32::MAX << done;
+                            if found == 0 {
+                                c.advance(BLOCK - done);
+                                break false;
+                            }
+                        }
                     }
                 };
                 if !at_mark {
@@ -327,6 +404,35 @@ impl Compactor {
     }
 }
 
+/// [`Compactor::run`] with AVX2.
+#[cfg(target_arch = "x86_64")]
+struct Run<'r, 'c, const TEXT: bool> {
+    compactor: &'r mut Compactor,
+    c: &'r mut Cursor<'c, TEXT>,
+    input: &'r [u8],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<const TEXT: bool> avx2::Vectorized for Run<'_, '_, TEXT> {
+    type Output = bool;
+
+    #[inline(always)]
+    fn run(self, simd: Avx2) -> bool {
+        self.compactor.run(self.c, self.input, Some(simd))
+    }
+}
+
+/// Where the AVX2 steps left off (only `Short` elsewhere than on x86-64).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+enum Fast {
+    /// At something they do not take, for the portable way to look at.
+    AtMark,
+    /// The buffers are full or the input too short for another step, after some progress.
+    Again,
+    /// Too near the end of the input for a step: nothing taken.
+    Short,
+}
+
 /// Where [`Compactor::compact`] is, and what it has made.
 struct Cursor<'a, const TEXT: bool> {
     symbols: &'a mut [u8],
@@ -347,6 +453,8 @@ struct Cursor<'a, const TEXT: bool> {
     line: usize,
     /// The current line holds raw symbols only.
     clean: bool,
+    /// A `\u` escape of a symbol was seen.
+    codes: bool,
 }
 
 impl<const TEXT: bool> Cursor<'_, TEXT> {
@@ -382,6 +490,68 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
         }
     }
 
+    /// Takes blocks with AVX2 steps while they hold only symbols and their escapes.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn unescape(&mut self, simd: Avx2, input: &[u8]) -> Fast {
+        // The steps take `\/` only; escapes with codes go the portable way from the first.
+        if self.codes {
+            return Fast::Short;
+        }
+        // Locals: the stores of symbols could otherwise be writing to the cursor.
+        let (start, mut i, mut n, mut t, mut extra) = (self.i, self.i, self.n, self.t, self.extra);
+        let symbols = &mut *self.symbols;
+        let text = &mut *self.text;
+        let mut carry = 0;
+        let mut at_mark = false;
+        while n < SYMBOLS_CAP && t < TEXT_CAP {
+            let Some(window) = input.get(i..i + avx2::WINDOW) else {
+                break;
+            };
+            let step = simd.unescape(window.try_into().unwrap_or(&[0; avx2::WINDOW]), carry);
+            let made = step.lens.iter().sum::<usize>();
+            let mut at = n;
+            for (word, len) in step.words.iter().zip(step.lens) {
+                symbols[at..at + 8].copy_from_slice(&word.to_le_bytes());
+                at += len;
+            }
+            n += made;
+            if TEXT {
+                let mut at = t;
+                for (word, len) in step.words.iter().zip(step.lens) {
+                    text[at..at + 8].copy_from_slice(&word.to_le_bytes());
+                    at += len;
+                }
+                t += made;
+            }
+            extra += step.escapes;
+            carry = step.carry;
+            if step.stopped {
+                i += step.consumed;
+                at_mark = true;
+                break;
+            }
+            i += avx2::STEP;
+        }
+        // The `/` of an escape that the last block ended in.
+        i += carry as usize;
+        if extra > self.extra {
+            self.clean = false;
+        }
+        self.line += n - self.n;
+        (self.i, self.n, self.t, self.extra) = (i, n, t, extra);
+        if i > start {
+            self.trailing = 0;
+        }
+        if at_mark {
+            Fast::AtMark
+        } else if i > start {
+            Fast::Again
+        } else {
+            Fast::Short
+        }
+    }
+
     /// Takes an escape of `len` bytes that stands for `symbol`.
     #[inline(always)]
     fn symbol(&mut self, symbol: u8, len: usize) {
@@ -395,6 +565,7 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
         self.extra += len - 1;
         self.trailing = 0;
         self.clean = false;
+        self.codes |= len == 6;
     }
 }
 
@@ -558,9 +729,10 @@ mod tests {
     fn compact_in_pieces<const TEXT: bool>(
         input: &[u8],
         cuts: &[usize],
+        simd: Option<Avx2>,
     ) -> (Vec<u8>, Vec<u8>, usize) {
         let items = reference(input);
-        let mut compactor = Compactor::default();
+        let mut compactor = Compactor::new(simd);
         let (mut symbols, mut text) = (Vec::new(), Vec::new());
         let (mut at, mut item) = (0, 0);
         let mut group = 0;
@@ -598,6 +770,15 @@ mod tests {
             }
         }
         (symbols, text, at)
+    }
+
+    /// Both ways: the portable one, and AVX2 when the CPU has it.
+    fn paths() -> Vec<Option<Avx2>> {
+        let simd = Avx2::detect();
+        if simd.is_none() {
+            eprintln!("no AVX2 on this CPU: the portable path only");
+        }
+        [None].into_iter().chain(simd.map(Some)).collect()
     }
 
     /// The symbols, text and input length of all that the compactor takes of `input`.
@@ -644,12 +825,12 @@ mod tests {
             let tail: &[u8] = [&b"\""[..], b"==\"", b"\\\"", b"\\b", b"!AB\"", b""][case % 6];
             input.extend_from_slice(tail);
             let whole = whole(&input);
-            for cut in 0..=input.len() {
-                for text in [false, true] {
+            for (cut, simd, text) in cuts_paths_and_modes(input.len()) {
+                {
                     let (symbols, made_text, taken) = if text {
-                        compact_in_pieces::<true>(&input, &[cut])
+                        compact_in_pieces::<true>(&input, &[cut], simd)
                     } else {
-                        compact_in_pieces::<false>(&input, &[cut])
+                        compact_in_pieces::<false>(&input, &[cut], simd)
                     };
                     let context = format!("{} cut at {cut}", String::from_utf8_lossy(&input));
                     assert_eq!(symbols, whole.0, "{context}");
@@ -681,13 +862,139 @@ mod tests {
             for _ in 0..3 {
                 let mut cuts: Vec<usize> = (0..20).map(|_| rng.below(input.len())).collect();
                 cuts.sort_unstable();
-                let (symbols, _, taken) = compact_in_pieces::<false>(&input, &cuts);
-                assert_eq!(symbols, whole.0, "case {case}");
-                assert_eq!(taken, whole.2, "case {case}");
-                let (symbols, text, taken) = compact_in_pieces::<true>(&input, &cuts);
-                assert_eq!(symbols, whole.0, "case {case}");
-                assert_eq!(text, whole.1, "case {case}");
-                assert_eq!(taken, whole.2, "case {case}");
+                for simd in paths() {
+                    let (symbols, _, taken) = compact_in_pieces::<false>(&input, &cuts, simd);
+                    assert_eq!(symbols, whole.0, "case {case}");
+                    assert_eq!(taken, whole.2, "case {case}");
+                    let (symbols, text, taken) = compact_in_pieces::<true>(&input, &cuts, simd);
+                    assert_eq!(symbols, whole.0, "case {case}");
+                    assert_eq!(text, whole.1, "case {case}");
+                    assert_eq!(taken, whole.2, "case {case}");
+                }
+            }
+        }
+    }
+
+    /// Every cut of an input of `len` bytes, with each path and mode.
+    fn cuts_paths_and_modes(len: usize) -> Vec<(usize, Option<Avx2>, bool)> {
+        let paths = paths();
+        (0..=len)
+            .flat_map(|cut| {
+                paths
+                    .iter()
+                    .flat_map(move |&simd| [(cut, simd, false), (cut, simd, true)])
+            })
+            .collect()
+    }
+
+    /// Content of every kind mixed at random: symbols raw and escaped every way, whitespace
+    /// raw and escaped, and now and then something the compactor must leave alone (`=` and its
+    /// escape, a quote, other escapes, escapes cut short or of other characters, bytes that
+    /// are not base64). `dense`: one character in how many is not a raw symbol. Without
+    /// `codes`, no `\u` escapes (after the first, the AVX2 steps are left alone).
+    fn mixed(rng: &mut Rng, len: usize, dense: usize, odd: bool, codes: bool) -> Vec<u8> {
+        const SYMBOLS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        const ODD: [&[u8]; 16] = [
+            b"=",
+            b"\\u003d",
+            b"\\u003D",
+            b"\"",
+            b"\\\\",
+            b"\\b",
+            b"\\f",
+            b"\\u00G1",
+            b"\\u0141",
+            b"\\u002",
+            b"\\u0000",
+            b"\\u005C",
+            b"\\U002B",
+            b"\x01",
+            b"\xC3\xA9",
+            b"!",
+        ];
+        let mut text = Vec::new();
+        while text.len() < len {
+            let symbol = SYMBOLS[rng.below(64)];
+            if odd && rng.below(200) == 0 {
+                text.extend_from_slice(ODD[rng.below(ODD.len())]);
+                continue;
+            }
+            if rng.below(dense) != 0 {
+                text.push(symbol);
+                continue;
+            }
+            match rng.below(9) {
+                0..=4 if !codes => text.extend_from_slice(b"\\/"),
+                0 => text.extend_from_slice(b"\\/"),
+                1 => text.extend_from_slice(format!("\\u{:04X}", symbol).as_bytes()),
+                2 | 3 => text.extend_from_slice(format!("\\u{:04x}", symbol).as_bytes()),
+                4 => text.extend_from_slice(
+                    format!("\\u00{:x}{:X}", symbol >> 4, symbol & 15).as_bytes(),
+                ),
+                5 => text.push(b' '),
+                6 => text.extend_from_slice(b"\\n"),
+                7 => text.extend_from_slice(b"\\r\\n"),
+                _ if !codes => text.extend_from_slice(b"\\t"),
+                _ => text.extend_from_slice([&b"\\t"[..], b"\\u000A", b"\\u0020"][rng.below(3)]),
+            }
+        }
+        text
+    }
+
+    #[test]
+    fn small_mixed_inputs_split_at_every_byte_agree_with_the_reference_both_ways() {
+        let mut rng = Rng(0x6d69_7865_6421);
+        for case in 0..200 {
+            let dense = [2, 3, 6, 16, 64][case % 5];
+            let mut input = mixed(
+                &mut rng,
+                30 + case % 90,
+                dense,
+                case % 4 == 0,
+                case % 3 == 0,
+            );
+            input.extend_from_slice([&b"\""[..], b"QQ==\"", b"\\u003d\"", b""][case % 4]);
+            let whole = whole(&input);
+            for (cut, simd, text) in cuts_paths_and_modes(input.len()) {
+                let (symbols, made_text, taken) = if text {
+                    compact_in_pieces::<true>(&input, &[cut], simd)
+                } else {
+                    compact_in_pieces::<false>(&input, &[cut], simd)
+                };
+                let context = format!(
+                    "{} cut at {cut}, AVX2: {}",
+                    String::from_utf8_lossy(&input),
+                    simd.is_some()
+                );
+                assert_eq!(symbols, whole.0, "{context}");
+                assert_eq!(taken, whole.2, "{context}");
+                if text {
+                    assert_eq!(made_text, whole.1, "{context}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn large_mixed_inputs_split_anywhere_agree_with_the_reference_both_ways() {
+        let mut rng = Rng(0x6c61_7267_6521);
+        for case in 0..24 {
+            let dense = [2, 3, 6, 16, 64, 1000][case % 6];
+            let mut input = mixed(&mut rng, 60_000, dense, case % 3 == 0, case % 4 == 0);
+            input.extend_from_slice(b"QQ==\"}");
+            let whole = whole(&input);
+            for _ in 0..4 {
+                let mut cuts: Vec<usize> = (0..30).map(|_| rng.below(input.len())).collect();
+                cuts.sort_unstable();
+                for simd in paths() {
+                    let (symbols, _, taken) = compact_in_pieces::<false>(&input, &cuts, simd);
+                    assert_eq!(symbols, whole.0, "case {case}");
+                    assert_eq!(taken, whole.2, "case {case}");
+                    let (symbols, text, taken) = compact_in_pieces::<true>(&input, &cuts, simd);
+                    assert_eq!(symbols, whole.0, "case {case}");
+                    assert_eq!(text, whole.1, "case {case}");
+                    assert_eq!(taken, whole.2, "case {case}");
+                }
             }
         }
     }
@@ -695,16 +1002,22 @@ mod tests {
     #[test]
     fn buffers_stay_bounded() {
         let mut rng = Rng(0x0062_6f75_6e64);
-        let mut compactor = Compactor::default();
-        let input = content(&mut rng, 1 << 20, 76, "\\r\\n", 0);
-        let mut at = 0;
-        while at < input.len() {
-            let made = compactor.compact::<true>(&input[at..], 0);
-            assert!(made.consumed > 0);
-            assert!(made.symbols < SYMBOLS_CAP + SLACK && made.text < TEXT_CAP + SLACK);
-            at += made.consumed;
+        for simd in paths() {
+            for input in [
+                content(&mut rng, 1 << 20, 76, "\\r\\n", 0),
+                content(&mut rng, 1 << 20, 0, "", 32),
+            ] {
+                let mut compactor = Compactor::new(simd);
+                let mut at = 0;
+                while at < input.len() {
+                    let made = compactor.compact::<true>(&input[at..], 0);
+                    assert!(made.consumed > 0);
+                    assert!(made.symbols < SYMBOLS_CAP + SLACK && made.text < TEXT_CAP + SLACK);
+                    at += made.consumed;
+                }
+                assert_eq!(compactor.symbols.capacity(), SYMBOLS_CAP + SLACK);
+                assert_eq!(compactor.text.capacity(), TEXT_CAP + SLACK);
+            }
         }
-        assert_eq!(compactor.symbols.capacity(), SYMBOLS_CAP + SLACK);
-        assert_eq!(compactor.text.capacity(), TEXT_CAP + SLACK);
     }
 }
