@@ -853,8 +853,6 @@ fn emit(out: Option<&mut BytesMut>, bytes: &[u8]) {
     }
 }
 
-/// Decodes `src` (whole groups, no padding) into `out`, or into `sink` and discards it. Returns
-/// the number of decoded bytes; on error `out` is left as it was.
 /// Whether every byte of `symbols` is a symbol of the standard alphabet (not `=`), 32 at a
 /// time: with AVX2 when the CPU has it (found at run time), in SSE2 registers else.
 fn all_symbols(symbols: &[u8]) -> bool {
@@ -881,6 +879,7 @@ fn all_symbols_portable(symbols: &[u8]) -> bool {
     outside.to_bitmask() == 0 && blocks.remainder().iter().all(|&b| is_symbol(b))
 }
 
+/// Whether `b` is a symbol of the standard alphabet (not `=`).
 fn is_symbol(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'+' || b == b'/'
 }
@@ -946,6 +945,8 @@ impl pulp::NullaryFnOnce for AllSymbolsAvx2<'_> {
     }
 }
 
+/// Decodes `src` (whole groups, no padding) into `out`, or into `sink` and discards it. Returns
+/// the number of decoded bytes; on error `out` is left as it was.
 fn decode_batch(
     src: &[u8],
     out: Option<&mut BytesMut>,
