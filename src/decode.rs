@@ -897,10 +897,13 @@ impl pulp::NullaryFnOnce for AllSymbolsAvx2<'_> {
     fn call(self) -> bool {
         use core::arch::x86_64::__m256i;
         use pulp::bytemuck::cast;
-        /// Both lanes alike. `+` `/` (bit 0), digits (bit 1), `A`-`O` `a`-`o` (bit 2), `P`-`Z`
-        /// `p`-`z` (bit 3).
-        const HIGH: [u8; 32] = {
-            let table = [0, 0, 1, 2, 4, 8, 4, 8, 0, 0, 0, 0, 0, 0, 0, 0];
+        // The classes a byte may be in, by its high four bits and by its low four: `+` `/`
+        // (bit 0), digits (bit 1), `A`-`O` `a`-`o` (bit 2), `P`-`Z` `p`-`z` (bit 3).
+        const HIGH: [u8; 32] = both_lanes([0, 0, 1, 2, 4, 8, 4, 8, 0, 0, 0, 0, 0, 0, 0, 0]);
+        const LOW: [u8; 32] =
+            both_lanes([10, 14, 14, 14, 14, 14, 14, 14, 14, 14, 12, 5, 4, 4, 4, 5]);
+        /// A 16-byte table in both 128-bit lanes, as the lane-wise shuffle reads it.
+        const fn both_lanes(table: [u8; 16]) -> [u8; 32] {
             let mut both = [0; 32];
             let mut i = 0;
             while i < 32 {
@@ -908,17 +911,7 @@ impl pulp::NullaryFnOnce for AllSymbolsAvx2<'_> {
                 i += 1;
             }
             both
-        };
-        const LOW: [u8; 32] = {
-            let table = [10, 14, 14, 14, 14, 14, 14, 14, 14, 14, 12, 5, 4, 4, 4, 5];
-            let mut both = [0; 32];
-            let mut i = 0;
-            while i < 32 {
-                both[i] = table[i % 16];
-                i += 1;
-            }
-            both
-        };
+        }
         let (symbols, s) = (self.0, self.1);
         let (high, low): (__m256i, __m256i) = (cast(HIGH), cast(LOW));
         let nibble = s.avx._mm256_set1_epi8(0x0F);

@@ -813,6 +813,34 @@ mod tests {
 
     const SEPARATORS: [&str; 7] = [" ", "\\n", "\\r\\n", "  ", "\\u000A", "\\t", " \\n"];
 
+    /// Checks that `input` handed over in pieces that end at `cuts` makes what it makes whole
+    /// (`whole`: symbols, text, input taken), by `simd` or the portable path, with or without
+    /// the text.
+    fn assert_pieces_agree(
+        input: &[u8],
+        cuts: &[usize],
+        simd: Option<Avx2>,
+        text: bool,
+        whole: &(Vec<u8>, Vec<u8>, usize),
+    ) {
+        let (symbols, made_text, taken) = if text {
+            compact_in_pieces::<true>(input, cuts, simd)
+        } else {
+            compact_in_pieces::<false>(input, cuts, simd)
+        };
+        let shown = if input.len() <= 200 {
+            String::from_utf8_lossy(input).into_owned()
+        } else {
+            format!("{} bytes", input.len())
+        };
+        let context = format!("{shown} cut at {cuts:?}, AVX2: {}", simd.is_some());
+        assert_eq!(symbols, whole.0, "{context}");
+        assert_eq!(taken, whole.2, "{context}");
+        if text {
+            assert_eq!(made_text, whole.1, "{context}");
+        }
+    }
+
     #[test]
     fn small_inputs_split_at_every_byte_agree_with_the_reference() {
         let mut rng = Rng(0x0063_6f6d_7061_6374);
@@ -826,19 +854,7 @@ mod tests {
             input.extend_from_slice(tail);
             let whole = whole(&input);
             for (cut, simd, text) in cuts_paths_and_modes(input.len()) {
-                {
-                    let (symbols, made_text, taken) = if text {
-                        compact_in_pieces::<true>(&input, &[cut], simd)
-                    } else {
-                        compact_in_pieces::<false>(&input, &[cut], simd)
-                    };
-                    let context = format!("{} cut at {cut}", String::from_utf8_lossy(&input));
-                    assert_eq!(symbols, whole.0, "{context}");
-                    assert_eq!(taken, whole.2, "{context}");
-                    if text {
-                        assert_eq!(made_text, whole.1, "{context}");
-                    }
-                }
+                assert_pieces_agree(&input, &[cut], simd, text, &whole);
             }
         }
     }
@@ -863,13 +879,8 @@ mod tests {
                 let mut cuts: Vec<usize> = (0..20).map(|_| rng.below(input.len())).collect();
                 cuts.sort_unstable();
                 for simd in paths() {
-                    let (symbols, _, taken) = compact_in_pieces::<false>(&input, &cuts, simd);
-                    assert_eq!(symbols, whole.0, "case {case}");
-                    assert_eq!(taken, whole.2, "case {case}");
-                    let (symbols, text, taken) = compact_in_pieces::<true>(&input, &cuts, simd);
-                    assert_eq!(symbols, whole.0, "case {case}");
-                    assert_eq!(text, whole.1, "case {case}");
-                    assert_eq!(taken, whole.2, "case {case}");
+                    assert_pieces_agree(&input, &cuts, simd, false, &whole);
+                    assert_pieces_agree(&input, &cuts, simd, true, &whole);
                 }
             }
         }
@@ -956,21 +967,7 @@ mod tests {
             input.extend_from_slice([&b"\""[..], b"QQ==\"", b"\\u003d\"", b""][case % 4]);
             let whole = whole(&input);
             for (cut, simd, text) in cuts_paths_and_modes(input.len()) {
-                let (symbols, made_text, taken) = if text {
-                    compact_in_pieces::<true>(&input, &[cut], simd)
-                } else {
-                    compact_in_pieces::<false>(&input, &[cut], simd)
-                };
-                let context = format!(
-                    "{} cut at {cut}, AVX2: {}",
-                    String::from_utf8_lossy(&input),
-                    simd.is_some()
-                );
-                assert_eq!(symbols, whole.0, "{context}");
-                assert_eq!(taken, whole.2, "{context}");
-                if text {
-                    assert_eq!(made_text, whole.1, "{context}");
-                }
+                assert_pieces_agree(&input, &[cut], simd, text, &whole);
             }
         }
     }
@@ -987,13 +984,8 @@ mod tests {
                 let mut cuts: Vec<usize> = (0..30).map(|_| rng.below(input.len())).collect();
                 cuts.sort_unstable();
                 for simd in paths() {
-                    let (symbols, _, taken) = compact_in_pieces::<false>(&input, &cuts, simd);
-                    assert_eq!(symbols, whole.0, "case {case}");
-                    assert_eq!(taken, whole.2, "case {case}");
-                    let (symbols, text, taken) = compact_in_pieces::<true>(&input, &cuts, simd);
-                    assert_eq!(symbols, whole.0, "case {case}");
-                    assert_eq!(text, whole.1, "case {case}");
-                    assert_eq!(taken, whole.2, "case {case}");
+                    assert_pieces_agree(&input, &cuts, simd, false, &whole);
+                    assert_pieces_agree(&input, &cuts, simd, true, &whole);
                 }
             }
         }
