@@ -857,8 +857,8 @@ fn emit(out: Option<&mut BytesMut>, bytes: &[u8]) {
 /// time: with AVX2 when the CPU has it (found at run time), in SSE2 registers else.
 fn all_symbols(symbols: &[u8]) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if let Some(simd) = pulp::x86::V3::try_new() {
-        return simd.vectorize(AllSymbolsAvx2(symbols, simd));
+    if let Some(simd) = crate::simd::Avx2::detect() {
+        return simd.vectorize(AllSymbolsAvx2(symbols));
     }
     all_symbols_portable(symbols)
 }
@@ -887,14 +887,14 @@ fn is_symbol(b: u8) -> bool {
 /// [`all_symbols`] with AVX2: each byte's class looked up by its high and low four bits in two
 /// tables; a symbol where the two share a bit.
 #[cfg(target_arch = "x86_64")]
-struct AllSymbolsAvx2<'a>(&'a [u8], pulp::x86::V3);
+struct AllSymbolsAvx2<'a>(&'a [u8]);
 
 #[cfg(target_arch = "x86_64")]
-impl pulp::NullaryFnOnce for AllSymbolsAvx2<'_> {
+impl crate::simd::Vectorized for AllSymbolsAvx2<'_> {
     type Output = bool;
 
     #[inline(always)]
-    fn call(self) -> bool {
+    fn run(self, simd: crate::simd::Avx2) -> bool {
         use core::arch::x86_64::__m256i;
         use pulp::bytemuck::cast;
         // The classes a byte may be in, by its high four bits and by its low four: `+` `/`
@@ -912,7 +912,7 @@ impl pulp::NullaryFnOnce for AllSymbolsAvx2<'_> {
             }
             both
         }
-        let (symbols, s) = (self.0, self.1);
+        let (symbols, s) = (self.0, simd.v3());
         let (high, low): (__m256i, __m256i) = (cast(HIGH), cast(LOW));
         let nibble = s.avx._mm256_set1_epi8(0x0F);
         let mut least = s.avx._mm256_set1_epi8(-1);

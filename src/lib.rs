@@ -99,6 +99,7 @@
 // Lowest first: a module imports only those listed before it (`tests/layering.rs`).
 // Plain sync modules.
 mod decode;
+mod simd;
 mod encode;
 mod conditional;
 mod frames;

@@ -21,22 +21,10 @@ use wide::u8x32;
 
 use super::hex4;
 
+use crate::simd::Avx2;
+
 #[cfg(target_arch = "x86_64")]
 mod avx2;
-#[cfg(target_arch = "x86_64")]
-pub(super) use avx2::Avx2;
-
-/// No run-time SIMD on other architectures: the portable path only.
-#[cfg(not(target_arch = "x86_64"))]
-#[derive(Clone, Copy, Debug)]
-pub(super) enum Avx2 {}
-
-#[cfg(not(target_arch = "x86_64"))]
-impl Avx2 {
-    pub(super) fn detect() -> Option<Self> {
-        None
-    }
-}
 
 /// The block looked at in one step.
 const BLOCK: usize = 32;
@@ -413,7 +401,7 @@ struct Run<'r, 'c, const TEXT: bool> {
 }
 
 #[cfg(target_arch = "x86_64")]
-impl<const TEXT: bool> avx2::Vectorized for Run<'_, '_, TEXT> {
+impl<const TEXT: bool> crate::simd::Vectorized for Run<'_, '_, TEXT> {
     type Output = bool;
 
     #[inline(always)]
@@ -508,7 +496,7 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
             let Some(window) = input.get(i..i + avx2::WINDOW) else {
                 break;
             };
-            let step = simd.unescape(window.try_into().unwrap_or(&[0; avx2::WINDOW]), carry);
+            let step = avx2::unescape(simd, window.try_into().unwrap_or(&[0; avx2::WINDOW]), carry);
             let made = step.lens.iter().sum::<usize>();
             let mut at = n;
             for (word, len) in step.words.iter().zip(step.lens) {

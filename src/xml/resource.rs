@@ -1411,6 +1411,7 @@ fn write_direct(
     write_direct_held(frame, before, stream, base)
 }
 
+/// [`write_direct`] when there is something to write.
 fn write_direct_held(
     frame: &mut Frame,
     before: usize,

@@ -11,16 +11,14 @@ use core::arch::x86_64::__m256i;
 use pulp::bytemuck::cast;
 use pulp::x86::V3;
 
+use crate::simd::Avx2;
+
 /// Bytes looked at for one step: the block, and the byte after it (the rest of an escape that
 /// starts at its end).
 pub(super) const WINDOW: usize = STEP + 1;
 
 /// Bytes of the block one step takes.
 pub(super) const STEP: usize = 32;
-
-/// The CPU's AVX2, found at run time.
-#[derive(Clone, Copy, Debug)]
-pub(in crate::scan) struct Avx2(V3);
 
 /// What one step made of a block.
 pub(super) struct Unescaped {
@@ -39,80 +37,47 @@ pub(super) struct Unescaped {
     pub(super) escapes: usize,
 }
 
-impl Avx2 {
-    /// The CPU's AVX2, if it has it.
-    pub(in crate::scan) fn detect() -> Option<Self> {
-        V3::try_new().map(Self)
-    }
+/// Makes the block at the start of `window` into symbols, up to the first byte that is
+/// neither a symbol nor a `\/`. `carry`: the first byte was taken with the last block's
+/// escape. The next block starts [`STEP`] bytes on whatever this one holds, so that its
+/// loads do not wait for this one.
+#[inline(always)]
+pub(super) fn unescape(simd: Avx2, window: &[u8; WINDOW], carry: u32) -> Unescaped {
+    let s = simd.v3();
+    let (x, next) = (load(window, 0), load(window, 1));
+    let backslash = eq(s, x, b'\\');
+    let ends = or(s, or(s, eq(s, x, b'"'), eq(s, x, b'=')), eq(s, x, b' '));
+    let slash = s.avx2._mm256_and_si256(backslash, eq(s, next, b'/'));
+    // Each escape's `/` where its backslash stood; the `/` after it is left out below.
+    let made = s.avx2._mm256_blendv_epi8(x, splat(s, b'/'), slash);
 
-    /// Runs `op` compiled for AVX2 (with what it inlines: [`Self::unescape`] needs that).
-    #[inline(always)]
-    pub(super) fn vectorize<T: Vectorized>(self, op: T) -> T::Output {
-        self.0.vectorize(Call(op, self))
-    }
-
-    /// Makes the block at the start of `window` into symbols, up to the first byte that is
-    /// neither a symbol nor a `\/`. `carry`: the first byte was taken with the last block's
-    /// escape. The next block starts [`STEP`] bytes on whatever this one holds, so that its
-    /// loads do not wait for this one.
-    #[inline(always)]
-    pub(super) fn unescape(self, window: &[u8; WINDOW], carry: u32) -> Unescaped {
-        let s = self.0;
-        let (x, next) = (load(window, 0), load(window, 1));
-        let backslash = eq(s, x, b'\\');
-        let ends = or(s, or(s, eq(s, x, b'"'), eq(s, x, b'=')), eq(s, x, b' '));
-        let slash = s.avx2._mm256_and_si256(backslash, eq(s, next, b'/'));
-        // Each escape's `/` where its backslash stood; the `/` after it is left out below.
-        let made = s.avx2._mm256_blendv_epi8(x, splat(s, b'/'), slash);
-
-        let bits = |a: __m256i| s.avx2._mm256_movemask_epi8(a) as u32;
-        let slash = bits(slash);
-        let stop = bits(ends) | (bits(backslash) & !slash);
-        let head = if stop == 0 {
-            u32::MAX
-        } else {
-            (1u32 << stop.trailing_zeros()) - 1
-        };
-        let slash = slash & head;
-        let keep = !(slash << 1) & !carry & head;
-        let quarter = |q: u32| SQUEEZE[((keep >> (8 * q)) & 0xFF) as usize] as i64;
-        // Indices within each 128-bit lane: the second quarter of a lane starts at 8.
-        let indices = s.avx._mm256_setr_epi64x(
-            quarter(0),
-            quarter(1) + 0x0808_0808_0808_0808,
-            quarter(2),
-            quarter(3) + 0x0808_0808_0808_0808,
-        );
-        let words: [u64; 4] = cast(s.avx2._mm256_shuffle_epi8(made, indices));
-        let len = |q: u32| ((keep >> (8 * q)) & 0xFF).count_ones() as usize;
-        Unescaped {
-            words,
-            lens: [len(0), len(1), len(2), len(3)],
-            stopped: stop != 0,
-            consumed: stop.trailing_zeros() as usize,
-            carry: slash >> 31,
-            escapes: slash.count_ones() as usize,
-        }
-    }
-}
-
-/// Work to run compiled for AVX2 (see [`Avx2::vectorize`]).
-pub(super) trait Vectorized {
-    type Output;
-
-    /// Runs it; must be `#[inline(always)]`, or it is compiled for the baseline.
-    fn run(self, simd: Avx2) -> Self::Output;
-}
-
-/// `op` as the closure `pulp` runs with the CPU's features on.
-struct Call<T>(T, Avx2);
-
-impl<T: Vectorized> pulp::NullaryFnOnce for Call<T> {
-    type Output = T::Output;
-
-    #[inline(always)]
-    fn call(self) -> T::Output {
-        self.0.run(self.1)
+    let bits = |a: __m256i| s.avx2._mm256_movemask_epi8(a) as u32;
+    let slash = bits(slash);
+    let stop = bits(ends) | (bits(backslash) & !slash);
+    let head = if stop == 0 {
+        u32::MAX
+    } else {
+        (1u32 << stop.trailing_zeros()) - 1
+    };
+    let slash = slash & head;
+    let keep = !(slash << 1) & !carry & head;
+    let quarter = |q: u32| SQUEEZE[((keep >> (8 * q)) & 0xFF) as usize] as i64;
+    // Indices within each 128-bit lane: the second quarter of a lane starts at 8.
+    let indices = s.avx._mm256_setr_epi64x(
+        quarter(0),
+        quarter(1) + 0x0808_0808_0808_0808,
+        quarter(2),
+        quarter(3) + 0x0808_0808_0808_0808,
+    );
+    let words: [u64; 4] = cast(s.avx2._mm256_shuffle_epi8(made, indices));
+    let len = |q: u32| ((keep >> (8 * q)) & 0xFF).count_ones() as usize;
+    Unescaped {
+        words,
+        lens: [len(0), len(1), len(2), len(3)],
+        stopped: stop != 0,
+        consumed: stop.trailing_zeros() as usize,
+        carry: slash >> 31,
+        escapes: slash.count_ones() as usize,
     }
 }
 
