@@ -98,8 +98,8 @@
 
 // Lowest first: a module imports only those listed before it (`tests/layering.rs`).
 // Plain sync modules.
-mod decode;
 mod simd;
+mod decode;
 mod encode;
 mod conditional;
 mod frames;
