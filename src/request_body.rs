@@ -52,8 +52,9 @@ pin_project! {
     enum Kind<B> {
         Untouched { #[pin] body: B },
         Upload { #[pin] body: B, state: UploadState },
-        // Boxed: the body is polled by the read-ahead, then moved into the inner request.
-        FhirXml { body: Pin<Box<B>>, state: XmlState },
+        // Boxed: the body is polled by the read-ahead, then moved into the inner request; the
+        // converter's state would make every request body several times larger.
+        FhirXml { body: Pin<Box<B>>, state: Box<XmlState> },
     }
 }
 
@@ -199,7 +200,7 @@ const MIN_HELD_PIECE: usize = 16 << 10;
 /// inner service reads, starting with what was held.
 pub(crate) struct XmlReadAhead<B> {
     body: Pin<Box<B>>,
-    state: XmlState,
+    state: Box<XmlState>,
     /// The JSON held, in pieces of about `frame_size` bytes (at least [`MIN_HELD_PIECE`]): a
     /// single buffer would double its capacity as it grows. The last one is being filled.
     held: VecDeque<Bytes>,
@@ -235,7 +236,7 @@ impl<B> XmlReadAhead<B> {
     pub(crate) fn new(body: B, expected: Option<u64>, options: &XmlBodyOptions) -> Self {
         XmlReadAhead {
             body: Box::pin(body),
-            state: XmlState {
+            state: Box::new(XmlState {
                 converter: XmlToJson::new(options.version, options.limits),
                 pending: Bytes::new(),
                 frame_size: options.frame_size.max(1),
@@ -246,7 +247,7 @@ impl<B> XmlReadAhead<B> {
                 held: VecDeque::new(),
                 remaining: None,
                 done: false,
-            },
+            }),
             held: VecDeque::new(),
             filling: Vec::new(),
             held_len: 0,
