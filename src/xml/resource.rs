@@ -241,8 +241,6 @@ struct Frame {
     arena: Vec<u8>,
     attributes: Vec<(&'static str, u32, u32)>,
     parts: Vec<Part>,
-    /// The element of the last member read, where the next lookup starts.
-    last: Option<ElementRef>,
     /// The primitive slots in use are `slots[..slots_used]`.
     slots: Vec<Slot>,
     slots_used: usize,
@@ -455,7 +453,6 @@ impl Converter {
                 parts: Vec::new(),
                 slots: Vec::new(),
                 slots_used: 0,
-                last: None,
                 pending: None,
                 open: None,
                 seq: 0,
@@ -518,7 +515,6 @@ impl Converter {
         frame.attributes.clear();
         frame.parts.clear();
         frame.slots_used = 0;
-        frame.last = None;
         frame.pending = None;
         frame.open = None;
         frame.seq = 0;
@@ -708,7 +704,6 @@ impl Converter {
         let comments = self.comments;
         let frame = nearest_frame(&mut self.stack);
         let ty = frame.ty;
-        let previous = frame.last;
         if key == "resourceType" && ty.kind() == TypeKind::Resource {
             return Err(self.error("resourceType twice"));
         }
@@ -720,7 +715,7 @@ impl Converter {
             Some(name) => (true, name),
             None => (false, key),
         };
-        let Some((found, traits)) = self.lookups.element(ty, previous, name) else {
+        let Some((found, traits)) = self.lookups.element(ty, name) else {
             return Err(self.error(&format!("unknown element `{key}` in {}", ty.name())));
         };
         let member = Member {
@@ -735,7 +730,6 @@ impl Converter {
         }
         let position = found.element.position();
         frame.pending = Some(member);
-        frame.last = Some(found.element);
         let seen = if partner {
             &mut frame.seen_partner
         } else {
