@@ -594,7 +594,7 @@ impl Converter {
                     }
                 }
             }
-            Some(Ctx::Frame(frame)) => match frame.pending.take() {
+            Some(Ctx::Frame(frame)) => match frame.pending {
                 None => match token {
                     Token::Key(key) => self.key(key, out),
                     Token::EndObject => {
@@ -604,22 +604,28 @@ impl Converter {
                     _ => Err(self.error("unexpected JSON token")),
                 },
                 Some(member) => {
-                    frame.open = Some(member);
+                    // `pending` names the member in errors until its value is complete, or
+                    // `open` once it is an array or an object being read.
                     if matches!(token, Token::BeginArray) {
                         if !member.traits.is_array() {
                             return Err(self.error("an array for an element that does not repeat"));
                         }
+                        frame.pending = None;
+                        frame.open = Some(member);
                         self.stack.push(Ctx::Array(ArrayState { member, index: 0 }));
                         return Ok(());
                     }
                     if member.traits.is_array() {
                         return Err(self.error("a repeating element must be a JSON array"));
                     }
-                    let depth = self.stack.len();
-                    self.value(member, token, None)?;
-                    if self.stack.len() == depth {
-                        // A primitive, complete.
-                        self.frame().open = None;
+                    if matches!(token, Token::BeginObject) {
+                        frame.pending = None;
+                        frame.open = Some(member);
+                        self.value(member, token, None)?;
+                    } else {
+                        // A primitive, complete with this token.
+                        self.value(member, token, None)?;
+                        nearest_frame(&mut self.stack).pending = None;
                     }
                     self.check_limit_now_and_then(&token, tokenizer_held, out)
                 }
@@ -702,7 +708,7 @@ impl Converter {
     /// A member's name in an object.
     fn key(&mut self, key: &str, out: &mut Vec<u8>) -> Result<(), ConvertError> {
         let comments = self.comments;
-        let frame = nearest_frame(&mut self.stack);
+        let mut frame = nearest_frame(&mut self.stack);
         let ty = frame.ty;
         if key == "resourceType" && ty.kind() == TypeKind::Resource {
             return Err(self.error("resourceType twice"));
@@ -757,10 +763,10 @@ impl Converter {
         }
         if frame.direct && (position < frame.next_free || (frame.started && attribute)) {
             self.lift(out);
+            frame = nearest_frame(&mut self.stack);
         }
         // The two parts of a primitive must agree on the choice type (a slot exists when the
         // other part came first).
-        let frame = nearest_frame(&mut self.stack);
         let other = if partner {
             &frame.seen
         } else {
