@@ -606,6 +606,24 @@ impl Converter {
                 Some(member) => {
                     // `pending` names the member in errors until its value is complete, or
                     // `open` once it is an array or an object being read.
+                    if let Token::String(text) = token {
+                        if member.traits.is_single_string()
+                            && !member.partner
+                            && frame.direct
+                            && !bit(&frame.seen_partner, member.element.position())
+                        {
+                            // The most common member, written here as `direct_primitive`
+                            // would.
+                            let base = self.stream_base;
+                            let written =
+                                write_direct_string(frame, member, text, &mut self.stream, base);
+                            if let Err(error) = written {
+                                return Err(self.direct_error(error));
+                            }
+                            frame.pending = None;
+                            return self.check_limit_now_and_then(&token, tokenizer_held, out);
+                        }
+                    }
                     if matches!(token, Token::BeginArray) {
                         if !member.traits.is_array() {
                             return Err(self.error("an array for an element that does not repeat"));
@@ -1014,36 +1032,18 @@ impl Converter {
         let position = member.element.position();
         let base = self.stream_base;
         let frame = nearest_frame(&mut self.stack);
+        if let (JsonKind::String, Token::String(text)) = (kind, token) {
+            // Most primitives: a string, written straight after its name.
+            return match write_direct_string(frame, member, text, &mut self.stream, base) {
+                Ok(()) => Ok(()),
+                Err(error) => Err(self.direct_error(error)),
+            };
+        }
         if let Err((message, name)) = write_direct(frame, position, &mut self.stream, base) {
             return Err(ConvertError {
                 path: format!("{}.{name}", self.path()),
                 message: message.to_string(),
             });
-        }
-        if let (JsonKind::String, Token::String(text)) = (kind, token) {
-            // Most primitives: a string, written straight after its name.
-            let stream = &mut self.stream;
-            stream.push(b'<');
-            write_name(stream, &member);
-            stream.extend_from_slice(b" value=\"");
-            let value_start = base + stream.len();
-            let escaped = if text.is_empty() {
-                Err("an empty string (FHIR JSON leaves the element out)")
-            } else {
-                escape_attribute(text, stream)
-            };
-            stream.extend_from_slice(b"\"/>");
-            let end = base + stream.len();
-            if let Err(message) = escaped {
-                return Err(self.error(message));
-            }
-            frame.written.push(Written {
-                position: position as u16,
-                piece: Piece::Value(member, value_start),
-                end,
-            });
-            frame.next_free = frame.next_free.max(position + 1);
-            return Ok(());
         }
         let mut stream = std::mem::take(&mut self.stream);
         stream.push(b'<');
@@ -1356,6 +1356,63 @@ impl Converter {
         out.push(b'>');
         Ok(())
     }
+}
+
+/// Why [`write_direct_string`] failed.
+enum DirectError {
+    /// A held element before the string, named, could not be written.
+    Held(&'static str, &'static str),
+    /// The string itself.
+    Value(&'static str),
+}
+
+impl Converter {
+    #[cold]
+    fn direct_error(&self, error: DirectError) -> ConvertError {
+        match error {
+            DirectError::Held(message, name) => ConvertError {
+                path: format!("{}.{name}", self.path()),
+                message: message.to_string(),
+            },
+            DirectError::Value(message) => self.error(message),
+        }
+    }
+}
+
+/// A string primitive that does not repeat, without a `_name` part so far, in an object that
+/// writes to the stream (`base` the position of `stream[0]` in the output): what XML puts
+/// before it is written first, then `<name value=".."/>`.
+#[inline(always)]
+fn write_direct_string(
+    frame: &mut Frame,
+    member: Member,
+    text: &str,
+    stream: &mut Vec<u8>,
+    base: usize,
+) -> Result<(), DirectError> {
+    let position = member.element.position();
+    if let Err((message, name)) = write_direct(frame, position, stream, base) {
+        return Err(DirectError::Held(message, name));
+    }
+    stream.push(b'<');
+    write_name(stream, &member);
+    stream.extend_from_slice(b" value=\"");
+    let value_start = base + stream.len();
+    let escaped = if text.is_empty() {
+        Err("an empty string (FHIR JSON leaves the element out)")
+    } else {
+        escape_attribute(text, stream)
+    };
+    stream.extend_from_slice(b"\"/>");
+    let end = base + stream.len();
+    escaped.map_err(DirectError::Value)?;
+    frame.written.push(Written {
+        position: position as u16,
+        piece: Piece::Value(member, value_start),
+        end,
+    });
+    frame.next_free = frame.next_free.max(position + 1);
+    Ok(())
 }
 
 /// A new primitive slot in `frame`, without a part.

@@ -2,7 +2,7 @@
 //! ([`NameIndex`], shared by the process) found once by type, so that a key is one lookup in
 //! it.
 
-use crate::model::{ElementMatch, NameIndex, TypeKind, TypeRef};
+use crate::model::{ElementMatch, JsonKind, NameIndex, TypeKind, TypeRef};
 
 /// What the converter asks of an element and its type at every step, read from the model's
 /// tables once.
@@ -18,6 +18,7 @@ const ATTRIBUTE: u8 = 2;
 const XHTML: u8 = 4;
 const CHOICE: u8 = 8;
 const RESOURCE_TYPED: u8 = 16;
+const SINGLE_STRING: u8 = 32;
 
 impl Traits {
     pub(crate) fn of(found: ElementMatch) -> Traits {
@@ -28,7 +29,14 @@ impl Traits {
                 | bit(e.is_attribute(), ATTRIBUTE)
                 | bit(e.is_xhtml(), XHTML)
                 | bit(e.is_choice(), CHOICE)
-                | bit(e.is_resource_typed(), RESOURCE_TYPED),
+                | bit(e.is_resource_typed(), RESOURCE_TYPED)
+                | bit(
+                    found.ty.kind() == TypeKind::Primitive(JsonKind::String)
+                        && !e.is_array()
+                        && !e.is_attribute()
+                        && !e.is_xhtml(),
+                    SINGLE_STRING,
+                ),
             kind: found.ty.kind(),
         }
     }
@@ -51,6 +59,12 @@ impl Traits {
     /// [`ElementRef::is_choice`].
     pub(crate) fn is_choice(self) -> bool {
         self.bits & CHOICE != 0
+    }
+
+    /// A string primitive that does not repeat, is no attribute and not the narrative: the
+    /// most common member, written as `<name value=".."/>`.
+    pub(crate) fn is_single_string(self) -> bool {
+        self.bits & SINGLE_STRING != 0
     }
 
     /// [`ElementRef::is_resource_typed`].
