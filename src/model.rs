@@ -424,36 +424,45 @@ impl NameIndex {
     /// The element of this JSON name (see [`TypeRef::element`]).
     #[inline]
     pub(crate) fn find(&self, json_name: &str) -> Option<ElementMatch> {
+        Some(self.find_at(json_name)?.1)
+    }
+
+    /// [`NameIndex::find`], with the place of what it finds among the index's
+    /// [`NameIndex::len`] entries: a key for tables by entry.
+    #[inline]
+    pub(crate) fn find_at(&self, json_name: &str) -> Option<(usize, ElementMatch)> {
         let words = name_words(json_name.as_bytes());
-        let entry = probe(&self.slots, &self.entries, words_hash(&words), |entry| {
+        let at = probe(&self.slots, &self.entries, words_hash(&words), |entry| {
             entry.words == words && (!is_long(&words) || entry.found.is_named(json_name))
         })?;
-        Some(entry.found)
+        Some((at, self.entries[at].found))
+    }
+
+    /// How many names the index holds.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
     }
 }
 
-/// The entry `hash` leads to in `slots` that `is_it` accepts, following the collisions.
+/// Where in `entries` is the entry that `hash` leads to in `slots` and `is_it` accepts,
+/// following the collisions.
 #[inline(always)]
-fn probe<'a, T>(
-    slots: &[u16],
-    entries: &'a [T],
-    hash: u32,
-    is_it: impl Fn(&T) -> bool,
-) -> Option<&'a T> {
+fn probe<T>(slots: &[u16], entries: &[T], hash: u32, is_it: impl Fn(&T) -> bool) -> Option<usize> {
     let mask = slots.len() - 1;
     let mut slot = hash as usize & mask;
     loop {
-        let entry = entries.get(usize::from(slots[slot]).checked_sub(1)?)?;
-        if is_it(entry) {
-            return Some(entry);
+        let at = usize::from(slots[slot]).checked_sub(1)?;
+        if is_it(entries.get(at)?) {
+            return Some(at);
         }
         slot = (slot + 1) & mask;
     }
 }
 
-/// Open-addressing slots for `entries` by their hash: indexes plus one, 0 for empty.
+/// Open-addressing slots for `entries` by their hash, at most a quarter of them used (a
+/// collision is rare): indexes plus one, 0 for empty.
 fn hash_slots<T>(entries: Vec<T>, hash: impl Fn(&T) -> u32) -> (Box<[u16]>, Box<[T]>) {
-    let size = (entries.len() * 2).next_power_of_two().max(8);
+    let size = (entries.len() * 4).next_power_of_two().max(8);
     let mut slots = vec![0u16; size].into_boxed_slice();
     for (at, entry) in entries.iter().enumerate() {
         let mut slot = hash(entry) as usize & (size - 1);
@@ -486,13 +495,13 @@ impl TypeIndex {
 
     fn find(&self, name: &str) -> Option<u16> {
         let words = name_words(name.as_bytes());
-        let &(_, _, index) = probe(
+        let at = probe(
             &self.slots,
             &self.entries,
             words_hash(&words),
             |&(w, n, _)| w == words && (!is_long(&words) || n == name),
         )?;
-        Some(index)
+        Some(self.entries[at].2)
     }
 }
 

@@ -75,15 +75,20 @@ impl Traits {
 
 /// Element lookups, by the name indexes of the types met.
 pub(crate) struct Lookups {
-    /// By [`TypeRef::id`]: the type's name index, once found.
-    indexes: Vec<Option<&'static NameIndex>>,
+    /// By [`TypeRef::id`]: the type's lookups, once made.
+    types: Vec<Option<TypeLookups>>,
+}
+
+/// The lookups of one type: its name index, and the traits of the elements it found, by
+/// entry.
+struct TypeLookups {
+    index: &'static NameIndex,
+    traits: Box<[Option<Traits>]>,
 }
 
 impl Lookups {
     pub(crate) fn new() -> Lookups {
-        Lookups {
-            indexes: Vec::new(),
-        }
+        Lookups { types: Vec::new() }
     }
 
     /// The element that `json_name` names in `ty`, by [`TypeRef::element`].
@@ -93,21 +98,35 @@ impl Lookups {
         ty: TypeRef,
         json_name: &str,
     ) -> Option<(ElementMatch, Traits)> {
-        let index = match self.indexes.get(ty.id()) {
-            Some(Some(index)) => index,
+        let lookups = match self.types.get_mut(ty.id()) {
+            Some(Some(lookups)) => lookups,
             _ => self.add(ty),
         };
-        let found = index.find(json_name)?;
-        Some((found, Traits::of(found)))
+        let (at, found) = lookups.index.find_at(json_name)?;
+        let traits = match lookups.traits.get(at) {
+            Some(Some(traits)) => *traits,
+            _ => {
+                let traits = Traits::of(found);
+                if let Some(slot) = lookups.traits.get_mut(at) {
+                    *slot = Some(traits);
+                }
+                traits
+            }
+        };
+        Some((found, traits))
     }
 
     #[cold]
-    fn add(&mut self, ty: TypeRef) -> &'static NameIndex {
+    fn add(&mut self, ty: TypeRef) -> &mut TypeLookups {
         let id = ty.id();
-        if self.indexes.len() <= id {
-            self.indexes.resize(id + 1, None);
+        if self.types.len() <= id {
+            self.types.resize_with(id + 1, || None);
         }
-        *self.indexes[id].insert(ty.name_index())
+        let index = ty.name_index();
+        self.types[id].insert(TypeLookups {
+            index,
+            traits: vec![None; index.len()].into_boxed_slice(),
+        })
     }
 }
 
