@@ -438,6 +438,13 @@ impl Converter {
                 .unwrap_or(false),
             Role::Extras { .. } => false,
         };
+        self.new_frame_direct(ty, role, direct)
+    }
+
+    /// [`Converter::new_frame`] when whether it writes to the stream is known: its parent
+    /// does.
+    #[inline(always)]
+    fn new_frame_direct(&mut self, ty: TypeRef, role: Role, direct: bool) -> Box<Frame> {
         let start = self.stream_end();
         let mut frame = self.pool.pop().unwrap_or_else(|| {
             Box::new(Frame {
@@ -849,8 +856,8 @@ impl Converter {
                         self.error(&format!("expected a JSON object ({})", member.ty.name()))
                     );
                 }
-                self.prepare_child(member)?;
-                let frame = self.new_frame(member.ty, Role::Element { member });
+                let direct = self.prepare_child(member)?;
+                let frame = self.new_frame_direct(member.ty, Role::Element { member }, direct);
                 self.stack.push(Ctx::Frame(frame));
                 Ok(())
             }
@@ -858,12 +865,12 @@ impl Converter {
     }
 
     /// Before an object is read into the current object: if that writes to the stream, what
-    /// XML puts before the object is written first.
+    /// XML puts before the object is written first. Whether it writes to the stream.
     #[inline(always)]
-    fn prepare_child(&mut self, member: Member) -> Result<(), ConvertError> {
+    fn prepare_child(&mut self, member: Member) -> Result<bool, ConvertError> {
         let frame = nearest_frame(&mut self.stack);
         if !frame.direct {
-            return Ok(());
+            return Ok(false);
         }
         let position = member.element.position();
         if let Err((message, name)) =
@@ -874,9 +881,8 @@ impl Converter {
                 message: message.to_string(),
             });
         }
-        let frame = nearest_frame(&mut self.stack);
         frame.next_free = frame.next_free.max(position + 1);
-        Ok(())
+        Ok(true)
     }
 
     /// A member came out of order in the object on top, which writes to the stream: what it
@@ -1524,12 +1530,12 @@ fn start_tag(frame: &mut Frame, out: &mut Vec<u8>) {
             return;
         }
         frame.started = true;
-        let name = frame.ty.name().as_bytes();
+        // The type's name only where it is written: most elements are named by their member.
         match frame.role {
             Role::Root => {
                 out.extend_from_slice(XML_DECL);
                 out.push(b'<');
-                out.extend_from_slice(name);
+                out.extend_from_slice(frame.ty.name().as_bytes());
                 out.extend_from_slice(b" xmlns=\"");
                 out.extend_from_slice(FHIR_NS.as_bytes());
                 out.push(b'"');
@@ -1539,7 +1545,7 @@ fn start_tag(frame: &mut Frame, out: &mut Vec<u8>) {
                 write_name(out, &member);
                 if member.traits.is_resource_typed() {
                     out.extend_from_slice(b"><");
-                    out.extend_from_slice(name);
+                    out.extend_from_slice(frame.ty.name().as_bytes());
                 }
             }
             Role::Extras { .. } => unreachable!("extras are never written whole"),
