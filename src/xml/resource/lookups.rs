@@ -75,8 +75,10 @@ impl Traits {
 
 /// Element lookups, by the name indexes of the types met.
 pub(crate) struct Lookups {
-    /// By [`TypeRef::id`]: the type's lookups, once made.
-    types: Vec<Option<TypeLookups>>,
+    /// By [`TypeRef::id`]: the place in `types` of the type's lookups plus one, 0 before
+    /// they are made (two bytes a type of the release, the few types met whole).
+    places: Vec<u16>,
+    types: Vec<TypeLookups>,
 }
 
 /// The lookups of one type: its name index, and the traits of the elements it found, by
@@ -88,7 +90,10 @@ struct TypeLookups {
 
 impl Lookups {
     pub(crate) fn new() -> Lookups {
-        Lookups { types: Vec::new() }
+        Lookups {
+            places: Vec::new(),
+            types: Vec::new(),
+        }
     }
 
     /// The element that `json_name` names in `ty`, by [`TypeRef::element`].
@@ -98,9 +103,10 @@ impl Lookups {
         ty: TypeRef,
         json_name: &str,
     ) -> Option<(ElementMatch, Traits)> {
-        let lookups = match self.types.get_mut(ty.id()) {
-            Some(Some(lookups)) => lookups,
-            _ => self.add(ty),
+        let place = usize::from(self.places.get(ty.id()).copied().unwrap_or(0));
+        let lookups = match place.checked_sub(1) {
+            Some(at) => &mut self.types[at],
+            None => self.add(ty),
         };
         let (at, found) = lookups.index.find_at(json_name)?;
         let traits = match lookups.traits.get(at) {
@@ -119,14 +125,18 @@ impl Lookups {
     #[cold]
     fn add(&mut self, ty: TypeRef) -> &mut TypeLookups {
         let id = ty.id();
-        if self.types.len() <= id {
-            self.types.resize_with(id + 1, || None);
+        if self.places.len() <= id {
+            self.places.resize(id + 1, 0);
         }
         let index = ty.name_index();
-        self.types[id].insert(TypeLookups {
+        self.types.push(TypeLookups {
             index,
             traits: vec![None; index.len()].into_boxed_slice(),
-        })
+        });
+        self.places[id] =
+            u16::try_from(self.types.len()).expect("type indexes are u16 by construction");
+        let last = self.types.len() - 1;
+        &mut self.types[last]
     }
 }
 
