@@ -143,7 +143,7 @@ impl JsonToXml {
         let converter = &mut self.converter;
         let tokenizer_held = self.tokenizer.held();
         let result = self.tokenizer.feed(input, &mut |token| {
-            converter.token(token, tokenizer_held, out)
+            converter.dispatch(token, tokenizer_held, out)
         });
         self.check(result)
     }
@@ -536,6 +536,27 @@ impl Converter {
     /// Bytes held by the conversion.
     fn held(&self) -> usize {
         held_in(&self.stack) + self.stream.len()
+    }
+
+    /// [`Converter::token`], with a key in an object (the most common token) handed to
+    /// [`Converter::key`] at once.
+    #[inline(always)]
+    fn dispatch(
+        &mut self,
+        token: Token<'_>,
+        tokenizer_held: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ConvertError> {
+        if let Token::Key(key) = token {
+            if self.stream_tail.is_none() {
+                if let Some(Ctx::Frame(frame)) = self.stack.last() {
+                    if frame.pending.is_none() {
+                        return self.key(key, out);
+                    }
+                }
+            }
+        }
+        self.token(token, tokenizer_held, out)
     }
 
     fn token(
