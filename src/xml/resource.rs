@@ -565,47 +565,14 @@ impl Converter {
         tokenizer_held: usize,
         out: &mut Vec<u8>,
     ) -> Result<(), ConvertError> {
-        if let Some(tail) = &self.stream_tail {
-            match token {
-                Token::StringPart(text) => {
-                    escape_attribute(text, out).map_err(|message| self.error(message))?;
-                }
-                _ => {
-                    // The tokenizer ends a string in pieces with `StringEnd`.
-                    out.extend_from_slice(tail);
-                    self.stream_tail = None;
-                    self.frame().open = None;
-                }
-            }
-            return Ok(());
+        if self.stream_tail.is_some() {
+            return self.stream_part(token, out);
         }
         if matches!(token, Token::StringStart) && !matches!(self.stack.last(), Some(Ctx::Skip(_))) {
             return self.stream_start(tokenizer_held, out);
         }
         match self.stack.last_mut() {
-            None => {
-                if !matches!(token, Token::BeginObject) {
-                    return Err(self.error("a FHIR resource is a JSON object"));
-                }
-                self.stack.push(Ctx::Record(Record {
-                    role: Role::Root,
-                    tokens: Vec::new(),
-                    depth: 0,
-                    type_next: false,
-                }));
-                Ok(())
-            }
-            Some(Ctx::Skip(depth)) => {
-                match token {
-                    Token::BeginObject | Token::BeginArray | Token::StringStart => *depth += 1,
-                    Token::EndObject | Token::EndArray | Token::StringEnd => *depth -= 1,
-                    _ => {}
-                }
-                if *depth == 0 {
-                    self.stack.pop();
-                }
-                Ok(())
-            }
+            None | Some(Ctx::Skip(_)) => self.first_or_skipped(token),
             Some(Ctx::Record(_)) => self.record(token, out),
             Some(Ctx::Array(array)) => {
                 let member = array.member;
@@ -677,6 +644,56 @@ impl Converter {
                 }
             },
         }
+    }
+
+    /// A piece of a string value being streamed, or what follows its last piece.
+    #[inline(never)]
+    fn stream_part(&mut self, token: Token<'_>, out: &mut Vec<u8>) -> Result<(), ConvertError> {
+        let Some(tail) = &self.stream_tail else {
+            return Ok(());
+        };
+        match token {
+            Token::StringPart(text) => {
+                escape_attribute(text, out).map_err(|message| self.error(message))?;
+            }
+            _ => {
+                // The tokenizer ends a string in pieces with `StringEnd`.
+                out.extend_from_slice(tail);
+                self.stream_tail = None;
+                self.frame().open = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// The document's first token, or one inside a value being skipped.
+    #[inline(never)]
+    fn first_or_skipped(&mut self, token: Token<'_>) -> Result<(), ConvertError> {
+        match self.stack.last_mut() {
+            None => {
+                if !matches!(token, Token::BeginObject) {
+                    return Err(self.error("a FHIR resource is a JSON object"));
+                }
+                self.stack.push(Ctx::Record(Record {
+                    role: Role::Root,
+                    tokens: Vec::new(),
+                    depth: 0,
+                    type_next: false,
+                }));
+            }
+            Some(Ctx::Skip(depth)) => {
+                match token {
+                    Token::BeginObject | Token::BeginArray | Token::StringStart => *depth += 1,
+                    Token::EndObject | Token::EndArray | Token::StringEnd => *depth -= 1,
+                    _ => {}
+                }
+                if *depth == 0 {
+                    self.stack.pop();
+                }
+            }
+            _ => unreachable!("called with no context or a skipped value on top"),
+        }
+        Ok(())
     }
 
     /// A string value larger than the reorder limit: written out as it comes, when it is a
