@@ -1949,13 +1949,15 @@ fn escape_attribute(s: &str, out: &mut Vec<u8>) -> Result<(), &'static str> {
             .iter()
             .fold(false, |care, &b| care | NEEDS_CARE[usize::from(b)]),
         Some(last) => {
-            let mut blocks = bytes.chunks_exact(16);
-            let care = (&mut blocks).fold(u8x16::ZERO, |care, block| care | care_block(block));
-            let care = if blocks.remainder().is_empty() {
-                care
-            } else {
-                care | care_block(&bytes[last..])
-            };
+            let mut care = u8x16::ZERO;
+            let mut at = 0;
+            while let Some(block) = bytes.get(at..at + 16) {
+                care |= care_block(block);
+                at += 16;
+            }
+            if at < bytes.len() {
+                care |= care_block(&bytes[last..]);
+            }
             care.to_bitmask() != 0
         }
     };
