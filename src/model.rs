@@ -200,6 +200,11 @@ impl TypeRef {
         usize::from(self.index)
     }
 
+    /// The type's place in its release's tables: a key for tables by type.
+    pub(crate) fn id(self) -> usize {
+        self.at()
+    }
+
     /// The type's name (`Patient`, `string`); a backbone element's is the last part of its
     /// path (`contact` for `Patient.contact`).
     pub(crate) fn name(self) -> &'static str {
@@ -259,7 +264,7 @@ impl TypeRef {
     }
 
     /// The type's index of JSON names, shared by every conversion of the release.
-    fn name_index(self) -> &'static NameIndex {
+    pub(crate) fn name_index(self) -> &'static NameIndex {
         let tables = self.tables;
         let release = release_of(tables);
         static INDEXES: [OnceLock<Box<[OnceLock<NameIndex>]>>; 5] = [const { OnceLock::new() }; 5];
@@ -372,32 +377,30 @@ impl TypeRef {
 
 /// Every JSON name of a type (its base's included, a choice element's under each of its
 /// types) in an open-addressing hash table, with what [`TypeRef::element_by_search`] finds
-/// for it: a lookup hashes the name and compares it with one or two entries.
-struct NameIndex {
+/// for it: a lookup takes the name's words ([`name_words`]) and compares them with one or two
+/// entries.
+pub(crate) struct NameIndex {
     /// Per slot: an index into `entries` plus one, or 0 for an empty slot.
     slots: Box<[u16]>,
     entries: Box<[NameEntry]>,
 }
 
 struct NameEntry {
-    hash: u32,
-    /// The JSON name, but for a choice element's (checked as its stem and its type's name).
-    name: Option<&'static str>,
+    words: NameWords,
     found: ElementMatch,
 }
 
 impl NameIndex {
     fn new(ty: TypeRef) -> NameIndex {
         let mut entries: Vec<NameEntry> = Vec::new();
-        let mut add = |name: &str, interned: Option<&'static str>| {
+        let mut add = |name: &str| {
             if let Some(found) = ty.element_by_search(name) {
-                let hash = name_hash(name.as_bytes());
+                let words = name_words(name.as_bytes());
                 if !entries
                     .iter()
-                    .any(|e| e.hash == hash && e.found.is_named(name))
+                    .any(|e| e.words == words && e.found.is_named(name))
                 {
-                    let name = interned.filter(|_| !found.element.is_choice());
-                    entries.push(NameEntry { hash, name, found });
+                    entries.push(NameEntry { words, found });
                 }
             }
         };
@@ -408,50 +411,58 @@ impl NameIndex {
                     let type_name = choice.name();
                     name.push(char::from(type_name.as_bytes()[0].to_ascii_uppercase()));
                     name.push_str(&type_name[1..]);
-                    add(&name, None);
+                    add(&name);
                 }
             } else {
-                add(element.name(), Some(element.name()));
+                add(element.name());
             }
         }
-        let (slots, entries) = hash_slots(entries, |e| e.hash);
+        let (slots, entries) = hash_slots(entries, |e| words_hash(&e.words));
         NameIndex { slots, entries }
     }
 
-    fn find(&self, json_name: &str) -> Option<ElementMatch> {
-        let hash = name_hash(json_name.as_bytes());
-        let entry = probe(&self.slots, &self.entries, hash, |entry| {
-            entry.hash == hash
-                && match entry.name {
-                    Some(name) => name == json_name,
-                    None => entry.found.is_named(json_name),
-                }
+    /// The element of this JSON name (see [`TypeRef::element`]).
+    #[inline]
+    pub(crate) fn find(&self, json_name: &str) -> Option<ElementMatch> {
+        Some(self.find_at(json_name)?.1)
+    }
+
+    /// [`NameIndex::find`], with the place of what it finds among the index's
+    /// [`NameIndex::len`] entries: a key for tables by entry.
+    #[inline]
+    pub(crate) fn find_at(&self, json_name: &str) -> Option<(usize, ElementMatch)> {
+        let words = name_words(json_name.as_bytes());
+        let at = probe(&self.slots, &self.entries, words_hash(&words), |entry| {
+            entry.words == words && (!is_long(&words) || entry.found.is_named(json_name))
         })?;
-        Some(entry.found)
+        Some((at, self.entries[at].found))
+    }
+
+    /// How many names the index holds.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
     }
 }
 
-/// The entry `hash` leads to in `slots` that `is_it` accepts, following the collisions.
-fn probe<'a, T>(
-    slots: &[u16],
-    entries: &'a [T],
-    hash: u32,
-    is_it: impl Fn(&T) -> bool,
-) -> Option<&'a T> {
+/// Where in `entries` is the entry that `hash` leads to in `slots` and `is_it` accepts,
+/// following the collisions.
+#[inline(always)]
+fn probe<T>(slots: &[u16], entries: &[T], hash: u32, is_it: impl Fn(&T) -> bool) -> Option<usize> {
     let mask = slots.len() - 1;
     let mut slot = hash as usize & mask;
     loop {
-        let entry = entries.get(usize::from(slots[slot]).checked_sub(1)?)?;
-        if is_it(entry) {
-            return Some(entry);
+        let at = usize::from(slots[slot]).checked_sub(1)?;
+        if is_it(entries.get(at)?) {
+            return Some(at);
         }
         slot = (slot + 1) & mask;
     }
 }
 
-/// Open-addressing slots for `entries` by their hash: indexes plus one, 0 for empty.
+/// Open-addressing slots for `entries` by their hash, at most a quarter of them used (a
+/// collision is rare): indexes plus one, 0 for empty.
 fn hash_slots<T>(entries: Vec<T>, hash: impl Fn(&T) -> u32) -> (Box<[u16]>, Box<[T]>) {
-    let size = (entries.len() * 2).next_power_of_two().max(8);
+    let size = (entries.len() * 4).next_power_of_two().max(8);
     let mut slots = vec![0u16; size].into_boxed_slice();
     for (at, entry) in entries.iter().enumerate() {
         let mut slot = hash(entry) as usize & (size - 1);
@@ -464,10 +475,10 @@ fn hash_slots<T>(entries: Vec<T>, hash: impl Fn(&T) -> u32) -> (Box<[u16]>, Box<
 }
 
 /// The named types of a release (resources, data types, primitives) by name, as
-/// [`NameIndex`] holds a type's elements: hash, name, type index.
+/// [`NameIndex`] holds a type's elements: the name's words, the name, the type index.
 struct TypeIndex {
     slots: Box<[u16]>,
-    entries: Box<[(u32, &'static str, u16)]>,
+    entries: Box<[(NameWords, &'static str, u16)]>,
 }
 
 impl TypeIndex {
@@ -475,19 +486,22 @@ impl TypeIndex {
         let entries = (0..tables.named_types)
             .map(|index| {
                 let name = tables.names[usize::from(tables.type_name[usize::from(index)])];
-                (name_hash(name.as_bytes()), name, index)
+                (name_words(name.as_bytes()), name, index)
             })
             .collect();
-        let (slots, entries) = hash_slots(entries, |e| e.0);
+        let (slots, entries) = hash_slots(entries, |e| words_hash(&e.0));
         TypeIndex { slots, entries }
     }
 
     fn find(&self, name: &str) -> Option<u16> {
-        let hash = name_hash(name.as_bytes());
-        let &(_, _, index) = probe(&self.slots, &self.entries, hash, |&(h, n, _)| {
-            h == hash && n == name
-        })?;
-        Some(index)
+        let words = name_words(name.as_bytes());
+        let at = probe(
+            &self.slots,
+            &self.entries,
+            words_hash(&words),
+            |&(w, n, _)| w == words && (!is_long(&words) || n == name),
+        )?;
+        Some(self.entries[at].2)
     }
 }
 
@@ -505,16 +519,56 @@ fn release_of(tables: &'static Tables) -> usize {
     .unwrap_or(0)
 }
 
-/// A hash of a name, eight bytes at a time.
-fn name_hash(name: &[u8]) -> u32 {
-    let mut hash = name.len() as u64;
-    for chunk in name.chunks(8) {
-        let mut word = [0u8; 8];
-        word[..chunk.len()].copy_from_slice(chunk);
-        hash = (hash ^ u64::from_le_bytes(word)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        hash ^= hash >> 29;
+/// The longest name whose [`name_words`] tell it from every other name.
+const SHORT_NAME: usize = 24;
+
+/// A name's bytes as words, with its length: for names of at most [`SHORT_NAME`] bytes,
+/// equal words are equal names; a longer name's words hold its first sixteen and last eight
+/// bytes and a mark ([`is_long`]), and equal words must be checked by comparing the names.
+type NameWords = [u64; 4];
+
+const LONG_NAME: u64 = 1 << 63;
+
+/// The words of a name: loads of eight or four bytes that may overlap, without a loop.
+#[inline(always)]
+fn name_words(b: &[u8]) -> NameWords {
+    let n = b.len();
+    let word = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default());
+    let half = |at: usize| {
+        u64::from(u32::from_le_bytes(
+            b[at..at + 4].try_into().unwrap_or_default(),
+        ))
+    };
+    match n {
+        0 => [0, 0, 0, 0],
+        1..=3 => {
+            let (a, m, z) = (b[0], b[n / 2], b[n - 1]);
+            [
+                u64::from(a) | u64::from(m) << 8 | u64::from(z) << 16,
+                0,
+                0,
+                n as u64,
+            ]
+        }
+        4..=7 => [half(0) | half(n - 4) << 32, 0, 0, n as u64],
+        8..=16 => [word(0), word(n - 8), 0, n as u64],
+        17..=SHORT_NAME => [word(0), word(8), word(n - 8), n as u64],
+        _ => [word(0), word(8), word(n - 8), n as u64 | LONG_NAME],
     }
-    (hash ^ (hash >> 32)) as u32
+}
+
+/// Whether words are those of a name longer than [`SHORT_NAME`].
+#[inline(always)]
+fn is_long(words: &NameWords) -> bool {
+    words[3] & LONG_NAME != 0
+}
+
+/// A hash of a name's words.
+#[inline(always)]
+fn words_hash(words: &NameWords) -> u32 {
+    let mixed = (words[0] ^ words[1].rotate_left(21) ^ words[2].rotate_left(42) ^ words[3])
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (mixed >> 32) as u32
 }
 
 /// The longest chain of bases in the tables, with room to spare.
@@ -1056,6 +1110,24 @@ mod tests {
             dstu2.type_at("Questionnaire.group.question.group"),
             Some(group)
         );
+    }
+
+    /// Different names of up to [`SHORT_NAME`] bytes have different words; longer names are
+    /// marked.
+    #[test]
+    fn words_tell_names_apart() {
+        let mut rng = crate::test_rng::Rng(3);
+        let mut seen = std::collections::HashMap::new();
+        for _ in 0..50_000 {
+            let len = rng.below(SHORT_NAME + 1);
+            let name: Vec<u8> = (0..len).map(|_| b"abc"[rng.below(3)]).collect();
+            let words = name_words(&name);
+            assert!(!is_long(&words));
+            if let Some(other) = seen.insert(words, name.clone()) {
+                assert_eq!(other, name);
+            }
+        }
+        assert!(is_long(&name_words(&[b'a'; SHORT_NAME + 1])));
     }
 
     #[test]

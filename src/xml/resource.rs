@@ -143,7 +143,7 @@ impl JsonToXml {
         let converter = &mut self.converter;
         let tokenizer_held = self.tokenizer.held();
         let result = self.tokenizer.feed(input, &mut |token| {
-            converter.token(token, tokenizer_held, out)
+            converter.dispatch(token, tokenizer_held, out)
         });
         self.check(result)
     }
@@ -241,8 +241,6 @@ struct Frame {
     arena: Vec<u8>,
     attributes: Vec<(&'static str, u32, u32)>,
     parts: Vec<Part>,
-    /// The element of the last member read, where the next lookup starts.
-    last: Option<ElementRef>,
     /// The primitive slots in use are `slots[..slots_used]`.
     slots: Vec<Slot>,
     slots_used: usize,
@@ -440,6 +438,13 @@ impl Converter {
                 .unwrap_or(false),
             Role::Extras { .. } => false,
         };
+        self.new_frame_direct(ty, role, direct)
+    }
+
+    /// [`Converter::new_frame`] when whether it writes to the stream is known: its parent
+    /// does.
+    #[inline(always)]
+    fn new_frame_direct(&mut self, ty: TypeRef, role: Role, direct: bool) -> Box<Frame> {
         let start = self.stream_end();
         let mut frame = self.pool.pop().unwrap_or_else(|| {
             Box::new(Frame {
@@ -455,7 +460,6 @@ impl Converter {
                 parts: Vec::new(),
                 slots: Vec::new(),
                 slots_used: 0,
-                last: None,
                 pending: None,
                 open: None,
                 seq: 0,
@@ -518,7 +522,6 @@ impl Converter {
         frame.attributes.clear();
         frame.parts.clear();
         frame.slots_used = 0;
-        frame.last = None;
         frame.pending = None;
         frame.open = None;
         frame.seq = 0;
@@ -535,53 +538,41 @@ impl Converter {
         held_in(&self.stack) + self.stream.len()
     }
 
+    /// [`Converter::token`], with a key in an object (the most common token) handed to
+    /// [`Converter::key`] at once.
+    #[inline(always)]
+    fn dispatch(
+        &mut self,
+        token: Token<'_>,
+        tokenizer_held: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ConvertError> {
+        if let Token::Key(key) = token {
+            if self.stream_tail.is_none() {
+                if let Some(Ctx::Frame(frame)) = self.stack.last() {
+                    if frame.pending.is_none() {
+                        return self.key(key, out);
+                    }
+                }
+            }
+        }
+        self.token(token, tokenizer_held, out)
+    }
+
     fn token(
         &mut self,
         token: Token<'_>,
         tokenizer_held: usize,
         out: &mut Vec<u8>,
     ) -> Result<(), ConvertError> {
-        if let Some(tail) = &self.stream_tail {
-            match token {
-                Token::StringPart(text) => {
-                    escape_attribute(text, out).map_err(|message| self.error(message))?;
-                }
-                _ => {
-                    // The tokenizer ends a string in pieces with `StringEnd`.
-                    out.extend_from_slice(tail);
-                    self.stream_tail = None;
-                    self.frame().open = None;
-                }
-            }
-            return Ok(());
+        if self.stream_tail.is_some() {
+            return self.stream_part(token, out);
         }
         if matches!(token, Token::StringStart) && !matches!(self.stack.last(), Some(Ctx::Skip(_))) {
             return self.stream_start(tokenizer_held, out);
         }
         match self.stack.last_mut() {
-            None => {
-                if !matches!(token, Token::BeginObject) {
-                    return Err(self.error("a FHIR resource is a JSON object"));
-                }
-                self.stack.push(Ctx::Record(Record {
-                    role: Role::Root,
-                    tokens: Vec::new(),
-                    depth: 0,
-                    type_next: false,
-                }));
-                Ok(())
-            }
-            Some(Ctx::Skip(depth)) => {
-                match token {
-                    Token::BeginObject | Token::BeginArray | Token::StringStart => *depth += 1,
-                    Token::EndObject | Token::EndArray | Token::StringEnd => *depth -= 1,
-                    _ => {}
-                }
-                if *depth == 0 {
-                    self.stack.pop();
-                }
-                Ok(())
-            }
+            None | Some(Ctx::Skip(_)) => self.first_or_skipped(token),
             Some(Ctx::Record(_)) => self.record(token, out),
             Some(Ctx::Array(array)) => {
                 let member = array.member;
@@ -598,7 +589,7 @@ impl Converter {
                     }
                 }
             }
-            Some(Ctx::Frame(frame)) => match frame.pending.take() {
+            Some(Ctx::Frame(frame)) => match frame.pending {
                 None => match token {
                     Token::Key(key) => self.key(key, out),
                     Token::EndObject => {
@@ -608,27 +599,101 @@ impl Converter {
                     _ => Err(self.error("unexpected JSON token")),
                 },
                 Some(member) => {
-                    frame.open = Some(member);
+                    // `pending` names the member in errors until its value is complete, or
+                    // `open` once it is an array or an object being read.
+                    if let Token::String(text) = token {
+                        if member.traits.is_single_string()
+                            && !member.partner
+                            && frame.direct
+                            && !bit(&frame.seen_partner, member.element.position())
+                        {
+                            // The most common member, written here as `direct_primitive`
+                            // would.
+                            let base = self.stream_base;
+                            let written =
+                                write_direct_string(frame, member, text, &mut self.stream, base);
+                            if let Err(error) = written {
+                                return Err(self.direct_error(error));
+                            }
+                            frame.pending = None;
+                            return self.check_limit_now_and_then(&token, tokenizer_held, out);
+                        }
+                    }
                     if matches!(token, Token::BeginArray) {
                         if !member.traits.is_array() {
                             return Err(self.error("an array for an element that does not repeat"));
                         }
+                        frame.pending = None;
+                        frame.open = Some(member);
                         self.stack.push(Ctx::Array(ArrayState { member, index: 0 }));
                         return Ok(());
                     }
                     if member.traits.is_array() {
                         return Err(self.error("a repeating element must be a JSON array"));
                     }
-                    let depth = self.stack.len();
-                    self.value(member, token, None)?;
-                    if self.stack.len() == depth {
-                        // A primitive, complete.
-                        self.frame().open = None;
+                    if matches!(token, Token::BeginObject) {
+                        frame.pending = None;
+                        frame.open = Some(member);
+                        self.value(member, token, None)?;
+                    } else {
+                        // A primitive, complete with this token.
+                        self.value(member, token, None)?;
+                        nearest_frame(&mut self.stack).pending = None;
                     }
                     self.check_limit_now_and_then(&token, tokenizer_held, out)
                 }
             },
         }
+    }
+
+    /// A piece of a string value being streamed, or what follows its last piece.
+    #[inline(never)]
+    fn stream_part(&mut self, token: Token<'_>, out: &mut Vec<u8>) -> Result<(), ConvertError> {
+        let Some(tail) = &self.stream_tail else {
+            return Ok(());
+        };
+        match token {
+            Token::StringPart(text) => {
+                escape_attribute(text, out).map_err(|message| self.error(message))?;
+            }
+            _ => {
+                // The tokenizer ends a string in pieces with `StringEnd`.
+                out.extend_from_slice(tail);
+                self.stream_tail = None;
+                self.frame().open = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// The document's first token, or one inside a value being skipped.
+    #[inline(never)]
+    fn first_or_skipped(&mut self, token: Token<'_>) -> Result<(), ConvertError> {
+        match self.stack.last_mut() {
+            None => {
+                if !matches!(token, Token::BeginObject) {
+                    return Err(self.error("a FHIR resource is a JSON object"));
+                }
+                self.stack.push(Ctx::Record(Record {
+                    role: Role::Root,
+                    tokens: Vec::new(),
+                    depth: 0,
+                    type_next: false,
+                }));
+            }
+            Some(Ctx::Skip(depth)) => {
+                match token {
+                    Token::BeginObject | Token::BeginArray | Token::StringStart => *depth += 1,
+                    Token::EndObject | Token::EndArray | Token::StringEnd => *depth -= 1,
+                    _ => {}
+                }
+                if *depth == 0 {
+                    self.stack.pop();
+                }
+            }
+            _ => unreachable!("called with no context or a skipped value on top"),
+        }
+        Ok(())
     }
 
     /// A string value larger than the reorder limit: written out as it comes, when it is a
@@ -706,9 +771,8 @@ impl Converter {
     /// A member's name in an object.
     fn key(&mut self, key: &str, out: &mut Vec<u8>) -> Result<(), ConvertError> {
         let comments = self.comments;
-        let frame = nearest_frame(&mut self.stack);
+        let mut frame = nearest_frame(&mut self.stack);
         let ty = frame.ty;
-        let previous = frame.last;
         if key == "resourceType" && ty.kind() == TypeKind::Resource {
             return Err(self.error("resourceType twice"));
         }
@@ -720,7 +784,7 @@ impl Converter {
             Some(name) => (true, name),
             None => (false, key),
         };
-        let Some((found, traits)) = self.lookups.element(ty, previous, name) else {
+        let Some((found, traits)) = self.lookups.element(ty, name) else {
             return Err(self.error(&format!("unknown element `{key}` in {}", ty.name())));
         };
         let member = Member {
@@ -735,7 +799,6 @@ impl Converter {
         }
         let position = found.element.position();
         frame.pending = Some(member);
-        frame.last = Some(found.element);
         let seen = if partner {
             &mut frame.seen_partner
         } else {
@@ -763,10 +826,10 @@ impl Converter {
         }
         if frame.direct && (position < frame.next_free || (frame.started && attribute)) {
             self.lift(out);
+            frame = nearest_frame(&mut self.stack);
         }
         // The two parts of a primitive must agree on the choice type (a slot exists when the
         // other part came first).
-        let frame = nearest_frame(&mut self.stack);
         let other = if partner {
             &frame.seen
         } else {
@@ -831,8 +894,8 @@ impl Converter {
                         self.error(&format!("expected a JSON object ({})", member.ty.name()))
                     );
                 }
-                self.prepare_child(member)?;
-                let frame = self.new_frame(member.ty, Role::Element { member });
+                let direct = self.prepare_child(member)?;
+                let frame = self.new_frame_direct(member.ty, Role::Element { member }, direct);
                 self.stack.push(Ctx::Frame(frame));
                 Ok(())
             }
@@ -840,12 +903,12 @@ impl Converter {
     }
 
     /// Before an object is read into the current object: if that writes to the stream, what
-    /// XML puts before the object is written first.
+    /// XML puts before the object is written first. Whether it writes to the stream.
     #[inline(always)]
-    fn prepare_child(&mut self, member: Member) -> Result<(), ConvertError> {
+    fn prepare_child(&mut self, member: Member) -> Result<bool, ConvertError> {
         let frame = nearest_frame(&mut self.stack);
         if !frame.direct {
-            return Ok(());
+            return Ok(false);
         }
         let position = member.element.position();
         if let Err((message, name)) =
@@ -856,9 +919,8 @@ impl Converter {
                 message: message.to_string(),
             });
         }
-        let frame = nearest_frame(&mut self.stack);
         frame.next_free = frame.next_free.max(position + 1);
-        Ok(())
+        Ok(true)
     }
 
     /// A member came out of order in the object on top, which writes to the stream: what it
@@ -1014,36 +1076,18 @@ impl Converter {
         let position = member.element.position();
         let base = self.stream_base;
         let frame = nearest_frame(&mut self.stack);
+        if let (JsonKind::String, Token::String(text)) = (kind, token) {
+            // Most primitives: a string, written straight after its name.
+            return match write_direct_string(frame, member, text, &mut self.stream, base) {
+                Ok(()) => Ok(()),
+                Err(error) => Err(self.direct_error(error)),
+            };
+        }
         if let Err((message, name)) = write_direct(frame, position, &mut self.stream, base) {
             return Err(ConvertError {
                 path: format!("{}.{name}", self.path()),
                 message: message.to_string(),
             });
-        }
-        if let (JsonKind::String, Token::String(text)) = (kind, token) {
-            // Most primitives: a string, written straight after its name.
-            let stream = &mut self.stream;
-            stream.push(b'<');
-            write_name(stream, &member);
-            stream.extend_from_slice(b" value=\"");
-            let value_start = base + stream.len();
-            let escaped = if text.is_empty() {
-                Err("an empty string (FHIR JSON leaves the element out)")
-            } else {
-                escape_attribute(text, stream)
-            };
-            stream.extend_from_slice(b"\"/>");
-            let end = base + stream.len();
-            if let Err(message) = escaped {
-                return Err(self.error(message));
-            }
-            frame.written.push(Written {
-                position: position as u16,
-                piece: Piece::Value(member, value_start),
-                end,
-            });
-            frame.next_free = frame.next_free.max(position + 1);
-            return Ok(());
         }
         let mut stream = std::mem::take(&mut self.stream);
         stream.push(b'<');
@@ -1358,6 +1402,63 @@ impl Converter {
     }
 }
 
+/// Why [`write_direct_string`] failed.
+enum DirectError {
+    /// A held element before the string, named, could not be written.
+    Held(&'static str, &'static str),
+    /// The string itself.
+    Value(&'static str),
+}
+
+impl Converter {
+    #[cold]
+    fn direct_error(&self, error: DirectError) -> ConvertError {
+        match error {
+            DirectError::Held(message, name) => ConvertError {
+                path: format!("{}.{name}", self.path()),
+                message: message.to_string(),
+            },
+            DirectError::Value(message) => self.error(message),
+        }
+    }
+}
+
+/// A string primitive that does not repeat, without a `_name` part so far, in an object that
+/// writes to the stream (`base` the position of `stream[0]` in the output): what XML puts
+/// before it is written first, then `<name value=".."/>`.
+#[inline(always)]
+fn write_direct_string(
+    frame: &mut Frame,
+    member: Member,
+    text: &str,
+    stream: &mut Vec<u8>,
+    base: usize,
+) -> Result<(), DirectError> {
+    let position = member.element.position();
+    if let Err((message, name)) = write_direct(frame, position, stream, base) {
+        return Err(DirectError::Held(message, name));
+    }
+    stream.push(b'<');
+    write_name(stream, &member);
+    stream.extend_from_slice(b" value=\"");
+    let value_start = base + stream.len();
+    let escaped = if text.is_empty() {
+        Err("an empty string (FHIR JSON leaves the element out)")
+    } else {
+        escape_attribute(text, stream)
+    };
+    stream.extend_from_slice(b"\"/>");
+    let end = base + stream.len();
+    escaped.map_err(DirectError::Value)?;
+    frame.written.push(Written {
+        position: position as u16,
+        piece: Piece::Value(member, value_start),
+        end,
+    });
+    frame.next_free = frame.next_free.max(position + 1);
+    Ok(())
+}
+
 /// A new primitive slot in `frame`, without a part.
 fn add_slot(frame: &mut Frame, member: Member) -> u32 {
     let at = frame.slots_used as u32;
@@ -1467,12 +1568,12 @@ fn start_tag(frame: &mut Frame, out: &mut Vec<u8>) {
             return;
         }
         frame.started = true;
-        let name = frame.ty.name().as_bytes();
+        // The type's name only where it is written: most elements are named by their member.
         match frame.role {
             Role::Root => {
                 out.extend_from_slice(XML_DECL);
                 out.push(b'<');
-                out.extend_from_slice(name);
+                out.extend_from_slice(frame.ty.name().as_bytes());
                 out.extend_from_slice(b" xmlns=\"");
                 out.extend_from_slice(FHIR_NS.as_bytes());
                 out.push(b'"');
@@ -1482,7 +1583,7 @@ fn start_tag(frame: &mut Frame, out: &mut Vec<u8>) {
                 write_name(out, &member);
                 if member.traits.is_resource_typed() {
                     out.extend_from_slice(b"><");
-                    out.extend_from_slice(name);
+                    out.extend_from_slice(frame.ty.name().as_bytes());
                 }
             }
             Role::Extras { .. } => unreachable!("extras are never written whole"),
@@ -1848,13 +1949,15 @@ fn escape_attribute(s: &str, out: &mut Vec<u8>) -> Result<(), &'static str> {
             .iter()
             .fold(false, |care, &b| care | NEEDS_CARE[usize::from(b)]),
         Some(last) => {
-            let mut blocks = bytes.chunks_exact(16);
-            let care = (&mut blocks).fold(u8x16::ZERO, |care, block| care | care_block(block));
-            let care = if blocks.remainder().is_empty() {
-                care
-            } else {
-                care | care_block(&bytes[last..])
-            };
+            let mut care = u8x16::ZERO;
+            let mut at = 0;
+            while let Some(block) = bytes.get(at..at + 16) {
+                care |= care_block(block);
+                at += 16;
+            }
+            if at < bytes.len() {
+                care |= care_block(&bytes[last..]);
+            }
             care.to_bitmask() != 0
         }
     };

@@ -564,20 +564,44 @@ fn read_plain_div(
     links: Links,
 ) -> Option<()> {
     let b = src.as_bytes();
+    // Text without references and tags without attributes (but the root's) are written as
+    // they stand: `b[copied..]` up to where the reading is has not been written yet and is
+    // written as it is, in one copy, when something written otherwise comes.
+    let mut copied = 0;
     let mut i = 0;
     loop {
         let (len, has_reference) = text_run(&b[i..]);
         let tag = i + len;
-        reading.checked_text(&b[i..tag], has_reference?, out)?;
+        let has_reference = has_reference?;
+        if !has_reference && reading.cut.is_empty() {
+            // As it stands, or dropped (whitespace outside the root).
+            if !text_allowed(&b[i..tag], &reading.stack).ok()? {
+                out.extend_from_slice(&b[copied..i]);
+                copied = tag;
+            }
+        } else {
+            out.extend_from_slice(&b[copied..i]);
+            reading.checked_text(&b[i..tag], has_reference, out)?;
+            copied = tag;
+        }
         if tag == b.len() {
             break;
         }
         i = tag
             + match b.get(tag + 1) {
-                Some(b'/') => reading.end_tag(&b[tag..], out)?,
-                _ => reading.start_tag(&b[tag..], out, links)?,
+                Some(b'/') => reading.end_tag_checked(&b[tag..])?,
+                _ => {
+                    let pending = &b[copied..tag];
+                    let (n, as_it_stands) =
+                        reading.start_tag_or_copy(&b[tag..], pending, out, links)?;
+                    if !as_it_stands {
+                        copied = tag + n;
+                    }
+                    n
+                }
             };
     }
+    out.extend_from_slice(&b[copied..]);
     reading.complete().then_some(())
 }
 
@@ -622,6 +646,15 @@ impl PlainReading {
 
     /// Checks and writes the end tag (`</name>`) that starts `b`: its length.
     fn end_tag(&mut self, b: &[u8], out: &mut impl Sink) -> Option<usize> {
+        let end = self.end_tag_checked(b)?;
+        // Written as it stands: the name is the open element's.
+        out.extend_from_slice(&b[..end]);
+        Some(end)
+    }
+
+    /// [`PlainReading::end_tag`] without writing it.
+    #[inline(always)]
+    fn end_tag_checked(&mut self, b: &[u8]) -> Option<usize> {
         let open = self.stack.pop()?;
         let name = open.elem.name.as_bytes();
         let end = 2 + name.len();
@@ -633,14 +666,29 @@ impl PlainReading {
         {
             return None;
         }
-        out.extend_from_slice(b"</");
-        out.extend_from_slice(open.elem.name.as_bytes());
-        out.push(b'>');
         Some(end + 1)
     }
 
     /// Checks and writes the start tag that starts `b` (at its `<`): its length.
     fn start_tag(&mut self, b: &[u8], out: &mut impl Sink, links: Links) -> Option<usize> {
+        let (end, as_it_stands) = self.start_tag_or_copy(b, &[], out, links)?;
+        if as_it_stands {
+            out.extend_from_slice(&b[..end]);
+        }
+        Some(end)
+    }
+
+    /// Checks the start tag that starts `b` (at its `<`): its length, and whether it is
+    /// written as it stands (a tag without attributes, but the root's), which is then left
+    /// to the caller. Otherwise `pending` is written, then the tag.
+    #[inline(always)]
+    fn start_tag_or_copy(
+        &mut self,
+        b: &[u8],
+        pending: &[u8],
+        out: &mut impl Sink,
+        links: Links,
+    ) -> Option<(usize, bool)> {
         if (self.stack.is_empty() && self.seen_root) || !self.cut.is_empty() {
             return None;
         }
@@ -649,23 +697,32 @@ impl PlainReading {
             return None;
         }
         let root = self.stack.is_empty();
-        let elem = enter(&b[1..end], &mut self.stack, out).ok()?;
+        let elem = enter_checked(&b[1..end], &mut self.stack).ok()?;
         // Most tags have no attributes.
-        let (end, empty) = match b.get(end) {
-            Some(b'>') if !root && elem.required.is_empty() => (end + 1, false),
+        let (end, empty, as_it_stands) = match b.get(end) {
+            Some(b'>') if !root && elem.required.is_empty() => (end + 1, false, true),
             Some(b'/') if !root && elem.required.is_empty() && b.get(end + 1) == Some(&b'>') => {
-                (end + 2, true)
+                (end + 2, true, true)
             }
-            _ => self.attributes(b, end, elem, root, out, links)?,
+            _ => {
+                out.extend_from_slice(pending);
+                write_open(elem, root, out);
+                let (end, empty) = self.attributes(b, end, elem, root, out, links)?;
+                (end, empty, false)
+            }
         };
         self.seen_root = true;
         if empty {
             if elem.model.needs_child() {
                 return None;
             }
-            out.extend_from_slice(b"/>");
+            if !as_it_stands {
+                out.extend_from_slice(b"/>");
+            }
         } else {
-            out.push(b'>');
+            if !as_it_stands {
+                out.push(b'>');
+            }
             self.stack.push(Open {
                 elem,
                 children: 0,
@@ -673,7 +730,7 @@ impl PlainReading {
                 last: "",
             });
         }
-        Some(end)
+        Some((end, as_it_stands))
     }
 
     /// Checks and writes the attributes of a start tag from `i` on, and checks that it
@@ -1009,6 +1066,14 @@ fn open(
 /// its attributes.
 #[inline(always)]
 fn enter(local: &[u8], stack: &mut [Open], out: &mut impl Sink) -> Result<&'static Elem, Reject> {
+    let elem = enter_checked(local, stack)?;
+    write_open(elem, stack.is_empty(), out);
+    Ok(elem)
+}
+
+/// [`enter`] without writing anything.
+#[inline(always)]
+fn enter_checked(local: &[u8], stack: &mut [Open]) -> Result<&'static Elem, Reject> {
     let elem = element(local).ok_or("element not allowed")?;
     match stack.last_mut() {
         None if elem.name != "div" => return Err("root is not a div"),
@@ -1029,14 +1094,19 @@ fn enter(local: &[u8], stack: &mut [Open], out: &mut impl Sink) -> Result<&'stat
             parent.children += 1;
         }
     }
+    Ok(elem)
+}
+
+/// Writes an element's start tag up to its attributes, the root's with the namespace.
+#[inline(always)]
+fn write_open(elem: &Elem, root: bool, out: &mut impl Sink) {
     out.push(b'<');
     out.extend_from_slice(elem.name.as_bytes());
-    if stack.is_empty() {
+    if root {
         out.extend_from_slice(b" xmlns=\"");
         out.extend_from_slice(XHTML_NS.as_bytes());
         out.push(b'"');
     }
-    Ok(elem)
 }
 
 /// Checks an allowed attribute's value (normalized, references resolved) and writes it,

@@ -680,20 +680,21 @@ pub(crate) fn is_json_number(s: &[u8]) -> bool {
 fn unescape(raw: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
     let mut i = 0;
     while i < raw.len() {
-        let Some(found) = memchr::memchr(b'\\', &raw[i..]) else {
-            let rest = &raw[i..];
-            if has_control(rest) {
-                return Err("control character in a string");
+        // The plain run up to the next backslash or control character, found in one pass.
+        let plain = string_stop(&raw[i..]).unwrap_or(raw.len() - i);
+        out.extend_from_slice(&raw[i..i + plain]);
+        i += plain;
+        match raw.get(i) {
+            None => break,
+            Some(b'\\') => i += 1,
+            // A quote cannot stand unescaped in a string: as any other byte, were it to.
+            Some(b'"') => {
+                out.push(b'"');
+                i += 1;
+                continue;
             }
-            out.extend_from_slice(rest);
-            break;
-        };
-        let plain = &raw[i..i + found];
-        if has_control(plain) {
-            return Err("control character in a string");
+            Some(_) => return Err("control character in a string"),
         }
-        out.extend_from_slice(plain);
-        i += found + 1;
         let Some(&escape) = raw.get(i) else {
             return Err("unfinished escape");
         };
