@@ -224,7 +224,7 @@ impl Compactor {
             }
             if self.striding && c.line == 0 && c.clean {
                 let start = c.i;
-                if self.stride(c, input) {
+                if self.stride(c, input, simd) {
                     return true;
                 }
                 if c.i > start {
@@ -299,7 +299,12 @@ impl Compactor {
     /// Copies whole lines of the length and separator of the last two; true when the buffers
     /// are full.
     #[inline(always)]
-    fn stride<const TEXT: bool>(&mut self, c: &mut Cursor<'_, TEXT>, input: &[u8]) -> bool {
+    fn stride<const TEXT: bool>(
+        &mut self,
+        c: &mut Cursor<'_, TEXT>,
+        input: &[u8],
+        simd: Option<Avx2>,
+    ) -> bool {
         let sep = self.last_separator;
         let len = self.last_line;
         // The text keeps the separators only between groups.
@@ -312,11 +317,11 @@ impl Compactor {
         // Lines are copied in whole blocks, past their end: what follows overwrites that. The
         // usual lengths (up to 128) with as many block copies written out.
         let (i, n, t, full) = match len.div_ceil(BLOCK) {
-            1 => lines::<TEXT, 1>(c, input, len, sep),
-            2 => lines::<TEXT, 2>(c, input, len, sep),
-            3 => lines::<TEXT, 3>(c, input, len, sep),
-            4 => lines::<TEXT, 4>(c, input, len, sep),
-            _ => lines::<TEXT, 0>(c, input, len, sep),
+            1 => lines::<TEXT, 1>(c, input, len, sep, simd),
+            2 => lines::<TEXT, 2>(c, input, len, sep, simd),
+            3 => lines::<TEXT, 3>(c, input, len, sep, simd),
+            4 => lines::<TEXT, 4>(c, input, len, sep, simd),
+            _ => lines::<TEXT, 0>(c, input, len, sep, simd),
         };
         let lines = (i - c.i) / (len + sep_len);
         if lines > 0 {
@@ -487,6 +492,7 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
             let Some(window) = input.get(i..i + avx2::WINDOW) else {
                 break;
             };
+            prefetch(Some(simd), input, i);
             let step = avx2::unescape(simd, window.try_into().unwrap_or(&[0; avx2::WINDOW]), carry);
             // The words overlap: each is written whole, the next one over its unused end.
             let place = |buffer: &mut [u8], at: usize| {
@@ -559,6 +565,7 @@ fn lines<const TEXT: bool, const BLOCKS: usize>(
     input: &[u8],
     len: usize,
     sep: Separator,
+    simd: Option<Avx2>,
 ) -> (usize, usize, usize, bool) {
     let (step, sep_mask, sep_text_len) = (
         len + usize::from(sep.len),
@@ -574,6 +581,7 @@ fn lines<const TEXT: bool, const BLOCKS: usize>(
         if n >= SYMBOLS_CAP || (TEXT && t >= TEXT_CAP) {
             break true;
         }
+        prefetch(simd, input, i);
         let Some(head) = input.get(i..i + len + 8) else {
             break false;
         };
@@ -594,6 +602,25 @@ fn lines<const TEXT: bool, const BLOCKS: usize>(
         i += step;
     };
     (i, n, t, full)
+}
+
+/// How far ahead of the bytes being copied the input is asked for: copying lines and taking
+/// blocks run few instructions per byte, and waited for the input without it.
+const PREFETCH: usize = 2048;
+
+/// Asks for the input [`PREFETCH`] bytes after `at` to be brought into the cache (only a hint:
+/// nothing is read, and past the end of `input` nothing happens).
+#[inline(always)]
+fn prefetch(simd: Option<Avx2>, input: &[u8], at: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(simd) = simd {
+        let ahead = input.as_ptr().wrapping_add(at + PREFETCH);
+        simd.v3()
+            .sse
+            ._mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(ahead.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (simd, input, at);
 }
 
 /// Copies `src` to the start of `dst`: as `BLOCKS` whole blocks when it is that long (0: any
