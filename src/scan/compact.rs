@@ -606,10 +606,11 @@ fn lines<const TEXT: bool, const BLOCKS: usize>(
 
 /// How far ahead of the bytes being copied the input is asked for: copying lines and taking
 /// blocks run few instructions per byte, and waited for the input without it.
+#[cfg(target_arch = "x86_64")]
 const PREFETCH: usize = 2048;
 
-/// Asks for the input [`PREFETCH`] bytes after `at` to be brought into the cache (only a hint:
-/// nothing is read, and past the end of `input` nothing happens).
+/// Asks for the input 2 KiB after `at` to be brought into the cache, with AVX2's token (only
+/// a hint: nothing is read, and past the end of `input` nothing happens).
 #[inline(always)]
 fn prefetch(simd: Option<Avx2>, input: &[u8], at: usize) {
     #[cfg(target_arch = "x86_64")]
