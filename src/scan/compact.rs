@@ -499,10 +499,11 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
             };
             prefetch(Some(simd), input, i);
             let step = avx2::unescape(simd, window.try_into().unwrap_or(&[0; avx2::WINDOW]), carry);
-            // The words overlap: each is written whole, the next one over its unused end.
+            // The words overlap: each is written whole, the next one over its unused end. One
+            // bounds check for the window; the masked starts need none.
             let place = |buffer: &mut [u8], at: usize| {
-                let Ok(place) = <&mut [u8; avx2::STEP + 8]>::try_from(&mut buffer[at..at + 40])
-                else {
+                let window = &mut buffer[at..at + avx2::STEP + 8];
+                let Ok(place) = <&mut [u8; avx2::STEP + 8]>::try_from(window) else {
                     return;
                 };
                 for (word, start) in step.words.iter().zip(step.starts) {
