@@ -192,7 +192,10 @@ impl Compactor {
                 c: &mut c,
                 input,
             }),
-            _ => self.run(&mut c, input, None),
+            // Once `\u` escapes came, lines are not copied whole: such text seldom has clean
+            // lines, and its loop runs faster without the line copy.
+            _ if self.codes => self.run::<TEXT, false>(&mut c, input, None),
+            _ => self.run::<TEXT, true>(&mut c, input, None),
         };
         self.line = c.line;
         self.clean = c.clean;
@@ -211,8 +214,9 @@ impl Compactor {
     }
 
     /// The loop of [`Self::compact`]; true when it stopped because the buffers are full.
+    /// `LINES`: lines like the last two are copied whole.
     #[inline(always)]
-    fn run<const TEXT: bool>(
+    fn run<const TEXT: bool, const LINES: bool>(
         &mut self,
         c: &mut Cursor<'_, TEXT>,
         input: &[u8],
@@ -222,9 +226,9 @@ impl Compactor {
             if c.n >= SYMBOLS_CAP || c.t >= TEXT_CAP {
                 return true;
             }
-            if self.striding && c.line == 0 && c.clean {
+            if LINES && self.striding && c.line == 0 && c.clean {
                 let start = c.i;
-                if self.stride(c, input) {
+                if self.stride(c, input, simd) {
                     return true;
                 }
                 if c.i > start {
@@ -299,45 +303,41 @@ impl Compactor {
     /// Copies whole lines of the length and separator of the last two; true when the buffers
     /// are full.
     #[inline(always)]
-    fn stride<const TEXT: bool>(&mut self, c: &mut Cursor<'_, TEXT>, input: &[u8]) -> bool {
+    fn stride<const TEXT: bool>(
+        &mut self,
+        c: &mut Cursor<'_, TEXT>,
+        input: &[u8],
+        simd: Option<Avx2>,
+    ) -> bool {
         let sep = self.last_separator;
         let len = self.last_line;
-        let sep_len = usize::from(sep.len);
-        let sep_text = &sep.text[..usize::from(sep.text_len)];
         // The text keeps the separators only between groups.
         let aligned = !TEXT || ((c.group + c.n).is_multiple_of(4) && len.is_multiple_of(4));
         if !aligned {
             self.striding = false;
             return false;
         }
-        loop {
-            if c.n >= SYMBOLS_CAP || c.t >= TEXT_CAP {
-                return true;
-            }
-            let i = c.i;
-            let Some(after) = input.get(i + len..i + len + 8) else {
-                break;
-            };
-            let word = u64::from_le_bytes(after.try_into().unwrap_or([0; 8]));
-            // The padded last line goes the general way.
-            if word & sep.mask() != sep.word || input[i + len - 1] == b'=' {
-                break;
-            }
-            copy_line(&input[i..], len, &mut c.symbols[c.n..]);
-            c.n += len;
-            if TEXT {
-                copy_line(&input[i..], len, &mut c.text[c.t..]);
-                c.t += len;
-                c.text[c.t..c.t + sep_text.len()].copy_from_slice(sep_text);
-                c.t += sep_text.len();
-            }
-            c.i += len + sep_len;
-            c.extra += sep_len - usize::from(sep.chars);
+        let sep_len = usize::from(sep.len);
+        // Lines are copied in whole blocks, past their end: what follows overwrites that. The
+        // usual lengths (up to 128) with as many block copies written out.
+        let (i, n, t, full) = match len.div_ceil(BLOCK) {
+            1 => lines::<TEXT, 1>(c, input, len, sep, simd),
+            2 => lines::<TEXT, 2>(c, input, len, sep, simd),
+            3 => lines::<TEXT, 3>(c, input, len, sep, simd),
+            4 => lines::<TEXT, 4>(c, input, len, sep, simd),
+            _ => lines::<TEXT, 0>(c, input, len, sep, simd),
+        };
+        let lines = (i - c.i) / (len + sep_len);
+        if lines > 0 {
+            c.extra += lines * (sep_len - usize::from(sep.chars));
             c.trailing = usize::from(sep.chars);
         }
-        // Not the next line's place: find it again.
-        self.striding = false;
-        false
+        (c.i, c.n, c.t) = (i, n, t);
+        if !full {
+            // Not the next line's place: find it again.
+            self.striding = false;
+        }
+        full
     }
 
     /// Takes the whitespace at `c.i` and all that follows it, and notes the line it ends.
@@ -406,7 +406,8 @@ impl<const TEXT: bool> crate::simd::Vectorized for Run<'_, '_, TEXT> {
 
     #[inline(always)]
     fn run(self, simd: Avx2) -> bool {
-        self.compactor.run(self.c, self.input, Some(simd))
+        self.compactor
+            .run::<TEXT, true>(self.c, self.input, Some(simd))
     }
 }
 
@@ -496,21 +497,24 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
             let Some(window) = input.get(i..i + avx2::WINDOW) else {
                 break;
             };
+            prefetch(Some(simd), input, i);
             let step = avx2::unescape(simd, window.try_into().unwrap_or(&[0; avx2::WINDOW]), carry);
-            let made = step.lens.iter().sum::<usize>();
-            let mut at = n;
-            for (word, len) in step.words.iter().zip(step.lens) {
-                symbols[at..at + 8].copy_from_slice(&word.to_le_bytes());
-                at += len;
-            }
-            n += made;
-            if TEXT {
-                let mut at = t;
-                for (word, len) in step.words.iter().zip(step.lens) {
-                    text[at..at + 8].copy_from_slice(&word.to_le_bytes());
-                    at += len;
+            // The words overlap: each is written whole, the next one over its unused end. One
+            // bounds check for the window; the masked starts need none.
+            let place = |buffer: &mut [u8], at: usize| {
+                let window = &mut buffer[at..at + avx2::STEP + 8];
+                let Ok(place) = <&mut [u8; avx2::STEP + 8]>::try_from(window) else {
+                    return;
+                };
+                for (word, start) in step.words.iter().zip(step.starts) {
+                    place[start & 31..][..8].copy_from_slice(&word.to_le_bytes());
                 }
-                t += made;
+            };
+            place(symbols, n);
+            n += step.made;
+            if TEXT {
+                place(text, t);
+                t += step.made;
             }
             extra += step.escapes;
             carry = step.carry;
@@ -557,19 +561,96 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
     }
 }
 
-/// Copies the first `len` bytes of `src` to `dst`, in whole blocks when `src` has them (`dst`
-/// has room past `len`).
+/// Copies the lines of `len` bytes at `c.i` that end with `sep`, each in `BLOCKS` blocks (0:
+/// as many as it takes) into the symbols and text, until the buffers are full or a line does
+/// not end so. Returns where the input, the symbols and the text got to, and whether the
+/// buffers are full.
 #[inline(always)]
-fn copy_line(src: &[u8], len: usize, dst: &mut [u8]) {
-    if src.len() >= len.next_multiple_of(BLOCK) && dst.len() >= len.next_multiple_of(BLOCK) {
-        let mut k = 0;
-        while k < len {
-            dst[k..k + BLOCK].copy_from_slice(&src[k..k + BLOCK]);
-            k += BLOCK;
+fn lines<const TEXT: bool, const BLOCKS: usize>(
+    c: &mut Cursor<'_, TEXT>,
+    input: &[u8],
+    len: usize,
+    sep: Separator,
+    simd: Option<Avx2>,
+) -> (usize, usize, usize, bool) {
+    let (step, sep_mask, sep_text_len) = (
+        len + usize::from(sep.len),
+        sep.mask(),
+        usize::from(sep.text_len),
+    );
+    let blocks = len.next_multiple_of(BLOCK);
+    // Locals: the stores of symbols could otherwise be writing to the cursor.
+    let (mut i, mut n, mut t) = (c.i, c.n, c.t);
+    let symbols = &mut *c.symbols;
+    let text = &mut *c.text;
+    let full = loop {
+        if n >= SYMBOLS_CAP || (TEXT && t >= TEXT_CAP) {
+            break true;
         }
-    } else {
-        dst[..len].copy_from_slice(&src[..len]);
+        prefetch(simd, input, i);
+        let Some(head) = input.get(i..i + len + 8) else {
+            break false;
+        };
+        let after = u64::from_le_bytes(head[len..].try_into().unwrap_or([0; 8]));
+        // The padded last line goes the general way.
+        if after & sep_mask != sep.word || head[len - 1] == b'=' {
+            break false;
+        }
+        let line = input.get(i..i + blocks).unwrap_or(&head[..len]);
+        copy_blocks::<BLOCKS>(line, &mut symbols[n..]);
+        n += len;
+        if TEXT {
+            copy_blocks::<BLOCKS>(line, &mut text[t..]);
+            t += len;
+            text[t..t + sep.text.len()].copy_from_slice(&sep.text);
+            t += sep_text_len;
+        }
+        i += step;
+    };
+    (i, n, t, full)
+}
+
+/// How far ahead of the bytes being copied the input is asked for: copying lines and taking
+/// blocks run few instructions per byte, and waited for the input without it.
+#[cfg(target_arch = "x86_64")]
+const PREFETCH: usize = 2048;
+
+/// Asks for the input 2 KiB after `at` to be brought into the cache, with AVX2's token (only
+/// a hint: nothing is read, and past the end of `input` nothing happens).
+#[inline(always)]
+fn prefetch(simd: Option<Avx2>, input: &[u8], at: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(simd) = simd {
+        let ahead = input.as_ptr().wrapping_add(at + PREFETCH);
+        simd.v3()
+            .sse
+            ._mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(ahead.cast());
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (simd, input, at);
+}
+
+/// Copies `src` to the start of `dst`: as `BLOCKS` whole blocks when it is that long (0: any
+/// number of whole blocks), byte by byte else (`dst` has room for the blocks).
+#[inline(always)]
+fn copy_blocks<const BLOCKS: usize>(src: &[u8], dst: &mut [u8]) {
+    let (from, rest) = src.as_chunks::<BLOCK>();
+    let to = dst.as_chunks_mut::<BLOCK>().0;
+    if BLOCKS > 0 {
+        if let (Some(from), Some(to)) = (from.get(..BLOCKS), to.get_mut(..BLOCKS)) {
+            // Block by block: as one copy, it became a call.
+            for (to, from) in to.iter_mut().zip(from) {
+                *to = *from;
+            }
+            return;
+        }
+    } else if rest.is_empty() {
+        for (to, from) in to.iter_mut().zip(from) {
+            *to = *from;
+        }
+        return;
+    }
+    dst[..src.len()].copy_from_slice(src);
 }
 
 /// What the byte at the start of `input` (one that [`marks`] flags, or none) stands for.
@@ -975,6 +1056,44 @@ mod tests {
                     assert_pieces_agree(&input, &cuts, simd, false, &whole);
                     assert_pieces_agree(&input, &cuts, simd, true, &whole);
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn wrapped_lines_split_at_every_byte_agree_with_the_reference() {
+        let mut rng = Rng(0x7374_7269_6465);
+        // Line lengths under, at and over whole blocks, and one longer than those with a copy
+        // of their own; the lines after the second are copied whole, in blocks that reach past
+        // the line (and, near the end, past the input).
+        for (case, line) in [76, 64, 100, 19, 32, 200].into_iter().enumerate() {
+            for separator in SEPARATORS {
+                let mut input = content(&mut rng, line * 5 + case * 3, line, separator, 0);
+                input.extend_from_slice([&b"=\""[..], b"\\"][case % 2]);
+                let whole = whole(&input);
+                for (cut, simd, text) in cuts_paths_and_modes(input.len()) {
+                    assert_pieces_agree(&input, &[cut], simd, text, &whole);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn escapes_at_every_place_in_a_block_split_at_every_byte_agree_with_the_reference() {
+        // `\/` with its backslash at each place of a block and across its end; then what the
+        // steps must leave to the general path where it stands: escapes that are not symbols,
+        // `\u` with bad hex, a quote, or a lone backslash at the end.
+        const ENDS: [&[u8]; 6] = [b"\\\\AB", b"\\\"", b"\\u00G1", b"\\u002", b"\"", b"\\"];
+        for at in 0..=66 {
+            let mut input = vec![b'A'; at];
+            input.extend_from_slice(b"\\/");
+            input.extend(b"0123456789".iter().cycle().take(40 + at % 7));
+            input.extend_from_slice(b"\\/\\/");
+            input.extend(b"xyz".iter().cycle().take(at % 33));
+            input.extend_from_slice(ENDS[at % ENDS.len()]);
+            let whole = whole(&input);
+            for (cut, simd, text) in cuts_paths_and_modes(input.len()) {
+                assert_pieces_agree(&input, &[cut], simd, text, &whole);
             }
         }
     }

@@ -24,8 +24,10 @@ pub(super) const STEP: usize = 32;
 pub(super) struct Unescaped {
     /// The symbols of each quarter of the block, at the start of its word.
     pub(super) words: [u64; 4],
-    /// How many symbols each word holds.
-    pub(super) lens: [usize; 4],
+    /// Where each word goes among the symbols made (at most 24).
+    pub(super) starts: [usize; 4],
+    /// Symbols made.
+    pub(super) made: usize,
     /// Something the step does not take stands in the block, at `consumed`.
     pub(super) stopped: bool,
     /// Input bytes taken when stopped.
@@ -70,10 +72,11 @@ pub(super) fn unescape(simd: Avx2, window: &[u8; WINDOW], carry: u32) -> Unescap
         quarter(3) + 0x0808_0808_0808_0808,
     );
     let words: [u64; 4] = cast(s.avx2._mm256_shuffle_epi8(made, indices));
-    let len = |q: u32| ((keep >> (8 * q)) & 0xFF).count_ones() as usize;
+    let below = |bits: u32| (keep & bits).count_ones() as usize;
     Unescaped {
         words,
-        lens: [len(0), len(1), len(2), len(3)],
+        starts: [0, below(0xFF), below(0xFFFF), below(0xFF_FFFF)],
+        made: keep.count_ones() as usize,
         stopped: stop != 0,
         consumed: stop.trailing_zeros() as usize,
         carry: slash >> 31,
