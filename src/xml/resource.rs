@@ -276,6 +276,20 @@ struct Written {
     end: usize,
 }
 
+impl Frame {
+    /// Records `piece`, written for the element at `position` and ending at `end` of the
+    /// stream; the next element written must come after it.
+    #[inline(always)]
+    fn wrote(&mut self, position: usize, piece: Piece, end: usize) {
+        self.written.push(Written {
+            position: position as u16,
+            piece,
+            end,
+        });
+        self.next_free = self.next_free.max(position + 1);
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Piece {
     /// Complete XML.
@@ -1099,13 +1113,7 @@ impl Converter {
         self.stream = stream;
         result?;
         let end = self.stream_end();
-        let frame = nearest_frame(&mut self.stack);
-        frame.written.push(Written {
-            position: position as u16,
-            piece: Piece::Value(member, value_start),
-            end,
-        });
-        frame.next_free = frame.next_free.max(position + 1);
+        nearest_frame(&mut self.stack).wrote(position, Piece::Value(member, value_start), end);
         Ok(())
     }
 
@@ -1450,12 +1458,7 @@ fn write_direct_string(
     stream.extend_from_slice(b"\"/>");
     let end = base + stream.len();
     escaped.map_err(DirectError::Value)?;
-    frame.written.push(Written {
-        position: position as u16,
-        piece: Piece::Value(member, value_start),
-        end,
-    });
-    frame.next_free = frame.next_free.max(position + 1);
+    frame.wrote(position, Piece::Value(member, value_start), end);
     Ok(())
 }
 
