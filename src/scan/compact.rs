@@ -921,10 +921,7 @@ mod tests {
             // invalid byte (taken: the decoder refuses it), or nothing.
             let tail: &[u8] = [&b"\""[..], b"==\"", b"\\\"", b"\\b", b"!AB\"", b""][case % 6];
             input.extend_from_slice(tail);
-            let whole = whole(&input);
-            for (cut, simd, text) in cuts_paths_and_modes(input.len()) {
-                assert_pieces_agree(&input, &[cut], simd, text, &whole);
-            }
+            assert_every_cut_agrees(&input);
         }
     }
 
@@ -955,16 +952,17 @@ mod tests {
         }
     }
 
-    /// Every cut of an input of `len` bytes, with each path and mode.
-    fn cuts_paths_and_modes(len: usize) -> Vec<(usize, Option<Avx2>, bool)> {
+    /// Cut at every byte, `input` makes what it makes whole, on each path and in each mode.
+    fn assert_every_cut_agrees(input: &[u8]) {
+        let whole = whole(input);
         let paths = paths();
-        (0..=len)
-            .flat_map(|cut| {
-                paths
-                    .iter()
-                    .flat_map(move |&simd| [(cut, simd, false), (cut, simd, true)])
-            })
-            .collect()
+        for cut in 0..=input.len() {
+            for &simd in &paths {
+                for text in [false, true] {
+                    assert_pieces_agree(input, &[cut], simd, text, &whole);
+                }
+            }
+        }
     }
 
     /// Content of every kind mixed at random: symbols raw and escaped every way, whitespace
@@ -1034,10 +1032,7 @@ mod tests {
                 case % 3 == 0,
             );
             input.extend_from_slice([&b"\""[..], b"QQ==\"", b"\\u003d\"", b""][case % 4]);
-            let whole = whole(&input);
-            for (cut, simd, text) in cuts_paths_and_modes(input.len()) {
-                assert_pieces_agree(&input, &[cut], simd, text, &whole);
-            }
+            assert_every_cut_agrees(&input);
         }
     }
 
@@ -1070,10 +1065,7 @@ mod tests {
             for separator in SEPARATORS {
                 let mut input = content(&mut rng, line * 5 + case * 3, line, separator, 0);
                 input.extend_from_slice([&b"=\""[..], b"\\"][case % 2]);
-                let whole = whole(&input);
-                for (cut, simd, text) in cuts_paths_and_modes(input.len()) {
-                    assert_pieces_agree(&input, &[cut], simd, text, &whole);
-                }
+                assert_every_cut_agrees(&input);
             }
         }
     }
@@ -1091,10 +1083,7 @@ mod tests {
             input.extend_from_slice(b"\\/\\/");
             input.extend(b"xyz".iter().cycle().take(at % 33));
             input.extend_from_slice(ENDS[at % ENDS.len()]);
-            let whole = whole(&input);
-            for (cut, simd, text) in cuts_paths_and_modes(input.len()) {
-                assert_pieces_agree(&input, &[cut], simd, text, &whole);
-            }
+            assert_every_cut_agrees(&input);
         }
     }
 
