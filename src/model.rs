@@ -331,29 +331,6 @@ impl TypeRef {
         self.base()?.element_by_search(json_name)
     }
 
-    /// Like [`TypeRef::element`], trying first the element that follows `previous` (an
-    /// element of this type) in definition order: JSON usually comes in that order.
-    pub(crate) fn element_after(
-        self,
-        previous: Option<ElementRef>,
-        json_name: &str,
-    ) -> Option<ElementMatch> {
-        if let Some(previous) = previous {
-            let next = usize::from(previous.index) + 1;
-            let tables = self.tables;
-            if self.own().contains(&next)
-                && usize::from(previous.index) >= self.own().start
-                && tables.element_flags[next] & FLAG_CHOICE == 0
-                && tables.names[usize::from(tables.element_name[next])] == json_name
-            {
-                let element = ElementRef::new(tables, next, previous.position() + 1);
-                let ty = element.ty()?;
-                return Some(ElementMatch { element, ty });
-            }
-        }
-        self.element(json_name)
-    }
-
     /// The elements in definition order, the base's first: the order FHIR XML writes them.
     pub(crate) fn elements(self) -> Elements {
         let mut chain = [0u16; MAX_DEPTH];
@@ -809,28 +786,6 @@ mod tests {
         assert_eq!(gender.ty.json_kind(), Some(JsonKind::String));
         assert!(patient.element("resourceType").is_none());
         assert!(patient.element("genderX").is_none());
-    }
-
-    #[test]
-    fn lookups_after_an_element_agree_with_plain_lookups() {
-        for version in [FhirVersion::Dstu2, FhirVersion::R4, FhirVersion::R5] {
-            let model = Model::of(version);
-            for name in ["Patient", "Observation", "Bundle", "Questionnaire"] {
-                let ty = model.resource(name).unwrap();
-                let elements: Vec<ElementRef> = ty.elements().collect();
-                for previous in &elements {
-                    for element in elements.iter().filter(|e| !e.is_choice()) {
-                        assert_eq!(
-                            ty.element_after(Some(*previous), element.name()),
-                            ty.element(element.name()),
-                            "{name}.{}",
-                            element.name()
-                        );
-                    }
-                    assert_eq!(ty.element_after(Some(*previous), "nothing"), None);
-                }
-            }
-        }
     }
 
     #[test]

@@ -376,8 +376,8 @@ impl DivCheck {
         self.plain = self.plain
             && self
                 .reading
-                .start_tag(tag, &mut Discard, Links::RefuseActive)
-                .is_some_and(|n| n == tag.len());
+                .start_tag_or_copy(tag, &[], &mut Discard, Links::RefuseActive)
+                .is_some_and(|(n, _)| n == tag.len());
     }
 
     /// An end tag, from its `<` to its `>`.
@@ -385,7 +385,7 @@ impl DivCheck {
         self.plain = self.plain
             && self
                 .reading
-                .end_tag(tag, &mut Discard)
+                .end_tag_checked(tag)
                 .is_some_and(|n| n == tag.len());
     }
 
@@ -644,15 +644,8 @@ impl PlainReading {
         self.seen_root && self.stack.is_empty() && self.cut.is_empty()
     }
 
-    /// Checks and writes the end tag (`</name>`) that starts `b`: its length.
-    fn end_tag(&mut self, b: &[u8], out: &mut impl Sink) -> Option<usize> {
-        let end = self.end_tag_checked(b)?;
-        // Written as it stands: the name is the open element's.
-        out.extend_from_slice(&b[..end]);
-        Some(end)
-    }
-
-    /// [`PlainReading::end_tag`] without writing it.
+    /// Checks the end tag (`</name>`) that starts `b`, which closes the open element and so
+    /// is written as it stands by the caller: its length.
     #[inline(always)]
     fn end_tag_checked(&mut self, b: &[u8]) -> Option<usize> {
         let open = self.stack.pop()?;
@@ -667,15 +660,6 @@ impl PlainReading {
             return None;
         }
         Some(end + 1)
-    }
-
-    /// Checks and writes the start tag that starts `b` (at its `<`): its length.
-    fn start_tag(&mut self, b: &[u8], out: &mut impl Sink, links: Links) -> Option<usize> {
-        let (end, as_it_stands) = self.start_tag_or_copy(b, &[], out, links)?;
-        if as_it_stands {
-            out.extend_from_slice(&b[..end]);
-        }
-        Some(end)
     }
 
     /// Checks the start tag that starts `b` (at its `<`): its length, and whether it is
