@@ -8,10 +8,11 @@
 //! and compared in SIMD registers (as in [`super::plain`]) in the same step; and once two lines
 //! of the same length end with the same separator, the lines after them are copied whole, only
 //! the separator being looked for where it should stand. On CPUs with AVX2 (found at run
-//! time, in `compact/avx2.rs`), blocks with escapes of symbols are taken whole, the escapes
-//! squeezed out with a byte shuffle rather than one at a time; `\u` escapes are looked for once
-//! one was seen, as the step is longer with them. Elsewhere, and for whatever those steps
-//! leave, the portable way here.
+//! time, in `compact/avx2.rs`), blocks with `\/` are taken whole, the escapes squeezed out with
+//! a byte shuffle rather than one at a time. Once a `\u` escape of a symbol was seen, CPUs with
+//! AVX-512 take 64-byte blocks with any escapes of symbols whole (`compact/avx512.rs`).
+//! Elsewhere, and for whatever those steps leave, the portable way here: a block at a time,
+//! and each escape read as one word.
 //!
 //! Nothing here checks that the copied bytes are base64 symbols: the decoder's engine does, on
 //! the batch, and the scanner reads the content again the general way when it refuses one (an
@@ -21,10 +22,12 @@ use wide::u8x32;
 
 use super::hex4;
 
-use crate::simd::Avx2;
+use crate::simd::{Avx2, Avx512};
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 /// The block looked at in one step.
 const BLOCK: usize = 32;
@@ -98,6 +101,8 @@ enum Item {
 pub(super) struct Compactor {
     /// The CPU's AVX2, when it has it, for escaped blocks.
     simd: Option<Avx2>,
+    /// The CPU's AVX-512, when it has it, for blocks with any escapes of symbols.
+    wide: Option<Avx512>,
     symbols: Vec<u8>,
     text: Vec<u8>,
     /// Bytes of the current line so far.
@@ -116,15 +121,17 @@ pub(super) struct Compactor {
 
 impl Default for Compactor {
     fn default() -> Self {
-        Self::new(Avx2::detect())
+        Self::new(Avx2::detect(), Avx512::detect())
     }
 }
 
 impl Compactor {
-    /// A compactor that takes escaped blocks with `simd` when given, the portable way else.
-    pub(super) fn new(simd: Option<Avx2>) -> Self {
+    /// A compactor that takes escaped blocks with `wide` or else `simd` when given, the
+    /// portable way else. `wide` comes with its own AVX2, which it uses elsewhere.
+    pub(super) fn new(simd: Option<Avx2>, wide: Option<Avx512>) -> Self {
         Self {
             simd,
+            wide,
             symbols: Vec::new(),
             text: Vec::new(),
             line: 0,
@@ -185,17 +192,26 @@ impl Compactor {
         };
         // Once escapes with codes come, as before: compiled for AVX2, the portable loop was
         // slower with them.
-        let full = match self.simd {
+        // `\u` escapes go to AVX-512 once one came; `\/` alone is quicker with AVX2.
+        let full = match (self.wide, self.simd) {
             #[cfg(target_arch = "x86_64")]
-            Some(simd) if !self.codes => simd.vectorize(Run {
+            (Some(wide), _) if self.codes => wide.vectorize(Run {
                 compactor: self,
                 c: &mut c,
                 input,
+                wide: Some(wide),
+            }),
+            #[cfg(target_arch = "x86_64")]
+            (_, Some(simd)) if !self.codes => simd.vectorize(Run {
+                compactor: self,
+                c: &mut c,
+                input,
+                wide: None,
             }),
             // Once `\u` escapes came, lines are not copied whole: such text seldom has clean
             // lines, and its loop runs faster without the line copy.
-            _ if self.codes => self.run::<TEXT, false>(&mut c, input, None),
-            _ => self.run::<TEXT, true>(&mut c, input, None),
+            _ if self.codes => self.run::<TEXT, false>(&mut c, input, None, None),
+            _ => self.run::<TEXT, true>(&mut c, input, None, None),
         };
         self.line = c.line;
         self.clean = c.clean;
@@ -214,13 +230,15 @@ impl Compactor {
     }
 
     /// The loop of [`Self::compact`]; true when it stopped because the buffers are full.
-    /// `LINES`: lines like the last two are copied whole.
+    /// `LINES`: lines like the last two are copied whole. `simd`, `wide`: what it is compiled
+    /// for.
     #[inline(always)]
     fn run<const TEXT: bool, const LINES: bool>(
         &mut self,
         c: &mut Cursor<'_, TEXT>,
         input: &[u8],
         simd: Option<Avx2>,
+        wide: Option<Avx512>,
     ) -> bool {
         loop {
             if c.n >= SYMBOLS_CAP || c.t >= TEXT_CAP {
@@ -239,46 +257,25 @@ impl Compactor {
             if let Some(block) = rest.get(..BLOCK) {
                 let block: [u8; BLOCK] = block.try_into().unwrap_or([0; BLOCK]);
                 c.store(&block);
-                let mut found = marks(block);
-                if found == 0 {
+                if marks(block) == 0 {
                     c.advance(BLOCK);
                     continue;
                 }
-                let fast = match simd {
+                let fast = match (wide, simd) {
                     #[cfg(target_arch = "x86_64")]
-                    Some(simd) => c.unescape(simd, input),
+                    (Some(wide), _) => c.unescape_wide(wide, input),
+                    #[cfg(target_arch = "x86_64")]
+                    (None, Some(simd)) => c.unescape(simd, input),
                     #[cfg(not(target_arch = "x86_64"))]
-                    Some(simd) => match simd {},
-                    None => Fast::Short,
+                    (Some(wide), _) => match wide {},
+                    #[cfg(not(target_arch = "x86_64"))]
+                    (None, Some(simd)) => match simd {},
+                    (None, None) => Fast::Short,
                 };
                 let at_mark = match fast {
                     Fast::AtMark => true,
                     Fast::Again => continue,
-                    // The marks of this block in order. What follows an escaped symbol is
-                    // stored again where it now goes, and the marks found stay good for it.
-                    Fast::Short => {
-                        let block_start = c.i;
-                        loop {
-                            c.advance(block_start + found.trailing_zeros() as usize - c.i);
-                            let Item::Symbol(symbol, len) = item(&input[c.i..]) else {
-                                break true;
-                            };
-                            c.symbol(symbol, len);
-                            let done = c.i - block_start;
-                            if done >= BLOCK {
-                                break false;
-                            }
-                            let Some(next) = input.get(c.i..c.i + BLOCK) else {
-                                break false;
-                            };
-                            c.store(next.try_into().unwrap_or(&[0; BLOCK]));
-                            found &= u32::MAX << done;
-                            if found == 0 {
-                                c.advance(BLOCK - done);
-                                break false;
-                            }
-                        }
-                    }
+                    Fast::Short => c.escaped(input),
                 };
                 if !at_mark {
                     continue;
@@ -392,12 +389,13 @@ impl Compactor {
     }
 }
 
-/// [`Compactor::run`] with AVX2.
+/// [`Compactor::run`] with AVX2, or AVX-512 when `wide`.
 #[cfg(target_arch = "x86_64")]
 struct Run<'r, 'c, const TEXT: bool> {
     compactor: &'r mut Compactor,
     c: &'r mut Cursor<'c, TEXT>,
     input: &'r [u8],
+    wide: Option<Avx512>,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -407,7 +405,7 @@ impl<const TEXT: bool> crate::simd::Vectorized for Run<'_, '_, TEXT> {
     #[inline(always)]
     fn run(self, simd: Avx2) -> bool {
         self.compactor
-            .run::<TEXT, true>(self.c, self.input, Some(simd))
+            .run::<TEXT, true>(self.c, self.input, Some(simd), self.wide)
     }
 }
 
@@ -542,6 +540,144 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
         } else {
             Fast::Short
         }
+    }
+
+    /// Takes blocks with AVX-512 steps while they hold only symbols and their escapes.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn unescape_wide(&mut self, wide: Avx512, input: &[u8]) -> Fast {
+        // Locals: the stores of symbols could otherwise be writing to the cursor.
+        let (start, mut i, mut n, mut t, mut extra) = (self.i, self.i, self.n, self.t, self.extra);
+        let symbols = &mut *self.symbols;
+        let text = &mut *self.text;
+        let (mut carry, mut codes, mut at_mark) = (0, false, false);
+        while n < SYMBOLS_CAP && t < TEXT_CAP {
+            let Some(window) = input.get(i..i + avx512::WINDOW) else {
+                break;
+            };
+            prefetch(Some(wide.avx2()), input, i);
+            let window = window.try_into().unwrap_or(&[0; avx512::WINDOW]);
+            let step = avx512::unescape(wide, window, carry);
+            // The chunks overlap: each is written whole, the next one over its unused end.
+            // One bounds check for the window; the masked starts need none.
+            let place = |buffer: &mut [u8], at: usize| {
+                let window = &mut buffer[at..at + avx512::STEP + 16];
+                let Ok(place) = <&mut [u8; avx512::STEP + 16]>::try_from(window) else {
+                    return;
+                };
+                for (chunk, start) in step.chunks.iter().zip(step.starts) {
+                    place[start & 63..][..16].copy_from_slice(chunk);
+                }
+            };
+            place(symbols, n);
+            n += step.made;
+            if TEXT {
+                place(text, t);
+                t += step.made;
+            }
+            extra += step.extra;
+            codes |= step.codes;
+            carry = step.carry;
+            if step.stopped {
+                i += step.consumed;
+                at_mark = true;
+                break;
+            }
+            i += avx512::STEP;
+        }
+        // The rest of an escape that the last block ended in.
+        i += carry as usize;
+        if extra > self.extra {
+            self.clean = false;
+        }
+        self.line += n - self.n;
+        self.codes |= codes;
+        (self.i, self.n, self.t, self.extra) = (i, n, t, extra);
+        if i > start {
+            self.trailing = 0;
+        }
+        if at_mark {
+            Fast::AtMark
+        } else if i > start {
+            Fast::Again
+        } else {
+            Fast::Short
+        }
+    }
+
+    /// Takes blocks of raw symbols and the escapes of symbols between them (`\/`, `\u00XX`),
+    /// one escape at a time: the block after each is stored again where it now goes. Stops
+    /// at anything else (true), when the buffers are full, or less than a block is left.
+    #[inline(always)]
+    fn escaped(&mut self, input: &[u8]) -> bool {
+        // Locals: the stores of symbols could otherwise be writing to the cursor.
+        let (start, mut i, mut n, mut t, mut extra) = (self.i, self.i, self.n, self.t, self.extra);
+        let (mut raw, mut codes) = (0, false);
+        let symbols = &mut *self.symbols;
+        let text = &mut *self.text;
+        let at_mark = loop {
+            if n >= SYMBOLS_CAP || t >= TEXT_CAP {
+                break false;
+            }
+            let Some(block) = input.get(i..i + BLOCK) else {
+                break false;
+            };
+            let block: &[u8; BLOCK] = block.try_into().unwrap_or(&[0; BLOCK]);
+            symbols[n..n + BLOCK].copy_from_slice(block);
+            if TEXT {
+                text[t..t + BLOCK].copy_from_slice(block);
+            }
+            let found = marks(*block);
+            let k = if found == 0 {
+                BLOCK
+            } else {
+                found.trailing_zeros() as usize
+            };
+            (i, n, raw) = (i + k, n + k, raw + k);
+            if TEXT {
+                t += k;
+            }
+            if found == 0 {
+                continue;
+            }
+            // The escape as one word: `\u00` and its two digits, or `\/`.
+            let Some(word) = input.get(i..i + 8) else {
+                break true;
+            };
+            let word = u64::from_le_bytes(word.try_into().unwrap_or([0; 8]));
+            let (symbol, len) = if word & 0xFFFF_FFFF == U00 {
+                let code =
+                    (HEX[(word >> 32) as u8 as usize] << 4) | HEX[(word >> 40) as u8 as usize];
+                // Only a symbol's code is taken here: an invalid digit makes no symbol's.
+                if !IS_SYMBOL_CODE[usize::from(code)] {
+                    break true;
+                }
+                (code, 6)
+            } else if word & 0xFFFF == ESCAPED_SLASH {
+                (b'/', 2)
+            } else {
+                break true;
+            };
+            symbols[n] = symbol;
+            n += 1;
+            if TEXT {
+                text[t] = symbol;
+                t += 1;
+            }
+            i += len;
+            extra += len - 1;
+            codes |= len == 6;
+        };
+        if extra > self.extra {
+            self.clean = false;
+        }
+        if i > start {
+            self.trailing = 0;
+        }
+        self.line += raw;
+        self.codes |= codes;
+        (self.i, self.n, self.t, self.extra) = (i, n, t, extra);
+        at_mark
     }
 
     /// Takes an escape of `len` bytes that stands for `symbol`.
@@ -689,6 +825,24 @@ fn ascii_code(digits: [u8; 4]) -> Option<u8> {
     }
 }
 
+/// `\u00`, the start of the escapes of ASCII characters, as a little-endian word.
+const U00: u64 = u32::from_le_bytes(*b"\\u00") as u64;
+
+/// `\/` as a little-endian word.
+const ESCAPED_SLASH: u64 = u16::from_le_bytes(*b"\\/") as u64;
+
+/// Whether a code made of two [`HEX`] values is a base64 symbol (not `=`). A digit that is
+/// not one (0xFF) sets the high half of the code, which is then none.
+static IS_SYMBOL_CODE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 128 {
+        table[b] = matches!(b as u8, b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'+' | b'/');
+        b += 1;
+    }
+    table
+};
+
 /// Hex digit -> value; 0xFF for other bytes.
 static HEX: [u8; 256] = {
     let mut table = [0xFF; 256];
@@ -798,10 +952,10 @@ mod tests {
     fn compact_in_pieces<const TEXT: bool>(
         input: &[u8],
         cuts: &[usize],
-        simd: Option<Avx2>,
+        (simd, wide): Path,
     ) -> (Vec<u8>, Vec<u8>, usize) {
         let items = reference(input);
-        let mut compactor = Compactor::new(simd);
+        let mut compactor = Compactor::new(simd, wide);
         let (mut symbols, mut text) = (Vec::new(), Vec::new());
         let (mut at, mut item) = (0, 0);
         let mut group = 0;
@@ -841,13 +995,23 @@ mod tests {
         (symbols, text, at)
     }
 
-    /// Both ways: the portable one, and AVX2 when the CPU has it.
-    fn paths() -> Vec<Option<Avx2>> {
-        let simd = Avx2::detect();
-        if simd.is_none() {
-            eprintln!("no AVX2 on this CPU: the portable path only");
+    /// The SIMD a compactor is given: AVX2, and AVX-512 with its own AVX2.
+    type Path = (Option<Avx2>, Option<Avx512>);
+
+    /// Every way: the portable one, AVX2 and AVX-512 as far as the CPU has them.
+    fn paths() -> Vec<Path> {
+        let (simd, wide) = (Avx2::detect(), Avx512::detect());
+        if wide.is_none() {
+            eprintln!(
+                "no AVX-512 on this CPU (AVX2: {}): not all paths",
+                simd.is_some()
+            );
         }
-        [None].into_iter().chain(simd.map(Some)).collect()
+        let mut paths = vec![(None, None)];
+        paths.extend(simd.map(|simd| (Some(simd), None)));
+        #[cfg(target_arch = "x86_64")]
+        paths.extend(wide.map(|wide| (Some(wide.avx2()), Some(wide))));
+        paths
     }
 
     /// The symbols, text and input length of all that the compactor takes of `input`.
@@ -888,7 +1052,7 @@ mod tests {
     fn assert_pieces_agree(
         input: &[u8],
         cuts: &[usize],
-        simd: Option<Avx2>,
+        simd: Path,
         text: bool,
         whole: &(Vec<u8>, Vec<u8>, usize),
     ) {
@@ -902,7 +1066,11 @@ mod tests {
         } else {
             format!("{} bytes", input.len())
         };
-        let context = format!("{shown} cut at {cuts:?}, AVX2: {}", simd.is_some());
+        let context = format!(
+            "{shown} cut at {cuts:?}, AVX2: {}, AVX-512: {}",
+            simd.0.is_some(),
+            simd.1.is_some()
+        );
         assert_eq!(symbols, whole.0, "{context}");
         assert_eq!(taken, whole.2, "{context}");
         if text {
@@ -1088,14 +1256,51 @@ mod tests {
     }
 
     #[test]
+    fn code_escapes_at_every_place_in_a_wide_block_split_at_every_byte_agree_with_the_reference() {
+        // A `\u002B` first, after which the AVX-512 steps take `\u` escapes; then escapes of
+        // symbols (hex in either case, and `\/`) with their backslash at each place of a
+        // 64-byte block and across its end; then what the steps must leave to the general
+        // path where it stands: escapes of what is no symbol (`=`, a space, a quote, a
+        // backslash, a letter past ASCII), bad or cut-off hex, an escaped backslash before
+        // `u0041`, a lone backslash.
+        const CODES: [&[u8]; 5] = [b"\\u002B", b"\\u002f", b"\\u0041", b"\\u007a", b"\\u0030"];
+        const ENDS: [&[u8]; 11] = [
+            b"\\u003d",
+            b"\\u0020",
+            b"\\u0022",
+            b"\\u005C",
+            b"\\u012B",
+            b"\\u00G1",
+            b"\\u00:1",
+            b"\\u004`",
+            b"\\u002",
+            b"\\\\u0041",
+            b"\\",
+        ];
+        for at in 0..=140 {
+            let mut input = b"\\u002B".to_vec();
+            input.extend(b"ABCD".iter().cycle().take(at));
+            input.extend_from_slice(CODES[at % CODES.len()]);
+            input.extend(b"0123456789".iter().cycle().take(at % 70));
+            input.extend_from_slice(CODES[(at + 1) % CODES.len()]);
+            input.extend_from_slice(b"\\/");
+            input.extend_from_slice(CODES[(at + 2) % CODES.len()]);
+            input.extend(b"xyz".iter().cycle().take(at % 65));
+            input.extend_from_slice(ENDS[at % ENDS.len()]);
+            input.extend_from_slice(b"AAAA\\u002B");
+            assert_every_cut_agrees(&input);
+        }
+    }
+
+    #[test]
     fn buffers_stay_bounded() {
         let mut rng = Rng(0x0062_6f75_6e64);
-        for simd in paths() {
+        for (simd, wide) in paths() {
             for input in [
                 content(&mut rng, 1 << 20, 76, "\\r\\n", 0),
                 content(&mut rng, 1 << 20, 0, "", 32),
             ] {
-                let mut compactor = Compactor::new(simd);
+                let mut compactor = Compactor::new(simd, wide);
                 let mut at = 0;
                 while at < input.len() {
                     let made = compactor.compact::<true>(&input[at..], 0);
