@@ -550,7 +550,7 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
         let (start, mut i, mut n, mut t, mut extra) = (self.i, self.i, self.n, self.t, self.extra);
         let symbols = &mut *self.symbols;
         let text = &mut *self.text;
-        let (mut carry, mut codes, mut at_mark) = (0, false, false);
+        let (mut carry, mut codes, mut at_mark) = (0, 0, false);
         while n < SYMBOLS_CAP && t < TEXT_CAP {
             let Some(window) = input.get(i..i + avx512::WINDOW) else {
                 break;
@@ -575,23 +575,24 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
                 place(text, t);
                 t += step.made;
             }
-            extra += step.extra;
             codes |= step.codes;
             carry = step.carry;
-            if step.stopped {
-                i += step.consumed;
+            if step.stop != 0 {
+                i += step.stop.trailing_zeros() as usize;
                 at_mark = true;
                 break;
             }
             i += avx512::STEP;
         }
         // The rest of an escape that the last block ended in.
-        i += carry as usize;
+        i += carry.count_ones() as usize;
+        // Each byte taken is a symbol made or a byte of an escape past its first.
+        extra += (i - start) - (n - self.n);
         if extra > self.extra {
             self.clean = false;
         }
         self.line += n - self.n;
-        self.codes |= codes;
+        self.codes |= codes != 0;
         (self.i, self.n, self.t, self.extra) = (i, n, t, extra);
         if i > start {
             self.trailing = 0;

@@ -31,36 +31,33 @@ pub(super) struct Unescaped {
     pub(super) starts: [usize; 4],
     /// Symbols made.
     pub(super) made: usize,
-    /// Something the step does not take stands in the block, at `consumed`.
-    pub(super) stopped: bool,
-    /// Input bytes taken when stopped.
-    pub(super) consumed: usize,
-    /// Bytes at the start of the next block that belong to an escape taken here (0 to 5).
-    pub(super) carry: u32,
-    /// Input bytes of the escapes taken past the first of each.
-    pub(super) extra: usize,
-    /// A `\u` escape was taken.
-    pub(super) codes: bool,
+    /// Where something stands that the step does not take: the lowest bit set (0 for
+    /// nothing).
+    pub(super) stop: u64,
+    /// The bytes at the start of the next block that belong to an escape taken here (0 to
+    /// 5, one bit each).
+    pub(super) carry: u64,
+    /// Where `\u` escapes were taken.
+    pub(super) codes: u64,
 }
 
 /// Makes the block at the start of `window` into symbols, up to the first byte that is
-/// neither a symbol nor an escape of one. `carry`: bytes at its start taken with the last
-/// block's escape. The next block starts [`STEP`] bytes on whatever this one holds, so that
-/// its loads do not wait for this one.
+/// neither a symbol nor an escape of one. `carry`: the bytes at its start taken with the last
+/// block's escape, one bit each. The next block starts [`STEP`] bytes on whatever this one
+/// holds, so that its loads do not wait for this one.
 #[inline(always)]
-pub(super) fn unescape(simd: Avx512, window: &[u8; WINDOW], carry: u32) -> Unescaped {
+pub(super) fn unescape(simd: Avx512, window: &[u8; WINDOW], carry: u64) -> Unescaped {
     let s = simd.v4();
     let x = load(window, 0);
     let at = |k: usize, b: u8| eq(s, load(window, k), b);
     let backslash = eq(s, x, b'\\');
     // `\u00` and two hex digits that make a symbol's code; `\/`.
-    let (high, high_ok) = hex(s, load(window, 4));
-    let (low, low_ok) = hex(s, load(window, 5));
-    let code = s
-        .avx512f
-        ._mm512_or_si512(s.avx512bw._mm512_slli_epi16::<4>(high), low);
-    let codes =
-        backslash & at(1, b'u') & at(2, b'0') & at(3, b'0') & high_ok & low_ok & symbol(s, code);
+    let (code, code_ok) = code(s, load(window, 4), load(window, 5));
+    let codes = s.avx512bw._mm512_mask_test_epi8_mask(
+        backslash & at(1, b'u') & at(2, b'0') & at(3, b'0'),
+        code_ok,
+        code_ok,
+    );
     let slashes = backslash & at(1, b'/');
     // Each escape's symbol where its backslash stood (past a stop too: nothing there is
     // kept); the rest of it is left out.
@@ -71,33 +68,118 @@ pub(super) fn unescape(simd: Avx512, window: &[u8; WINDOW], carry: u32) -> Unesc
     let ends = eq(s, x, b'"') | eq(s, x, b'=') | eq(s, x, b' ') | (backslash & !codes & !slashes);
     // Escapes do not overlap: the product adds shifted copies without carries. The bytes at
     // the start that the last block's escape took are left out too.
-    let dropped = codes.wrapping_mul(0b11_1110) | slashes << 1 | low_bits(carry);
+    let dropped = codes.wrapping_mul(0b11_1110) | slashes << 1 | carry;
     // Squeezed whatever stands past a stop (nothing past it is taken): the shuffle need not
     // wait for the stop to be found.
     let chunks = cast(s.avx512bw._mm512_shuffle_epi8(made, squeeze(s, !dropped)));
     // The bytes of the last block's escape are none of the ends.
-    let stop = ends & !low_bits(carry);
-    let head = if stop == 0 {
-        u64::MAX
-    } else {
-        low_bits(stop.trailing_zeros())
-    };
+    let stop = ends & !carry;
+    // Below the stop (all for none).
+    let head = stop.wrapping_sub(1) & !stop;
     let (codes, slashes) = (codes & head, slashes & head);
     let keep = !dropped & head;
-    let below = |k: u32| (keep & low_bits(16 * k)).count_ones() as usize;
+    let below = |bits: u64| (keep & bits).count_ones() as usize;
     Unescaped {
         chunks,
-        starts: core::array::from_fn(|k| below(k as u32)),
+        starts: [
+            0,
+            below(0xFFFF),
+            below(0xFFFF_FFFF),
+            below(0xFFFF_FFFF_FFFF),
+        ],
         made: keep.count_ones() as usize,
-        stopped: stop != 0,
-        consumed: stop.trailing_zeros() as usize,
-        // The escape that the block ends in, if any: a code in the last five bytes (at most
-        // one), or a slash in the last.
-        carry: (u64::BITS - (codes >> 59).leading_zeros()) + (slashes >> 63) as u32,
-        extra: 5 * codes.count_ones() as usize + slashes.count_ones() as usize,
-        codes: codes != 0,
+        stop,
+        // The escape that the block ends in, if any: a code in its last five bytes (at most
+        // one, its bytes past the block as many as its place past the 59th, plus one), or a
+        // slash in the last.
+        carry: ((codes >> 59) * 0b11_1110) >> 5 | slashes >> 63,
+        codes,
     }
 }
+
+/// The symbol whose code the hex digits `high` and `low` (at each byte) make, and where they
+/// make one: a nonzero byte. Three tables of sixteen (a byte shuffle each) say, for the low
+/// digit's two halves and the high digit, which high digits go with it; for the low digit
+/// as a number (0 to 9) and as a letter, apart.
+#[inline(always)]
+fn code(s: V4, high: __m512i, low: __m512i) -> (__m512i, __m512i) {
+    let (bw, f) = (s.avx512bw, s.avx512f);
+    let table = |t: [u8; 16]| f._mm512_broadcast_i32x4(cast(t));
+    let low_half = f._mm512_and_si512(bw._mm512_srli_epi16::<4>(low), f._mm512_set1_epi8(0x0F));
+    // High digits `2` to `7` as 10 to 15, anything else with bit 7 set (which makes the
+    // shuffle give 0).
+    let high_digit = bw._mm512_adds_epu8(
+        bw._mm512_sub_epi8(high, f._mm512_set1_epi8(b'2' as i8)),
+        f._mm512_set1_epi8(0x7A),
+    );
+    let ok = f._mm512_ternarylogic_epi64::<0x80>(
+        bw._mm512_shuffle_epi8(table(WITH_LOW), low),
+        bw._mm512_shuffle_epi8(table(WITH_LOW_HALF), low_half),
+        bw._mm512_shuffle_epi8(table(WITH_HIGH), high_digit),
+    );
+    // The high digit's value in the upper half, the low one's in the lower (a letter's plus
+    // nine).
+    let code = bw._mm512_add_epi8(
+        f._mm512_ternarylogic_epi64::<0xE4>(
+            bw._mm512_slli_epi16::<4>(high),
+            low,
+            f._mm512_set1_epi8(0xF0u8 as i8),
+        ),
+        bw._mm512_shuffle_epi8(table(LETTER), low_half),
+    );
+    (code, ok)
+}
+
+/// Which high digits go with a low digit, by the low digit's lower half: bits 0 to 3 for a
+/// number, 4 to 7 for a letter; in each, one bit for `2`, `3`, `4` or `6`, `5` or `7`.
+/// (`+` is 2B, `/` 2F, digits 30 to 39, letters 41 to 5A and 61 to 7A.)
+const WITH_LOW: [u8; 16] = {
+    let (two, three, four, five) = (1, 2, 4, 8);
+    let mut t = [0u8; 16];
+    t[0] = three | five;
+    let mut n = 1;
+    while n < 10 {
+        t[n] = three | four | five;
+        n += 1;
+    }
+    // `A` after 4 to 7; `B` and `F` after 2 (`+`, `/`), 4 and 6; `C` to `E` after 4 and 6.
+    t[1] |= (four | five) << 4;
+    t[2] |= (two | four) << 4;
+    t[3] |= four << 4;
+    t[4] |= four << 4;
+    t[5] |= four << 4;
+    t[6] |= (two | four) << 4;
+    t
+};
+
+/// By the low digit's upper half: a number (`3`), a letter (`4`, `6`).
+const WITH_LOW_HALF: [u8; 16] = {
+    let mut t = [0u8; 16];
+    t[3] = 0x0F;
+    t[4] = 0xF0;
+    t[6] = 0xF0;
+    t
+};
+
+/// By the high digit (`2` at 10 to `7` at 15).
+const WITH_HIGH: [u8; 16] = {
+    let mut t = [0u8; 16];
+    t[10] = 0x11;
+    t[11] = 0x22;
+    t[12] = 0x44;
+    t[13] = 0x88;
+    t[14] = 0x44;
+    t[15] = 0x88;
+    t
+};
+
+/// What a letter adds to its lower half (`a` is 1): 9, by the upper half.
+const LETTER: [u8; 16] = {
+    let mut t = [0u8; 16];
+    t[4] = 9;
+    t[6] = 9;
+    t
+};
 
 /// The byte shuffle that brings the bytes of each eighth of a block that `keep` keeps
 /// together at the start of it. Each half of each eighth is looked up in a table of sixteen
@@ -193,47 +275,6 @@ static FIRST_HALVES: [u32; 16] = halves::<0, 0x10>();
 /// The second halves: indices 4 to 7.
 static SECOND_HALVES: [u32; 16] = halves::<4, 0>();
 
-/// The `n` lowest bits (`n` up to 64).
-#[inline(always)]
-fn low_bits(n: u32) -> u64 {
-    u64::MAX.checked_shr(64 - n).unwrap_or(0)
-}
-
-/// The value of each byte as a hex digit (garbage where it is none), and which are.
-#[inline(always)]
-fn hex(s: V4, x: __m512i) -> (__m512i, u64) {
-    let (bw, f) = (s.avx512bw, s.avx512f);
-    let digit = bw._mm512_sub_epi8(x, f._mm512_set1_epi8(b'0' as i8));
-    let letter = bw._mm512_sub_epi8(
-        f._mm512_or_si512(x, f._mm512_set1_epi8(0x20)),
-        f._mm512_set1_epi8(b'a' as i8 - 10),
-    );
-    let is_digit = bw._mm512_cmplt_epu8_mask(digit, f._mm512_set1_epi8(10));
-    let is_letter = bw._mm512_cmplt_epu8_mask(
-        bw._mm512_sub_epi8(letter, f._mm512_set1_epi8(10)),
-        f._mm512_set1_epi8(6),
-    );
-    // Four bits each, so that shifting the 16-bit lanes keeps each in its byte.
-    let value = f._mm512_and_si512(
-        bw._mm512_mask_blend_epi8(is_digit, letter, digit),
-        f._mm512_set1_epi8(0x0F),
-    );
-    (value, is_digit | is_letter)
-}
-
-/// Which bytes are base64 symbols (not `=`).
-#[inline(always)]
-fn symbol(s: V4, x: __m512i) -> u64 {
-    let (bw, f) = (s.avx512bw, s.avx512f);
-    let within = |from: u8, len: u8| {
-        bw._mm512_cmplt_epu8_mask(
-            bw._mm512_sub_epi8(x, f._mm512_set1_epi8(from as i8)),
-            f._mm512_set1_epi8(len as i8),
-        )
-    };
-    within(b'A', 26) | within(b'a', 26) | within(b'0', 10) | eq(s, x, b'+') | eq(s, x, b'/')
-}
-
 #[inline(always)]
 fn load(window: &[u8; WINDOW], at: usize) -> __m512i {
     let mut block = [0u8; STEP];
@@ -245,4 +286,59 @@ fn load(window: &[u8; WINDOW], at: usize) -> __m512i {
 fn eq(s: V4, a: __m512i, b: u8) -> u64 {
     s.avx512bw
         ._mm512_cmpeq_epi8_mask(a, s.avx512f._mm512_set1_epi8(b as i8))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The symbols a step made, in order.
+    fn symbols(step: &Unescaped) -> Vec<u8> {
+        let mut out = [0u8; STEP + 16];
+        for (chunk, &start) in step.chunks.iter().zip(&step.starts) {
+            out[start..start + 16].copy_from_slice(chunk);
+        }
+        out[..step.made].to_vec()
+    }
+
+    #[test]
+    fn every_two_bytes_after_u00_are_taken_exactly_when_they_are_the_hex_code_of_a_symbol() {
+        let Some(simd) = Avx512::detect() else {
+            eprintln!("no AVX-512 on this CPU: nothing to check");
+            return;
+        };
+        for (high, low) in (0..=255u8).flat_map(|high| (0..=255u8).map(move |low| (high, low))) {
+            let code = std::str::from_utf8(&[high, low])
+                .ok()
+                .filter(|digits| digits.bytes().all(|b| b.is_ascii_hexdigit()))
+                .and_then(|digits| u8::from_str_radix(digits, 16).ok())
+                .filter(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/');
+            // Inside the block, and across its end.
+            for at in [0, 9, 58, 61] {
+                let mut window = [b'A'; WINDOW];
+                window[at..at + 6].copy_from_slice(&[b'\\', b'u', b'0', b'0', high, low]);
+                let step = unescape(simd, &window, 0);
+                let context = format!("\\u00{:?} at {at}", [high as char, low as char]);
+                let made = symbols(&step);
+                match code {
+                    Some(symbol) => {
+                        assert_eq!(step.stop, 0, "{context}");
+                        assert_eq!(step.codes, 1 << at, "{context}");
+                        let mut expected = vec![b'A'; at];
+                        expected.push(symbol);
+                        expected.resize(STEP - 5.min(STEP - at - 1), b'A');
+                        assert_eq!(made, expected, "{context}");
+                        let past = (at + 6).saturating_sub(STEP);
+                        assert_eq!(step.carry, (1 << past) - 1, "{context}");
+                    }
+                    None => {
+                        assert_eq!(step.stop.trailing_zeros() as usize, at, "{context}");
+                        assert_eq!(step.codes, 0, "{context}");
+                        assert_eq!(made, vec![b'A'; at], "{context}");
+                        assert_eq!(step.carry, 0, "{context}");
+                    }
+                }
+            }
+        }
+    }
 }
