@@ -190,19 +190,19 @@ impl Compactor {
             clean: self.clean,
             codes: self.codes,
         };
-        // Once escapes with codes come, as before: compiled for AVX2, the portable loop was
-        // slower with them.
-        // `\u` escapes go to AVX-512 once one came; `\/` alone is quicker with AVX2.
+        // Escaped blocks go to AVX-512 where the CPU has it, else to AVX2 while no `\u`
+        // escape came (its steps take `\/` only; compiled for AVX2, the portable loop was
+        // slower with them too).
         let full = match (self.wide, self.simd) {
             #[cfg(target_arch = "x86_64")]
-            (Some(wide), _) if self.codes => wide.vectorize(Run {
+            (Some(wide), _) => wide.vectorize(Run {
                 compactor: self,
                 c: &mut c,
                 input,
                 wide: Some(wide),
             }),
             #[cfg(target_arch = "x86_64")]
-            (_, Some(simd)) if !self.codes => simd.vectorize(Run {
+            (None, Some(simd)) if !self.codes => simd.vectorize(Run {
                 compactor: self,
                 c: &mut c,
                 input,
@@ -546,6 +546,18 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     fn unescape_wide(&mut self, wide: Avx512, input: &[u8]) -> Fast {
+        if self.codes {
+            self.unescape_wide_as::<true>(wide, input)
+        } else {
+            self.unescape_wide_as::<false>(wide, input)
+        }
+    }
+
+    /// [`Self::unescape_wide`]: with `CODES`, the steps take `\u` escapes too (a step that
+    /// does not look for them is quicker while none came).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn unescape_wide_as<const CODES: bool>(&mut self, wide: Avx512, input: &[u8]) -> Fast {
         // Locals: the stores of symbols could otherwise be writing to the cursor.
         let (start, mut i, mut n, mut t, mut extra) = (self.i, self.i, self.n, self.t, self.extra);
         let symbols = &mut *self.symbols;
@@ -557,7 +569,7 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
             };
             prefetch(Some(wide.avx2()), input, i);
             let window = window.try_into().unwrap_or(&[0; avx512::WINDOW]);
-            let step = avx512::unescape(wide, window, carry);
+            let step = avx512::unescape::<CODES>(wide, window, carry);
             // The chunks overlap: each is written whole, the next one over its unused end.
             // One bounds check for the window; the masked starts need none.
             let place = |buffer: &mut [u8], at: usize| {

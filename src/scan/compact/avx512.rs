@@ -42,22 +42,31 @@ pub(super) struct Unescaped {
 }
 
 /// Makes the block at the start of `window` into symbols, up to the first byte that is
-/// neither a symbol nor an escape of one. `carry`: the bytes at its start taken with the last
-/// block's escape, one bit each. The next block starts [`STEP`] bytes on whatever this one
-/// holds, so that its loads do not wait for this one.
+/// neither a symbol nor an escape of one (with `CODES`; else neither a symbol nor `\/`).
+/// `carry`: the bytes at its start taken with the last block's escape, one bit each. The
+/// next block starts [`STEP`] bytes on whatever this one holds, so that its loads do not wait
+/// for this one.
 #[inline(always)]
-pub(super) fn unescape(simd: Avx512, window: &[u8; WINDOW], carry: u64) -> Unescaped {
+pub(super) fn unescape<const CODES: bool>(
+    simd: Avx512,
+    window: &[u8; WINDOW],
+    carry: u64,
+) -> Unescaped {
     let s = simd.v4();
     let x = load(window, 0);
     let at = |k: usize, b: u8| eq(s, load(window, k), b);
     let backslash = eq(s, x, b'\\');
     // `\u00` and two hex digits that make a symbol's code; `\/`.
     let (code, code_ok) = code(s, load(window, 4), load(window, 5));
-    let codes = s.avx512bw._mm512_mask_test_epi8_mask(
-        backslash & at(1, b'u') & at(2, b'0') & at(3, b'0'),
-        code_ok,
-        code_ok,
-    );
+    let codes = if CODES {
+        s.avx512bw._mm512_mask_test_epi8_mask(
+            backslash & at(1, b'u') & at(2, b'0') & at(3, b'0'),
+            code_ok,
+            code_ok,
+        )
+    } else {
+        0
+    };
     let slashes = backslash & at(1, b'/');
     // Each escape's symbol where its backslash stood (past a stop too: nothing there is
     // kept); the rest of it is left out.
@@ -302,7 +311,8 @@ mod tests {
     }
 
     #[test]
-    fn every_two_bytes_after_u00_are_taken_exactly_when_they_are_the_hex_code_of_a_symbol() {
+    fn every_two_bytes_after_u00_are_taken_exactly_when_they_code_a_symbol_and_codes_are_looked_for(
+    ) {
         let Some(simd) = Avx512::detect() else {
             eprintln!("no AVX-512 on this CPU: nothing to check");
             return;
@@ -317,8 +327,12 @@ mod tests {
             for at in [0, 9, 58, 61] {
                 let mut window = [b'A'; WINDOW];
                 window[at..at + 6].copy_from_slice(&[b'\\', b'u', b'0', b'0', high, low]);
-                let step = unescape(simd, &window, 0);
                 let context = format!("\\u00{:?} at {at}", [high as char, low as char]);
+                // The step that does not look for codes stops at each.
+                let step = unescape::<false>(simd, &window, 0);
+                assert_eq!(step.stop.trailing_zeros() as usize, at, "{context}");
+                assert_eq!(symbols(&step), vec![b'A'; at], "{context}");
+                let step = unescape::<true>(simd, &window, 0);
                 let made = symbols(&step);
                 match code {
                     Some(symbol) => {
