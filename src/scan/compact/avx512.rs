@@ -228,26 +228,51 @@ fn squeeze(s: V4, keep: u64) -> __m512i {
         joined,
         lanes(core::array::from_fn(|k| odd(k, 0x0808_0808_0808_0808))),
     );
-    // The second eighth of each quarter goes where the first one's kept bytes end: their
-    // number from the leading zeros of its indices (each nonzero), as a shift for both.
-    let unkept = f._mm512_and_si512(
-        s.avx512cd._mm512_lzcnt_epi64(eighths),
-        f._mm512_set1_epi64(0x78),
+    // The second eighth of each quarter goes where the first one's kept bytes end: the
+    // indices of each quarter shuffled by a pattern for their number (from the leading zeros
+    // of the first eighth's indices, each nonzero), looked up for each half of the quarter.
+    let unkept = f._mm512_srli_epi64::<3>(s.avx512cd._mm512_lzcnt_epi64(eighths));
+    let patterns = f._mm512_add_epi64(
+        f._mm512_shuffle_epi32::<0x44>(unkept),
+        lanes(core::array::from_fn(|k| odd(k, 8))),
     );
-    let unkept = f._mm512_shuffle_epi32::<0x44>(unkept);
-    let to_first = f._mm512_sllv_epi64(
-        f._mm512_shuffle_epi32::<0x4E>(eighths),
-        f._mm512_or_si512(
-            f._mm512_sub_epi64(f._mm512_set1_epi64(64), unkept),
-            lanes(core::array::from_fn(|k| odd(k, 64))),
-        ),
-    );
-    let rest = f._mm512_srlv_epi64(
-        eighths,
-        f._mm512_and_si512(unkept, lanes(core::array::from_fn(|k| odd(k, u64::MAX)))),
-    );
-    f._mm512_or_si512(to_first, rest)
+    let (first, second): ([u64; 8], [u64; 8]) = JOINS;
+    let pattern = f._mm512_permutex2var_epi64(lanes(first), patterns, lanes(second));
+    s.avx512bw._mm512_shuffle_epi8(eighths, pattern)
 }
+
+/// The byte shuffles that join the two eighths of a quarter, by the bytes of the first one
+/// not kept (`u`, 0 to 8): for the lower half of the quarter at `u`, for its upper half at
+/// `u + 8` (at 0 for 8, which holds nothing kept).
+const JOINS: ([u64; 8], [u64; 8]) = {
+    let mut table = [0u64; 16];
+    let mut unkept = 0;
+    while unkept <= 8 {
+        let kept = 8 - unkept;
+        let (mut lower, mut upper) = (0u64, 0u64);
+        let mut b = 0;
+        while b < 8 {
+            let from = if b < kept { b } else { b - kept + 8 };
+            lower |= (from as u64) << (8 * b);
+            // Past the second eighth: garbage, past what is kept.
+            upper |= (((b + 16 - kept) & 15) as u64) << (8 * b);
+            b += 1;
+        }
+        table[unkept] = lower;
+        if unkept < 8 {
+            table[unkept + 8] = upper;
+        }
+        unkept += 1;
+    }
+    let (mut first, mut second) = ([0u64; 8], [0u64; 8]);
+    let mut k = 0;
+    while k < 8 {
+        first[k] = table[k];
+        second[k] = table[k + 8];
+        k += 1;
+    }
+    (first, second)
+};
 
 /// `value` for odd `k`, else 0.
 const fn odd(k: usize, value: u64) -> u64 {
