@@ -588,12 +588,12 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
                 t += step.made;
             }
             codes |= step.codes;
-            carry = step.carry;
             if step.stop != 0 {
                 i += step.stop.trailing_zeros() as usize;
-                at_mark = true;
+                (carry, at_mark) = (0, true);
                 break;
             }
+            carry = step.carry;
             i += avx512::STEP;
         }
         // The rest of an escape that the last block ended in.

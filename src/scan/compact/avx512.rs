@@ -35,7 +35,7 @@ pub(super) struct Unescaped {
     /// nothing).
     pub(super) stop: u64,
     /// The bytes at the start of the next block that belong to an escape taken here (0 to
-    /// 5, one bit each).
+    /// 5, one bit each), when nothing stops the step.
     pub(super) carry: u64,
     /// Where `\u` escapes were taken.
     pub(super) codes: u64,
@@ -75,9 +75,11 @@ pub(super) fn unescape<const CODES: bool>(
         s.avx512bw
             ._mm512_mask_blend_epi8(slashes, made, s.avx512f._mm512_set1_epi8(b'/' as i8));
     let ends = eq(s, x, b'"') | eq(s, x, b'=') | eq(s, x, b' ') | (backslash & !codes & !slashes);
-    // Escapes do not overlap: the product adds shifted copies without carries. The bytes at
-    // the start that the last block's escape took are left out too.
-    let dropped = codes.wrapping_mul(0b11_1110) | slashes << 1 | carry;
+    // Escapes do not overlap: the product adds shifted copies without carries. Its upper half
+    // is the rest of an escape that the block ends in. The bytes at the start that the last
+    // block's escape took are left out too.
+    let escaped = (u128::from(codes) * 0b11_1110) | (u128::from(slashes) << 1);
+    let dropped = escaped as u64 | carry;
     // Squeezed whatever stands past a stop (nothing past it is taken): the shuffle need not
     // wait for the stop to be found.
     let chunks = cast(s.avx512bw._mm512_shuffle_epi8(made, squeeze(s, !dropped)));
@@ -85,7 +87,6 @@ pub(super) fn unescape<const CODES: bool>(
     let stop = ends & !carry;
     // Below the stop (all for none).
     let head = stop.wrapping_sub(1) & !stop;
-    let (codes, slashes) = (codes & head, slashes & head);
     let keep = !dropped & head;
     let below = |bits: u64| (keep & bits).count_ones() as usize;
     Unescaped {
@@ -98,11 +99,8 @@ pub(super) fn unescape<const CODES: bool>(
         ],
         made: keep.count_ones() as usize,
         stop,
-        // The escape that the block ends in, if any: a code in its last five bytes (at most
-        // one, its bytes past the block as many as its place past the 59th, plus one), or a
-        // slash in the last.
-        carry: ((codes >> 59) * 0b11_1110) >> 5 | slashes >> 63,
-        codes,
+        carry: (escaped >> 64) as u64,
+        codes: codes & head,
     }
 }
 
@@ -374,7 +372,6 @@ mod tests {
                         assert_eq!(step.stop.trailing_zeros() as usize, at, "{context}");
                         assert_eq!(step.codes, 0, "{context}");
                         assert_eq!(made, vec![b'A'; at], "{context}");
-                        assert_eq!(step.carry, 0, "{context}");
                     }
                 }
             }
