@@ -54,27 +54,38 @@ pub(super) fn unescape<const CODES: bool>(
 ) -> Unescaped {
     let s = simd.v4();
     let x = load(window, 0);
-    let at = |k: usize, b: u8| eq(s, load(window, k), b);
+    // Where the byte `k` on is `b`, among `among`.
+    let at = |among: u64, k: usize, b: u8| {
+        s.avx512bw._mm512_mask_cmpeq_epi8_mask(
+            among,
+            load(window, k),
+            s.avx512f._mm512_set1_epi8(b as i8),
+        )
+    };
     let backslash = eq(s, x, b'\\');
     // `\u00` and two hex digits that make a symbol's code; `\/`.
     let (code, code_ok) = code(s, load(window, 4), load(window, 5));
     let codes = if CODES {
-        s.avx512bw._mm512_mask_test_epi8_mask(
-            backslash & at(1, b'u') & at(2, b'0') & at(3, b'0'),
-            code_ok,
-            code_ok,
-        )
+        let prefix = at(at(at(backslash, 1, b'u'), 2, b'0'), 3, b'0');
+        s.avx512bw
+            ._mm512_mask_test_epi8_mask(prefix, code_ok, code_ok)
     } else {
         0
     };
-    let slashes = backslash & at(1, b'/');
+    let slashes = at(backslash, 1, b'/');
     // Each escape's symbol where its backslash stood (past a stop too: nothing there is
     // kept); the rest of it is left out.
     let made = s.avx512bw._mm512_mask_blend_epi8(codes, x, code);
     let made =
         s.avx512bw
             ._mm512_mask_blend_epi8(slashes, made, s.avx512f._mm512_set1_epi8(b'/' as i8));
-    let ends = eq(s, x, b'"') | eq(s, x, b'=') | eq(s, x, b' ') | (backslash & !codes & !slashes);
+    // A backslash, `"`, `=` or a space: each the byte of its lower half in a table.
+    let marks = s.avx512bw._mm512_cmpeq_epi8_mask(
+        s.avx512bw
+            ._mm512_shuffle_epi8(s.avx512f._mm512_broadcast_i32x4(cast(MARKS)), x),
+        x,
+    );
+    let ends = marks & !codes & !slashes;
     // Escapes do not overlap: the product adds shifted copies without carries. Its upper half
     // is the rest of an escape that the block ends in. The bytes at the start that the last
     // block's escape took are left out too.
@@ -103,6 +114,22 @@ pub(super) fn unescape<const CODES: bool>(
         codes: codes & head,
     }
 }
+
+/// For each lower half of a byte, the mark with that lower half (backslash, `"`, `=`, space),
+/// or a byte with another lower half.
+const MARKS: [u8; 16] = {
+    let mut t = [0u8; 16];
+    let mut n = 0;
+    while n < 16 {
+        t[n] = n as u8 ^ 1;
+        n += 1;
+    }
+    t[b' ' as usize & 15] = b' ';
+    t[b'"' as usize & 15] = b'"';
+    t[b'=' as usize & 15] = b'=';
+    t[b'\\' as usize & 15] = b'\\';
+    t
+};
 
 /// The symbol whose code the hex digits `high` and `low` (at each byte) make, and where they
 /// make one: a nonzero byte. Three tables of sixteen (a byte shuffle each) say, for the low
