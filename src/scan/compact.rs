@@ -190,9 +190,9 @@ impl Compactor {
             clean: self.clean,
             codes: self.codes,
         };
-        // Escaped blocks go to AVX-512 where the CPU has it, else to AVX2 while no `\u`
-        // escape came (its steps take `\/` only; compiled for AVX2, the portable loop was
-        // slower with them too).
+        // Escaped blocks go to the AVX-512 steps where the CPU has them; else to the AVX2
+        // steps, which take `\/` only, until a `\u` escape came (compiled for AVX2, the
+        // portable loop was slower with those).
         let full = match (self.wide, self.simd) {
             #[cfg(target_arch = "x86_64")]
             (Some(wide), _) => wide.vectorize(Run {

@@ -1,10 +1,10 @@
 //! Base64 with escaped symbols (`\/` from PHP, `\u002B` from .NET, `\u002b` `\u002f`) made
 //! into bare symbols 64 bytes at a time with AVX-512, on CPUs that have it (found at run
-//! time). The escapes of a block are found and checked at once; each becomes its symbol where
-//! its backslash stood, and the rest of it is squeezed out with one byte shuffle, whose
-//! indices come from a small table in a register (the byte compress of VBMI2 has no safe
-//! wrapper, and compressing 32-bit lanes took many more instructions). No branch for each
-//! escape.
+//! time). The escapes of a block are found and checked at once (the hex digits of `\u`
+//! escapes with tables of sixteen, a byte shuffle each); each becomes its symbol where its
+//! backslash stood, and the rest of it is squeezed out with one byte shuffle, whose indices
+//! come from small tables in registers (the byte compress of VBMI2 has no safe wrapper, and
+//! compressing 32-bit lanes took many more instructions). No branch for each escape.
 //!
 //! A block stops at anything else (whitespace, any other escape, `"`, `=`), for the portable
 //! path.
@@ -215,9 +215,10 @@ const LETTER: [u8; 16] = {
     t
 };
 
-/// The byte shuffle that brings the bytes of each eighth of a block that `keep` keeps
+/// The byte shuffle that brings the bytes of each quarter of a block that `keep` keeps
 /// together at the start of it. Each half of each eighth is looked up in a table of sixteen
-/// (as 32-bit lanes); the second half then goes where the first one's kept bytes end.
+/// (as 32-bit lanes); the second half then goes where the first one's kept bytes end, and
+/// so does the second eighth of each quarter.
 #[inline(always)]
 fn squeeze(s: V4, keep: u64) -> __m512i {
     let f = s.avx512f;
@@ -309,7 +310,7 @@ const fn odd(k: usize, value: u64) -> u64 {
 }
 
 /// For each set of bytes kept out of four (one bit each), their indices together at the
-/// start, with bit 4 set (which the byte shuffle does not read); `OFFSET` added to each.
+/// start, `OFFSET` added to each and `MARK` set in each; 0 past them.
 const fn halves<const OFFSET: u8, const MARK: u8>() -> [u32; 16] {
     let mut table = [0u32; 16];
     let mut kept = 0;
@@ -328,7 +329,8 @@ const fn halves<const OFFSET: u8, const MARK: u8>() -> [u32; 16] {
     table
 }
 
-/// The first halves of eighths: indices 0 to 3, marked with bit 4 so that each is nonzero.
+/// The first halves of eighths: indices 0 to 3, marked with bit 4 (which the byte shuffle
+/// does not read) so that each is nonzero.
 static FIRST_HALVES: [u32; 16] = halves::<0, 0x10>();
 
 /// The second halves: indices 4 to 7.
