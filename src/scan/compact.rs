@@ -184,19 +184,19 @@ impl Compactor {
             clean: self.clean,
             codes: self.codes,
         };
-        // Once escapes with codes come, as before: compiled for AVX2, the portable loop was
-        // slower with them.
-        // `\u` escapes go to AVX-512 once one came; `\/` alone is quicker with AVX2.
+        // Escaped blocks go to the AVX-512 steps where the CPU has them; else to the AVX2
+        // steps, which take `\/` only, until a `\u` escape came (compiled for AVX2, the
+        // portable loop was slower with those).
         let full = match (self.wide, self.simd) {
             #[cfg(target_arch = "x86_64")]
-            (Some(wide), _) if self.codes => wide.vectorize(Run {
+            (Some(wide), _) => wide.vectorize(Run {
                 compactor: self,
                 c: &mut c,
                 input,
                 wide: Some(wide),
             }),
             #[cfg(target_arch = "x86_64")]
-            (_, Some(simd)) if !self.codes => simd.vectorize(Run {
+            (None, Some(simd)) if !self.codes => simd.vectorize(Run {
                 compactor: self,
                 c: &mut c,
                 input,
@@ -540,18 +540,30 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     fn unescape_wide(&mut self, wide: Avx512, input: &[u8]) -> Fast {
+        if self.codes {
+            self.unescape_wide_as::<true>(wide, input)
+        } else {
+            self.unescape_wide_as::<false>(wide, input)
+        }
+    }
+
+    /// [`Self::unescape_wide`]: with `CODES`, the steps take `\u` escapes too (a step that
+    /// does not look for them is quicker while none came).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn unescape_wide_as<const CODES: bool>(&mut self, wide: Avx512, input: &[u8]) -> Fast {
         // Locals: the stores of symbols could otherwise be writing to the cursor.
         let (start, mut i, mut n, mut t, mut extra) = (self.i, self.i, self.n, self.t, self.extra);
         let symbols = &mut *self.symbols;
         let text = &mut *self.text;
-        let (mut carry, mut codes, mut at_mark) = (0, false, false);
+        let (mut carry, mut codes, mut at_mark) = (0, 0, false);
         while n < SYMBOLS_CAP && t < TEXT_CAP {
             let Some(window) = input.get(i..i + avx512::WINDOW) else {
                 break;
             };
             prefetch(Some(wide.avx2()), input, i);
             let window = window.try_into().unwrap_or(&[0; avx512::WINDOW]);
-            let step = avx512::unescape(wide, window, carry);
+            let step = avx512::unescape::<CODES>(wide, window, carry);
             // The chunks overlap: each is written whole, the next one over its unused end.
             // One bounds check for the window; the masked starts need none.
             let place = |buffer: &mut [u8], at: usize| {
@@ -569,23 +581,24 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
                 place(text, t);
                 t += step.made;
             }
-            extra += step.extra;
             codes |= step.codes;
-            carry = step.carry;
-            if step.stopped {
-                i += step.consumed;
-                at_mark = true;
+            if step.stop != 0 {
+                i += step.stop.trailing_zeros() as usize;
+                (carry, at_mark) = (0, true);
                 break;
             }
+            carry = step.carry;
             i += avx512::STEP;
         }
         // The rest of an escape that the last block ended in.
-        i += carry as usize;
+        i += carry.count_ones() as usize;
+        // Each byte taken is a symbol made or a byte of an escape past its first.
+        extra += (i - start) - (n - self.n);
         if extra > self.extra {
             self.clean = false;
         }
         self.line += n - self.n;
-        self.codes |= codes;
+        self.codes |= codes != 0;
         (self.i, self.n, self.t, self.extra) = (i, n, t, extra);
         if i > start {
             self.trailing = 0;

@@ -1,14 +1,15 @@
 //! Base64 with escaped symbols (`\/` from PHP, `\u002B` from .NET, `\u002b` `\u002f`) made
 //! into bare symbols 64 bytes at a time with AVX-512, on CPUs that have it (found at run
-//! time). The escapes of a block are found and checked at once; each becomes its symbol where
-//! its backslash stood, and the rest of it is squeezed out by compressing each quarter of the
-//! block as sixteen lanes of 32 bits (AVX-512F; the byte compress of VBMI2 has no safe
-//! wrapper). No branch for each escape.
+//! time). The escapes of a block are found and checked at once (the hex digits of `\u`
+//! escapes with tables of sixteen, a byte shuffle each); each becomes its symbol where its
+//! backslash stood, and the rest of it is squeezed out with one byte shuffle, whose indices
+//! come from small tables in registers (the byte compress of VBMI2 has no safe wrapper, and
+//! compressing 32-bit lanes took many more instructions). No branch for each escape.
 //!
 //! A block stops at anything else (whitespace, any other escape, `"`, `=`), for the portable
 //! path.
 
-use core::arch::x86_64::{__m128i, __m512i};
+use core::arch::x86_64::__m512i;
 
 use pulp::bytemuck::cast;
 use pulp::x86::V4;
@@ -30,121 +31,310 @@ pub(super) struct Unescaped {
     pub(super) starts: [usize; 4],
     /// Symbols made.
     pub(super) made: usize,
-    /// Something the step does not take stands in the block, at `consumed`.
-    pub(super) stopped: bool,
-    /// Input bytes taken when stopped.
-    pub(super) consumed: usize,
-    /// Bytes at the start of the next block that belong to an escape taken here (0 to 5).
-    pub(super) carry: u32,
-    /// Input bytes of the escapes taken past the first of each.
-    pub(super) extra: usize,
-    /// A `\u` escape was taken.
-    pub(super) codes: bool,
+    /// Where something stands that the step does not take: the lowest bit set (0 for
+    /// nothing).
+    pub(super) stop: u64,
+    /// The bytes at the start of the next block that belong to an escape taken here (0 to
+    /// 5, one bit each), when nothing stops the step.
+    pub(super) carry: u64,
+    /// Where `\u` escapes were taken.
+    pub(super) codes: u64,
 }
 
 /// Makes the block at the start of `window` into symbols, up to the first byte that is
-/// neither a symbol nor an escape of one. `carry`: bytes at its start taken with the last
-/// block's escape. The next block starts [`STEP`] bytes on whatever this one holds, so that
-/// its loads do not wait for this one.
+/// neither a symbol nor an escape of one (with `CODES`; else neither a symbol nor `\/`).
+/// `carry`: the bytes at its start taken with the last block's escape, one bit each. The
+/// next block starts [`STEP`] bytes on whatever this one holds, so that its loads do not wait
+/// for this one.
 #[inline(always)]
-pub(super) fn unescape(simd: Avx512, window: &[u8; WINDOW], carry: u32) -> Unescaped {
+pub(super) fn unescape<const CODES: bool>(
+    simd: Avx512,
+    window: &[u8; WINDOW],
+    carry: u64,
+) -> Unescaped {
     let s = simd.v4();
     let x = load(window, 0);
-    let at = |k: usize, b: u8| eq(s, load(window, k), b);
+    // Where the byte `k` on is `b`, among `among`.
+    let at = |among: u64, k: usize, b: u8| {
+        s.avx512bw._mm512_mask_cmpeq_epi8_mask(
+            among,
+            load(window, k),
+            s.avx512f._mm512_set1_epi8(b as i8),
+        )
+    };
     let backslash = eq(s, x, b'\\');
     // `\u00` and two hex digits that make a symbol's code; `\/`.
-    let (high, high_ok) = hex(s, load(window, 4));
-    let (low, low_ok) = hex(s, load(window, 5));
-    let code = s
-        .avx512f
-        ._mm512_or_si512(s.avx512bw._mm512_slli_epi16::<4>(high), low);
-    let codes =
-        backslash & at(1, b'u') & at(2, b'0') & at(3, b'0') & high_ok & low_ok & symbol(s, code);
-    let slashes = backslash & at(1, b'/');
-    let ends = eq(s, x, b'"') | eq(s, x, b'=') | eq(s, x, b' ') | (backslash & !codes & !slashes);
-    // The bytes of the last block's escape are none of those.
-    let stop = ends & !low_bits(carry);
-    let head = if stop == 0 {
-        u64::MAX
+    let (code, code_ok) = code(s, load(window, 4), load(window, 5));
+    let codes = if CODES {
+        let prefix = at(at(at(backslash, 1, b'u'), 2, b'0'), 3, b'0');
+        s.avx512bw
+            ._mm512_mask_test_epi8_mask(prefix, code_ok, code_ok)
     } else {
-        low_bits(stop.trailing_zeros())
+        0
     };
-    let (codes, slashes) = (codes & head, slashes & head);
-    // Each escape's symbol where its backslash stood; the rest of it is left out.
+    let slashes = at(backslash, 1, b'/');
+    // Each escape's symbol where its backslash stood (past a stop too: nothing there is
+    // kept); the rest of it is left out.
     let made = s.avx512bw._mm512_mask_blend_epi8(codes, x, code);
     let made =
         s.avx512bw
             ._mm512_mask_blend_epi8(slashes, made, s.avx512f._mm512_set1_epi8(b'/' as i8));
-    let escaped =
-        |escapes: u64, len: u32| (1..len).fold(0u128, |d, k| d | u128::from(escapes) << k);
-    let dropped = escaped(codes, 6) | escaped(slashes, 2);
-    let keep = !(dropped as u64) & !low_bits(carry) & head;
-    let lanes = [
-        s.avx512f._mm512_castsi512_si128(made),
-        s.avx512f._mm512_extracti32x4_epi32::<1>(made),
-        s.avx512f._mm512_extracti32x4_epi32::<2>(made),
-        s.avx512f._mm512_extracti32x4_epi32::<3>(made),
-    ];
-    let chunks = core::array::from_fn(|q| {
-        let wide = s.avx512f._mm512_cvtepu8_epi32(lanes[q]);
-        let kept = s
-            .avx512f
-            ._mm512_maskz_compress_epi32((keep >> (16 * q)) as u16, wide);
-        cast::<__m128i, [u8; 16]>(s.avx512f._mm512_cvtepi32_epi8(kept))
-    });
-    let below = |bits: u32| (keep & low_bits(bits)).count_ones() as usize;
+    // A backslash, `"`, `=` or a space: each the byte of its lower half in a table.
+    let marks = s.avx512bw._mm512_cmpeq_epi8_mask(
+        s.avx512bw
+            ._mm512_shuffle_epi8(s.avx512f._mm512_broadcast_i32x4(cast(MARKS)), x),
+        x,
+    );
+    let ends = marks & !codes & !slashes;
+    // Escapes do not overlap: the product adds shifted copies without carries. Its upper half
+    // is the rest of an escape that the block ends in. The bytes at the start that the last
+    // block's escape took are left out too.
+    let escaped = (u128::from(codes) * 0b11_1110) | (u128::from(slashes) << 1);
+    let dropped = escaped as u64 | carry;
+    // Squeezed whatever stands past a stop (nothing past it is taken): the shuffle need not
+    // wait for the stop to be found.
+    let chunks = cast(s.avx512bw._mm512_shuffle_epi8(made, squeeze(s, !dropped)));
+    // The bytes of the last block's escape are none of the ends.
+    let stop = ends & !carry;
+    // Below the stop (all for none).
+    let head = stop.wrapping_sub(1) & !stop;
+    let keep = !dropped & head;
+    let below = |bits: u64| (keep & bits).count_ones() as usize;
     Unescaped {
         chunks,
-        starts: [0, below(16), below(32), below(48)],
+        starts: [
+            0,
+            below(0xFFFF),
+            below(0xFFFF_FFFF),
+            below(0xFFFF_FFFF_FFFF),
+        ],
         made: keep.count_ones() as usize,
-        stopped: stop != 0,
-        consumed: stop.trailing_zeros() as usize,
-        carry: ((dropped >> 64) as u64).count_ones(),
-        extra: 5 * codes.count_ones() as usize + slashes.count_ones() as usize,
-        codes: codes != 0,
+        stop,
+        carry: (escaped >> 64) as u64,
+        codes: codes & head,
     }
 }
 
-/// The `n` lowest bits (`n` up to 64).
+/// For each lower half of a byte, the mark with that lower half (backslash, `"`, `=`, space),
+/// or a byte with another lower half.
+const MARKS: [u8; 16] = {
+    let mut t = [0u8; 16];
+    let mut n = 0;
+    while n < 16 {
+        t[n] = n as u8 ^ 1;
+        n += 1;
+    }
+    t[b' ' as usize & 15] = b' ';
+    t[b'"' as usize & 15] = b'"';
+    t[b'=' as usize & 15] = b'=';
+    t[b'\\' as usize & 15] = b'\\';
+    t
+};
+
+/// The symbol whose code the hex digits `high` and `low` (at each byte) make, and where they
+/// make one: a nonzero byte. Three tables of sixteen (a byte shuffle each) say, for the low
+/// digit's two halves and the high digit, which high digits go with it; for the low digit
+/// as a number (0 to 9) and as a letter, apart.
 #[inline(always)]
-fn low_bits(n: u32) -> u64 {
-    u64::MAX.checked_shr(64 - n).unwrap_or(0)
+fn code(s: V4, high: __m512i, low: __m512i) -> (__m512i, __m512i) {
+    let (bw, f) = (s.avx512bw, s.avx512f);
+    let table = |t: [u8; 16]| f._mm512_broadcast_i32x4(cast(t));
+    let low_half = f._mm512_and_si512(bw._mm512_srli_epi16::<4>(low), f._mm512_set1_epi8(0x0F));
+    // High digits `2` to `7` as 10 to 15, anything else with bit 7 set (which makes the
+    // shuffle give 0).
+    let high_digit = bw._mm512_adds_epu8(
+        bw._mm512_sub_epi8(high, f._mm512_set1_epi8(b'2' as i8)),
+        f._mm512_set1_epi8(0x7A),
+    );
+    let ok = f._mm512_ternarylogic_epi64::<0x80>(
+        bw._mm512_shuffle_epi8(table(WITH_LOW), low),
+        bw._mm512_shuffle_epi8(table(WITH_LOW_HALF), low_half),
+        bw._mm512_shuffle_epi8(table(WITH_HIGH), high_digit),
+    );
+    // The high digit's value in the upper half, the low one's in the lower (a letter's plus
+    // nine).
+    let code = bw._mm512_add_epi8(
+        f._mm512_ternarylogic_epi64::<0xE4>(
+            bw._mm512_slli_epi16::<4>(high),
+            low,
+            f._mm512_set1_epi8(0xF0u8 as i8),
+        ),
+        bw._mm512_shuffle_epi8(table(LETTER), low_half),
+    );
+    (code, ok)
 }
 
-/// The value of each byte as a hex digit (garbage where it is none), and which are.
+/// Which high digits go with a low digit, by the low digit's lower half: bits 0 to 3 for a
+/// number, 4 to 7 for a letter; in each, one bit for `2`, `3`, `4` or `6`, `5` or `7`.
+/// (`+` is 2B, `/` 2F, digits 30 to 39, letters 41 to 5A and 61 to 7A.)
+const WITH_LOW: [u8; 16] = {
+    let (two, three, four, five) = (1, 2, 4, 8);
+    let mut t = [0u8; 16];
+    t[0] = three | five;
+    let mut n = 1;
+    while n < 10 {
+        t[n] = three | four | five;
+        n += 1;
+    }
+    // `A` after 4 to 7; `B` and `F` after 2 (`+`, `/`), 4 and 6; `C` to `E` after 4 and 6.
+    t[1] |= (four | five) << 4;
+    t[2] |= (two | four) << 4;
+    t[3] |= four << 4;
+    t[4] |= four << 4;
+    t[5] |= four << 4;
+    t[6] |= (two | four) << 4;
+    t
+};
+
+/// By the low digit's upper half: a number (`3`), a letter (`4`, `6`).
+const WITH_LOW_HALF: [u8; 16] = {
+    let mut t = [0u8; 16];
+    t[3] = 0x0F;
+    t[4] = 0xF0;
+    t[6] = 0xF0;
+    t
+};
+
+/// By the high digit (`2` at 10 to `7` at 15).
+const WITH_HIGH: [u8; 16] = {
+    let mut t = [0u8; 16];
+    t[10] = 0x11;
+    t[11] = 0x22;
+    t[12] = 0x44;
+    t[13] = 0x88;
+    t[14] = 0x44;
+    t[15] = 0x88;
+    t
+};
+
+/// What a letter adds to its lower half (`a` is 1): 9, by the upper half.
+const LETTER: [u8; 16] = {
+    let mut t = [0u8; 16];
+    t[4] = 9;
+    t[6] = 9;
+    t
+};
+
+/// The byte shuffle that brings the bytes of each quarter of a block that `keep` keeps
+/// together at the start of it. Each half of each eighth is looked up in a table of sixteen
+/// (as 32-bit lanes); the second half then goes where the first one's kept bytes end, and
+/// so does the second eighth of each quarter.
 #[inline(always)]
-fn hex(s: V4, x: __m512i) -> (__m512i, u64) {
-    let (bw, f) = (s.avx512bw, s.avx512f);
-    let digit = bw._mm512_sub_epi8(x, f._mm512_set1_epi8(b'0' as i8));
-    let letter = bw._mm512_sub_epi8(
-        f._mm512_or_si512(x, f._mm512_set1_epi8(0x20)),
-        f._mm512_set1_epi8(b'a' as i8 - 10),
+fn squeeze(s: V4, keep: u64) -> __m512i {
+    let f = s.avx512f;
+    let lanes = |v: [u64; 8]| cast::<[u64; 8], __m512i>(v);
+    // Eighth k in 64-bit lane k; its second half in the upper 32 bits, and bit 4 set in the
+    // lower ones, which picks the table of first halves.
+    let eighths = f._mm512_and_si512(
+        f._mm512_srlv_epi64(
+            f._mm512_set1_epi64(keep as i64),
+            lanes(core::array::from_fn(|k| 8 * k as u64)),
+        ),
+        f._mm512_set1_epi64(0xFF),
     );
-    let is_digit = bw._mm512_cmplt_epu8_mask(digit, f._mm512_set1_epi8(10));
-    let is_letter = bw._mm512_cmplt_epu8_mask(
-        bw._mm512_sub_epi8(letter, f._mm512_set1_epi8(10)),
-        f._mm512_set1_epi8(6),
+    let halves = f._mm512_ternarylogic_epi64::<0xFE>(
+        eighths,
+        f._mm512_slli_epi64::<28>(eighths),
+        f._mm512_set1_epi64(0x10),
     );
-    // Four bits each, so that shifting the 16-bit lanes keeps each in its byte.
-    let value = f._mm512_and_si512(
-        bw._mm512_mask_blend_epi8(is_digit, letter, digit),
-        f._mm512_set1_epi8(0x0F),
+    let indices = f._mm512_permutex2var_epi32(cast(SECOND_HALVES), halves, cast(FIRST_HALVES));
+    // Bytes of the first half kept: from the leading zeros of its indices (each has bit 4).
+    let shift = f._mm512_and_si512(
+        s.avx512cd._mm512_lzcnt_epi32(indices),
+        f._mm512_set1_epi64(0x38),
     );
-    (value, is_digit | is_letter)
+    let second = f._mm512_srlv_epi64(
+        f._mm512_and_si512(indices, f._mm512_set1_epi64(!0xFFFF_FFFF)),
+        shift,
+    );
+    let joined =
+        f._mm512_ternarylogic_epi64::<0xEC>(indices, second, f._mm512_set1_epi64(0xFFFF_FFFF));
+    // Each odd eighth is the upper half of its 128-bit lane.
+    let eighths = f._mm512_or_si512(
+        joined,
+        lanes(core::array::from_fn(|k| odd(k, 0x0808_0808_0808_0808))),
+    );
+    // The second eighth of each quarter goes where the first one's kept bytes end: the
+    // indices of each quarter shuffled by a pattern for their number (from the leading zeros
+    // of the first eighth's indices, each nonzero), looked up for each half of the quarter.
+    let unkept = f._mm512_srli_epi64::<3>(s.avx512cd._mm512_lzcnt_epi64(eighths));
+    let patterns = f._mm512_add_epi64(
+        f._mm512_shuffle_epi32::<0x44>(unkept),
+        lanes(core::array::from_fn(|k| odd(k, 8))),
+    );
+    let (first, second): ([u64; 8], [u64; 8]) = JOINS;
+    let pattern = f._mm512_permutex2var_epi64(lanes(first), patterns, lanes(second));
+    s.avx512bw._mm512_shuffle_epi8(eighths, pattern)
 }
 
-/// Which bytes are base64 symbols (not `=`).
-#[inline(always)]
-fn symbol(s: V4, x: __m512i) -> u64 {
-    let (bw, f) = (s.avx512bw, s.avx512f);
-    let within = |from: u8, len: u8| {
-        bw._mm512_cmplt_epu8_mask(
-            bw._mm512_sub_epi8(x, f._mm512_set1_epi8(from as i8)),
-            f._mm512_set1_epi8(len as i8),
-        )
-    };
-    within(b'A', 26) | within(b'a', 26) | within(b'0', 10) | eq(s, x, b'+') | eq(s, x, b'/')
+/// The byte shuffles that join the two eighths of a quarter, by the bytes of the first one
+/// not kept (`u`, 0 to 8): for the lower half of the quarter at `u`, for its upper half at
+/// `u + 8` (at 0 for 8, which holds nothing kept).
+const JOINS: ([u64; 8], [u64; 8]) = {
+    let mut table = [0u64; 16];
+    let mut unkept = 0;
+    while unkept <= 8 {
+        let kept = 8 - unkept;
+        let (mut lower, mut upper) = (0u64, 0u64);
+        let mut b = 0;
+        while b < 8 {
+            let from = if b < kept { b } else { b - kept + 8 };
+            lower |= (from as u64) << (8 * b);
+            // Past the second eighth: garbage, past what is kept.
+            upper |= (((b + 16 - kept) & 15) as u64) << (8 * b);
+            b += 1;
+        }
+        table[unkept] = lower;
+        if unkept < 8 {
+            table[unkept + 8] = upper;
+        }
+        unkept += 1;
+    }
+    let (mut first, mut second) = ([0u64; 8], [0u64; 8]);
+    let mut k = 0;
+    while k < 8 {
+        first[k] = table[k];
+        second[k] = table[k + 8];
+        k += 1;
+    }
+    (first, second)
+};
+
+/// `value` for odd `k`, else 0.
+const fn odd(k: usize, value: u64) -> u64 {
+    if k % 2 == 1 {
+        value
+    } else {
+        0
+    }
 }
+
+/// For each set of bytes kept out of four (one bit each), their indices together at the
+/// start, `OFFSET` added to each and `MARK` set in each; 0 past them.
+const fn halves<const OFFSET: u8, const MARK: u8>() -> [u32; 16] {
+    let mut table = [0u32; 16];
+    let mut kept = 0;
+    while kept < 16 {
+        let (mut indices, mut n, mut i) = (0u32, 0, 0);
+        while i < 4 {
+            if kept & (1 << i) != 0 {
+                indices |= ((OFFSET + i as u8) as u32 | MARK as u32) << (8 * n);
+                n += 1;
+            }
+            i += 1;
+        }
+        table[kept] = indices;
+        kept += 1;
+    }
+    table
+}
+
+/// The first halves of eighths: indices 0 to 3, marked with bit 4 (which the byte shuffle
+/// does not read) so that each is nonzero.
+static FIRST_HALVES: [u32; 16] = halves::<0, 0x10>();
+
+/// The second halves: indices 4 to 7.
+static SECOND_HALVES: [u32; 16] = halves::<4, 0>();
 
 #[inline(always)]
 fn load(window: &[u8; WINDOW], at: usize) -> __m512i {
@@ -157,4 +347,63 @@ fn load(window: &[u8; WINDOW], at: usize) -> __m512i {
 fn eq(s: V4, a: __m512i, b: u8) -> u64 {
     s.avx512bw
         ._mm512_cmpeq_epi8_mask(a, s.avx512f._mm512_set1_epi8(b as i8))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The symbols a step made, in order.
+    fn symbols(step: &Unescaped) -> Vec<u8> {
+        let mut out = [0u8; STEP + 16];
+        for (chunk, &start) in step.chunks.iter().zip(&step.starts) {
+            out[start..start + 16].copy_from_slice(chunk);
+        }
+        out[..step.made].to_vec()
+    }
+
+    #[test]
+    fn every_two_bytes_after_u00_are_taken_exactly_when_they_code_a_symbol_and_codes_are_looked_for(
+    ) {
+        let Some(simd) = Avx512::detect() else {
+            eprintln!("no AVX-512 on this CPU: nothing to check");
+            return;
+        };
+        for (high, low) in (0..=255u8).flat_map(|high| (0..=255u8).map(move |low| (high, low))) {
+            let code = std::str::from_utf8(&[high, low])
+                .ok()
+                .filter(|digits| digits.bytes().all(|b| b.is_ascii_hexdigit()))
+                .and_then(|digits| u8::from_str_radix(digits, 16).ok())
+                .filter(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/');
+            // Inside the block, and across its end.
+            for at in [0, 9, 58, 61] {
+                let mut window = [b'A'; WINDOW];
+                window[at..at + 6].copy_from_slice(&[b'\\', b'u', b'0', b'0', high, low]);
+                let context = format!("\\u00{:?} at {at}", [high as char, low as char]);
+                // The step that does not look for codes stops at each.
+                let step = unescape::<false>(simd, &window, 0);
+                assert_eq!(step.stop.trailing_zeros() as usize, at, "{context}");
+                assert_eq!(symbols(&step), vec![b'A'; at], "{context}");
+                let step = unescape::<true>(simd, &window, 0);
+                let made = symbols(&step);
+                match code {
+                    Some(symbol) => {
+                        assert_eq!(step.stop, 0, "{context}");
+                        assert_eq!(step.codes, 1 << at, "{context}");
+                        let mut expected = vec![b'A'; at];
+                        expected.push(symbol);
+                        expected.resize(STEP - 5.min(STEP - at - 1), b'A');
+                        assert_eq!(made, expected, "{context}");
+                        let past = (at + 6).saturating_sub(STEP);
+                        assert_eq!(step.carry, (1 << past) - 1, "{context}");
+                    }
+                    None => {
+                        assert_eq!(step.stop.trailing_zeros() as usize, at, "{context}");
+                        assert_eq!(step.codes, 0, "{context}");
+                        assert_eq!(made, vec![b'A'; at], "{context}");
+                    }
+                }
+            }
+        }
+    }
 }
