@@ -7,12 +7,12 @@
 //! characters (`\/`, `\u002B`), so the runs between are short. Blocks of 32 bytes are copied
 //! and compared in SIMD registers (as in [`super::plain`]) in the same step; and once two lines
 //! of the same length end with the same separator, the lines after them are copied whole, only
-//! the separator being looked for where it should stand. On CPUs with AVX2 (found at run
-//! time, in `compact/avx2.rs`), blocks with `\/` are taken whole, the escapes squeezed out with
-//! a byte shuffle rather than one at a time. Once a `\u` escape of a symbol was seen, CPUs with
-//! AVX-512 take 64-byte blocks with any escapes of symbols whole (`compact/avx512.rs`).
-//! Elsewhere, and for whatever those steps leave, the portable way here: a block at a time,
-//! and each escape read as one word.
+//! the separator being looked for where it should stand. On CPUs with AVX-512 (found at run
+//! time, in `compact/avx512.rs`), blocks of 64 bytes with escapes of symbols are taken whole,
+//! the escapes squeezed out with a byte shuffle rather than one at a time: `\/` from the start,
+//! `\u` escapes once one was seen (the step is longer with them). With AVX2 only
+//! (`compact/avx2.rs`), blocks of 32 bytes with `\/`. Elsewhere, and for whatever those steps
+//! leave, the portable way here: a block at a time, and each escape read as one word.
 //!
 //! Nothing here checks that the copied bytes are base64 symbols: the decoder's engine does, on
 //! the batch, and the scanner reads the content again the general way when it refuses one (an
@@ -108,8 +108,8 @@ pub(super) struct Compactor {
     last_separator: Separator,
     /// The last two lines matched: copy the next ones whole.
     striding: bool,
-    /// A `\u` escape of a symbol was seen: the AVX2 steps, which do not take them, are left
-    /// alone.
+    /// A `\u` escape of a symbol was seen: the AVX-512 steps look for them, the AVX2 steps
+    /// (which do not take them) are left alone.
     codes: bool,
 }
 
@@ -403,7 +403,7 @@ impl<const TEXT: bool> crate::simd::Vectorized for Run<'_, '_, TEXT> {
     }
 }
 
-/// Where the AVX2 steps left off (only `Short` elsewhere than on x86-64).
+/// Where the SIMD steps left off (only `Short` elsewhere than on x86-64).
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 enum Fast {
     /// At something they do not take, for the portable way to look at.
@@ -412,6 +412,18 @@ enum Fast {
     Again,
     /// Too near the end of the input for a step: nothing taken.
     Short,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Fast {
+    /// Where steps that stopped `at_mark` or not, and `took` something or not, left off.
+    fn after(at_mark: bool, took: bool) -> Self {
+        match (at_mark, took) {
+            (true, _) => Fast::AtMark,
+            (false, true) => Fast::Again,
+            (false, false) => Fast::Short,
+        }
+    }
 }
 
 /// Where [`Compactor::compact`] is, and what it has made.
@@ -519,21 +531,8 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
         }
         // The `/` of an escape that the last block ended in.
         i += carry as usize;
-        if extra > self.extra {
-            self.clean = false;
-        }
-        self.line += n - self.n;
-        (self.i, self.n, self.t, self.extra) = (i, n, t, extra);
-        if i > start {
-            self.trailing = 0;
-        }
-        if at_mark {
-            Fast::AtMark
-        } else if i > start {
-            Fast::Again
-        } else {
-            Fast::Short
-        }
+        self.took(i, n, t, extra);
+        Fast::after(at_mark, i > start)
     }
 
     /// Takes blocks with AVX-512 steps while they hold only symbols and their escapes.
@@ -594,22 +593,9 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
         i += carry.count_ones() as usize;
         // Each byte taken is a symbol made or a byte of an escape past its first.
         extra += (i - start) - (n - self.n);
-        if extra > self.extra {
-            self.clean = false;
-        }
-        self.line += n - self.n;
         self.codes |= codes != 0;
-        (self.i, self.n, self.t, self.extra) = (i, n, t, extra);
-        if i > start {
-            self.trailing = 0;
-        }
-        if at_mark {
-            Fast::AtMark
-        } else if i > start {
-            Fast::Again
-        } else {
-            Fast::Short
-        }
+        self.took(i, n, t, extra);
+        Fast::after(at_mark, i > start)
     }
 
     /// Takes blocks of raw symbols and the escapes of symbols between them (`\/`, `\u00XX`),
@@ -618,8 +604,8 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
     #[inline(always)]
     fn escaped(&mut self, input: &[u8]) -> bool {
         // Locals: the stores of symbols could otherwise be writing to the cursor.
-        let (start, mut i, mut n, mut t, mut extra) = (self.i, self.i, self.n, self.t, self.extra);
-        let (mut raw, mut codes) = (0, false);
+        let (mut i, mut n, mut t, mut extra) = (self.i, self.n, self.t, self.extra);
+        let mut codes = false;
         let symbols = &mut *self.symbols;
         let text = &mut *self.text;
         let at_mark = loop {
@@ -640,7 +626,7 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
             } else {
                 found.trailing_zeros() as usize
             };
-            (i, n, raw) = (i + k, n + k, raw + k);
+            (i, n) = (i + k, n + k);
             if TEXT {
                 t += k;
             }
@@ -675,16 +661,24 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
             extra += len - 1;
             codes |= len == 6;
         };
+        self.codes |= codes;
+        self.took(i, n, t, extra);
+        at_mark
+    }
+
+    /// Moves the cursor on to what a loop over locals took: the input to `i`, the symbols to
+    /// `n`, the text to `t`, `extra` bytes past the first of each escape.
+    #[inline(always)]
+    fn took(&mut self, i: usize, n: usize, t: usize, extra: usize) {
+        // An escape: the line is no longer one to copy whole (its length no longer matters).
         if extra > self.extra {
             self.clean = false;
         }
-        if i > start {
+        if i > self.i {
             self.trailing = 0;
         }
-        self.line += raw;
-        self.codes |= codes;
+        self.line += n - self.n;
         (self.i, self.n, self.t, self.extra) = (i, n, t, extra);
-        at_mark
     }
 
     /// Takes an escape of `len` bytes that stands for `symbol`.
