@@ -11,7 +11,7 @@
 //! time, in `compact/avx512.rs`), blocks of 64 bytes with escapes of symbols are taken whole,
 //! the escapes squeezed out with a byte shuffle rather than one at a time: `\/` from the start,
 //! `\u` escapes once one was seen (the step is longer with them). With AVX2 only
-//! (`compact/avx2.rs`), blocks of 32 bytes with `\/`. Elsewhere, and for whatever those steps
+//! (`compact/avx2.rs`), blocks of 32 bytes the same way. Elsewhere, and for whatever those steps
 //! leave, the portable way here: a block at a time, and each escape read as one word.
 //!
 //! Nothing here checks that the copied bytes are base64 symbols: the decoder's engine does, on
@@ -108,8 +108,7 @@ pub(super) struct Compactor {
     last_separator: Separator,
     /// The last two lines matched: copy the next ones whole.
     striding: bool,
-    /// A `\u` escape of a symbol was seen: the AVX-512 steps look for them, the AVX2 steps
-    /// (which do not take them) are left alone.
+    /// A `\u` escape of a symbol was seen: the SIMD steps look for them too.
     codes: bool,
 }
 
@@ -185,8 +184,7 @@ impl Compactor {
             codes: self.codes,
         };
         // Escaped blocks go to the AVX-512 steps where the CPU has them; else to the AVX2
-        // steps, which take `\/` only, until a `\u` escape came (compiled for AVX2, the
-        // portable loop was slower with those).
+        // steps.
         let full = match (self.wide, self.simd) {
             #[cfg(target_arch = "x86_64")]
             (Some(wide), _) => wide.vectorize(Run {
@@ -196,7 +194,7 @@ impl Compactor {
                 wide: Some(wide),
             }),
             #[cfg(target_arch = "x86_64")]
-            (None, Some(simd)) if !self.codes => simd.vectorize(Run {
+            (None, Some(simd)) => simd.vectorize(Run {
                 compactor: self,
                 c: &mut c,
                 input,
@@ -487,22 +485,30 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     fn unescape(&mut self, simd: Avx2, input: &[u8]) -> Fast {
-        // The steps take `\/` only; escapes with codes go the portable way from the first.
         if self.codes {
-            return Fast::Short;
+            self.unescape_as::<true>(simd, input)
+        } else {
+            self.unescape_as::<false>(simd, input)
         }
+    }
+
+    /// [`Self::unescape`]: with `CODES`, the steps take `\u` escapes too (a step that does
+    /// not look for them is quicker while none came).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn unescape_as<const CODES: bool>(&mut self, simd: Avx2, input: &[u8]) -> Fast {
         // Locals: the stores of symbols could otherwise be writing to the cursor.
-        let (start, mut i, mut n, mut t, mut extra) = (self.i, self.i, self.n, self.t, self.extra);
+        let (start, mut i, mut n, mut t) = (self.i, self.i, self.n, self.t);
         let symbols = &mut *self.symbols;
         let text = &mut *self.text;
-        let mut carry = 0;
-        let mut at_mark = false;
+        let (mut carry, mut codes, mut at_mark) = (0, 0, false);
         while n < SYMBOLS_CAP && t < TEXT_CAP {
             let Some(window) = input.get(i..i + avx2::WINDOW) else {
                 break;
             };
             prefetch(Some(simd), input, i);
-            let step = avx2::unescape(simd, window.try_into().unwrap_or(&[0; avx2::WINDOW]), carry);
+            let window = window.try_into().unwrap_or(&[0; avx2::WINDOW]);
+            let step = avx2::unescape::<CODES>(simd, window, carry);
             // The words overlap: each is written whole, the next one over its unused end. One
             // bounds check for the window; the masked starts need none.
             let place = |buffer: &mut [u8], at: usize| {
@@ -520,17 +526,20 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
                 place(text, t);
                 t += step.made;
             }
-            extra += step.escapes;
-            carry = step.carry;
-            if step.stopped {
-                i += step.consumed;
-                at_mark = true;
+            codes |= step.codes;
+            if step.stop != 0 {
+                i += step.stop.trailing_zeros() as usize;
+                (carry, at_mark) = (0, true);
                 break;
             }
+            carry = step.carry;
             i += avx2::STEP;
         }
-        // The `/` of an escape that the last block ended in.
-        i += carry as usize;
+        // The rest of an escape that the last block ended in.
+        i += carry.count_ones() as usize;
+        // Each byte taken is a symbol made or a byte of an escape past its first.
+        let extra = self.extra + (i - start) - (n - self.n);
+        self.codes |= codes != 0;
         self.took(i, n, t, extra);
         Fast::after(at_mark, i > start)
     }
@@ -1148,7 +1157,7 @@ mod tests {
     /// raw and escaped, and now and then something the compactor must leave alone (`=` and its
     /// escape, a quote, other escapes, escapes cut short or of other characters, bytes that
     /// are not base64). `dense`: one character in how many is not a raw symbol. Without
-    /// `codes`, no `\u` escapes (after the first, the AVX2 steps are left alone).
+    /// `codes`, no `\u` escapes (after the first, the steps look for them too).
     fn mixed(rng: &mut Rng, len: usize, dense: usize, odd: bool, codes: bool) -> Vec<u8> {
         const SYMBOLS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
         const ODD: [&[u8]; 16] = [

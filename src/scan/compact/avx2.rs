@@ -1,7 +1,9 @@
-//! Base64 with `\/` escapes (PHP's `json_encode`) made into bare symbols 32 bytes at a time
-//! with AVX2, on CPUs that have it (found at run time; the crate is built for the x86-64
-//! baseline). The escapes of a block are found at once, and their backslashes squeezed out
-//! with a byte shuffle from a table, without a branch for each escape.
+//! Base64 with escaped symbols (`\/` from PHP, `\u002B` from .NET, `\u002b` `\u002f`) made
+//! into bare symbols 32 bytes at a time with AVX2, on CPUs that have it (found at run time;
+//! the crate is built for the x86-64 baseline). The escapes of a block are found and checked
+//! at once (the hex digits of `\u` escapes with tables of sixteen, a byte shuffle each); each
+//! becomes its symbol where its backslash stood, and the rest of it is squeezed out with a
+//! byte shuffle from a table, without a branch for each escape.
 //!
 //! A block stops at anything else (whitespace, any other escape, `"`, `=`), for the portable
 //! path.
@@ -13,12 +15,12 @@ use pulp::x86::V3;
 
 use crate::simd::Avx2;
 
-/// Bytes looked at for one step: the block, and the byte after it (the rest of an escape that
-/// starts at its end).
-pub(super) const WINDOW: usize = STEP + 1;
-
 /// Bytes of the block one step takes.
 pub(super) const STEP: usize = 32;
+
+/// Bytes looked at for one step: the block, and the rest of an escape that starts at its end
+/// (five bytes, rounded up).
+pub(super) const WINDOW: usize = STEP + 8;
 
 /// What one step made of a block.
 pub(super) struct Unescaped {
@@ -28,66 +30,191 @@ pub(super) struct Unescaped {
     pub(super) starts: [usize; 4],
     /// Symbols made.
     pub(super) made: usize,
-    /// Something the step does not take stands in the block, at `consumed`.
-    pub(super) stopped: bool,
-    /// Input bytes taken when stopped.
-    pub(super) consumed: usize,
-    /// The first byte of the next block belongs to an escape taken here (the block ends with
-    /// its backslash), and is taken with it: 1, else 0.
+    /// Where something stands that the step does not take: the lowest bit set (0 for
+    /// nothing).
+    pub(super) stop: u32,
+    /// The bytes at the start of the next block that belong to an escape taken here (0 to
+    /// 5, one bit each), when nothing stops the step.
     pub(super) carry: u32,
-    /// Escapes taken.
-    pub(super) escapes: usize,
+    /// Where `\u` escapes were taken.
+    pub(super) codes: u32,
 }
 
 /// Makes the block at the start of `window` into symbols, up to the first byte that is
-/// neither a symbol nor a `\/`. `carry`: the first byte was taken with the last block's
-/// escape. The next block starts [`STEP`] bytes on whatever this one holds, so that its
-/// loads do not wait for this one.
+/// neither a symbol nor an escape of one (with `CODES`; else neither a symbol nor `\/`).
+/// `carry`: the bytes at its start taken with the last block's escape, one bit each. The
+/// next block starts [`STEP`] bytes on whatever this one holds, so that its loads do not wait
+/// for this one.
 #[inline(always)]
-pub(super) fn unescape(simd: Avx2, window: &[u8; WINDOW], carry: u32) -> Unescaped {
+pub(super) fn unescape<const CODES: bool>(
+    simd: Avx2,
+    window: &[u8; WINDOW],
+    carry: u32,
+) -> Unescaped {
     let s = simd.v3();
-    let (x, next) = (load(window, 0), load(window, 1));
+    let (avx, avx2) = (s.avx, s.avx2);
+    let x = load(window, 0);
+    let bits = |a: __m256i| avx2._mm256_movemask_epi8(a) as u32;
     let backslash = eq(s, x, b'\\');
-    let ends = or(s, or(s, eq(s, x, b'"'), eq(s, x, b'=')), eq(s, x, b' '));
-    let slash = s.avx2._mm256_and_si256(backslash, eq(s, next, b'/'));
-    // Each escape's `/` where its backslash stood; the `/` after it is left out below.
-    let made = s.avx2._mm256_blendv_epi8(x, splat(s, b'/'), slash);
-
-    let bits = |a: __m256i| s.avx2._mm256_movemask_epi8(a) as u32;
-    let slash = bits(slash);
-    let stop = bits(ends) | (bits(backslash) & !slash);
-    let head = if stop == 0 {
-        u32::MAX
+    let slashes = avx2._mm256_and_si256(backslash, eq(s, load(window, 1), b'/'));
+    // Each escape's symbol where its backslash stood (past a stop too: nothing there is
+    // kept); the rest of it is left out.
+    let (made, codes) = if CODES {
+        // `\u00` and two hex digits that make a symbol's code.
+        let (code, code_ok) = code(s, load(window, 4), load(window, 5));
+        let prefix = avx2._mm256_and_si256(
+            avx2._mm256_and_si256(backslash, eq(s, load(window, 1), b'u')),
+            avx2._mm256_and_si256(eq(s, load(window, 2), b'0'), eq(s, load(window, 3), b'0')),
+        );
+        // The prefix where the digits make no symbol's code: left out.
+        let codes = avx2._mm256_andnot_si256(eq(s, code_ok, 0), prefix);
+        (avx2._mm256_blendv_epi8(x, code, codes), bits(codes))
     } else {
-        (1u32 << stop.trailing_zeros()) - 1
+        (x, 0)
     };
-    let slash = slash & head;
-    let keep = !(slash << 1) & !carry & head;
-    let quarter = |q: u32| SQUEEZE[((keep >> (8 * q)) & 0xFF) as usize] as i64;
+    let made = avx2._mm256_blendv_epi8(made, splat(s, b'/'), slashes);
+    let slashes = bits(slashes);
+    // A backslash, `"`, `=` or a space: each the byte of its lower half in a table.
+    let marks = bits(avx2._mm256_cmpeq_epi8(avx2._mm256_shuffle_epi8(table(s, MARKS), x), x));
+    let ends = marks & !codes & !slashes;
+    // Escapes do not overlap: the product adds shifted copies without carries. Its upper half
+    // is the rest of an escape that the block ends in. The bytes at the start that the last
+    // block's escape took are left out too.
+    let escaped = (u64::from(codes) * 0b11_1110) | (u64::from(slashes) << 1);
+    let dropped = escaped as u32 | carry;
+    // Squeezed whatever stands past a stop (nothing past it is taken): the shuffle need not
+    // wait for the stop to be found.
+    let kept = !dropped;
+    let quarter = |q: u32| SQUEEZE[((kept >> (8 * q)) & 0xFF) as usize] as i64;
     // Indices within each 128-bit lane: the second quarter of a lane starts at 8.
-    let indices = s.avx._mm256_setr_epi64x(
+    let indices = avx._mm256_setr_epi64x(
         quarter(0),
         quarter(1) + 0x0808_0808_0808_0808,
         quarter(2),
         quarter(3) + 0x0808_0808_0808_0808,
     );
-    let words: [u64; 4] = cast(s.avx2._mm256_shuffle_epi8(made, indices));
+    let words: [u64; 4] = cast(avx2._mm256_shuffle_epi8(made, indices));
+    // The bytes of the last block's escape are none of the ends.
+    let stop = ends & !carry;
+    // Below the stop (all for none).
+    let head = stop.wrapping_sub(1) & !stop;
+    let keep = kept & head;
     let below = |bits: u32| (keep & bits).count_ones() as usize;
     Unescaped {
         words,
         starts: [0, below(0xFF), below(0xFFFF), below(0xFF_FFFF)],
         made: keep.count_ones() as usize,
-        stopped: stop != 0,
-        consumed: stop.trailing_zeros() as usize,
-        carry: slash >> 31,
-        escapes: slash.count_ones() as usize,
+        stop,
+        carry: (escaped >> 32) as u32,
+        codes: codes & head,
     }
+}
+
+/// For each lower half of a byte, the mark with that lower half (backslash, `"`, `=`, space),
+/// or a byte with another lower half.
+const MARKS: [u8; 16] = {
+    let mut t = [0u8; 16];
+    let mut n = 0;
+    while n < 16 {
+        t[n] = n as u8 ^ 1;
+        n += 1;
+    }
+    t[b' ' as usize & 15] = b' ';
+    t[b'"' as usize & 15] = b'"';
+    t[b'=' as usize & 15] = b'=';
+    t[b'\\' as usize & 15] = b'\\';
+    t
+};
+
+/// The symbol whose code the hex digits `high` and `low` (at each byte) make, and where they
+/// make one: a nonzero byte. Three tables of sixteen (a byte shuffle each) say, for the low
+/// digit's two halves and the high digit, which high digits go with it; for the low digit
+/// as a number (0 to 9) and as a letter, apart.
+#[inline(always)]
+fn code(s: V3, high: __m256i, low: __m256i) -> (__m256i, __m256i) {
+    let avx2 = s.avx2;
+    let shuffle = |t: [u8; 16], at: __m256i| avx2._mm256_shuffle_epi8(table(s, t), at);
+    let upper = splat(s, 0xF0);
+    let low_half = avx2._mm256_and_si256(avx2._mm256_srli_epi16::<4>(low), splat(s, 0x0F));
+    // High digits `2` to `7` as 10 to 15, anything else with bit 7 set (which makes the
+    // shuffle give 0).
+    let high_digit =
+        avx2._mm256_adds_epu8(avx2._mm256_sub_epi8(high, splat(s, b'2')), splat(s, 0x7A));
+    let ok = avx2._mm256_and_si256(
+        avx2._mm256_and_si256(shuffle(WITH_LOW, low), shuffle(WITH_LOW_HALF, low_half)),
+        shuffle(WITH_HIGH, high_digit),
+    );
+    // The high digit's value in the upper half, the low one's in the lower (a letter's plus
+    // nine).
+    let digits = avx2._mm256_or_si256(
+        avx2._mm256_and_si256(avx2._mm256_slli_epi16::<4>(high), upper),
+        avx2._mm256_andnot_si256(upper, low),
+    );
+    let code = avx2._mm256_add_epi8(digits, shuffle(LETTER, low_half));
+    (code, ok)
+}
+
+/// Which high digits go with a low digit, by the low digit's lower half: bits 0 to 3 for a
+/// number, 4 to 7 for a letter; in each, one bit for `2`, `3`, `4` or `6`, `5` or `7`.
+/// (`+` is 2B, `/` 2F, digits 30 to 39, letters 41 to 5A and 61 to 7A.)
+const WITH_LOW: [u8; 16] = {
+    let (two, three, four, five) = (1, 2, 4, 8);
+    let mut t = [0u8; 16];
+    t[0] = three | five;
+    let mut n = 1;
+    while n < 10 {
+        t[n] = three | four | five;
+        n += 1;
+    }
+    // `A` after 4 to 7; `B` and `F` after 2 (`+`, `/`), 4 and 6; `C` to `E` after 4 and 6.
+    t[1] |= (four | five) << 4;
+    t[2] |= (two | four) << 4;
+    t[3] |= four << 4;
+    t[4] |= four << 4;
+    t[5] |= four << 4;
+    t[6] |= (two | four) << 4;
+    t
+};
+
+/// By the low digit's upper half: a number (`3`), a letter (`4`, `6`).
+const WITH_LOW_HALF: [u8; 16] = {
+    let mut t = [0u8; 16];
+    t[3] = 0x0F;
+    t[4] = 0xF0;
+    t[6] = 0xF0;
+    t
+};
+
+/// By the high digit (`2` at 10 to `7` at 15).
+const WITH_HIGH: [u8; 16] = {
+    let mut t = [0u8; 16];
+    t[10] = 0x11;
+    t[11] = 0x22;
+    t[12] = 0x44;
+    t[13] = 0x88;
+    t[14] = 0x44;
+    t[15] = 0x88;
+    t
+};
+
+/// What a letter adds to its lower half (`a` is 1): 9, by the upper half.
+const LETTER: [u8; 16] = {
+    let mut t = [0u8; 16];
+    t[4] = 9;
+    t[6] = 9;
+    t
+};
+
+/// A table of sixteen in each 128-bit lane, for byte shuffles.
+#[inline(always)]
+fn table(_: V3, t: [u8; 16]) -> __m256i {
+    cast([t, t])
 }
 
 #[inline(always)]
 fn load(window: &[u8; WINDOW], at: usize) -> __m256i {
-    let mut block = [0u8; 32];
-    block.copy_from_slice(&window[at..at + 32]);
+    let mut block = [0u8; STEP];
+    block.copy_from_slice(&window[at..at + STEP]);
     cast(block)
 }
 
@@ -99,11 +226,6 @@ fn splat(s: V3, b: u8) -> __m256i {
 #[inline(always)]
 fn eq(s: V3, a: __m256i, b: u8) -> __m256i {
     s.avx2._mm256_cmpeq_epi8(a, splat(s, b))
-}
-
-#[inline(always)]
-fn or(s: V3, a: __m256i, b: __m256i) -> __m256i {
-    s.avx2._mm256_or_si256(a, b)
 }
 
 /// For each set of bytes kept out of 8 (one bit each), the shuffle indices that bring them
@@ -127,3 +249,86 @@ static SQUEEZE: [u64; 256] = {
     }
     table
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The symbols a step made, in order.
+    fn symbols(step: &Unescaped) -> Vec<u8> {
+        let mut out = [0u8; STEP + 8];
+        for (word, &start) in step.words.iter().zip(&step.starts) {
+            out[start..start + 8].copy_from_slice(&word.to_le_bytes());
+        }
+        out[..step.made].to_vec()
+    }
+
+    #[test]
+    fn every_two_bytes_after_u00_are_taken_exactly_when_they_code_a_symbol_and_codes_are_looked_for(
+    ) {
+        let Some(simd) = Avx2::detect() else {
+            eprintln!("no AVX2 on this CPU: nothing to check");
+            return;
+        };
+        for (high, low) in (0..=255u8).flat_map(|high| (0..=255u8).map(move |low| (high, low))) {
+            let code = std::str::from_utf8(&[high, low])
+                .ok()
+                .filter(|digits| digits.bytes().all(|b| b.is_ascii_hexdigit()))
+                .and_then(|digits| u8::from_str_radix(digits, 16).ok())
+                .filter(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/');
+            // Inside the block, and across its end.
+            for at in [0, 9, 26, 29, 31] {
+                let mut window = [b'A'; WINDOW];
+                window[at..at + 6].copy_from_slice(&[b'\\', b'u', b'0', b'0', high, low]);
+                let context = format!("\\u00{:?} at {at}", [high as char, low as char]);
+                // The step that does not look for codes stops at each.
+                let step = unescape::<false>(simd, &window, 0);
+                assert_eq!(step.stop.trailing_zeros() as usize, at, "{context}");
+                assert_eq!(symbols(&step), vec![b'A'; at], "{context}");
+                let step = unescape::<true>(simd, &window, 0);
+                let made = symbols(&step);
+                match code {
+                    Some(symbol) => {
+                        assert_eq!(step.stop, 0, "{context}");
+                        assert_eq!(step.codes, 1 << at, "{context}");
+                        let mut expected = vec![b'A'; at];
+                        expected.push(symbol);
+                        expected.resize(STEP - 5.min(STEP - at - 1), b'A');
+                        assert_eq!(made, expected, "{context}");
+                        let past = (at + 6).saturating_sub(STEP);
+                        assert_eq!(step.carry, (1 << past) - 1, "{context}");
+                    }
+                    None => {
+                        assert_eq!(step.stop.trailing_zeros() as usize, at, "{context}");
+                        assert_eq!(step.codes, 0, "{context}");
+                        assert_eq!(made, vec![b'A'; at], "{context}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_block_of_slashes_and_codes_is_squeezed_and_its_last_escape_carried() {
+        let Some(simd) = Avx2::detect() else {
+            eprintln!("no AVX2 on this CPU: nothing to check");
+            return;
+        };
+        // Escapes back to back, the last one cut by the end of the block.
+        let mut window = [b'B'; WINDOW];
+        let text = b"\\/\\u002Bx\\u0061\\/\\/yz\\u0030\\u002f";
+        window[..text.len()].copy_from_slice(text);
+        let step = unescape::<true>(simd, &window, 0);
+        assert_eq!(step.stop, 0);
+        assert_eq!(symbols(&step), b"/+xa//yz0/");
+        assert_eq!(step.codes, 1 << 2 | 1 << 9 | 1 << 21 | 1 << 27);
+        assert_eq!(step.carry, 0b1);
+        // A block after one that ended in a backslash: the rest of its escape is left out.
+        let mut window = [b'B'; WINDOW];
+        window[..5].copy_from_slice(b"u002F");
+        let step = unescape::<true>(simd, &window, 0b1_1111);
+        assert_eq!(step.stop, 0);
+        assert_eq!(symbols(&step), [b'B'; STEP - 5]);
+        assert_eq!(step.carry, 0);
+    }
+}
