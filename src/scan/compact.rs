@@ -28,6 +28,8 @@ use crate::simd::{Avx2, Avx512};
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod escape_tables;
 
 /// The block looked at in one step.
 const BLOCK: usize = 32;
