@@ -257,7 +257,7 @@ impl Compactor {
                 }
                 let fast = match (wide, simd) {
                     #[cfg(target_arch = "x86_64")]
-                    (Some(wide), _) => c.unescape_wide(wide, input),
+                    (Some(wide), _) => c.unescape(wide, input),
                     #[cfg(target_arch = "x86_64")]
                     (None, Some(simd)) => c.unescape(simd, input),
                     #[cfg(not(target_arch = "x86_64"))]
@@ -426,6 +426,44 @@ impl Fast {
     }
 }
 
+/// A SIMD step that makes a block with escapes of symbols into symbols (`avx2.rs`,
+/// `avx512.rs`).
+#[cfg(target_arch = "x86_64")]
+trait Step: Copy {
+    /// Bytes of the block one step takes.
+    const STEP: usize;
+    /// Bytes it looks at: the block, and the rest of an escape that starts at its end.
+    const WINDOW: usize;
+    /// What one step made of a block.
+    type Made: Made;
+
+    /// The AVX2 that comes with it.
+    fn avx2(self) -> Avx2;
+
+    /// Makes the block at the start of `window` ([`Self::WINDOW`] bytes) into symbols, up
+    /// to the first byte that is neither a symbol nor an escape of one (with `CODES`; else
+    /// neither a symbol nor `\/`). `carry`: the bytes at its start taken with the last
+    /// block's escape, one bit each.
+    fn unescape<const CODES: bool>(self, window: &[u8], carry: u64) -> Self::Made;
+}
+
+/// What a [`Step`] made of a block; masks have one bit for each byte of it.
+#[cfg(target_arch = "x86_64")]
+trait Made {
+    /// Writes the symbols made at `at` in `buffer`, and up to a block past them.
+    fn place(&self, buffer: &mut [u8], at: usize);
+    /// Symbols made.
+    fn made(&self) -> usize;
+    /// Where something stands that the step does not take: the lowest bit set (0 for
+    /// nothing).
+    fn stop(&self) -> u64;
+    /// The bytes at the start of the next block that belong to an escape taken here (0 to
+    /// 5), when nothing stops the step.
+    fn carry(&self) -> u64;
+    /// Where `\u` escapes were taken.
+    fn codes(&self) -> u64;
+}
+
 /// Where [`Compactor::compact`] is, and what it has made.
 struct Cursor<'a, const TEXT: bool> {
     symbols: &'a mut [u8],
@@ -483,14 +521,15 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
         }
     }
 
-    /// Takes blocks with AVX2 steps while they hold only symbols and their escapes.
+    /// Takes blocks with the SIMD steps of `simd` (AVX2 or AVX-512) while they hold only
+    /// symbols and their escapes.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    fn unescape(&mut self, simd: Avx2, input: &[u8]) -> Fast {
+    fn unescape<S: Step>(&mut self, simd: S, input: &[u8]) -> Fast {
         if self.codes {
-            self.unescape_as::<true>(simd, input)
+            self.unescape_as::<S, true>(simd, input)
         } else {
-            self.unescape_as::<false>(simd, input)
+            self.unescape_as::<S, false>(simd, input)
         }
     }
 
@@ -498,112 +537,37 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
     /// not look for them is quicker while none came).
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    fn unescape_as<const CODES: bool>(&mut self, simd: Avx2, input: &[u8]) -> Fast {
+    fn unescape_as<S: Step, const CODES: bool>(&mut self, simd: S, input: &[u8]) -> Fast {
         // Locals: the stores of symbols could otherwise be writing to the cursor.
         let (start, mut i, mut n, mut t) = (self.i, self.i, self.n, self.t);
         let symbols = &mut *self.symbols;
         let text = &mut *self.text;
         let (mut carry, mut codes, mut at_mark) = (0, 0, false);
         while n < SYMBOLS_CAP && t < TEXT_CAP {
-            let Some(window) = input.get(i..i + avx2::WINDOW) else {
+            let Some(window) = input.get(i..i + S::WINDOW) else {
                 break;
             };
-            prefetch(Some(simd), input, i);
-            let window = window.try_into().unwrap_or(&[0; avx2::WINDOW]);
-            let step = avx2::unescape::<CODES>(simd, window, carry);
-            // The words overlap: each is written whole, the next one over its unused end. One
-            // bounds check for the window; the masked starts need none.
-            let place = |buffer: &mut [u8], at: usize| {
-                let window = &mut buffer[at..at + avx2::STEP + 8];
-                let Ok(place) = <&mut [u8; avx2::STEP + 8]>::try_from(window) else {
-                    return;
-                };
-                for (word, start) in step.words.iter().zip(step.starts) {
-                    place[start & 31..][..8].copy_from_slice(&word.to_le_bytes());
-                }
-            };
-            place(symbols, n);
-            n += step.made;
+            prefetch(Some(simd.avx2()), input, i);
+            let step = simd.unescape::<CODES>(window, carry);
+            step.place(symbols, n);
+            n += step.made();
             if TEXT {
-                place(text, t);
-                t += step.made;
+                step.place(text, t);
+                t += step.made();
             }
-            codes |= step.codes;
-            if step.stop != 0 {
-                i += step.stop.trailing_zeros() as usize;
+            codes |= step.codes();
+            if step.stop() != 0 {
+                i += step.stop().trailing_zeros() as usize;
                 (carry, at_mark) = (0, true);
                 break;
             }
-            carry = step.carry;
-            i += avx2::STEP;
+            carry = step.carry();
+            i += S::STEP;
         }
         // The rest of an escape that the last block ended in.
         i += carry.count_ones() as usize;
         // Each byte taken is a symbol made or a byte of an escape past its first.
         let extra = self.extra + (i - start) - (n - self.n);
-        self.codes |= codes != 0;
-        self.took(i, n, t, extra);
-        Fast::after(at_mark, i > start)
-    }
-
-    /// Takes blocks with AVX-512 steps while they hold only symbols and their escapes.
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    fn unescape_wide(&mut self, wide: Avx512, input: &[u8]) -> Fast {
-        if self.codes {
-            self.unescape_wide_as::<true>(wide, input)
-        } else {
-            self.unescape_wide_as::<false>(wide, input)
-        }
-    }
-
-    /// [`Self::unescape_wide`]: with `CODES`, the steps take `\u` escapes too (a step that
-    /// does not look for them is quicker while none came).
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    fn unescape_wide_as<const CODES: bool>(&mut self, wide: Avx512, input: &[u8]) -> Fast {
-        // Locals: the stores of symbols could otherwise be writing to the cursor.
-        let (start, mut i, mut n, mut t, mut extra) = (self.i, self.i, self.n, self.t, self.extra);
-        let symbols = &mut *self.symbols;
-        let text = &mut *self.text;
-        let (mut carry, mut codes, mut at_mark) = (0, 0, false);
-        while n < SYMBOLS_CAP && t < TEXT_CAP {
-            let Some(window) = input.get(i..i + avx512::WINDOW) else {
-                break;
-            };
-            prefetch(Some(wide.avx2()), input, i);
-            let window = window.try_into().unwrap_or(&[0; avx512::WINDOW]);
-            let step = avx512::unescape::<CODES>(wide, window, carry);
-            // The chunks overlap: each is written whole, the next one over its unused end.
-            // One bounds check for the window; the masked starts need none.
-            let place = |buffer: &mut [u8], at: usize| {
-                let window = &mut buffer[at..at + avx512::STEP + 16];
-                let Ok(place) = <&mut [u8; avx512::STEP + 16]>::try_from(window) else {
-                    return;
-                };
-                for (chunk, start) in step.chunks.iter().zip(step.starts) {
-                    place[start & 63..][..16].copy_from_slice(chunk);
-                }
-            };
-            place(symbols, n);
-            n += step.made;
-            if TEXT {
-                place(text, t);
-                t += step.made;
-            }
-            codes |= step.codes;
-            if step.stop != 0 {
-                i += step.stop.trailing_zeros() as usize;
-                (carry, at_mark) = (0, true);
-                break;
-            }
-            carry = step.carry;
-            i += avx512::STEP;
-        }
-        // The rest of an escape that the last block ended in.
-        i += carry.count_ones() as usize;
-        // Each byte taken is a symbol made or a byte of an escape past its first.
-        extra += (i - start) - (n - self.n);
         self.codes |= codes != 0;
         self.took(i, n, t, extra);
         Fast::after(at_mark, i > start)
@@ -1015,6 +979,61 @@ mod tests {
             }
         }
         (symbols, text, at)
+    }
+
+    /// The symbols a SIMD step made, in order.
+    #[cfg(target_arch = "x86_64")]
+    pub(super) fn made_symbols<M: Made>(step: &M) -> Vec<u8> {
+        let mut out = vec![0; 2 * 64 + 16];
+        step.place(&mut out, 0);
+        out.truncate(step.made());
+        out
+    }
+
+    /// Checks the step of `simd` on a `\u00` escape followed by every two bytes, with its
+    /// backslash at each of `places` in the block (the last ones with the escape across the
+    /// block's end): it takes them exactly when they are the hex code of a symbol, with that
+    /// symbol, and carries the rest of the escape into the next block; the step that does not
+    /// look for codes stops at each.
+    #[cfg(target_arch = "x86_64")]
+    pub(super) fn assert_step_takes_exactly_the_codes_of_symbols<S: Step>(
+        simd: S,
+        places: &[usize],
+    ) {
+        for (high, low) in (0..=255u8).flat_map(|high| (0..=255u8).map(move |low| (high, low))) {
+            let code = std::str::from_utf8(&[high, low])
+                .ok()
+                .filter(|digits| digits.bytes().all(|b| b.is_ascii_hexdigit()))
+                .and_then(|digits| u8::from_str_radix(digits, 16).ok())
+                .filter(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/');
+            for &at in places {
+                let mut window = vec![b'A'; S::WINDOW];
+                window[at..at + 6].copy_from_slice(&[b'\\', b'u', b'0', b'0', high, low]);
+                let context = format!("\\u00{:?} at {at}", [high as char, low as char]);
+                let step = simd.unescape::<false>(&window, 0);
+                assert_eq!(step.stop().trailing_zeros() as usize, at, "{context}");
+                assert_eq!(made_symbols(&step), vec![b'A'; at], "{context}");
+                let step = simd.unescape::<true>(&window, 0);
+                let made = made_symbols(&step);
+                match code {
+                    Some(symbol) => {
+                        assert_eq!(step.stop(), 0, "{context}");
+                        assert_eq!(step.codes(), 1 << at, "{context}");
+                        let mut expected = vec![b'A'; at];
+                        expected.push(symbol);
+                        expected.resize(S::STEP - 5.min(S::STEP - at - 1), b'A');
+                        assert_eq!(made, expected, "{context}");
+                        let past = (at + 6).saturating_sub(S::STEP);
+                        assert_eq!(step.carry(), (1 << past) - 1, "{context}");
+                    }
+                    None => {
+                        assert_eq!(step.stop().trailing_zeros() as usize, at, "{context}");
+                        assert_eq!(step.codes(), 0, "{context}");
+                        assert_eq!(made, vec![b'A'; at], "{context}");
+                    }
+                }
+            }
+        }
     }
 
     /// The SIMD a compactor is given: AVX2, and AVX-512 with its own AVX2.

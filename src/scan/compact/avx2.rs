@@ -17,28 +17,83 @@ use super::escape_tables::{LETTER, MARKS, WITH_HIGH, WITH_LOW, WITH_LOW_HALF};
 use crate::simd::Avx2;
 
 /// Bytes of the block one step takes.
-pub(super) const STEP: usize = 32;
+const STEP: usize = 32;
 
 /// Bytes looked at for one step: the block, and the rest of an escape that starts at its end
 /// (five bytes, rounded up).
-pub(super) const WINDOW: usize = STEP + 8;
+const WINDOW: usize = STEP + 8;
 
 /// What one step made of a block.
 pub(super) struct Unescaped {
     /// The symbols of each quarter of the block, at the start of its word.
-    pub(super) words: [u64; 4],
+    words: [u64; 4],
     /// Where each word goes among the symbols made (at most 24).
-    pub(super) starts: [usize; 4],
+    starts: [usize; 4],
     /// Symbols made.
-    pub(super) made: usize,
+    made: usize,
     /// Where something stands that the step does not take: the lowest bit set (0 for
     /// nothing).
-    pub(super) stop: u32,
+    stop: u32,
     /// The bytes at the start of the next block that belong to an escape taken here (0 to
     /// 5, one bit each), when nothing stops the step.
-    pub(super) carry: u32,
+    carry: u32,
     /// Where `\u` escapes were taken.
-    pub(super) codes: u32,
+    codes: u32,
+}
+
+impl super::Step for Avx2 {
+    const STEP: usize = STEP;
+    const WINDOW: usize = WINDOW;
+    type Made = Unescaped;
+
+    #[inline(always)]
+    fn avx2(self) -> Avx2 {
+        self
+    }
+
+    #[inline(always)]
+    fn unescape<const CODES: bool>(self, window: &[u8], carry: u64) -> Unescaped {
+        unescape::<CODES>(
+            self,
+            window.try_into().unwrap_or(&[0; WINDOW]),
+            carry as u32,
+        )
+    }
+}
+
+impl super::Made for Unescaped {
+    #[inline(always)]
+    fn place(&self, buffer: &mut [u8], at: usize) {
+        let window = &mut buffer[at..at + STEP + 8];
+        let Ok(place) = <&mut [u8; STEP + 8]>::try_from(window) else {
+            return;
+        };
+        // The words overlap: each is written whole, the next one over its unused end. One
+        // bounds check for the window; the masked starts need none.
+        for (word, start) in self.words.iter().zip(self.starts) {
+            place[start & 31..][..8].copy_from_slice(&word.to_le_bytes());
+        }
+    }
+
+    #[inline(always)]
+    fn made(&self) -> usize {
+        self.made
+    }
+
+    #[inline(always)]
+    fn stop(&self) -> u64 {
+        u64::from(self.stop)
+    }
+
+    #[inline(always)]
+    fn carry(&self) -> u64 {
+        u64::from(self.carry)
+    }
+
+    #[inline(always)]
+    fn codes(&self) -> u64 {
+        u64::from(self.codes)
+    }
 }
 
 /// Makes the block at the start of `window` into symbols, up to the first byte that is
@@ -47,11 +102,7 @@ pub(super) struct Unescaped {
 /// next block starts [`STEP`] bytes on whatever this one holds, so that its loads do not wait
 /// for this one.
 #[inline(always)]
-pub(super) fn unescape<const CODES: bool>(
-    simd: Avx2,
-    window: &[u8; WINDOW],
-    carry: u32,
-) -> Unescaped {
+fn unescape<const CODES: bool>(simd: Avx2, window: &[u8; WINDOW], carry: u32) -> Unescaped {
     let s = simd.v3();
     let (avx, avx2) = (s.avx, s.avx2);
     let x = load(window, 0);
@@ -186,16 +237,8 @@ static SQUEEZE: [u64; 256] = {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{assert_step_takes_exactly_the_codes_of_symbols, made_symbols};
     use super::*;
-
-    /// The symbols a step made, in order.
-    fn symbols(step: &Unescaped) -> Vec<u8> {
-        let mut out = [0u8; STEP + 8];
-        for (word, &start) in step.words.iter().zip(&step.starts) {
-            out[start..start + 8].copy_from_slice(&word.to_le_bytes());
-        }
-        out[..step.made].to_vec()
-    }
 
     #[test]
     fn every_two_bytes_after_u00_are_taken_exactly_when_they_code_a_symbol_and_codes_are_looked_for(
@@ -204,42 +247,8 @@ mod tests {
             eprintln!("no AVX2 on this CPU: nothing to check");
             return;
         };
-        for (high, low) in (0..=255u8).flat_map(|high| (0..=255u8).map(move |low| (high, low))) {
-            let code = std::str::from_utf8(&[high, low])
-                .ok()
-                .filter(|digits| digits.bytes().all(|b| b.is_ascii_hexdigit()))
-                .and_then(|digits| u8::from_str_radix(digits, 16).ok())
-                .filter(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/');
-            // Inside the block, and across its end.
-            for at in [0, 9, 26, 29, 31] {
-                let mut window = [b'A'; WINDOW];
-                window[at..at + 6].copy_from_slice(&[b'\\', b'u', b'0', b'0', high, low]);
-                let context = format!("\\u00{:?} at {at}", [high as char, low as char]);
-                // The step that does not look for codes stops at each.
-                let step = unescape::<false>(simd, &window, 0);
-                assert_eq!(step.stop.trailing_zeros() as usize, at, "{context}");
-                assert_eq!(symbols(&step), vec![b'A'; at], "{context}");
-                let step = unescape::<true>(simd, &window, 0);
-                let made = symbols(&step);
-                match code {
-                    Some(symbol) => {
-                        assert_eq!(step.stop, 0, "{context}");
-                        assert_eq!(step.codes, 1 << at, "{context}");
-                        let mut expected = vec![b'A'; at];
-                        expected.push(symbol);
-                        expected.resize(STEP - 5.min(STEP - at - 1), b'A');
-                        assert_eq!(made, expected, "{context}");
-                        let past = (at + 6).saturating_sub(STEP);
-                        assert_eq!(step.carry, (1 << past) - 1, "{context}");
-                    }
-                    None => {
-                        assert_eq!(step.stop.trailing_zeros() as usize, at, "{context}");
-                        assert_eq!(step.codes, 0, "{context}");
-                        assert_eq!(made, vec![b'A'; at], "{context}");
-                    }
-                }
-            }
-        }
+        // Inside the block, and across its end.
+        assert_step_takes_exactly_the_codes_of_symbols(simd, &[0, 9, 26, 29, 31]);
     }
 
     #[test]
@@ -254,7 +263,7 @@ mod tests {
         window[..text.len()].copy_from_slice(text);
         let step = unescape::<true>(simd, &window, 0);
         assert_eq!(step.stop, 0);
-        assert_eq!(symbols(&step), b"/+xa//yz0/");
+        assert_eq!(made_symbols(&step), b"/+xa//yz0/");
         assert_eq!(step.codes, 1 << 2 | 1 << 9 | 1 << 21 | 1 << 27);
         assert_eq!(step.carry, 0b1);
         // A block after one that ended in a backslash: the rest of its escape is left out.
@@ -262,7 +271,7 @@ mod tests {
         window[..5].copy_from_slice(b"u002F");
         let step = unescape::<true>(simd, &window, 0b1_1111);
         assert_eq!(step.stop, 0);
-        assert_eq!(symbols(&step), [b'B'; STEP - 5]);
+        assert_eq!(made_symbols(&step), [b'B'; STEP - 5]);
         assert_eq!(step.carry, 0);
     }
 }

@@ -15,31 +15,82 @@ use pulp::bytemuck::cast;
 use pulp::x86::V4;
 
 use super::escape_tables::{LETTER, MARKS, WITH_HIGH, WITH_LOW, WITH_LOW_HALF};
-use crate::simd::Avx512;
+use crate::simd::{Avx2, Avx512};
 
 /// Bytes of the block one step takes.
-pub(super) const STEP: usize = 64;
+const STEP: usize = 64;
 
 /// Bytes looked at for one step: the block, and the rest of an escape that starts at its end
 /// (five bytes, rounded up).
-pub(super) const WINDOW: usize = STEP + 8;
+const WINDOW: usize = STEP + 8;
 
 /// What one step made of a block.
 pub(super) struct Unescaped {
     /// The symbols of each quarter of the block, at the start of its chunk.
-    pub(super) chunks: [[u8; 16]; 4],
+    chunks: [[u8; 16]; 4],
     /// Where each chunk goes among the symbols made (at most 48).
-    pub(super) starts: [usize; 4],
+    starts: [usize; 4],
     /// Symbols made.
-    pub(super) made: usize,
+    made: usize,
     /// Where something stands that the step does not take: the lowest bit set (0 for
     /// nothing).
-    pub(super) stop: u64,
+    stop: u64,
     /// The bytes at the start of the next block that belong to an escape taken here (0 to
     /// 5, one bit each), when nothing stops the step.
-    pub(super) carry: u64,
+    carry: u64,
     /// Where `\u` escapes were taken.
-    pub(super) codes: u64,
+    codes: u64,
+}
+
+impl super::Step for Avx512 {
+    const STEP: usize = STEP;
+    const WINDOW: usize = WINDOW;
+    type Made = Unescaped;
+
+    #[inline(always)]
+    fn avx2(self) -> Avx2 {
+        Avx512::avx2(self)
+    }
+
+    #[inline(always)]
+    fn unescape<const CODES: bool>(self, window: &[u8], carry: u64) -> Unescaped {
+        unescape::<CODES>(self, window.try_into().unwrap_or(&[0; WINDOW]), carry)
+    }
+}
+
+impl super::Made for Unescaped {
+    #[inline(always)]
+    fn place(&self, buffer: &mut [u8], at: usize) {
+        let window = &mut buffer[at..at + STEP + 16];
+        let Ok(place) = <&mut [u8; STEP + 16]>::try_from(window) else {
+            return;
+        };
+        // The chunks overlap: each is written whole, the next one over its unused end. One
+        // bounds check for the window; the masked starts need none.
+        for (chunk, start) in self.chunks.iter().zip(self.starts) {
+            place[start & 63..][..16].copy_from_slice(chunk);
+        }
+    }
+
+    #[inline(always)]
+    fn made(&self) -> usize {
+        self.made
+    }
+
+    #[inline(always)]
+    fn stop(&self) -> u64 {
+        self.stop
+    }
+
+    #[inline(always)]
+    fn carry(&self) -> u64 {
+        self.carry
+    }
+
+    #[inline(always)]
+    fn codes(&self) -> u64 {
+        self.codes
+    }
 }
 
 /// Makes the block at the start of `window` into symbols, up to the first byte that is
@@ -48,11 +99,7 @@ pub(super) struct Unescaped {
 /// next block starts [`STEP`] bytes on whatever this one holds, so that its loads do not wait
 /// for this one.
 #[inline(always)]
-pub(super) fn unescape<const CODES: bool>(
-    simd: Avx512,
-    window: &[u8; WINDOW],
-    carry: u64,
-) -> Unescaped {
+fn unescape<const CODES: bool>(simd: Avx512, window: &[u8; WINDOW], carry: u64) -> Unescaped {
     let s = simd.v4();
     let x = load(window, 0);
     // Where the byte `k` on is `b`, among `among`.
@@ -285,16 +332,8 @@ fn eq(s: V4, a: __m512i, b: u8) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::assert_step_takes_exactly_the_codes_of_symbols;
     use super::*;
-
-    /// The symbols a step made, in order.
-    fn symbols(step: &Unescaped) -> Vec<u8> {
-        let mut out = [0u8; STEP + 16];
-        for (chunk, &start) in step.chunks.iter().zip(&step.starts) {
-            out[start..start + 16].copy_from_slice(chunk);
-        }
-        out[..step.made].to_vec()
-    }
 
     #[test]
     fn every_two_bytes_after_u00_are_taken_exactly_when_they_code_a_symbol_and_codes_are_looked_for(
@@ -303,41 +342,7 @@ mod tests {
             eprintln!("no AVX-512 on this CPU: nothing to check");
             return;
         };
-        for (high, low) in (0..=255u8).flat_map(|high| (0..=255u8).map(move |low| (high, low))) {
-            let code = std::str::from_utf8(&[high, low])
-                .ok()
-                .filter(|digits| digits.bytes().all(|b| b.is_ascii_hexdigit()))
-                .and_then(|digits| u8::from_str_radix(digits, 16).ok())
-                .filter(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/');
-            // Inside the block, and across its end.
-            for at in [0, 9, 58, 61] {
-                let mut window = [b'A'; WINDOW];
-                window[at..at + 6].copy_from_slice(&[b'\\', b'u', b'0', b'0', high, low]);
-                let context = format!("\\u00{:?} at {at}", [high as char, low as char]);
-                // The step that does not look for codes stops at each.
-                let step = unescape::<false>(simd, &window, 0);
-                assert_eq!(step.stop.trailing_zeros() as usize, at, "{context}");
-                assert_eq!(symbols(&step), vec![b'A'; at], "{context}");
-                let step = unescape::<true>(simd, &window, 0);
-                let made = symbols(&step);
-                match code {
-                    Some(symbol) => {
-                        assert_eq!(step.stop, 0, "{context}");
-                        assert_eq!(step.codes, 1 << at, "{context}");
-                        let mut expected = vec![b'A'; at];
-                        expected.push(symbol);
-                        expected.resize(STEP - 5.min(STEP - at - 1), b'A');
-                        assert_eq!(made, expected, "{context}");
-                        let past = (at + 6).saturating_sub(STEP);
-                        assert_eq!(step.carry, (1 << past) - 1, "{context}");
-                    }
-                    None => {
-                        assert_eq!(step.stop.trailing_zeros() as usize, at, "{context}");
-                        assert_eq!(step.codes, 0, "{context}");
-                        assert_eq!(made, vec![b'A'; at], "{context}");
-                    }
-                }
-            }
-        }
+        // Inside the block, and across its end.
+        assert_step_takes_exactly_the_codes_of_symbols(simd, &[0, 9, 58, 61]);
     }
 }
