@@ -1,7 +1,7 @@
 //! Throughput of the layer against baselines measured in the same run: memcpy of the decoded
 //! size (the machine's limit), the naive path users write by hand (collect, serde_json, base64
 //! STANDARD) and passthrough (the same inner service without the layer). The layer is measured
-//! natively and as FHIR XML for each way a backend's serializer writes the base64 (see [`Form`]).
+//! natively and as FHIR XML for each way a backend's serializer writes the base64 (see `Form` in `support/base64_forms.rs`).
 //!
 //! Also the CPU cost per request of a 4 KiB document against passthrough, the naive path and a
 //! hand-written minimum (the least work that gives the same response, nothing checked), for a
@@ -26,6 +26,10 @@ use http_body_util::BodyExt;
 use tower::{service_fn, Service, ServiceExt};
 use tower_fhir_binary::{BinaryNegotiationLayer, RequestBody};
 use tower_layer::Layer;
+
+#[path = "support/base64_forms.rs"]
+mod base64_forms;
+use base64_forms::{frames_of, random_bytes, Form};
 
 /// The inner body: ready frames, as a fast upstream delivers them; the size is not announced.
 struct Frames(VecDeque<Bytes>);
@@ -69,119 +73,10 @@ struct Document {
     frames: Vec<Bytes>,
 }
 
-/// How a backend's JSON serializer wrote the base64 (and the document around it).
-#[derive(Clone, Copy)]
-enum Form {
-    /// One line, no escapes.
-    Plain,
-    /// Indented, one member a line (Jackson's and Python's pretty printers); the base64 plain.
-    Pretty,
-    /// A space every 76 characters, as in HL7's published examples.
-    Spaces76,
-    /// `\r\n` every 76 characters: Java's MIME encoder, .NET `InsertLineBreaks`.
-    CrLf76,
-    /// `\n` every 76 characters and at the end: Python's `base64.encodebytes`.
-    Lf76,
-    /// PHP's `json_encode`: `\/` for every `/`.
-    Php,
-    /// .NET System.Text.Json: `\u002B` for every `+`.
-    DotNet,
-    /// Lowercase `\u002b` and `\u002f` for every `+` and `/`.
-    LowerHex,
-    /// Gson: `\u003d` for every `=`.
-    Gson,
-}
-
-impl Form {
-    const ALL: [Form; 9] = [
-        Form::Plain,
-        Form::Pretty,
-        Form::Spaces76,
-        Form::CrLf76,
-        Form::Lf76,
-        Form::Php,
-        Form::DotNet,
-        Form::LowerHex,
-        Form::Gson,
-    ];
-
-    /// What the benchmark calls it.
-    fn name(self) -> &'static str {
-        match self {
-            Form::Plain => "plain",
-            Form::Pretty => "pretty-printed JSON",
-            Form::Spaces76 => "a space every 76",
-            Form::CrLf76 => "\\r\\n every 76",
-            Form::Lf76 => "\\n every 76",
-            Form::Php => "PHP \\/",
-            Form::DotNet => ".NET \\u002B",
-            Form::LowerHex => "\\u002b and \\u002f",
-            Form::Gson => "Gson \\u003d",
-        }
-    }
-
-    /// The JSON string content for `base64`.
-    fn write(self, base64: &str) -> String {
-        let wrap = |separator: &str, trailing: bool| {
-            let lines: Vec<&str> = base64
-                .as_bytes()
-                .chunks(76)
-                .map(|line| std::str::from_utf8(line).unwrap())
-                .collect();
-            let mut text = lines.join(separator);
-            if trailing {
-                text.push_str(separator);
-            }
-            text
-        };
-        match self {
-            Form::Plain | Form::Pretty => base64.to_owned(),
-            Form::Spaces76 => wrap(" ", false),
-            Form::CrLf76 => wrap("\\r\\n", false),
-            Form::Lf76 => wrap("\\n", true),
-            Form::Php => base64.replace('/', "\\/"),
-            Form::DotNet => base64.replace('+', "\\u002B"),
-            Form::LowerHex => base64.replace('+', "\\u002b").replace('/', "\\u002f"),
-            Form::Gson => base64.replace('=', "\\u003d"),
-        }
-    }
-}
-
-/// `size` pseudo-random bytes.
-fn random_bytes(size: usize) -> Vec<u8> {
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    (0..size)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
 fn document(size: usize, frame: usize, form: Form) -> Document {
     let decoded = random_bytes(size);
     let frames = frames_of(&decoded, frame, form);
     Document { decoded, frames }
-}
-
-/// The Binary JSON of `decoded` written in `form`, cut into frames of `frame` bytes.
-fn frames_of(decoded: &[u8], frame: usize, form: Form) -> Vec<Bytes> {
-    let base64 = form.write(&base64::engine::general_purpose::STANDARD.encode(decoded));
-    let json = match form {
-        Form::Pretty => format!(
-            "{{\n  \"resourceType\": \"Binary\",\n  \"id\": \"bench\",\n  \"meta\": {{\n    \"versionId\": \"1\"\n  }},\n  \"contentType\": \"application/pdf\",\n  \"data\": \"{base64}\"\n}}\n"
-        ),
-        _ => format!(
-            r#"{{"resourceType":"Binary","id":"bench","meta":{{"versionId":"1"}},"contentType":"application/pdf","data":"{base64}"}}"#
-        ),
-    };
-    let json = Bytes::from(json);
-    (0..json.len())
-        .step_by(frame)
-        .map(|at| json.slice(at..(at + frame).min(json.len())))
-        .collect()
 }
 
 fn inner<B>(
