@@ -51,6 +51,8 @@ use std::fmt;
 use base64::engine::{DecodePaddingMode, Engine as _, GeneralPurposeConfig};
 use bytes::BytesMut;
 
+use crate::alphabet::{all_symbols, is_symbol};
+
 /// Canonical padding and no stray trailing bits, as FHIR base64Binary (RFC 4648) requires;
 /// padded output for the encoder, which shares the engine.
 const CONFIG: GeneralPurposeConfig = GeneralPurposeConfig::new()
@@ -435,7 +437,9 @@ impl Base64Decoder {
 
     /// Feeds base64 symbols that the scanner took out of string content, leaving out its
     /// whitespace and undoing its escapes: `chars` characters of content (an escape counts as
-    /// one), of which `trailing` come after the last symbol. Data phase only.
+    /// one), of which `trailing` come after the last symbol. Data phase only. When only
+    /// validating (no `out`), `checked` more symbols came among them that the scanner checked
+    /// against the alphabet itself, in whole groups of four (0 when decoding).
     ///
     /// Returns false, with the decoder and `out` as they were, when `symbols` holds anything but
     /// symbols (`=` included): the caller then feeds the same content the general way, which
@@ -443,11 +447,14 @@ impl Base64Decoder {
     pub(crate) fn feed_symbols(
         &mut self,
         symbols: &[u8],
+        checked: usize,
         chars: u64,
         trailing: u64,
         mut out: Option<&mut BytesMut>,
     ) -> bool {
-        if self.phase != Phase::Data {
+        if self.phase != Phase::Data
+            || (checked > 0 && (out.is_some() || !checked.is_multiple_of(4)))
+        {
             return false;
         }
         let (quad, quad_len, pos, last_symbol_pos, decoded) = (
@@ -505,8 +512,9 @@ impl Base64Decoder {
             }
             return false;
         }
+        self.decoded += (checked / 4 * 3) as u64;
         self.pos = pos + chars;
-        if !symbols.is_empty() {
+        if !symbols.is_empty() || checked > 0 {
             self.last_symbol_pos = self.pos - trailing - 1;
         }
         true
@@ -853,91 +861,6 @@ fn emit(out: Option<&mut BytesMut>, bytes: &[u8]) {
     }
 }
 
-/// Whether every byte of `symbols` is a symbol of the standard alphabet (not `=`), 32 at a
-/// time: with AVX2 when the CPU has it (found at run time), in SSE2 registers else.
-fn all_symbols(symbols: &[u8]) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(simd) = crate::simd::Avx2::detect() {
-        return simd.vectorize(AllSymbolsAvx2(symbols));
-    }
-    all_symbols_portable(symbols)
-}
-
-/// [`all_symbols`] in SSE2 (NEON) registers.
-fn all_symbols_portable(symbols: &[u8]) -> bool {
-    use wide::u8x32;
-    let splat = u8x32::splat;
-    let mut blocks = symbols.chunks_exact(32);
-    let mut outside = splat(0);
-    for block in &mut blocks {
-        let x = u8x32::new(block.try_into().unwrap_or([0; 32]));
-        let letter = ((x | splat(0x20)) - splat(b'a')).simd_lt(splat(26));
-        let digit = (x - splat(b'0')).simd_lt(splat(10));
-        let other = x.simd_eq(splat(b'+')) | x.simd_eq(splat(b'/'));
-        outside |= !(letter | digit | other);
-    }
-    outside.to_bitmask() == 0 && blocks.remainder().iter().all(|&b| is_symbol(b))
-}
-
-/// Whether `b` is a symbol of the standard alphabet (not `=`).
-fn is_symbol(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'+' || b == b'/'
-}
-
-/// [`all_symbols`] with AVX2: each byte's class looked up by its high and low four bits in two
-/// tables; a symbol where the two share a bit.
-#[cfg(target_arch = "x86_64")]
-struct AllSymbolsAvx2<'a>(&'a [u8]);
-
-#[cfg(target_arch = "x86_64")]
-impl crate::simd::Vectorized for AllSymbolsAvx2<'_> {
-    type Output = bool;
-
-    #[inline(always)]
-    fn run(self, simd: crate::simd::Avx2) -> bool {
-        use core::arch::x86_64::__m256i;
-        use pulp::bytemuck::cast;
-        // The classes a byte may be in, by its high four bits and by its low four: `+` `/`
-        // (bit 0), digits (bit 1), `A`-`O` `a`-`o` (bit 2), `P`-`Z` `p`-`z` (bit 3).
-        const HIGH: [u8; 32] = both_lanes([0, 0, 1, 2, 4, 8, 4, 8, 0, 0, 0, 0, 0, 0, 0, 0]);
-        const LOW: [u8; 32] =
-            both_lanes([10, 14, 14, 14, 14, 14, 14, 14, 14, 14, 12, 5, 4, 4, 4, 5]);
-        /// A 16-byte table in both 128-bit lanes, as the lane-wise shuffle reads it.
-        const fn both_lanes(table: [u8; 16]) -> [u8; 32] {
-            let mut both = [0; 32];
-            let mut i = 0;
-            while i < 32 {
-                both[i] = table[i % 16];
-                i += 1;
-            }
-            both
-        }
-        let (symbols, s) = (self.0, simd.v3());
-        let (high, low): (__m256i, __m256i) = (cast(HIGH), cast(LOW));
-        let nibble = s.avx._mm256_set1_epi8(0x0F);
-        let mut least = s.avx._mm256_set1_epi8(-1);
-        let mut blocks = symbols.chunks_exact(32);
-        for block in &mut blocks {
-            let x: __m256i = cast(<[u8; 32]>::try_from(block).unwrap_or([0; 32]));
-            let high = s.avx2._mm256_shuffle_epi8(
-                high,
-                s.avx2
-                    ._mm256_and_si256(s.avx2._mm256_srli_epi16::<4>(x), nibble),
-            );
-            let low = s
-                .avx2
-                ._mm256_shuffle_epi8(low, s.avx2._mm256_and_si256(x, nibble));
-            least = s
-                .avx2
-                ._mm256_min_epu8(least, s.avx2._mm256_and_si256(high, low));
-        }
-        let none = s
-            .avx2
-            ._mm256_cmpeq_epi8(least, s.avx._mm256_setzero_si256());
-        s.avx2._mm256_movemask_epi8(none) == 0 && blocks.remainder().iter().all(|&b| is_symbol(b))
-    }
-}
-
 /// Decodes `src` (whole groups, no padding) into `out`, or without `out` only checks it (in
 /// `sink` when its last group holds `=`). Returns the number of decoded bytes; on error `out`
 /// is left as it was.
@@ -1053,7 +976,6 @@ mod tests {
             let mut out = vec![0; len / 4 * 3];
             let decodes = engine().decode_slice(&batch, &mut out).is_ok();
             assert_eq!(all_symbols(&batch), decodes, "{batch:?}");
-            assert_eq!(all_symbols_portable(&batch), decodes, "{batch:?}");
             refused += usize::from(!decodes);
         }
         assert!(refused > 1000, "{refused}");
@@ -1625,7 +1547,7 @@ mod tests {
                     for end in cuts.iter().copied().chain([symbols.len()]) {
                         let batch = &symbols[at..end.max(at)];
                         let sink = (!validate_only).then_some(&mut out);
-                        assert!(d.feed_symbols(batch, batch.len() as u64, 0, sink));
+                        assert!(d.feed_symbols(batch, 0, batch.len() as u64, 0, sink));
                         at = end.max(at);
                     }
                     let padding = &text.as_bytes()[symbols.len()..];
@@ -1653,7 +1575,7 @@ mod tests {
                 // A partial group carried in, completed by the batch's first symbols.
                 d.feed_raw(b"QU", Some(&mut out)).unwrap();
                 let before = format!("{d:?}");
-                assert!(!d.feed_symbols(&batch, batch.len() as u64, 0, Some(&mut out)));
+                assert!(!d.feed_symbols(&batch, 0, batch.len() as u64, 0, Some(&mut out)));
                 assert_eq!(format!("{d:?}"), before, "{bad} at {at}");
                 assert!(out.is_empty(), "{bad} at {at}");
                 // It reads on as if the batch had not come.
@@ -1669,7 +1591,7 @@ mod tests {
         // Six symbols out of nine characters, the last two of them whitespace: the next
         // character is at 9, the last symbol at 6.
         let mut d = Base64Decoder::new();
-        assert!(d.feed_symbols(b"QUJDRA", 9, 2, None));
+        assert!(d.feed_symbols(b"QUJDRA", 0, 9, 2, None));
         assert_eq!(
             d.feed_raw(b"=!", None),
             Err(Base64Error::InvalidCharacter {
@@ -1678,7 +1600,7 @@ mod tests {
             })
         );
         let mut d = Base64Decoder::new();
-        assert!(d.feed_symbols(b"QUJDRB", 9, 2, None));
+        assert!(d.feed_symbols(b"QUJDRB", 0, 9, 2, None));
         assert_eq!(
             d.feed_raw(b"==", None),
             Err(Base64Error::NonCanonical {
@@ -1686,6 +1608,35 @@ mod tests {
                 position: 6
             })
         );
+    }
+
+    #[test]
+    fn groups_checked_by_the_scanner_count_as_fed() {
+        // "QUJD" "RA" with two groups checked elsewhere between them: 8 + 6 symbols in 16
+        // characters, the last two whitespace.
+        let mut d = Base64Decoder::new();
+        assert!(d.feed_symbols(b"QUJDRA", 8, 16, 2, None));
+        assert_eq!(d.decoded_len(), 9);
+        assert_eq!(
+            d.feed_raw(b"==", None),
+            Ok(()),
+            "padding closes the open group"
+        );
+        assert_eq!(d.decoded_len(), 10);
+        assert_eq!(
+            d.feed_raw(b"!", None),
+            Err(Base64Error::InvalidCharacter {
+                character: Offending::Byte(b'!'),
+                position: 18
+            })
+        );
+        // Only whole groups, and only when nothing is decoded: refused, nothing taken.
+        let mut d = Base64Decoder::new();
+        assert!(!d.feed_symbols(b"QUJD", 3, 7, 0, None));
+        assert!(!d.feed_symbols(b"QUJD", 4, 8, 0, Some(&mut BytesMut::new())));
+        assert_eq!(d.decoded_len(), 0);
+        assert!(d.feed_symbols(b"QUJD", 0, 4, 0, None));
+        assert_eq!(d.decoded_len(), 3);
     }
 
     #[test]

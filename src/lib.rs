@@ -99,6 +99,7 @@
 // Lowest first: a module imports only those listed before it (`tests/layering.rs`).
 // Plain sync modules.
 mod simd;
+mod alphabet;
 mod decode;
 mod encode;
 mod conditional;

@@ -1336,7 +1336,7 @@ impl Scanner {
             let symbols = self.compactor.symbols(&made);
             if !self
                 .decoder
-                .feed_symbols(symbols, made.chars, made.trailing, sink)
+                .feed_symbols(symbols, made.checked, made.chars, made.trailing, sink)
             {
                 self.compact_from = self.pos + (base + i + made.consumed) as u64;
                 self.compactor.forget_lines();
@@ -1344,7 +1344,7 @@ impl Scanner {
             }
             if text {
                 out.extend_from_slice(self.compactor.text(&made));
-                self.count_text_symbols(made.symbols);
+                self.count_text_symbols(made.symbols + made.checked);
             }
             i += made.consumed;
             if !made.full {

@@ -22,6 +22,8 @@ use wide::u8x32;
 
 use super::hex4;
 
+use crate::alphabet::Check;
+
 use crate::simd::{Avx2, Avx512};
 
 #[cfg(target_arch = "x86_64")]
@@ -59,8 +61,11 @@ pub(super) struct Compacted {
     pub(super) chars: u64,
     /// Of those, how many come after the last symbol.
     pub(super) trailing: u64,
-    /// Symbols made.
+    /// Symbols made into the symbols buffer.
     pub(super) symbols: usize,
+    /// Symbols made in text mode that are not in the symbols buffer: whole groups of four
+    /// that stood between those that are, checked against the alphabet already.
+    pub(super) checked: usize,
     /// Text made (text mode).
     pub(super) text: usize,
     /// Stopped because the buffers are full, rather than at something for the general path
@@ -178,6 +183,7 @@ impl Compactor {
             group: usize::from(group),
             i: 0,
             n: 0,
+            checked: 0,
             t: 0,
             extra: 0,
             trailing: 0,
@@ -215,6 +221,7 @@ impl Compactor {
             chars: (c.i - c.extra) as u64,
             trailing: c.trailing as u64,
             symbols: c.n,
+            checked: c.checked,
             text: if TEXT { c.t } else { 0 },
             full,
         };
@@ -311,19 +318,21 @@ impl Compactor {
         let sep_len = usize::from(sep.len);
         // Lines are copied in whole blocks, past their end: what follows overwrites that. The
         // usual lengths (up to 128) with as many block copies written out.
-        let (i, n, t, full) = match len.div_ceil(BLOCK) {
+        let made = match len.div_ceil(BLOCK) {
             1 => lines::<TEXT, 1>(c, input, len, sep, simd),
             2 => lines::<TEXT, 2>(c, input, len, sep, simd),
             3 => lines::<TEXT, 3>(c, input, len, sep, simd),
             4 => lines::<TEXT, 4>(c, input, len, sep, simd),
             _ => lines::<TEXT, 0>(c, input, len, sep, simd),
         };
-        let lines = (i - c.i) / (len + sep_len);
+        let lines = (made.i - c.i) / (len + sep_len);
         if lines > 0 {
             c.extra += lines * (sep_len - usize::from(sep.chars));
             c.trailing = usize::from(sep.chars);
         }
-        (c.i, c.n, c.t) = (i, n, t);
+        (c.i, c.n, c.t) = (made.i, made.n, made.t);
+        c.checked += made.checked;
+        let full = made.full;
         if !full {
             // Not the next line's place: find it again.
             self.striding = false;
@@ -474,6 +483,8 @@ struct Cursor<'a, const TEXT: bool> {
     i: usize,
     /// Symbols made.
     n: usize,
+    /// Symbols checked and written as text only (whole groups).
+    checked: usize,
     /// Text made.
     t: usize,
     /// Input bytes past the first of each escape and separator character.
@@ -673,12 +684,26 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
     }
 }
 
+/// Where [`lines`] got to.
+struct Lines {
+    /// Input taken.
+    i: usize,
+    /// Symbols made into the symbols buffer.
+    n: usize,
+    /// Symbols checked and written as text only.
+    checked: usize,
+    /// Text made.
+    t: usize,
+    /// The buffers are full.
+    full: bool,
+}
+
 /// Copies the lines of `len` bytes at `c.i` that end with `sep`, each in `BLOCKS` blocks (0:
-/// as many as it takes) into the symbols and text, until the buffers are full or a line does
-/// not end so. Returns where the input, the symbols and the text got to, and whether the
-/// buffers are full.
+/// as many as it takes), until the buffers are full or a line does not end so: natively into
+/// the symbols; with `TEXT` into the text only, each line checked against the alphabet as it
+/// is copied (a line that fails is left for the general way).
 ///
-/// The input is taken as lines with their separators and the symbols as lines, so that the
+/// The input is taken as lines with their separators and the output as lines, so that the
 /// copies need no bounds check of their own.
 #[inline(always)]
 fn lines<const TEXT: bool, const BLOCKS: usize>(
@@ -687,48 +712,78 @@ fn lines<const TEXT: bool, const BLOCKS: usize>(
     len: usize,
     sep: Separator,
     simd: Option<Avx2>,
-) -> (usize, usize, usize, bool) {
+) -> Lines {
     let (sep_len, sep_text_len) = (usize::from(sep.len), usize::from(sep.text_len));
     let step = len + sep_len;
     // The separator in the last bytes of a line and its separator (a line has at least 16).
     let sep_shift = 8 * (8 - sep_len as u32);
     let (i, n, t) = (c.i, c.n, c.t);
     // Lines the buffers take: one more once past their caps.
-    let mut room = (SYMBOLS_CAP.saturating_sub(n)).div_ceil(len);
-    if TEXT {
-        room = room.min(TEXT_CAP.saturating_sub(t).div_ceil(len + sep_text_len));
-    }
+    let (room, out, at, out_step) = if TEXT {
+        let text_step = len + sep_text_len;
+        let room = TEXT_CAP.saturating_sub(t).div_ceil(text_step);
+        (room, &mut *c.text, t, text_step)
+    } else {
+        let room = SYMBOLS_CAP.saturating_sub(n).div_ceil(len);
+        (room, &mut *c.symbols, n, len)
+    };
     let count = room.min((input.len() - i) / step);
     let from = input[i..i + count * step].chunks_exact(step);
-    let to = c.symbols[n..n + count * len].chunks_exact_mut(len);
-    let text = &mut *c.text;
-    let mut done = 0;
-    for (line, symbols) in from.zip(to) {
-        prefetch(simd, input, i + done * step);
+    // Whether a line and its separator are one to copy: the padded last line goes the
+    // general way.
+    let like_the_others = |line: &[u8]| {
         let end = line.get(step - 8..).unwrap_or(&[0; 8]);
         let end = u64::from_le_bytes(end.try_into().unwrap_or([0; 8]));
-        // The padded last line goes the general way.
-        if end >> sep_shift != sep.word || line[len - 1] == b'=' {
-            break;
-        }
-        let line = &line[..len];
-        copy_blocks::<BLOCKS>(line, symbols);
-        if TEXT {
-            let at = t + done * (len + sep_text_len);
-            if let Some(place) = text.get_mut(at..at + len + sep.text.len()) {
-                copy_blocks::<BLOCKS>(line, &mut place[..len]);
-                place[len..].copy_from_slice(&sep.text);
+        end >> sep_shift == sep.word && line[len - 1] != b'='
+    };
+    let mut done = 0;
+    if TEXT {
+        // Room past the last line for its separator's whole text.
+        let Some(to) = out.get_mut(at..at + count * out_step + sep.text.len()) else {
+            return Lines {
+                i,
+                n,
+                checked: 0,
+                t,
+                full: false,
+            };
+        };
+        for line in from {
+            prefetch(simd, input, i + done * step);
+            let o = done * out_step;
+            let Some(place) = to.get_mut(o..o + len + sep.text.len()) else {
+                break;
+            };
+            if !like_the_others(line) {
+                break;
             }
+            let (place, after) = place.split_at_mut(len);
+            let mut check = Check::new(simd);
+            copy_blocks::<BLOCKS>(&line[..len], place, &mut check);
+            if !check.passed() {
+                break;
+            }
+            after.copy_from_slice(&sep.text);
+            done += 1;
         }
-        done += 1;
+    } else {
+        let to = out[at..at + count * len].chunks_exact_mut(len);
+        for (line, place) in from.zip(to) {
+            prefetch(simd, input, i + done * step);
+            if !like_the_others(line) {
+                break;
+            }
+            copy_blocks::<BLOCKS>(&line[..len], place, &mut ());
+            done += 1;
+        }
     }
-    let full = done == count && count == room;
-    (
-        i + done * step,
-        n + done * len,
-        t + done * (len + sep_text_len),
-        full,
-    )
+    Lines {
+        i: i + done * step,
+        n: if TEXT { n } else { n + done * len },
+        checked: if TEXT { done * len } else { 0 },
+        t: if TEXT { t + done * out_step } else { t },
+        full: done == count && count == room,
+    }
 }
 
 /// How far ahead of the bytes being copied the input is asked for: copying lines and taking
@@ -751,10 +806,29 @@ fn prefetch(simd: Option<Avx2>, input: &[u8], at: usize) {
     let _ = (simd, input, at);
 }
 
+/// What [`copy_blocks`] does with each block it copies: nothing, or checks it against the
+/// alphabet.
+trait OnBlock {
+    fn block(&mut self, block: [u8; BLOCK]);
+}
+
+impl OnBlock for () {
+    #[inline(always)]
+    fn block(&mut self, _: [u8; BLOCK]) {}
+}
+
+impl OnBlock for Check {
+    #[inline(always)]
+    fn block(&mut self, block: [u8; BLOCK]) {
+        Check::block(self, block);
+    }
+}
+
 /// Copies `src` to `dst`, of the same length: in `BLOCKS` blocks of 32 bytes (0: as many as it
-/// takes), the last one ending where they end, when they are at least a block long.
+/// takes), the last one ending where they end, when they are at least a block long; each block
+/// goes to `on` too. Shorter ones are copied and seen whole, padded with `A`.
 #[inline(always)]
-fn copy_blocks<const BLOCKS: usize>(src: &[u8], dst: &mut [u8]) {
+fn copy_blocks<const BLOCKS: usize>(src: &[u8], dst: &mut [u8], on: &mut impl OnBlock) {
     let len = src.len();
     let blocks = if BLOCKS > 0 {
         BLOCKS
@@ -763,6 +837,11 @@ fn copy_blocks<const BLOCKS: usize>(src: &[u8], dst: &mut [u8]) {
     };
     if len < BLOCK || dst.len() != len {
         dst.copy_from_slice(src);
+        let mut block = [b'A'; BLOCK];
+        if let Some(start) = block.get_mut(..len) {
+            start.copy_from_slice(src);
+        }
+        on.block(block);
         return;
     }
     // Block by block: as one copy, it became a call.
@@ -771,7 +850,9 @@ fn copy_blocks<const BLOCKS: usize>(src: &[u8], dst: &mut [u8]) {
         let (Some(from), Some(to)) = (src.get(at..at + BLOCK), dst.get_mut(at..at + BLOCK)) else {
             return;
         };
-        to.copy_from_slice(from);
+        let block: [u8; BLOCK] = from.try_into().unwrap_or([0; BLOCK]);
+        to.copy_from_slice(&block);
+        on.block(block);
     }
 }
 
@@ -966,19 +1047,53 @@ mod tests {
                     "at {at}"
                 );
                 let (expect, expect_text, trailing) = expected(taken, group);
-                assert_eq!(compactor.symbols(&made), expect, "at {at}");
                 if TEXT {
                     assert_eq!(compactor.text(&made), expect_text, "at {at}");
+                    assert_whole_groups_left_out(compactor.symbols(&made), &expect, group);
+                    assert_eq!(made.symbols + made.checked, expect.len(), "at {at}");
+                    symbols.extend_from_slice(&expect);
+                } else {
+                    assert_eq!(compactor.symbols(&made), expect, "at {at}");
+                    assert_eq!(made.checked, 0);
+                    symbols.extend_from_slice(compactor.symbols(&made));
                 }
                 assert_eq!(made.chars, taken.len() as u64, "at {at}");
                 assert_eq!(made.trailing, trailing, "at {at}");
-                symbols.extend_from_slice(compactor.symbols(&made));
                 text.extend_from_slice(compactor.text(&made));
-                group = (group + made.symbols) % 4;
+                group = (group + expect.len()) % 4;
                 at += made.consumed;
             }
         }
         (symbols, text, at)
+    }
+
+    /// `made` is `expected` with whole groups of four left out (none of them the first
+    /// `group` symbols, which close an open group), in order; and every byte left out is a
+    /// symbol of the alphabet (the decoder checks only those in `made`).
+    fn assert_whole_groups_left_out(made: &[u8], expected: &[u8], group: usize) {
+        let open = (4 - group) % 4;
+        let (made_open, made_rest) = made.split_at(open.min(made.len()));
+        let (expected_open, expected_rest) = expected.split_at(open.min(expected.len()));
+        assert_eq!(made_open, expected_open);
+        let mut expected_groups = expected_rest.chunks(4);
+        let mut left_out = Vec::new();
+        for made_group in made_rest.chunks(4) {
+            loop {
+                let Some(g) = expected_groups.next() else {
+                    panic!("{made:?} is not {expected:?} with whole groups left out");
+                };
+                if g == made_group {
+                    break;
+                }
+                left_out.extend_from_slice(g);
+            }
+        }
+        left_out.extend(expected_groups.flatten());
+        assert!(
+            left_out.iter().all(|&b| crate::alphabet::is_symbol(b)),
+            "left out unchecked: {:?}",
+            String::from_utf8_lossy(&left_out)
+        );
     }
 
     /// The symbols a SIMD step made, in order.
@@ -1284,6 +1399,32 @@ mod tests {
                 input.extend_from_slice(separator.as_bytes());
                 input.push(b'"');
                 assert_every_cut_agrees(&input);
+            }
+        }
+    }
+
+    #[test]
+    fn bytes_outside_the_alphabet_in_lines_copied_whole_reach_the_decoder() {
+        let mut rng = Rng(0x006f_7574_7369_6465);
+        // Lines of whole groups (text mode copies only those whole), the bad byte in a line
+        // after the first two, where lines are copied whole.
+        for line in [76, 64, 20, 100] {
+            for separator in [" ", "\\n", "\\r\\n"] {
+                for at in 0..line {
+                    let mut input = content(&mut rng, line * 6, line, separator, 0);
+                    input[3 * (line + separator.len()) + at] =
+                        [b'-', b'_', b'.', b'!', 0x80, 0xFF, b'\t'][at % 7];
+                    input.push(b'"');
+                    let mut cuts = [rng.below(input.len()), rng.below(input.len())];
+                    cuts.sort_unstable();
+                    // The text-mode assertion that nothing unchecked was left out of the
+                    // symbols is in `compact_in_pieces`.
+                    let whole = whole(&input);
+                    for path in paths() {
+                        assert_pieces_agree(&input, &[], path, true, &whole);
+                        assert_pieces_agree(&input, &cuts, path, true, &whole);
+                    }
+                }
             }
         }
     }
