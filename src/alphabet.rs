@@ -61,6 +61,7 @@ pub(crate) struct Check {
 impl Check {
     /// A check of no block yet, with AVX2 when given (compiled for it where it is inlined).
     #[inline(always)]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     pub(crate) fn new(simd: Option<Avx2>) -> Self {
         Self {
             #[cfg(target_arch = "x86_64")]

@@ -264,7 +264,10 @@ impl Compactor {
                 }
                 let fast = match (wide, simd) {
                     #[cfg(target_arch = "x86_64")]
-                    (Some(wide), _) => c.unescape(wide, input),
+                    (Some(wide), _) => match wide.vbmi() {
+                        Some(vbmi) => c.unescape(vbmi, input),
+                        None => c.unescape(wide, input),
+                    },
                     #[cfg(target_arch = "x86_64")]
                     (None, Some(simd)) => c.unescape(simd, input),
                     #[cfg(not(target_arch = "x86_64"))]
@@ -1166,7 +1169,14 @@ mod tests {
         let mut paths = vec![(None, None)];
         paths.extend(simd.map(|simd| (Some(simd), None)));
         #[cfg(target_arch = "x86_64")]
-        paths.extend(wide.map(|wide| (Some(wide.avx2()), Some(wide))));
+        if let Some(wide) = wide {
+            paths.push((Some(wide.avx2()), Some(wide.without_vbmi())));
+            if wide.vbmi().is_some() {
+                paths.push((Some(wide.avx2()), Some(wide)));
+            } else {
+                eprintln!("no VBMI2 on this CPU: not all paths");
+            }
+        }
         paths
     }
 

@@ -2,9 +2,10 @@
 //! into bare symbols 64 bytes at a time with AVX-512, on CPUs that have it (found at run
 //! time). The escapes of a block are found and checked at once (the hex digits of `\u`
 //! escapes with tables of sixteen, a byte shuffle each); each becomes its symbol where its
-//! backslash stood, and the rest of it is squeezed out with one byte shuffle, whose indices
-//! come from small tables in registers (the byte compress of VBMI2 has no safe wrapper, and
-//! compressing 32-bit lanes took many more instructions). No branch for each escape.
+//! backslash stood, and the rest of it is squeezed out: with VBMI2's byte compress where the
+//! CPU has it (Ice Lake and later, Zen 4), else with one byte shuffle whose indices come from
+//! small tables in registers (compressing 32-bit lanes took many more instructions). No branch
+//! for each escape.
 //!
 //! A block stops at anything else (whitespace, any other escape, `"`, `=`), for the portable
 //! path.
@@ -15,7 +16,7 @@ use pulp::bytemuck::cast;
 use pulp::x86::V4;
 
 use super::escape_tables::{LETTER, MARKS, WITH_HIGH, WITH_LOW, WITH_LOW_HALF};
-use crate::simd::{Avx2, Avx512};
+use crate::simd::{Avx2, Avx512, Vbmi};
 
 /// Bytes of the block one step takes.
 const STEP: usize = 64;
@@ -93,6 +94,90 @@ impl super::Made for Unescaped {
     }
 }
 
+impl super::Step for Vbmi {
+    const STEP: usize = STEP;
+    const WINDOW: usize = WINDOW;
+    type Made = Compressed;
+
+    #[inline(always)]
+    fn avx2(self) -> Avx2 {
+        self.avx512().avx2()
+    }
+
+    #[inline(always)]
+    fn unescape<const CODES: bool>(self, window: &[u8], carry: u64) -> Compressed {
+        let window = window.try_into().unwrap_or(&[0; WINDOW]);
+        let found = found::<CODES>(self.avx512().v4(), window, carry);
+        Compressed {
+            symbols: cast(compress(self.token(), found.kept, found.made)),
+            made: found.keep.count_ones() as usize,
+            stop: found.stop,
+            carry: found.carry,
+            codes: found.codes,
+        }
+    }
+}
+
+/// What one step made of a block with VBMI2: its symbols together at the start.
+pub(super) struct Compressed {
+    symbols: [u8; STEP],
+    made: usize,
+    stop: u64,
+    carry: u64,
+    codes: u64,
+}
+
+impl super::Made for Compressed {
+    #[inline(always)]
+    fn place(&self, buffer: &mut [u8], at: usize) {
+        if let Some(place) = buffer.get_mut(at..at + STEP) {
+            place.copy_from_slice(&self.symbols);
+        }
+    }
+
+    #[inline(always)]
+    fn made(&self) -> usize {
+        self.made
+    }
+
+    #[inline(always)]
+    fn stop(&self) -> u64 {
+        self.stop
+    }
+
+    #[inline(always)]
+    fn carry(&self) -> u64 {
+        self.carry
+    }
+
+    #[inline(always)]
+    fn codes(&self) -> u64 {
+        self.codes
+    }
+}
+
+/// The bytes of `bytes` that `keep` keeps, together at the start (VBMI2's byte compress).
+#[archmage::arcane(import_intrinsics)]
+fn compress(_token: archmage::X64V4xToken, keep: u64, bytes: __m512i) -> __m512i {
+    _mm512_maskz_compress_epi8(keep, bytes)
+}
+
+/// What a block holds, as [`found`] finds it.
+struct Found {
+    /// Each escape's symbol where its backslash stood, the other bytes as they are.
+    made: __m512i,
+    /// The bytes of `made` to keep, in order: up to the stop, without the rest of each escape.
+    keep: u64,
+    /// The same past the stop too (a squeeze by it need not wait for the stop to be found).
+    kept: u64,
+    /// Where something stands that the step does not take: the lowest bit set (0 for none).
+    stop: u64,
+    /// The bytes at the start of the next block that belong to an escape taken here.
+    carry: u64,
+    /// Where `\u` escapes were taken.
+    codes: u64,
+}
+
 /// Makes the block at the start of `window` into symbols, up to the first byte that is
 /// neither a symbol nor an escape of one (with `CODES`; else neither a symbol nor `\/`).
 /// `carry`: the bytes at its start taken with the last block's escape, one bit each. The
@@ -101,6 +186,31 @@ impl super::Made for Unescaped {
 #[inline(always)]
 fn unescape<const CODES: bool>(simd: Avx512, window: &[u8; WINDOW], carry: u64) -> Unescaped {
     let s = simd.v4();
+    let found = found::<CODES>(s, window, carry);
+    let chunks = cast(
+        s.avx512bw
+            ._mm512_shuffle_epi8(found.made, squeeze(s, found.kept)),
+    );
+    let below = |bits: u64| (found.keep & bits).count_ones() as usize;
+    Unescaped {
+        chunks,
+        starts: [
+            0,
+            below(0xFFFF),
+            below(0xFFFF_FFFF),
+            below(0xFFFF_FFFF_FFFF),
+        ],
+        made: found.keep.count_ones() as usize,
+        stop: found.stop,
+        carry: found.carry,
+        codes: found.codes,
+    }
+}
+
+/// The escapes of the block at the start of `window` and what they stand for (see
+/// [`unescape`]).
+#[inline(always)]
+fn found<const CODES: bool>(s: V4, window: &[u8; WINDOW], carry: u64) -> Found {
     let x = load(window, 0);
     // Where the byte `k` on is `b`, among `among`.
     let at = |among: u64, k: usize, b: u8| {
@@ -139,24 +249,14 @@ fn unescape<const CODES: bool>(simd: Avx512, window: &[u8; WINDOW], carry: u64) 
     // block's escape took are left out too.
     let escaped = (u128::from(codes) * 0b11_1110) | (u128::from(slashes) << 1);
     let dropped = escaped as u64 | carry;
-    // Squeezed whatever stands past a stop (nothing past it is taken): the shuffle need not
-    // wait for the stop to be found.
-    let chunks = cast(s.avx512bw._mm512_shuffle_epi8(made, squeeze(s, !dropped)));
     // The bytes of the last block's escape are none of the ends.
     let stop = ends & !carry;
     // Below the stop (all for none).
     let head = stop.wrapping_sub(1) & !stop;
-    let keep = !dropped & head;
-    let below = |bits: u64| (keep & bits).count_ones() as usize;
-    Unescaped {
-        chunks,
-        starts: [
-            0,
-            below(0xFFFF),
-            below(0xFFFF_FFFF),
-            below(0xFFFF_FFFF_FFFF),
-        ],
-        made: keep.count_ones() as usize,
+    Found {
+        made,
+        keep: !dropped & head,
+        kept: !dropped,
         stop,
         carry: (escaped >> 64) as u64,
         codes: codes & head,
@@ -342,7 +442,12 @@ mod tests {
             eprintln!("no AVX-512 on this CPU: nothing to check");
             return;
         };
-        // Inside the block, and across its end.
-        assert_step_takes_exactly_the_codes_of_symbols(simd, &[0, 9, 58, 61]);
+        // Inside the block, and across its end; with the byte shuffle, and with VBMI2's
+        // compress where the CPU has it.
+        assert_step_takes_exactly_the_codes_of_symbols(simd.without_vbmi(), &[0, 9, 58, 61]);
+        match simd.vbmi() {
+            Some(vbmi) => assert_step_takes_exactly_the_codes_of_symbols(vbmi, &[0, 9, 58, 61]),
+            None => eprintln!("no VBMI2 on this CPU: not checked with it"),
+        }
     }
 }
