@@ -7,6 +7,7 @@
 
 use archmage::prelude::*;
 
+use crate::alphabet::values_by_byte;
 use crate::simd::Vbmi;
 
 /// Symbols decoded in one step.
@@ -27,8 +28,8 @@ fn decode_blocks_with(_token: X64V4xToken, src: &[u8], dst: &mut [u8]) -> Option
     let blocks = (src.len() / BLOCK).min(dst.len().saturating_sub(SLACK) / (BLOCK / 4 * 3));
     // By the low seven bits of each byte: its value, or bit 7 for a byte outside the alphabet.
     let (low, high) = (
-        _mm512_loadu_si512(&lookup::<0>()),
-        _mm512_loadu_si512(&lookup::<64>()),
+        _mm512_loadu_si512(&values_by_byte::<0>()),
+        _mm512_loadu_si512(&values_by_byte::<64>()),
     );
     let gather = _mm512_loadu_si512(&GATHER);
     let pairs = _mm512_set1_epi32(0x0140_0140);
@@ -50,21 +51,6 @@ fn decode_blocks_with(_token: X64V4xToken, src: &[u8], dst: &mut [u8]) -> Option
         _mm512_storeu_si512(place, _mm512_permutexvar_epi8(gather, bytes));
     }
     (_mm512_movepi8_mask(outside) == 0).then_some(blocks * BLOCK)
-}
-
-/// Half of the table of values by byte (`FROM` 0 or 64): a symbol's value, 0x80 for others.
-const fn lookup<const FROM: usize>() -> [u8; 64] {
-    const SYMBOLS: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut table = [0x80; 64];
-    let mut value = 0;
-    while value < 64 {
-        let byte = SYMBOLS[value] as usize;
-        if byte >= FROM && byte < FROM + 64 {
-            table[byte - FROM] = value as u8;
-        }
-        value += 1;
-    }
-    table
 }
 
 /// Where each of the 48 decoded bytes stands after the multiply-adds: the three low bytes of
