@@ -878,7 +878,7 @@ fn decode_batch(
             // Decode in place, no intermediate copy: whole blocks with AVX-512 VBMI where the
             // CPU has it, the rest (and any error) with the engine.
             let start = out.len();
-            out.resize(start + src.len() / 4 * 3 + BLOCK_SLACK, 0);
+            out.resize(start + src.len() / 4 * 3, 0);
             let result = if src.len() < SMALL_BATCH {
                 decode_small(src, Some(&mut out[start..]))
             } else {
@@ -919,23 +919,23 @@ fn decode_batch(
     }
 }
 
-/// Room past the decoded bytes that [`decode_large`] may write into.
-#[cfg(target_arch = "x86_64")]
-const BLOCK_SLACK: usize = vbmi::SLACK;
-#[cfg(not(target_arch = "x86_64"))]
-const BLOCK_SLACK: usize = 0;
-
-/// Decodes `src` (whole groups, no padding) into `dst`, which has room for [`BLOCK_SLACK`]
-/// bytes more than it decodes to: whole blocks with AVX-512 VBMI where the CPU has it, the
-/// rest as short batches are; all of it with the engine elsewhere, or when VBMI finds a byte
-/// outside the alphabet (so that the error is the engine's).
+/// Decodes `src` (whole groups, no padding) into `dst`: whole blocks with AVX-512 VBMI where
+/// the CPU has it, as far as their writes past what they decode fit in `dst`, the rest as
+/// other batches are; all of it with the engine elsewhere, or when VBMI finds a byte outside
+/// the alphabet (so that the error is the engine's).
 fn decode_large(src: &[u8], dst: &mut [u8]) -> Result<usize, base64::DecodeSliceError> {
     #[cfg(target_arch = "x86_64")]
     if let Some(vbmi) = crate::simd::Vbmi::detect() {
         if let Some(taken) = vbmi::decode_blocks(vbmi, src, dst) {
             let made = taken / 4 * 3;
-            // Less than a block.
-            if let Ok(n) = decode_small(&src[taken..], Some(&mut dst[made..])) {
+            // Less than two blocks.
+            let (rest, room) = (&src[taken..], &mut dst[made..]);
+            let rest = if rest.len() < SMALL_BATCH {
+                decode_small(rest, Some(room))
+            } else {
+                engine().decode_slice(rest, room)
+            };
+            if let Ok(n) = rest {
                 return Ok(made + n);
             }
         }
@@ -1652,7 +1652,7 @@ mod tests {
             let expected = engine()
                 .decode_slice(&batch, &mut expected)
                 .map(|n| expected[..n].to_vec());
-            let mut made = vec![0; len / 4 * 3 + BLOCK_SLACK];
+            let mut made = vec![0; len / 4 * 3];
             let made = decode_large(&batch, &mut made).map(|n| made[..n].to_vec());
             assert_eq!(made, expected, "{batch:?}");
         }

@@ -14,11 +14,12 @@ use crate::simd::Vbmi;
 const BLOCK: usize = 64;
 
 /// Bytes a step writes past the 48 it decodes (what follows overwrites them).
-pub(super) const SLACK: usize = BLOCK - BLOCK / 4 * 3;
+const SLACK: usize = BLOCK - BLOCK / 4 * 3;
 
-/// Decodes the whole blocks of 64 symbols at the start of `src` into `dst`, which has room for
-/// their bytes and [`SLACK`] more. Returns the symbols taken (a multiple of 64), or None when
-/// one of them is not a symbol of the alphabet (`=` included).
+/// Decodes the whole blocks of 64 symbols at the start of `src` into `dst`, as many as `dst`
+/// has room for with the [`SLACK`] the last one writes past its bytes. Returns the symbols
+/// taken (a multiple of 64), or None when one of them is not a symbol of the alphabet (`=`
+/// included).
 pub(super) fn decode_blocks(vbmi: Vbmi, src: &[u8], dst: &mut [u8]) -> Option<usize> {
     decode_blocks_with(vbmi.token(), src, dst)
 }
