@@ -459,21 +459,30 @@ trait Step: Copy {
     fn unescape<const CODES: bool>(self, window: &[u8], carry: u64) -> Self::Made;
 }
 
-/// What a [`Step`] made of a block; masks have one bit for each byte of it.
+/// What a [`Step`] made of a block.
 #[cfg(target_arch = "x86_64")]
 trait Made {
     /// Writes the symbols made at `at` in `buffer`, and up to a block past them.
     fn place(&self, buffer: &mut [u8], at: usize);
+    /// How many, and where the step stopped.
+    fn tally(&self) -> Tally;
+}
+
+/// How many symbols a [`Step`] made of a block, and where; masks have one bit for each byte
+/// of the block.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Debug)]
+struct Tally {
     /// Symbols made.
-    fn made(&self) -> usize;
+    made: usize,
     /// Where something stands that the step does not take: the lowest bit set (0 for
     /// nothing).
-    fn stop(&self) -> u64;
+    stop: u64,
     /// The bytes at the start of the next block that belong to an escape taken here (0 to
     /// 5), when nothing stops the step.
-    fn carry(&self) -> u64;
+    carry: u64,
     /// Where `\u` escapes were taken.
-    fn codes(&self) -> u64;
+    codes: u64,
 }
 
 /// Where [`Compactor::compact`] is, and what it has made.
@@ -563,19 +572,20 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
             };
             prefetch(Some(simd.avx2()), input, i);
             let step = simd.unescape::<CODES>(window, carry);
+            let tally = step.tally();
             step.place(symbols, n);
-            n += step.made();
+            n += tally.made;
             if TEXT {
                 step.place(text, t);
-                t += step.made();
+                t += tally.made;
             }
-            codes |= step.codes();
-            if step.stop() != 0 {
-                i += step.stop().trailing_zeros() as usize;
+            codes |= tally.codes;
+            if tally.stop != 0 {
+                i += tally.stop.trailing_zeros() as usize;
                 (carry, at_mark) = (0, true);
                 break;
             }
-            carry = step.carry();
+            carry = tally.carry;
             i += S::STEP;
         }
         // The rest of an escape that the last block ended in.
@@ -1104,7 +1114,7 @@ mod tests {
     pub(super) fn made_symbols<M: Made>(step: &M) -> Vec<u8> {
         let mut out = vec![0; 2 * 64 + 16];
         step.place(&mut out, 0);
-        out.truncate(step.made());
+        out.truncate(step.tally().made);
         out
     }
 
@@ -1129,24 +1139,24 @@ mod tests {
                 window[at..at + 6].copy_from_slice(&[b'\\', b'u', b'0', b'0', high, low]);
                 let context = format!("\\u00{:?} at {at}", [high as char, low as char]);
                 let step = simd.unescape::<false>(&window, 0);
-                assert_eq!(step.stop().trailing_zeros() as usize, at, "{context}");
+                assert_eq!(step.tally().stop.trailing_zeros() as usize, at, "{context}");
                 assert_eq!(made_symbols(&step), vec![b'A'; at], "{context}");
                 let step = simd.unescape::<true>(&window, 0);
                 let made = made_symbols(&step);
                 match code {
                     Some(symbol) => {
-                        assert_eq!(step.stop(), 0, "{context}");
-                        assert_eq!(step.codes(), 1 << at, "{context}");
+                        assert_eq!(step.tally().stop, 0, "{context}");
+                        assert_eq!(step.tally().codes, 1 << at, "{context}");
                         let mut expected = vec![b'A'; at];
                         expected.push(symbol);
                         expected.resize(S::STEP - 5.min(S::STEP - at - 1), b'A');
                         assert_eq!(made, expected, "{context}");
                         let past = (at + 6).saturating_sub(S::STEP);
-                        assert_eq!(step.carry(), (1 << past) - 1, "{context}");
+                        assert_eq!(step.tally().carry, (1 << past) - 1, "{context}");
                     }
                     None => {
-                        assert_eq!(step.stop().trailing_zeros() as usize, at, "{context}");
-                        assert_eq!(step.codes(), 0, "{context}");
+                        assert_eq!(step.tally().stop.trailing_zeros() as usize, at, "{context}");
+                        assert_eq!(step.tally().codes, 0, "{context}");
                         assert_eq!(made, vec![b'A'; at], "{context}");
                     }
                 }

@@ -14,6 +14,7 @@ use pulp::bytemuck::cast;
 use pulp::x86::V3;
 
 use super::escape_tables::{LETTER, MARKS, WITH_HIGH, WITH_LOW, WITH_LOW_HALF};
+use super::Tally;
 use crate::simd::Avx2;
 
 /// Bytes of the block one step takes.
@@ -76,23 +77,13 @@ impl super::Made for Unescaped {
     }
 
     #[inline(always)]
-    fn made(&self) -> usize {
-        self.made
-    }
-
-    #[inline(always)]
-    fn stop(&self) -> u64 {
-        u64::from(self.stop)
-    }
-
-    #[inline(always)]
-    fn carry(&self) -> u64 {
-        u64::from(self.carry)
-    }
-
-    #[inline(always)]
-    fn codes(&self) -> u64 {
-        u64::from(self.codes)
+    fn tally(&self) -> Tally {
+        Tally {
+            made: self.made,
+            stop: u64::from(self.stop),
+            carry: u64::from(self.carry),
+            codes: u64::from(self.codes),
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use pulp::bytemuck::cast;
 use pulp::x86::V4;
 
 use super::escape_tables::{LETTER, MARKS, WITH_HIGH, WITH_LOW, WITH_LOW_HALF};
+use super::Tally;
 use crate::simd::{Avx2, Avx512, Vbmi};
 
 /// Bytes of the block one step takes.
@@ -31,16 +32,7 @@ pub(super) struct Unescaped {
     chunks: [[u8; 16]; 4],
     /// Where each chunk goes among the symbols made (at most 48).
     starts: [usize; 4],
-    /// Symbols made.
-    made: usize,
-    /// Where something stands that the step does not take: the lowest bit set (0 for
-    /// nothing).
-    stop: u64,
-    /// The bytes at the start of the next block that belong to an escape taken here (0 to
-    /// 5, one bit each), when nothing stops the step.
-    carry: u64,
-    /// Where `\u` escapes were taken.
-    codes: u64,
+    tally: Tally,
 }
 
 impl super::Step for Avx512 {
@@ -74,23 +66,8 @@ impl super::Made for Unescaped {
     }
 
     #[inline(always)]
-    fn made(&self) -> usize {
-        self.made
-    }
-
-    #[inline(always)]
-    fn stop(&self) -> u64 {
-        self.stop
-    }
-
-    #[inline(always)]
-    fn carry(&self) -> u64 {
-        self.carry
-    }
-
-    #[inline(always)]
-    fn codes(&self) -> u64 {
-        self.codes
+    fn tally(&self) -> Tally {
+        self.tally
     }
 }
 
@@ -110,10 +87,7 @@ impl super::Step for Vbmi {
         let found = found::<CODES>(self.avx512().v4(), window, carry);
         Compressed {
             symbols: cast(compress(self.token(), found.kept, found.made)),
-            made: found.keep.count_ones() as usize,
-            stop: found.stop,
-            carry: found.carry,
-            codes: found.codes,
+            tally: found.tally(),
         }
     }
 }
@@ -121,10 +95,7 @@ impl super::Step for Vbmi {
 /// What one step made of a block with VBMI2: its symbols together at the start.
 pub(super) struct Compressed {
     symbols: [u8; STEP],
-    made: usize,
-    stop: u64,
-    carry: u64,
-    codes: u64,
+    tally: Tally,
 }
 
 impl super::Made for Compressed {
@@ -136,23 +107,8 @@ impl super::Made for Compressed {
     }
 
     #[inline(always)]
-    fn made(&self) -> usize {
-        self.made
-    }
-
-    #[inline(always)]
-    fn stop(&self) -> u64 {
-        self.stop
-    }
-
-    #[inline(always)]
-    fn carry(&self) -> u64 {
-        self.carry
-    }
-
-    #[inline(always)]
-    fn codes(&self) -> u64 {
-        self.codes
+    fn tally(&self) -> Tally {
+        self.tally
     }
 }
 
@@ -178,6 +134,19 @@ struct Found {
     codes: u64,
 }
 
+impl Found {
+    /// What a step that keeps [`Found::keep`] made.
+    #[inline(always)]
+    fn tally(&self) -> Tally {
+        Tally {
+            made: self.keep.count_ones() as usize,
+            stop: self.stop,
+            carry: self.carry,
+            codes: self.codes,
+        }
+    }
+}
+
 /// Makes the block at the start of `window` into symbols, up to the first byte that is
 /// neither a symbol nor an escape of one (with `CODES`; else neither a symbol nor `\/`).
 /// `carry`: the bytes at its start taken with the last block's escape, one bit each. The
@@ -200,10 +169,7 @@ fn unescape<const CODES: bool>(simd: Avx512, window: &[u8; WINDOW], carry: u64) 
             below(0xFFFF_FFFF),
             below(0xFFFF_FFFF_FFFF),
         ],
-        made: found.keep.count_ones() as usize,
-        stop: found.stop,
-        carry: found.carry,
-        codes: found.codes,
+        tally: found.tally(),
     }
 }
 
