@@ -10,7 +10,6 @@
 //!
 //! `cargo bench --bench throughput`; `BENCH_MIB=16 cargo bench ...` for a smaller document.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::hint::black_box;
 use std::pin::Pin;
@@ -21,7 +20,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tower::{service_fn, Service, ServiceExt};
 use tower_fhir_binary::{BinaryNegotiationLayer, RequestBody};
@@ -29,26 +28,7 @@ use tower_layer::Layer;
 
 #[path = "support/base64_forms.rs"]
 mod base64_forms;
-use base64_forms::{frames_of, random_bytes, Form};
-
-/// The inner body: ready frames, as a fast upstream delivers them; the size is not announced.
-struct Frames(VecDeque<Bytes>);
-
-impl Body for Frames {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
-    }
-}
+use base64_forms::{frames_of, inner, random_bytes, Form, Frames};
 
 /// The inner body of a shared list of frames: the list, and the next frame.
 struct Shared(Arc<[Bytes]>, usize);
@@ -77,23 +57,6 @@ fn document(size: usize, frame: usize, form: Form) -> Document {
     let decoded = random_bytes(size);
     let frames = frames_of(&decoded, frame, form);
     Document { decoded, frames }
-}
-
-fn inner<B>(
-    frames: Vec<Bytes>,
-) -> impl Service<Request<B>, Response = Response<Frames>, Error = Infallible, Future: Send> + Clone
-{
-    service_fn(move |_request: Request<B>| {
-        let body = Frames(frames.iter().cloned().collect());
-        async move {
-            Ok::<_, Infallible>(
-                Response::builder()
-                    .header("content-type", "application/fhir+json")
-                    .body(body)
-                    .unwrap(),
-            )
-        }
-    })
 }
 
 /// The path users write by hand: collect the Binary JSON, parse it with `serde_json`, decode

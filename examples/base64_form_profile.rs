@@ -13,22 +13,18 @@
 //! `gson`), the decoded size in MiB, the repetitions, and `xml` for FHIR XML. Prints the
 //! median time of one read.
 
-use std::convert::Infallible;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::Request;
 use http_body_util::BodyExt;
-use tower::{service_fn, ServiceExt};
+use tower::ServiceExt;
 use tower_fhir_binary::BinaryNegotiationLayer;
 use tower_layer::Layer;
 
 #[path = "../benches/support/base64_forms.rs"]
 mod base64_forms;
-use base64_forms::{frames_of, random_bytes, Form};
-#[path = "../benches/support/searchset.rs"]
-mod searchset;
-use searchset::Frames;
+use base64_forms::{frames_of, inner, random_bytes, Form};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -49,18 +45,11 @@ fn main() {
         "/Binary/profile"
     };
 
-    let frames = frames_of(&random_bytes(mib << 20), 64 << 10, form);
-    let service = BinaryNegotiationLayer::new().layer(service_fn(move |_: Request<_>| {
-        let body = Frames(frames.iter().cloned().collect());
-        async move {
-            Ok::<_, Infallible>(
-                Response::builder()
-                    .header("content-type", "application/fhir+json")
-                    .body(body)
-                    .unwrap(),
-            )
-        }
-    }));
+    let service = BinaryNegotiationLayer::new().layer(inner(frames_of(
+        &random_bytes(mib << 20),
+        64 << 10,
+        form,
+    )));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();

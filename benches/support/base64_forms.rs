@@ -1,9 +1,18 @@
 //! The Binary JSON of the `throughput` benchmark in each way a backend's serializer writes the
-//! base64, shared with the profiling driver in `examples/` so that both read the same input.
+//! base64, and the inner service that answers with it, shared with the profiling driver in
+//! `examples/` so that both read the same input.
 #![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use base64::Engine as _;
 use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame};
+use tower::{service_fn, Service};
 
 /// How a backend's JSON serializer wrote the base64 (and the document around it).
 #[derive(Clone, Copy)]
@@ -127,4 +136,37 @@ pub fn frames_of(decoded: &[u8], frame: usize, form: Form) -> Vec<Bytes> {
         .step_by(frame)
         .map(|at| json.slice(at..(at + frame).min(json.len())))
         .collect()
+}
+
+/// The inner body: ready frames, as a fast upstream delivers them; the size is not announced.
+pub struct Frames(pub VecDeque<Bytes>);
+
+impl Body for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// The inner service: each request answered with `frames` as FHIR JSON.
+pub fn inner<B>(
+    frames: Vec<Bytes>,
+) -> impl Service<Request<B>, Response = Response<Frames>, Error = Infallible, Future: Send> + Clone
+{
+    service_fn(move |_request: Request<B>| {
+        let body = Frames(frames.iter().cloned().collect());
+        async move {
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .header("content-type", "application/fhir+json")
+                    .body(body)
+                    .unwrap(),
+            )
+        }
+    })
 }
