@@ -35,8 +35,8 @@ pub(crate) fn all_symbols(symbols: &[u8]) -> bool {
 #[archmage::arcane(import_intrinsics)]
 fn all_symbols_vbmi(_token: archmage::X64V4xToken, symbols: &[u8]) -> bool {
     let (low, high) = (
-        _mm512_loadu_si512(&values_by_byte::<0>()),
-        _mm512_loadu_si512(&values_by_byte::<64>()),
+        _mm512_loadu_si512(&VALUES_BY_BYTE[0]),
+        _mm512_loadu_si512(&VALUES_BY_BYTE[1]),
     );
     let mut outside = _mm512_setzero_si512();
     let mut blocks = symbols.chunks_exact(64);
@@ -51,10 +51,14 @@ fn all_symbols_vbmi(_token: archmage::X64V4xToken, symbols: &[u8]) -> bool {
     _mm512_movepi8_mask(outside) == 0 && blocks.remainder().iter().all(|&b| is_symbol(b))
 }
 
-/// Half of the table of values by byte (`FROM` 0 or 64): a symbol's value (0 to 63), 0x80 for
-/// any other byte.
+/// The table of values by byte, bytes 0 to 63 and 64 to 127: a symbol's value (0 to 63), 0x80
+/// for any other byte (the byte permute of two registers reads the low seven bits).
 #[cfg(target_arch = "x86_64")]
-pub(crate) const fn values_by_byte<const FROM: usize>() -> [u8; 64] {
+pub(crate) static VALUES_BY_BYTE: [[u8; 64]; 2] = [values_by_byte::<0>(), values_by_byte::<64>()];
+
+/// Half of [`VALUES_BY_BYTE`] (`FROM` 0 or 64).
+#[cfg(target_arch = "x86_64")]
+const fn values_by_byte<const FROM: usize>() -> [u8; 64] {
     const SYMBOLS: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut table = [0x80; 64];
     let mut value = 0;

@@ -442,7 +442,8 @@ impl Base64Decoder {
     /// whitespace and undoing its escapes: `chars` characters of content (an escape counts as
     /// one), of which `trailing` come after the last symbol. Data phase only. When only
     /// validating (no `out`), `checked` more symbols came among them that the scanner checked
-    /// against the alphabet itself, in whole groups of four (0 when decoding).
+    /// against the alphabet itself, in whole groups of four (0 when decoding); and with
+    /// `symbols_checked` it checked `symbols` too.
     ///
     /// Returns false, with the decoder and `out` as they were, when `symbols` holds anything but
     /// symbols (`=` included): the caller then feeds the same content the general way, which
@@ -451,6 +452,7 @@ impl Base64Decoder {
         &mut self,
         symbols: &[u8],
         checked: usize,
+        symbols_checked: bool,
         chars: u64,
         trailing: u64,
         mut out: Option<&mut BytesMut>,
@@ -486,7 +488,7 @@ impl Base64Decoder {
                         // Only validated: that every byte is a symbol is all the engine
                         // would check of whole groups without padding.
                         None => {
-                            let valid = all_symbols(batch);
+                            let valid = symbols_checked || all_symbols(batch);
                             if valid {
                                 self.decoded += (whole / 4 * 3) as u64;
                             }
@@ -1575,7 +1577,7 @@ mod tests {
                     for end in cuts.iter().copied().chain([symbols.len()]) {
                         let batch = &symbols[at..end.max(at)];
                         let sink = (!validate_only).then_some(&mut out);
-                        assert!(d.feed_symbols(batch, 0, batch.len() as u64, 0, sink));
+                        assert!(d.feed_symbols(batch, 0, false, batch.len() as u64, 0, sink));
                         at = end.max(at);
                     }
                     let padding = &text.as_bytes()[symbols.len()..];
@@ -1603,7 +1605,7 @@ mod tests {
                 // A partial group carried in, completed by the batch's first symbols.
                 d.feed_raw(b"QU", Some(&mut out)).unwrap();
                 let before = format!("{d:?}");
-                assert!(!d.feed_symbols(&batch, 0, batch.len() as u64, 0, Some(&mut out)));
+                assert!(!d.feed_symbols(&batch, 0, false, batch.len() as u64, 0, Some(&mut out)));
                 assert_eq!(format!("{d:?}"), before, "{bad} at {at}");
                 assert!(out.is_empty(), "{bad} at {at}");
                 // It reads on as if the batch had not come.
@@ -1619,7 +1621,7 @@ mod tests {
         // Six symbols out of nine characters, the last two of them whitespace: the next
         // character is at 9, the last symbol at 6.
         let mut d = Base64Decoder::new();
-        assert!(d.feed_symbols(b"QUJDRA", 0, 9, 2, None));
+        assert!(d.feed_symbols(b"QUJDRA", 0, false, 9, 2, None));
         assert_eq!(
             d.feed_raw(b"=!", None),
             Err(Base64Error::InvalidCharacter {
@@ -1628,7 +1630,7 @@ mod tests {
             })
         );
         let mut d = Base64Decoder::new();
-        assert!(d.feed_symbols(b"QUJDRB", 0, 9, 2, None));
+        assert!(d.feed_symbols(b"QUJDRB", 0, false, 9, 2, None));
         assert_eq!(
             d.feed_raw(b"==", None),
             Err(Base64Error::NonCanonical {
@@ -1663,7 +1665,7 @@ mod tests {
         // "QUJD" "RA" with two groups checked elsewhere between them: 8 + 6 symbols in 16
         // characters, the last two whitespace.
         let mut d = Base64Decoder::new();
-        assert!(d.feed_symbols(b"QUJDRA", 8, 16, 2, None));
+        assert!(d.feed_symbols(b"QUJDRA", 8, false, 16, 2, None));
         assert_eq!(d.decoded_len(), 9);
         assert_eq!(
             d.feed_raw(b"==", None),
@@ -1680,10 +1682,10 @@ mod tests {
         );
         // Only whole groups, and only when nothing is decoded: refused, nothing taken.
         let mut d = Base64Decoder::new();
-        assert!(!d.feed_symbols(b"QUJD", 3, 7, 0, None));
-        assert!(!d.feed_symbols(b"QUJD", 4, 8, 0, Some(&mut BytesMut::new())));
+        assert!(!d.feed_symbols(b"QUJD", 3, false, 7, 0, None));
+        assert!(!d.feed_symbols(b"QUJD", 4, false, 8, 0, Some(&mut BytesMut::new())));
         assert_eq!(d.decoded_len(), 0);
-        assert!(d.feed_symbols(b"QUJD", 0, 4, 0, None));
+        assert!(d.feed_symbols(b"QUJD", 0, false, 4, 0, None));
         assert_eq!(d.decoded_len(), 3);
     }
 

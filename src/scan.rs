@@ -1334,10 +1334,14 @@ impl Scanner {
                 None
             };
             let symbols = self.compactor.symbols(&made);
-            if !self
-                .decoder
-                .feed_symbols(symbols, made.checked, made.chars, made.trailing, sink)
-            {
+            if !self.decoder.feed_symbols(
+                symbols,
+                made.checked,
+                made.symbols_checked,
+                made.chars,
+                made.trailing,
+                sink,
+            ) {
                 self.compact_from = self.pos + (base + i + made.consumed) as u64;
                 self.compactor.forget_lines();
                 return i;

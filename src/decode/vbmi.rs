@@ -7,7 +7,7 @@
 
 use archmage::prelude::*;
 
-use crate::alphabet::values_by_byte;
+use crate::alphabet::VALUES_BY_BYTE;
 use crate::simd::Vbmi;
 
 /// Symbols decoded in one step.
@@ -29,8 +29,8 @@ fn decode_blocks_with(_token: X64V4xToken, src: &[u8], dst: &mut [u8]) -> Option
     let blocks = (src.len() / BLOCK).min(dst.len().saturating_sub(SLACK) / (BLOCK / 4 * 3));
     // By the low seven bits of each byte: its value, or bit 7 for a byte outside the alphabet.
     let (low, high) = (
-        _mm512_loadu_si512(&values_by_byte::<0>()),
-        _mm512_loadu_si512(&values_by_byte::<64>()),
+        _mm512_loadu_si512(&VALUES_BY_BYTE[0]),
+        _mm512_loadu_si512(&VALUES_BY_BYTE[1]),
     );
     let gather = _mm512_loadu_si512(&GATHER);
     let pairs = _mm512_set1_epi32(0x0140_0140);

@@ -66,6 +66,9 @@ pub(super) struct Compacted {
     /// Symbols made in text mode that are not in the symbols buffer: whole groups of four
     /// that stood between those that are, checked against the alphabet already.
     pub(super) checked: usize,
+    /// Every symbol in the symbols buffer was checked against the alphabet already (by a step
+    /// that checks what it makes).
+    pub(super) symbols_checked: bool,
     /// Text made (text mode).
     pub(super) text: usize,
     /// Stopped because the buffers are full, rather than at something for the general path
@@ -190,6 +193,8 @@ impl Compactor {
             line: self.line,
             clean: self.clean,
             codes: self.codes,
+            unchecked: false,
+            check: Check::new(self.simd),
         };
         // Escaped blocks go to the AVX-512 steps where the CPU has them; else to the AVX2
         // steps.
@@ -222,6 +227,7 @@ impl Compactor {
             trailing: c.trailing as u64,
             symbols: c.n,
             checked: c.checked,
+            symbols_checked: !c.unchecked && c.check.passed(),
             text: if TEXT { c.t } else { 0 },
             full,
         };
@@ -259,6 +265,13 @@ impl Compactor {
                 let block: [u8; BLOCK] = block.try_into().unwrap_or([0; BLOCK]);
                 c.store(&block);
                 if marks(block) == 0 {
+                    // Checked as it goes where that is worth it: FHIR XML, which does not
+                    // decode them.
+                    if TEXT {
+                        c.check.block(block);
+                    } else {
+                        c.unchecked = true;
+                    }
                     c.advance(BLOCK);
                     continue;
                 }
@@ -333,6 +346,7 @@ impl Compactor {
             c.extra += lines * (sep_len - usize::from(sep.chars));
             c.trailing = usize::from(sep.chars);
         }
+        c.unchecked |= made.n > c.n;
         (c.i, c.n, c.t) = (made.i, made.n, made.t);
         c.checked += made.checked;
         let full = made.full;
@@ -446,6 +460,9 @@ trait Step: Copy {
     const STEP: usize;
     /// Bytes it looks at: the block, and the rest of an escape that starts at its end.
     const WINDOW: usize;
+    /// Whether it checks the symbols it makes against the alphabet when asked
+    /// ([`Tally::outside`]).
+    const CHECKS: bool;
     /// What one step made of a block.
     type Made: Made;
 
@@ -455,8 +472,13 @@ trait Step: Copy {
     /// Makes the block at the start of `window` ([`Self::WINDOW`] bytes) into symbols, up
     /// to the first byte that is neither a symbol nor an escape of one (with `CODES`; else
     /// neither a symbol nor `\/`). `carry`: the bytes at its start taken with the last
-    /// block's escape, one bit each.
-    fn unescape<const CODES: bool>(self, window: &[u8], carry: u64) -> Self::Made;
+    /// block's escape, one bit each. With `CHECK`, a step that [`Self::CHECKS`] checks the
+    /// symbols it makes.
+    fn unescape<const CODES: bool, const CHECK: bool>(
+        self,
+        window: &[u8],
+        carry: u64,
+    ) -> Self::Made;
 }
 
 /// What a [`Step`] made of a block.
@@ -483,6 +505,8 @@ struct Tally {
     carry: u64,
     /// Where `\u` escapes were taken.
     codes: u64,
+    /// Where a symbol made is outside the alphabet, when the step checks them.
+    outside: u64,
 }
 
 /// Where [`Compactor::compact`] is, and what it has made.
@@ -509,6 +533,10 @@ struct Cursor<'a, const TEXT: bool> {
     clean: bool,
     /// A `\u` escape of a symbol was seen.
     codes: bool,
+    /// Some symbols made were not checked against the alphabet (or failed the check).
+    unchecked: bool,
+    /// The blocks of raw symbols checked as they were taken.
+    check: Check,
 }
 
 impl<const TEXT: bool> Cursor<'_, TEXT> {
@@ -521,9 +549,10 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
         }
     }
 
-    /// Copies raw symbols where the next go, without taking them.
+    /// Copies raw symbols where the next go, without taking them (or checking them).
     #[inline(always)]
     fn copy(&mut self, raw: &[u8]) {
+        self.unchecked |= !raw.is_empty();
         self.symbols[self.n..self.n + raw.len()].copy_from_slice(raw);
         if TEXT {
             self.text[self.t..self.t + raw.len()].copy_from_slice(raw);
@@ -565,13 +594,13 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
         let (start, mut i, mut n, mut t) = (self.i, self.i, self.n, self.t);
         let symbols = &mut *self.symbols;
         let text = &mut *self.text;
-        let (mut carry, mut codes, mut at_mark) = (0, 0, false);
+        let (mut carry, mut codes, mut at_mark, mut outside) = (0, 0, false, 0);
         while n < SYMBOLS_CAP && t < TEXT_CAP {
             let Some(window) = input.get(i..i + S::WINDOW) else {
                 break;
             };
             prefetch(Some(simd.avx2()), input, i);
-            let step = simd.unescape::<CODES>(window, carry);
+            let step = simd.unescape::<CODES, TEXT>(window, carry);
             let tally = step.tally();
             step.place(symbols, n);
             n += tally.made;
@@ -580,6 +609,7 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
                 t += tally.made;
             }
             codes |= tally.codes;
+            outside |= tally.outside;
             if tally.stop != 0 {
                 i += tally.stop.trailing_zeros() as usize;
                 (carry, at_mark) = (0, true);
@@ -593,6 +623,7 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
         // Each byte taken is a symbol made or a byte of an escape past its first.
         let extra = self.extra + (i - start) - (n - self.n);
         self.codes |= codes != 0;
+        self.unchecked |= n > self.n && (!TEXT || !S::CHECKS || outside != 0);
         self.took(i, n, t, extra);
         Fast::after(at_mark, i > start)
     }
@@ -661,6 +692,7 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
             codes |= len == 6;
         };
         self.codes |= codes;
+        self.unchecked |= n > self.n;
         self.took(i, n, t, extra);
         at_mark
     }
@@ -1060,6 +1092,15 @@ mod tests {
                     "at {at}"
                 );
                 let (expect, expect_text, trailing) = expected(taken, group);
+                if made.symbols_checked {
+                    let symbols = compactor.symbols(&made);
+                    assert!(
+                        symbols.iter().all(|&b| crate::alphabet::is_symbol(b)),
+                        "said checked: {:?}",
+                        String::from_utf8_lossy(symbols)
+                    );
+                    CHECKED_BATCHES.with(|n| n.set(n.get() + 1));
+                }
                 if TEXT {
                     assert_eq!(compactor.text(&made), expect_text, "at {at}");
                     assert_whole_groups_left_out(compactor.symbols(&made), &expect, group);
@@ -1078,6 +1119,11 @@ mod tests {
             }
         }
         (symbols, text, at)
+    }
+
+    thread_local! {
+        /// Calls that said their symbols were checked, so that tests can see that some did.
+        static CHECKED_BATCHES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     }
 
     /// `made` is `expected` with whole groups of four left out (none of them the first
@@ -1138,10 +1184,10 @@ mod tests {
                 let mut window = vec![b'A'; S::WINDOW];
                 window[at..at + 6].copy_from_slice(&[b'\\', b'u', b'0', b'0', high, low]);
                 let context = format!("\\u00{:?} at {at}", [high as char, low as char]);
-                let step = simd.unescape::<false>(&window, 0);
+                let step = simd.unescape::<false, true>(&window, 0);
                 assert_eq!(step.tally().stop.trailing_zeros() as usize, at, "{context}");
                 assert_eq!(made_symbols(&step), vec![b'A'; at], "{context}");
-                let step = simd.unescape::<true>(&window, 0);
+                let step = simd.unescape::<true, true>(&window, 0);
                 let made = made_symbols(&step);
                 match code {
                     Some(symbol) => {
@@ -1446,6 +1492,40 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn symbols_said_checked_are_in_the_alphabet_with_a_byte_outside_it_anywhere() {
+        let mut rng = Rng(0x0063_6865_636b);
+        let outside = [b'-', b'_', b'.', b'!', 0x80, 0xFF, b'\t', 0x01];
+        for escapes in [4, 16] {
+            // Escaped symbols (`\/`, `\u002B`) about every 16 or 4 symbols, enough for more
+            // than one batch (the last of a call is never said checked: its end goes the
+            // portable way); one byte outside the alphabet at each place of two blocks of 64
+            // bytes in the first batch.
+            let clean = content(&mut rng, 24_000, 0, "", escapes);
+            let mut inputs = vec![clean.clone()];
+            for at in (4096..4096 + 130).chain([0, 1, 100, 9000]) {
+                let mut input = clean.clone();
+                if input[at] != b'\\' && input[at + 1] != b'\\' {
+                    input[at] = outside[at % outside.len()];
+                    inputs.push(input);
+                }
+            }
+            for mut input in inputs {
+                input.push(b'"');
+                let whole = whole(&input);
+                // `compact_in_pieces` asserts what is said checked.
+                for path in paths() {
+                    assert_pieces_agree(&input, &[], path, true, &whole);
+                }
+            }
+        }
+        // Where the CPU has VBMI, the clean content's first batch was said checked.
+        #[cfg(target_arch = "x86_64")]
+        if Avx512::detect().and_then(Avx512::vbmi).is_some() {
+            assert!(CHECKED_BATCHES.with(|n| n.get()) > 0);
         }
     }
 

@@ -45,6 +45,7 @@ pub(super) struct Unescaped {
 impl super::Step for Avx2 {
     const STEP: usize = STEP;
     const WINDOW: usize = WINDOW;
+    const CHECKS: bool = false;
     type Made = Unescaped;
 
     #[inline(always)]
@@ -53,7 +54,11 @@ impl super::Step for Avx2 {
     }
 
     #[inline(always)]
-    fn unescape<const CODES: bool>(self, window: &[u8], carry: u64) -> Unescaped {
+    fn unescape<const CODES: bool, const CHECK: bool>(
+        self,
+        window: &[u8],
+        carry: u64,
+    ) -> Unescaped {
         unescape::<CODES>(
             self,
             window.try_into().unwrap_or(&[0; WINDOW]),
@@ -83,6 +88,7 @@ impl super::Made for Unescaped {
             stop: u64::from(self.stop),
             carry: u64::from(self.carry),
             codes: u64::from(self.codes),
+            outside: 0,
         }
     }
 }

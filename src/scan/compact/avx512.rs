@@ -17,6 +17,7 @@ use pulp::x86::V4;
 
 use super::escape_tables::{LETTER, MARKS, WITH_HIGH, WITH_LOW, WITH_LOW_HALF};
 use super::Tally;
+use crate::alphabet::VALUES_BY_BYTE;
 use crate::simd::{Avx2, Avx512, Vbmi};
 
 /// Bytes of the block one step takes.
@@ -38,6 +39,7 @@ pub(super) struct Unescaped {
 impl super::Step for Avx512 {
     const STEP: usize = STEP;
     const WINDOW: usize = WINDOW;
+    const CHECKS: bool = false;
     type Made = Unescaped;
 
     #[inline(always)]
@@ -46,7 +48,11 @@ impl super::Step for Avx512 {
     }
 
     #[inline(always)]
-    fn unescape<const CODES: bool>(self, window: &[u8], carry: u64) -> Unescaped {
+    fn unescape<const CODES: bool, const CHECK: bool>(
+        self,
+        window: &[u8],
+        carry: u64,
+    ) -> Unescaped {
         unescape::<CODES>(self, window.try_into().unwrap_or(&[0; WINDOW]), carry)
     }
 }
@@ -74,6 +80,7 @@ impl super::Made for Unescaped {
 impl super::Step for Vbmi {
     const STEP: usize = STEP;
     const WINDOW: usize = WINDOW;
+    const CHECKS: bool = true;
     type Made = Compressed;
 
     #[inline(always)]
@@ -82,12 +89,20 @@ impl super::Step for Vbmi {
     }
 
     #[inline(always)]
-    fn unescape<const CODES: bool>(self, window: &[u8], carry: u64) -> Compressed {
+    fn unescape<const CODES: bool, const CHECK: bool>(
+        self,
+        window: &[u8],
+        carry: u64,
+    ) -> Compressed {
         let window = window.try_into().unwrap_or(&[0; WINDOW]);
         let found = found::<CODES>(self.avx512().v4(), window, carry);
+        let mut tally = found.tally();
+        if CHECK {
+            tally.outside = outside_alphabet(self.token(), found.made) & found.keep;
+        }
         Compressed {
             symbols: cast(compress(self.token(), found.kept, found.made)),
-            tally: found.tally(),
+            tally,
         }
     }
 }
@@ -110,6 +125,18 @@ impl super::Made for Compressed {
     fn tally(&self) -> Tally {
         self.tally
     }
+}
+
+/// The bytes of `bytes` that are not symbols of the alphabet (`=` included), one bit each: a
+/// byte permute of the table of values, as the alphabet check does.
+#[archmage::arcane(import_intrinsics)]
+fn outside_alphabet(_token: archmage::X64V4xToken, bytes: __m512i) -> u64 {
+    let values = _mm512_permutex2var_epi8(
+        _mm512_loadu_si512(&VALUES_BY_BYTE[0]),
+        bytes,
+        _mm512_loadu_si512(&VALUES_BY_BYTE[1]),
+    );
+    _mm512_movepi8_mask(_mm512_or_si512(values, bytes))
 }
 
 /// The bytes of `bytes` that `keep` keeps, together at the start (VBMI2's byte compress).
@@ -143,6 +170,7 @@ impl Found {
             stop: self.stop,
             carry: self.carry,
             codes: self.codes,
+            outside: 0,
         }
     }
 }
