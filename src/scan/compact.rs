@@ -23,7 +23,6 @@ use wide::u8x32;
 use super::hex4;
 
 use crate::alphabet::Check;
-
 use crate::simd::{Avx2, Avx512};
 
 #[cfg(target_arch = "x86_64")]
