@@ -105,11 +105,15 @@ pub(crate) struct Vbmi(archmage::X64V4xToken, pulp::x86::V4);
 
 #[cfg(target_arch = "x86_64")]
 impl Vbmi {
-    /// The CPU's, if it has them (found once, then remembered).
+    /// The CPU's, if it has them (found once, then remembered: the decoder asks for each
+    /// batch).
     pub(crate) fn detect() -> Option<Self> {
         use archmage::SimdToken as _;
-        let token = archmage::X64V4xToken::summon()?;
-        Some(Self(token, pulp::x86::V4::try_new()?))
+        static FOUND: std::sync::OnceLock<Option<Vbmi>> = std::sync::OnceLock::new();
+        *FOUND.get_or_init(|| {
+            let token = archmage::X64V4xToken::summon()?;
+            Some(Self(token, pulp::x86::V4::try_new()?))
+        })
     }
 
     /// The token of `archmage`'s functions.

@@ -3,16 +3,17 @@
 //! `examples/` so that both read the same input.
 #![allow(dead_code)]
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use base64::Engine as _;
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body::{Body, Frame};
 use tower::{service_fn, Service};
+
+#[path = "frames.rs"]
+mod frames;
+use frames::frames;
+pub use frames::Frames;
 
 /// How a backend's JSON serializer wrote the base64 (and the document around it).
 #[derive(Clone, Copy)]
@@ -131,26 +132,7 @@ pub fn frames_of(decoded: &[u8], frame: usize, form: Form) -> Vec<Bytes> {
             r#"{{"resourceType":"Binary","id":"bench","meta":{{"versionId":"1"}},"contentType":"application/pdf","data":"{base64}"}}"#
         ),
     };
-    let json = Bytes::from(json);
-    (0..json.len())
-        .step_by(frame)
-        .map(|at| json.slice(at..(at + frame).min(json.len())))
-        .collect()
-}
-
-/// The inner body: ready frames, as a fast upstream delivers them; the size is not announced.
-pub struct Frames(pub VecDeque<Bytes>);
-
-impl Body for Frames {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
-    }
+    frames(&Bytes::from(json), frame)
 }
 
 /// The inner service: each request answered with `frames` as FHIR JSON.

@@ -2,37 +2,11 @@
 //! with the profiling drivers in `examples/` so that they measure the same input.
 #![allow(dead_code)]
 
-use std::collections::VecDeque;
-use std::convert::Infallible;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use bytes::Bytes;
-use http_body::{Body, Frame};
 
-/// A body of frames given in advance, each ready at once, as a fast peer delivers them; its
-/// size is not announced.
-pub struct Frames(pub VecDeque<Bytes>);
-
-impl Body for Frames {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
-    }
-}
-
-/// `bytes` cut into frames of `frame` bytes (the last one shorter).
-pub fn frames(bytes: &Bytes, frame: usize) -> Vec<Bytes> {
-    (0..bytes.len())
-        .step_by(frame)
-        .map(|at| bytes.slice(at..(at + frame).min(bytes.len())))
-        .collect()
-}
+#[path = "frames.rs"]
+mod frames;
+pub use frames::{frames, Frames};
 
 /// A searchset Bundle of at least `size` bytes: the official R4 examples
 /// (`tests/fixtures/examples/r4`), as written, over and over.
