@@ -28,24 +28,7 @@ use tower_layer::Layer;
 
 #[path = "support/searchset.rs"]
 mod searchset;
-use searchset::{frames, searchset, Frames};
-
-fn inner<B>(
-    frames: Vec<Bytes>,
-) -> impl Service<Request<B>, Response = Response<Frames>, Error = Infallible, Future: Send> + Clone
-{
-    service_fn(move |_request: Request<B>| {
-        let body = Frames(frames.iter().cloned().collect());
-        async move {
-            Ok::<_, Infallible>(
-                Response::builder()
-                    .header("content-type", "application/fhir+json")
-                    .body(body)
-                    .unwrap(),
-            )
-        }
-    })
-}
+use searchset::{frames, inner, searchset, Frames};
 
 /// Drives a body to its end, counting bytes without keeping them.
 async fn drain<B: Body>(body: B) -> usize

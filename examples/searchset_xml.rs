@@ -13,17 +13,15 @@
 //! The Bundle is made by the benchmark's own code (`benches/support/searchset.rs`), before the
 //! first conversion.
 
-use std::convert::Infallible;
-
-use http::{Request, Response};
+use http::Request;
 use http_body::Body;
-use tower::{service_fn, ServiceExt};
+use tower::ServiceExt;
 use tower_fhir_binary::BinaryNegotiationLayer;
 use tower_layer::Layer;
 
 #[path = "../benches/support/searchset.rs"]
 mod searchset;
-use searchset::{frames, searchset, Frames};
+use searchset::{frames, inner, searchset};
 
 /// The inner body: ready frames, the size not announced.
 fn main() {
@@ -40,19 +38,9 @@ fn main() {
         );
         return;
     }
-    let frames = frames(&json, 64 << 10);
-    let inner = service_fn(move |_request: Request<_>| {
-        let body = Frames(frames.iter().cloned().collect());
-        async move {
-            Ok::<_, Infallible>(
-                Response::builder()
-                    .header("content-type", "application/fhir+json")
-                    .body(body)
-                    .expect("a response"),
-            )
-        }
-    });
-    let service = BinaryNegotiationLayer::new().select_all().layer(inner);
+    let service = BinaryNegotiationLayer::new()
+        .select_all()
+        .layer(inner(frames(&json, 64 << 10)));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("a runtime");

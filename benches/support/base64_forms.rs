@@ -1,19 +1,16 @@
 //! The Binary JSON of the `throughput` benchmark in each way a backend's serializer writes the
-//! base64, and the inner service that answers with it, shared with the profiling driver in
-//! `examples/` so that both read the same input.
+//! base64, shared with the profiling driver in `examples/` so that both read the same input.
 #![allow(dead_code)]
-
-use std::convert::Infallible;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http::{Request, Response};
-use tower::{service_fn, Service};
 
 #[path = "frames.rs"]
 mod frames;
 use frames::frames;
-pub use frames::Frames;
+// Each program that includes this uses some of them.
+#[allow(unused_imports)]
+pub use frames::{inner, Frames};
 
 /// How a backend's JSON serializer wrote the base64 (and the document around it).
 #[derive(Clone, Copy)]
@@ -133,22 +130,4 @@ pub fn frames_of(decoded: &[u8], frame: usize, form: Form) -> Vec<Bytes> {
         ),
     };
     frames(&Bytes::from(json), frame)
-}
-
-/// The inner service: each request answered with `frames` as FHIR JSON.
-pub fn inner<B>(
-    frames: Vec<Bytes>,
-) -> impl Service<Request<B>, Response = Response<Frames>, Error = Infallible, Future: Send> + Clone
-{
-    service_fn(move |_request: Request<B>| {
-        let body = Frames(frames.iter().cloned().collect());
-        async move {
-            Ok::<_, Infallible>(
-                Response::builder()
-                    .header("content-type", "application/fhir+json")
-                    .body(body)
-                    .unwrap(),
-            )
-        }
-    })
 }

@@ -1,5 +1,6 @@
-//! A body of frames given in advance, and a document cut into them: the inner bodies of the
-//! benchmarks and profiling drivers (through `searchset.rs` and `base64_forms.rs`).
+//! A body of frames given in advance, a document cut into them, and an inner service that
+//! answers with them: what the benchmarks and profiling drivers read through the layer
+//! (through `searchset.rs` and `base64_forms.rs`).
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
@@ -8,7 +9,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::{Request, Response};
 use http_body::{Body, Frame};
+use tower::{service_fn, Service};
 
 /// A body of frames given in advance, each ready at once, as a fast peer delivers them; its
 /// size is not announced.
@@ -32,4 +35,22 @@ pub fn frames(bytes: &Bytes, frame: usize) -> Vec<Bytes> {
         .step_by(frame)
         .map(|at| bytes.slice(at..(at + frame).min(bytes.len())))
         .collect()
+}
+
+/// The inner service: each request answered with `frames` as FHIR JSON.
+pub fn inner<B>(
+    frames: Vec<Bytes>,
+) -> impl Service<Request<B>, Response = Response<Frames>, Error = Infallible, Future: Send> + Clone
+{
+    service_fn(move |_request: Request<B>| {
+        let body = Frames(frames.iter().cloned().collect());
+        async move {
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .header("content-type", "application/fhir+json")
+                    .body(body)
+                    .unwrap(),
+            )
+        }
+    })
 }

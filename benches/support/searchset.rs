@@ -6,7 +6,9 @@ use bytes::Bytes;
 
 #[path = "frames.rs"]
 mod frames;
-pub use frames::{frames, Frames};
+// Each program that includes this uses some of them.
+#[allow(unused_imports)]
+pub use frames::{frames, inner, Frames};
 
 /// A searchset Bundle of at least `size` bytes: the official R4 examples
 /// (`tests/fixtures/examples/r4`), as written, over and over.
