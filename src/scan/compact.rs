@@ -9,14 +9,18 @@
 //! of the same length end with the same separator, the lines after them are copied whole, only
 //! the separator being looked for where it should stand. On CPUs with AVX-512 (found at run
 //! time, in `compact/avx512.rs`), blocks of 64 bytes with escapes of symbols are taken whole,
-//! the escapes squeezed out with a byte shuffle rather than one at a time: `\/` from the start,
-//! `\u` escapes once one was seen (the step is longer with them). With AVX2 only
-//! (`compact/avx2.rs`), blocks of 32 bytes the same way. Elsewhere, and for whatever those steps
-//! leave, the portable way here: a block at a time, and each escape read as one word.
+//! the escapes squeezed out rather than taken one at a time: `\/` from the start, `\u002B`
+//! and `\u002F` (either case: the `\u` escapes serializers write for symbols) once one was
+//! seen (the step is longer with them). With AVX2 only (`compact/avx2.rs`), blocks of 32 bytes
+//! the same way. Elsewhere, and for whatever those steps leave (other `\u` escapes of
+//! symbols among them), the portable way here: a block at a time, and each escape read as
+//! one word.
 //!
-//! Nothing here checks that the copied bytes are base64 symbols: the decoder's engine does, on
-//! the batch, and the scanner reads the content again the general way when it refuses one (an
-//! invalid document, or a line that only looked like the others).
+//! Natively, nothing here checks that the copied bytes are base64 symbols: the decoder's
+//! engine does, on the batch, and the scanner reads the content again the general way when it
+//! refuses one (an invalid document, or a line that only looked like the others). For FHIR
+//! XML, which does not decode, lines copied whole and what the VBMI step makes are checked
+//! as they are written, and only into the text: the decoder counts them as checked groups.
 
 use wide::u8x32;
 
@@ -289,6 +293,13 @@ impl Compactor {
                     (None, None) => Fast::Short,
                 };
                 let at_mark = match fast {
+                    // A step that checks stopped at a byte outside the alphabet: copied as
+                    // any other, unchecked, for the decoder to refuse.
+                    Fast::AtMark if input.get(c.i).is_some_and(|&b| !is_mark(b)) => {
+                        c.copy(&input[c.i..c.i + 1]);
+                        c.advance(1);
+                        continue;
+                    }
                     Fast::AtMark => true,
                     Fast::Again => continue,
                     Fast::Short => c.escaped(input),
@@ -459,25 +470,36 @@ trait Step: Copy {
     const STEP: usize;
     /// Bytes it looks at: the block, and the rest of an escape that starts at its end.
     const WINDOW: usize;
-    /// Whether it checks the symbols it makes against the alphabet when asked
-    /// ([`Tally::outside`]).
+    /// Whether, asked to check (`CHECK`), it stops at any byte outside the alphabet: all the
+    /// symbols it makes are then checked.
     const CHECKS: bool;
+    /// What a block holds, as far as it does not wait for the block before.
+    type Found: Copy;
     /// What one step made of a block.
     type Made: Made;
 
     /// The AVX2 that comes with it.
     fn avx2(self) -> Avx2;
 
-    /// Makes the block at the start of `window` ([`Self::WINDOW`] bytes) into symbols, up
-    /// to the first byte that is neither a symbol nor an escape of one (with `CODES`; else
-    /// neither a symbol nor `\/`). `carry`: the bytes at its start taken with the last
-    /// block's escape, one bit each. With `CHECK`, a step that [`Self::CHECKS`] checks the
-    /// symbols it makes.
+    /// Finds the escapes of the block at the start of `window` ([`Self::WINDOW`] bytes): with
+    /// `CODES` `\u` escapes and `\/`, else `\/` only. With `CHECK`, a step that
+    /// [`Self::CHECKS`] stops at any byte outside the alphabet too.
+    fn find<const CODES: bool, const CHECK: bool>(self, window: &[u8]) -> Self::Found;
+
+    /// Makes a block found into symbols, up to the first byte that is neither a symbol nor an
+    /// escape of one. `carry`: the bytes at its start taken with the last block's escape, one
+    /// bit each.
+    fn make(self, found: Self::Found, carry: u64) -> Self::Made;
+
+    /// [`Self::find`], then [`Self::make`].
+    #[inline(always)]
     fn unescape<const CODES: bool, const CHECK: bool>(
         self,
         window: &[u8],
         carry: u64,
-    ) -> Self::Made;
+    ) -> Self::Made {
+        self.make(self.find::<CODES, CHECK>(window), carry)
+    }
 }
 
 /// What a [`Step`] made of a block.
@@ -504,8 +526,6 @@ struct Tally {
     carry: u64,
     /// Where `\u` escapes were taken.
     codes: u64,
-    /// Where a symbol made is outside the alphabet, when the step checks them.
-    outside: u64,
 }
 
 /// Where [`Compactor::compact`] is, and what it has made.
@@ -593,22 +613,29 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
         let (start, mut i, mut n, mut t) = (self.i, self.i, self.n, self.t);
         let symbols = &mut *self.symbols;
         let text = &mut *self.text;
-        let (mut carry, mut codes, mut at_mark, mut outside) = (0, 0, false, 0);
-        while n < SYMBOLS_CAP && t < TEXT_CAP {
+        // In text mode, a step that checks the symbols it makes writes them into the text
+        // only (`m` of them), as checked whole groups; but for those that close the open
+        // group and those of a last group not whole, copied into the symbols after the loop.
+        let text_only = TEXT && S::CHECKS;
+        let (mut carry, mut codes, mut at_mark, mut m) = (0, 0, false, 0);
+        while n + m < SYMBOLS_CAP && t < TEXT_CAP {
             let Some(window) = input.get(i..i + S::WINDOW) else {
                 break;
             };
             prefetch(Some(simd.avx2()), input, i);
             let step = simd.unescape::<CODES, TEXT>(window, carry);
             let tally = step.tally();
-            step.place(symbols, n);
-            n += tally.made;
+            if text_only {
+                m += tally.made;
+            } else {
+                step.place(symbols, n);
+                n += tally.made;
+            }
             if TEXT {
                 step.place(text, t);
                 t += tally.made;
             }
             codes |= tally.codes;
-            outside |= tally.outside;
             if tally.stop != 0 {
                 i += tally.stop.trailing_zeros() as usize;
                 (carry, at_mark) = (0, true);
@@ -617,13 +644,23 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
             carry = tally.carry;
             i += S::STEP;
         }
+        if m > 0 {
+            let open = (4 - (self.group + self.n + self.checked) % 4) % 4;
+            let head = open.min(m);
+            let tail = (m - head) % 4;
+            symbols[n..n + head].copy_from_slice(&text[self.t..self.t + head]);
+            symbols[n + head..n + head + tail].copy_from_slice(&text[t - tail..t]);
+            n += head + tail;
+            self.checked += m - head - tail;
+        }
         // The rest of an escape that the last block ended in.
         i += carry.count_ones() as usize;
+        let made = if text_only { m } else { n - self.n };
         // Each byte taken is a symbol made or a byte of an escape past its first.
-        let extra = self.extra + (i - start) - (n - self.n);
+        let extra = self.extra + (i - start) - made;
         self.codes |= codes != 0;
-        self.unchecked |= n > self.n && (!TEXT || !S::CHECKS || outside != 0);
-        self.took(i, n, t, extra);
+        self.unchecked |= n > self.n && !text_only;
+        self.took(i, n, t, extra, made);
         Fast::after(at_mark, i > start)
     }
 
@@ -692,14 +729,15 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
         };
         self.codes |= codes;
         self.unchecked |= n > self.n;
-        self.took(i, n, t, extra);
+        self.took(i, n, t, extra, n - self.n);
         at_mark
     }
 
     /// Moves the cursor on to what a loop over locals took: the input to `i`, the symbols to
-    /// `n`, the text to `t`, `extra` bytes past the first of each escape.
+    /// `n`, the text to `t`, `extra` bytes past the first of each escape; `made` symbols in
+    /// all (some of them perhaps counted as checked).
     #[inline(always)]
-    fn took(&mut self, i: usize, n: usize, t: usize, extra: usize) {
+    fn took(&mut self, i: usize, n: usize, t: usize, extra: usize, made: usize) {
         // An escape: the line is no longer one to copy whole (its length no longer matters).
         if extra > self.extra {
             self.clean = false;
@@ -707,7 +745,7 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
         if i > self.i {
             self.trailing = 0;
         }
-        self.line += n - self.n;
+        self.line += made;
         (self.i, self.n, self.t, self.extra) = (i, n, t, extra);
     }
 
@@ -1165,20 +1203,36 @@ mod tests {
 
     /// Checks the step of `simd` on a `\u00` escape followed by every two bytes, with its
     /// backslash at each of `places` in the block (the last ones with the escape across the
-    /// block's end): it takes them exactly when they are the hex code of a symbol, with that
-    /// symbol, and carries the rest of the escape into the next block; the step that does not
-    /// look for codes stops at each.
+    /// block's end): it takes them exactly when they are the hex code of `+` or `/` (the
+    /// symbols serializers escape), with that symbol, and carries the rest of the escape into
+    /// the next block; the step that does not look for codes stops at each. And `\/` at every
+    /// place: its backslash is left out, its `/` kept (in the next block when the backslash
+    /// ends this one).
     #[cfg(target_arch = "x86_64")]
-    pub(super) fn assert_step_takes_exactly_the_codes_of_symbols<S: Step>(
+    pub(super) fn assert_step_takes_exactly_the_escapes_of_plus_and_slash<S: Step>(
         simd: S,
         places: &[usize],
     ) {
+        for at in 0..S::STEP {
+            let mut window = vec![b'A'; S::WINDOW];
+            window[at..at + 2].copy_from_slice(b"\\/");
+            let mut expected = window[..S::STEP].to_vec();
+            expected.remove(at);
+            for step in [
+                simd.unescape::<false, true>(&window, 0),
+                simd.unescape::<true, true>(&window, 0),
+            ] {
+                assert_eq!(step.tally().stop, 0, "\\/ at {at}");
+                assert_eq!(step.tally().carry, 0, "\\/ at {at}");
+                assert_eq!(made_symbols(&step), expected, "\\/ at {at}");
+            }
+        }
         for (high, low) in (0..=255u8).flat_map(|high| (0..=255u8).map(move |low| (high, low))) {
             let code = std::str::from_utf8(&[high, low])
                 .ok()
                 .filter(|digits| digits.bytes().all(|b| b.is_ascii_hexdigit()))
                 .and_then(|digits| u8::from_str_radix(digits, 16).ok())
-                .filter(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/');
+                .filter(|&b| b == b'+' || b == b'/');
             for &at in places {
                 let mut window = vec![b'A'; S::WINDOW];
                 window[at..at + 6].copy_from_slice(&[b'\\', b'u', b'0', b'0', high, low]);

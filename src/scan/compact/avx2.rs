@@ -1,9 +1,9 @@
 //! Base64 with escaped symbols (`\/` from PHP, `\u002B` from .NET, `\u002b` `\u002f`) made
 //! into bare symbols 32 bytes at a time with AVX2, on CPUs that have it (found at run time;
 //! the crate is built for the x86-64 baseline). The escapes of a block are found and checked
-//! at once (the hex digits of `\u` escapes with tables of sixteen, a byte shuffle each); each
-//! becomes its symbol where its backslash stood, and the rest of it is squeezed out with a
-//! byte shuffle from a table, without a branch for each escape.
+//! at once, each byte of them compared where a backslash may stand; a `\u` escape becomes its
+//! symbol where its backslash stood, the `/` of `\/` stays, and the rest is squeezed out with
+//! a byte shuffle from a table, without a branch for each escape.
 //!
 //! A block stops at anything else (whitespace, any other escape, `"`, `=`), for the portable
 //! path.
@@ -13,7 +13,7 @@ use core::arch::x86_64::__m256i;
 use pulp::bytemuck::cast;
 use pulp::x86::V3;
 
-use super::escape_tables::{LETTER, MARKS, WITH_HIGH, WITH_LOW, WITH_LOW_HALF};
+use super::escape_tables::{MARKS, SYMBOL_AND_CASE};
 use super::Tally;
 use crate::simd::Avx2;
 
@@ -46,6 +46,7 @@ impl super::Step for Avx2 {
     const STEP: usize = STEP;
     const WINDOW: usize = WINDOW;
     const CHECKS: bool = false;
+    type Found = Found;
     type Made = Unescaped;
 
     #[inline(always)]
@@ -54,16 +55,13 @@ impl super::Step for Avx2 {
     }
 
     #[inline(always)]
-    fn unescape<const CODES: bool, const CHECK: bool>(
-        self,
-        window: &[u8],
-        carry: u64,
-    ) -> Unescaped {
-        unescape::<CODES>(
-            self,
-            window.try_into().unwrap_or(&[0; WINDOW]),
-            carry as u32,
-        )
+    fn find<const CODES: bool, const CHECK: bool>(self, window: &[u8]) -> Found {
+        found::<CODES>(self, window.try_into().unwrap_or(&[0; WINDOW]))
+    }
+
+    #[inline(always)]
+    fn make(self, found: Found, carry: u64) -> Unescaped {
+        unescape(self, found, carry as u32)
     }
 }
 
@@ -88,49 +86,78 @@ impl super::Made for Unescaped {
             stop: u64::from(self.stop),
             carry: u64::from(self.carry),
             codes: u64::from(self.codes),
-            outside: 0,
         }
     }
 }
 
-/// Makes the block at the start of `window` into symbols, up to the first byte that is
-/// neither a symbol nor an escape of one (with `CODES`; else neither a symbol nor `\/`).
-/// `carry`: the bytes at its start taken with the last block's escape, one bit each. The
-/// next block starts [`STEP`] bytes on whatever this one holds, so that its loads do not wait
-/// for this one.
+/// What a block holds, as [`found`] finds it: nothing that waits for the block before.
+#[derive(Clone, Copy)]
+pub(super) struct Found {
+    /// Each escape's symbol where it stands, the other bytes as they are.
+    made: __m256i,
+    /// Where `\u` escapes start.
+    codes: u32,
+    /// Where `\/` escapes start.
+    slashes: u32,
+    /// Where something stands that the step does not take, if it is not the rest of the last
+    /// block's escape.
+    ends: u32,
+}
+
+/// The escapes of the block at the start of `window` and what they stand for: with `CODES`
+/// `\u` escapes and `\/`, else `\/` only.
 #[inline(always)]
-fn unescape<const CODES: bool>(simd: Avx2, window: &[u8; WINDOW], carry: u32) -> Unescaped {
+fn found<const CODES: bool>(simd: Avx2, window: &[u8; WINDOW]) -> Found {
     let s = simd.v3();
-    let (avx, avx2) = (s.avx, s.avx2);
+    let avx2 = s.avx2;
     let x = load(window, 0);
     let bits = |a: __m256i| avx2._mm256_movemask_epi8(a) as u32;
     let backslash = eq(s, x, b'\\');
-    let slashes = avx2._mm256_and_si256(backslash, eq(s, load(window, 1), b'/'));
-    // Each escape's symbol where its backslash stood (past a stop too: nothing there is
-    // kept); the rest of it is left out.
+    let slashes = bits(avx2._mm256_and_si256(backslash, eq(s, load(window, 1), b'/')));
+    // Each escape's symbol where it stands (past a stop too: nothing there is kept), the rest
+    // of it left out: the `/` of `\/`, and of a `\u` escape its backslash made the symbol.
     let (made, codes) = if CODES {
-        // `\u00` and two hex digits that make a symbol's code.
-        let (code, code_ok) = code(s, load(window, 4), load(window, 5));
-        let prefix = avx2._mm256_and_si256(
-            avx2._mm256_and_si256(backslash, eq(s, load(window, 1), b'u')),
-            avx2._mm256_and_si256(eq(s, load(window, 2), b'0'), eq(s, load(window, 3), b'0')),
+        // `\u002B`, `\u002F` and their lowercase; of the last digit, the two bits that tell
+        // the four apart are left out.
+        let last = load(window, 5);
+        let last_bits = avx2._mm256_andnot_si256(splat(s, SYMBOL_AND_CASE), last);
+        let codes = avx2._mm256_and_si256(
+            avx2._mm256_and_si256(
+                avx2._mm256_and_si256(backslash, eq(s, load(window, 1), b'u')),
+                avx2._mm256_and_si256(eq(s, load(window, 2), b'0'), eq(s, load(window, 3), b'0')),
+            ),
+            avx2._mm256_and_si256(
+                eq(s, load(window, 4), b'2'),
+                eq(s, last_bits, b'B' & !SYMBOL_AND_CASE),
+            ),
         );
-        // The prefix where the digits make no symbol's code: left out.
-        let codes = avx2._mm256_andnot_si256(eq(s, code_ok, 0), prefix);
-        (avx2._mm256_blendv_epi8(x, code, codes), bits(codes))
+        // `B` and `b` make `+` (2B), `F` and `f` make `/` (2F).
+        let symbol =
+            avx2._mm256_or_si256(avx2._mm256_and_si256(last, splat(s, 0x04)), splat(s, b'+'));
+        (avx2._mm256_blendv_epi8(x, symbol, codes), bits(codes))
     } else {
         (x, 0)
     };
-    let made = avx2._mm256_blendv_epi8(made, splat(s, b'/'), slashes);
-    let slashes = bits(slashes);
     // A backslash, `"`, `=` or a space: each the byte of its lower half in a table.
     let marks = bits(avx2._mm256_cmpeq_epi8(avx2._mm256_shuffle_epi8(table(s, MARKS), x), x));
-    let ends = marks & !codes & !slashes;
-    // Escapes do not overlap: the product adds shifted copies without carries. Its upper half
-    // is the rest of an escape that the block ends in. The bytes at the start that the last
+    Found {
+        made,
+        codes,
+        slashes,
+        ends: marks & !codes & !slashes,
+    }
+}
+
+/// Makes a block into symbols, up to the first byte that is neither a symbol nor an escape
+/// of one. `carry`: the bytes at its start taken with the last block's escape, one bit each.
+#[inline(always)]
+fn unescape(simd: Avx2, found: Found, carry: u32) -> Unescaped {
+    let (avx, avx2) = (simd.v3().avx, simd.v3().avx2);
+    // `\u` escapes do not overlap: the product adds shifted copies without carries. Its upper
+    // half is the rest of one that the block ends in. The bytes at the start that the last
     // block's escape took are left out too.
-    let escaped = (u64::from(codes) * 0b11_1110) | (u64::from(slashes) << 1);
-    let dropped = escaped as u32 | carry;
+    let escaped = u64::from(found.codes) * 0b11_1110;
+    let dropped = escaped as u32 | found.slashes | carry;
     // Squeezed whatever stands past a stop (nothing past it is taken): the shuffle need not
     // wait for the stop to be found.
     let kept = !dropped;
@@ -142,9 +169,9 @@ fn unescape<const CODES: bool>(simd: Avx2, window: &[u8; WINDOW], carry: u32) ->
         quarter(2),
         quarter(3) + 0x0808_0808_0808_0808,
     );
-    let words: [u64; 4] = cast(avx2._mm256_shuffle_epi8(made, indices));
+    let words: [u64; 4] = cast(avx2._mm256_shuffle_epi8(found.made, indices));
     // The bytes of the last block's escape are none of the ends.
-    let stop = ends & !carry;
+    let stop = found.ends & !carry;
     // Below the stop (all for none).
     let head = stop.wrapping_sub(1) & !stop;
     let keep = kept & head;
@@ -155,36 +182,8 @@ fn unescape<const CODES: bool>(simd: Avx2, window: &[u8; WINDOW], carry: u32) ->
         made: keep.count_ones() as usize,
         stop,
         carry: (escaped >> 32) as u32,
-        codes: codes & head,
+        codes: found.codes & head,
     }
-}
-
-/// The symbol whose code the hex digits `high` and `low` (at each byte) make, and where they
-/// make one: a nonzero byte. Three tables of sixteen (a byte shuffle each) say, for the low
-/// digit's two halves and the high digit, which high digits go with it; for the low digit
-/// as a number (0 to 9) and as a letter, apart.
-#[inline(always)]
-fn code(s: V3, high: __m256i, low: __m256i) -> (__m256i, __m256i) {
-    let avx2 = s.avx2;
-    let shuffle = |t: [u8; 16], at: __m256i| avx2._mm256_shuffle_epi8(table(s, t), at);
-    let upper = splat(s, 0xF0);
-    let low_half = avx2._mm256_and_si256(avx2._mm256_srli_epi16::<4>(low), splat(s, 0x0F));
-    // High digits `2` to `7` as 10 to 15, anything else with bit 7 set (which makes the
-    // shuffle give 0).
-    let high_digit =
-        avx2._mm256_adds_epu8(avx2._mm256_sub_epi8(high, splat(s, b'2')), splat(s, 0x7A));
-    let ok = avx2._mm256_and_si256(
-        avx2._mm256_and_si256(shuffle(WITH_LOW, low), shuffle(WITH_LOW_HALF, low_half)),
-        shuffle(WITH_HIGH, high_digit),
-    );
-    // The high digit's value in the upper half, the low one's in the lower (a letter's plus
-    // nine).
-    let digits = avx2._mm256_or_si256(
-        avx2._mm256_and_si256(avx2._mm256_slli_epi16::<4>(high), upper),
-        avx2._mm256_andnot_si256(upper, low),
-    );
-    let code = avx2._mm256_add_epi8(digits, shuffle(LETTER, low_half));
-    (code, ok)
 }
 
 /// A table of sixteen in each 128-bit lane, for byte shuffles.
@@ -234,18 +233,21 @@ static SQUEEZE: [u64; 256] = {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{assert_step_takes_exactly_the_codes_of_symbols, made_symbols};
+    use super::super::tests::{
+        assert_step_takes_exactly_the_escapes_of_plus_and_slash, made_symbols,
+    };
+    use super::super::Step;
     use super::*;
 
     #[test]
-    fn every_two_bytes_after_u00_are_taken_exactly_when_they_code_a_symbol_and_codes_are_looked_for(
+    fn every_two_bytes_after_u00_are_taken_exactly_when_they_code_plus_or_slash_and_codes_are_looked_for(
     ) {
         let Some(simd) = Avx2::detect() else {
             eprintln!("no AVX2 on this CPU: nothing to check");
             return;
         };
         // Inside the block, and across its end.
-        assert_step_takes_exactly_the_codes_of_symbols(simd, &[0, 9, 26, 29, 31]);
+        assert_step_takes_exactly_the_escapes_of_plus_and_slash(simd, &[0, 9, 26, 29, 31]);
     }
 
     #[test]
@@ -256,17 +258,17 @@ mod tests {
         };
         // Escapes back to back, the last one cut by the end of the block.
         let mut window = [b'B'; WINDOW];
-        let text = b"\\/\\u002Bx\\u0061\\/\\/yz\\u0030\\u002f";
+        let text = b"\\/\\u002Bx\\u002b\\/\\/yz\\u002F\\u002f";
         window[..text.len()].copy_from_slice(text);
-        let step = unescape::<true>(simd, &window, 0);
+        let step = simd.unescape::<true, false>(&window, 0);
         assert_eq!(step.stop, 0);
-        assert_eq!(made_symbols(&step), b"/+xa//yz0/");
+        assert_eq!(made_symbols(&step), b"/+x+//yz//");
         assert_eq!(step.codes, 1 << 2 | 1 << 9 | 1 << 21 | 1 << 27);
         assert_eq!(step.carry, 0b1);
         // A block after one that ended in a backslash: the rest of its escape is left out.
         let mut window = [b'B'; WINDOW];
         window[..5].copy_from_slice(b"u002F");
-        let step = unescape::<true>(simd, &window, 0b1_1111);
+        let step = simd.unescape::<true, false>(&window, 0b1_1111);
         assert_eq!(step.stop, 0);
         assert_eq!(made_symbols(&step), [b'B'; STEP - 5]);
         assert_eq!(step.carry, 0);

@@ -1,11 +1,12 @@
 //! Base64 with escaped symbols (`\/` from PHP, `\u002B` from .NET, `\u002b` `\u002f`) made
 //! into bare symbols 64 bytes at a time with AVX-512, on CPUs that have it (found at run
-//! time). The escapes of a block are found and checked at once (the hex digits of `\u`
-//! escapes with tables of sixteen, a byte shuffle each); each becomes its symbol where its
-//! backslash stood, and the rest of it is squeezed out: with VBMI2's byte compress where the
+//! time). The escapes of a block are found and checked at once, each byte of them compared
+//! where a backslash may stand; a `\u` escape becomes its symbol where its backslash stood,
+//! the `/` of `\/` stays, and the rest is squeezed out: with VBMI2's byte compress where the
 //! CPU has it (Ice Lake and later, Zen 4), else with one byte shuffle whose indices come from
 //! small tables in registers (compressing 32-bit lanes took many more instructions). No branch
-//! for each escape.
+//! for each escape. For FHIR XML, the VBMI step stops at any byte outside the alphabet (found
+//! with one byte permute, marks among them): all it makes is then checked.
 //!
 //! A block stops at anything else (whitespace, any other escape, `"`, `=`), for the portable
 //! path.
@@ -15,7 +16,7 @@ use core::arch::x86_64::__m512i;
 use pulp::bytemuck::cast;
 use pulp::x86::V4;
 
-use super::escape_tables::{LETTER, MARKS, WITH_HIGH, WITH_LOW, WITH_LOW_HALF};
+use super::escape_tables::{MARKS, SYMBOL_AND_CASE};
 use super::Tally;
 use crate::alphabet::VALUES_BY_BYTE;
 use crate::simd::{Avx2, Avx512, Vbmi};
@@ -40,6 +41,7 @@ impl super::Step for Avx512 {
     const STEP: usize = STEP;
     const WINDOW: usize = WINDOW;
     const CHECKS: bool = false;
+    type Found = Found;
     type Made = Unescaped;
 
     #[inline(always)]
@@ -48,12 +50,21 @@ impl super::Step for Avx512 {
     }
 
     #[inline(always)]
-    fn unescape<const CODES: bool, const CHECK: bool>(
-        self,
-        window: &[u8],
-        carry: u64,
-    ) -> Unescaped {
-        unescape::<CODES>(self, window.try_into().unwrap_or(&[0; WINDOW]), carry)
+    fn find<const CODES: bool, const CHECK: bool>(self, window: &[u8]) -> Found {
+        let (s, window) = (self.v4(), window.try_into().unwrap_or(&[0; WINDOW]));
+        let x = load(window, 0);
+        // A backslash, `"`, `=` or a space: each the byte of its lower half in a table.
+        let marks = s.avx512bw._mm512_cmpeq_epi8_mask(
+            s.avx512bw
+                ._mm512_shuffle_epi8(s.avx512f._mm512_broadcast_i32x4(cast(MARKS)), x),
+            x,
+        );
+        found::<CODES>(s, window, marks)
+    }
+
+    #[inline(always)]
+    fn make(self, found: Found, carry: u64) -> Unescaped {
+        unescape(self, found, carry)
     }
 }
 
@@ -81,6 +92,7 @@ impl super::Step for Vbmi {
     const STEP: usize = STEP;
     const WINDOW: usize = WINDOW;
     const CHECKS: bool = true;
+    type Found = Found;
     type Made = Compressed;
 
     #[inline(always)]
@@ -89,20 +101,25 @@ impl super::Step for Vbmi {
     }
 
     #[inline(always)]
-    fn unescape<const CODES: bool, const CHECK: bool>(
-        self,
-        window: &[u8],
-        carry: u64,
-    ) -> Compressed {
-        let window = window.try_into().unwrap_or(&[0; WINDOW]);
-        let found = found::<CODES>(self.avx512().v4(), window, carry);
-        let mut tally = found.tally();
-        if CHECK {
-            tally.outside = outside_alphabet(self.token(), found.made) & found.keep;
+    fn find<const CODES: bool, const CHECK: bool>(self, window: &[u8]) -> Found {
+        if !CHECK {
+            return self.avx512().find::<CODES, false>(window);
         }
+        let (s, window) = (
+            self.avx512().v4(),
+            window.try_into().unwrap_or(&[0; WINDOW]),
+        );
+        // The marks are outside the alphabet too.
+        let stops = outside_alphabet(self.token(), load(window, 0));
+        found::<CODES>(s, window, stops)
+    }
+
+    #[inline(always)]
+    fn make(self, found: Found, carry: u64) -> Compressed {
+        let kept = found.kept(carry);
         Compressed {
-            symbols: cast(compress(self.token(), found.kept, found.made)),
-            tally,
+            symbols: cast(compress(self.token(), kept.kept, found.made)),
+            tally: kept.tally(),
         }
     }
 }
@@ -145,10 +162,22 @@ fn compress(_token: archmage::X64V4xToken, keep: u64, bytes: __m512i) -> __m512i
     _mm512_maskz_compress_epi8(keep, bytes)
 }
 
-/// What a block holds, as [`found`] finds it.
-struct Found {
-    /// Each escape's symbol where its backslash stood, the other bytes as they are.
+/// What a block holds, as [`found`] finds it: nothing that waits for the block before.
+#[derive(Clone, Copy)]
+pub(super) struct Found {
+    /// Each escape's symbol where it stands, the other bytes as they are.
     made: __m512i,
+    /// Where `\u` escapes start.
+    codes: u64,
+    /// Where `\/` escapes start.
+    slashes: u64,
+    /// Where something stands that the step does not take, if it is not the rest of the last
+    /// block's escape.
+    ends: u64,
+}
+
+/// What a step keeps of a block, once the rest of the last block's escape is known.
+struct Kept {
     /// The bytes of `made` to keep, in order: up to the stop, without the rest of each escape.
     keep: u64,
     /// The same past the stop too (a squeeze by it need not wait for the stop to be found).
@@ -162,7 +191,30 @@ struct Found {
 }
 
 impl Found {
-    /// What a step that keeps [`Found::keep`] made.
+    /// What to keep, `carry` being the bytes at the start taken with the last block's escape
+    /// (one bit each).
+    #[inline(always)]
+    fn kept(&self, carry: u64) -> Kept {
+        // `\u` escapes do not overlap: the products add shifted copies without carries. The
+        // rest of one that the block ends in (from its top six bits) starts the next block.
+        // The bytes at the start that the last block's escape took are left out too.
+        let dropped = self.codes.wrapping_mul(0b11_1110) | self.slashes | carry;
+        // The bytes of the last block's escape are none of the ends.
+        let stop = self.ends & !carry;
+        // Below the stop (all for none).
+        let head = stop.wrapping_sub(1) & !stop;
+        Kept {
+            keep: !dropped & head,
+            kept: !dropped,
+            stop,
+            carry: (self.codes >> 58).wrapping_mul(0b11_1110) >> 6,
+            codes: self.codes & head,
+        }
+    }
+}
+
+impl Kept {
+    /// What a step that keeps [`Kept::keep`] made.
     #[inline(always)]
     fn tally(&self) -> Tally {
         Tally {
@@ -170,25 +222,22 @@ impl Found {
             stop: self.stop,
             carry: self.carry,
             codes: self.codes,
-            outside: 0,
         }
     }
 }
 
-/// Makes the block at the start of `window` into symbols, up to the first byte that is
-/// neither a symbol nor an escape of one (with `CODES`; else neither a symbol nor `\/`).
-/// `carry`: the bytes at its start taken with the last block's escape, one bit each. The
-/// next block starts [`STEP`] bytes on whatever this one holds, so that its loads do not wait
-/// for this one.
+/// Makes a block into symbols with a byte shuffle, up to the first byte that is neither a
+/// symbol nor an escape of one. `carry`: the bytes at its start taken with the last block's
+/// escape, one bit each.
 #[inline(always)]
-fn unescape<const CODES: bool>(simd: Avx512, window: &[u8; WINDOW], carry: u64) -> Unescaped {
+fn unescape(simd: Avx512, found: Found, carry: u64) -> Unescaped {
     let s = simd.v4();
-    let found = found::<CODES>(s, window, carry);
+    let kept = found.kept(carry);
     let chunks = cast(
         s.avx512bw
-            ._mm512_shuffle_epi8(found.made, squeeze(s, found.kept)),
+            ._mm512_shuffle_epi8(found.made, squeeze(s, kept.kept)),
     );
-    let below = |bits: u64| (found.keep & bits).count_ones() as usize;
+    let below = |bits: u64| (kept.keep & bits).count_ones() as usize;
     Unescaped {
         chunks,
         starts: [
@@ -197,97 +246,52 @@ fn unescape<const CODES: bool>(simd: Avx512, window: &[u8; WINDOW], carry: u64) 
             below(0xFFFF_FFFF),
             below(0xFFFF_FFFF_FFFF),
         ],
-        tally: found.tally(),
+        tally: kept.tally(),
     }
 }
 
-/// The escapes of the block at the start of `window` and what they stand for (see
-/// [`unescape`]).
+/// The escapes of the block at the start of `window` and what they stand for: with `CODES`
+/// `\u` escapes and `\/`, else `\/` only. `stops`: where a backslash, `"`, `=` or a space
+/// stands, and whatever else the step is not to take.
 #[inline(always)]
-fn found<const CODES: bool>(s: V4, window: &[u8; WINDOW], carry: u64) -> Found {
+fn found<const CODES: bool>(s: V4, window: &[u8; WINDOW], stops: u64) -> Found {
+    let (bw, f) = (s.avx512bw, s.avx512f);
+    let splat = |b: u8| f._mm512_set1_epi8(b as i8);
     let x = load(window, 0);
-    // Where the byte `k` on is `b`, among `among`.
-    let at = |among: u64, k: usize, b: u8| {
-        s.avx512bw._mm512_mask_cmpeq_epi8_mask(
-            among,
-            load(window, k),
-            s.avx512f._mm512_set1_epi8(b as i8),
-        )
-    };
-    let backslash = eq(s, x, b'\\');
-    // `\u00` and two hex digits that make a symbol's code; `\/`.
-    let (code, code_ok) = code(s, load(window, 4), load(window, 5));
-    let codes = if CODES {
-        let prefix = at(at(at(backslash, 1, b'u'), 2, b'0'), 3, b'0');
-        s.avx512bw
-            ._mm512_mask_test_epi8_mask(prefix, code_ok, code_ok)
+    let backslash = bw._mm512_cmpeq_epi8_mask(x, splat(b'\\'));
+    let slashes = bw._mm512_mask_cmpeq_epi8_mask(backslash, load(window, 1), splat(b'/'));
+    // Each escape's symbol where it stands (past a stop too: nothing there is kept), the rest
+    // of it left out: the `/` of `\/`, and of a `\u` escape its backslash made the symbol.
+    let (made, codes) = if CODES {
+        // `\u002B`, `\u002F` and their lowercase after a backslash: zero where one starts.
+        // Each byte is told apart from the one it should be by `a | (b ^ c)`; of the last
+        // digit, the two bits that tell the four apart are left out.
+        let or_differs = |acc: __m512i, byte: __m512i, b: u8| {
+            f._mm512_ternarylogic_epi64::<0xF6>(acc, byte, splat(b))
+        };
+        let last = load(window, 5);
+        let differs = f._mm512_xor_si512(load(window, 1), splat(b'u'));
+        let differs = or_differs(differs, load(window, 2), b'0');
+        let differs = or_differs(differs, load(window, 3), b'0');
+        let differs = or_differs(differs, load(window, 4), b'2');
+        let differs = or_differs(
+            differs,
+            f._mm512_and_si512(last, splat(!SYMBOL_AND_CASE)),
+            b'B' & !SYMBOL_AND_CASE,
+        );
+        let codes = bw._mm512_mask_testn_epi8_mask(backslash, differs, differs);
+        // `B` and `b` make `+` (2B), `F` and `f` make `/` (2F).
+        let symbol = f._mm512_ternarylogic_epi64::<0xEA>(last, splat(0x04), splat(b'+'));
+        (bw._mm512_mask_blend_epi8(codes, x, symbol), codes)
     } else {
-        0
+        (x, 0)
     };
-    let slashes = at(backslash, 1, b'/');
-    // Each escape's symbol where its backslash stood (past a stop too: nothing there is
-    // kept); the rest of it is left out.
-    let made = s.avx512bw._mm512_mask_blend_epi8(codes, x, code);
-    let made =
-        s.avx512bw
-            ._mm512_mask_blend_epi8(slashes, made, s.avx512f._mm512_set1_epi8(b'/' as i8));
-    // A backslash, `"`, `=` or a space: each the byte of its lower half in a table.
-    let marks = s.avx512bw._mm512_cmpeq_epi8_mask(
-        s.avx512bw
-            ._mm512_shuffle_epi8(s.avx512f._mm512_broadcast_i32x4(cast(MARKS)), x),
-        x,
-    );
-    let ends = marks & !codes & !slashes;
-    // Escapes do not overlap: the product adds shifted copies without carries. Its upper half
-    // is the rest of an escape that the block ends in. The bytes at the start that the last
-    // block's escape took are left out too.
-    let escaped = (u128::from(codes) * 0b11_1110) | (u128::from(slashes) << 1);
-    let dropped = escaped as u64 | carry;
-    // The bytes of the last block's escape are none of the ends.
-    let stop = ends & !carry;
-    // Below the stop (all for none).
-    let head = stop.wrapping_sub(1) & !stop;
     Found {
         made,
-        keep: !dropped & head,
-        kept: !dropped,
-        stop,
-        carry: (escaped >> 64) as u64,
-        codes: codes & head,
+        codes,
+        slashes,
+        ends: stops & !codes & !slashes,
     }
-}
-
-/// The symbol whose code the hex digits `high` and `low` (at each byte) make, and where they
-/// make one: a nonzero byte. Three tables of sixteen (a byte shuffle each) say, for the low
-/// digit's two halves and the high digit, which high digits go with it; for the low digit
-/// as a number (0 to 9) and as a letter, apart.
-#[inline(always)]
-fn code(s: V4, high: __m512i, low: __m512i) -> (__m512i, __m512i) {
-    let (bw, f) = (s.avx512bw, s.avx512f);
-    let table = |t: [u8; 16]| f._mm512_broadcast_i32x4(cast(t));
-    let low_half = f._mm512_and_si512(bw._mm512_srli_epi16::<4>(low), f._mm512_set1_epi8(0x0F));
-    // High digits `2` to `7` as 10 to 15, anything else with bit 7 set (which makes the
-    // shuffle give 0).
-    let high_digit = bw._mm512_adds_epu8(
-        bw._mm512_sub_epi8(high, f._mm512_set1_epi8(b'2' as i8)),
-        f._mm512_set1_epi8(0x7A),
-    );
-    let ok = f._mm512_ternarylogic_epi64::<0x80>(
-        bw._mm512_shuffle_epi8(table(WITH_LOW), low),
-        bw._mm512_shuffle_epi8(table(WITH_LOW_HALF), low_half),
-        bw._mm512_shuffle_epi8(table(WITH_HIGH), high_digit),
-    );
-    // The high digit's value in the upper half, the low one's in the lower (a letter's plus
-    // nine).
-    let code = bw._mm512_add_epi8(
-        f._mm512_ternarylogic_epi64::<0xE4>(
-            bw._mm512_slli_epi16::<4>(high),
-            low,
-            f._mm512_set1_epi8(0xF0u8 as i8),
-        ),
-        bw._mm512_shuffle_epi8(table(LETTER), low_half),
-    );
-    (code, ok)
 }
 
 /// The byte shuffle that brings the bytes of each quarter of a block that `keep` keeps
@@ -418,19 +422,13 @@ fn load(window: &[u8; WINDOW], at: usize) -> __m512i {
     cast(block)
 }
 
-#[inline(always)]
-fn eq(s: V4, a: __m512i, b: u8) -> u64 {
-    s.avx512bw
-        ._mm512_cmpeq_epi8_mask(a, s.avx512f._mm512_set1_epi8(b as i8))
-}
-
 #[cfg(test)]
 mod tests {
-    use super::super::tests::assert_step_takes_exactly_the_codes_of_symbols;
+    use super::super::tests::assert_step_takes_exactly_the_escapes_of_plus_and_slash;
     use super::*;
 
     #[test]
-    fn every_two_bytes_after_u00_are_taken_exactly_when_they_code_a_symbol_and_codes_are_looked_for(
+    fn every_two_bytes_after_u00_are_taken_exactly_when_they_code_plus_or_slash_and_codes_are_looked_for(
     ) {
         let Some(simd) = Avx512::detect() else {
             eprintln!("no AVX-512 on this CPU: nothing to check");
@@ -438,9 +436,14 @@ mod tests {
         };
         // Inside the block, and across its end; with the byte shuffle, and with VBMI2's
         // compress where the CPU has it.
-        assert_step_takes_exactly_the_codes_of_symbols(simd.without_vbmi(), &[0, 9, 58, 61]);
+        assert_step_takes_exactly_the_escapes_of_plus_and_slash(
+            simd.without_vbmi(),
+            &[0, 9, 58, 61],
+        );
         match simd.vbmi() {
-            Some(vbmi) => assert_step_takes_exactly_the_codes_of_symbols(vbmi, &[0, 9, 58, 61]),
+            Some(vbmi) => {
+                assert_step_takes_exactly_the_escapes_of_plus_and_slash(vbmi, &[0, 9, 58, 61])
+            }
             None => eprintln!("no VBMI2 on this CPU: not checked with it"),
         }
     }

@@ -1,6 +1,6 @@
-//! The tables of sixteen that the SIMD steps look bytes up in with a byte shuffle (by one
-//! half of each byte): the marks that stop a block, and what checks and values the two hex
-//! digits of a `\u00XX` escape. The same in `avx2.rs` and `avx512.rs`.
+//! What the SIMD steps (`avx2.rs`, `avx512.rs`) look for: the marks that stop a block (in a
+//! table of sixteen, looked up by the lower half of each byte with a byte shuffle), and the
+//! `\u` escapes they take.
 
 /// For each lower half of a byte, the mark with that lower half (backslash, `"`, `=`, space),
 /// or a byte with another lower half.
@@ -18,53 +18,8 @@ pub(super) const MARKS: [u8; 16] = {
     t
 };
 
-/// Which high digits go with a low digit, by the low digit's lower half: bits 0 to 3 for a
-/// number, 4 to 7 for a letter; in each, one bit for `2`, `3`, `4` or `6`, `5` or `7`.
-/// (`+` is 2B, `/` 2F, digits 30 to 39, letters 41 to 5A and 61 to 7A.)
-pub(super) const WITH_LOW: [u8; 16] = {
-    let (two, three, four, five) = (1, 2, 4, 8);
-    let mut t = [0u8; 16];
-    t[0] = three | five;
-    let mut n = 1;
-    while n < 10 {
-        t[n] = three | four | five;
-        n += 1;
-    }
-    // `A` after 4 to 7; `B` and `F` after 2 (`+`, `/`), 4 and 6; `C` to `E` after 4 and 6.
-    t[1] |= (four | five) << 4;
-    t[2] |= (two | four) << 4;
-    t[3] |= four << 4;
-    t[4] |= four << 4;
-    t[5] |= four << 4;
-    t[6] |= (two | four) << 4;
-    t
-};
-
-/// By the low digit's upper half: a number (`3`), a letter (`4`, `6`).
-pub(super) const WITH_LOW_HALF: [u8; 16] = {
-    let mut t = [0u8; 16];
-    t[3] = 0x0F;
-    t[4] = 0xF0;
-    t[6] = 0xF0;
-    t
-};
-
-/// By the high digit (`2` at 10 to `7` at 15).
-pub(super) const WITH_HIGH: [u8; 16] = {
-    let mut t = [0u8; 16];
-    t[10] = 0x11;
-    t[11] = 0x22;
-    t[12] = 0x44;
-    t[13] = 0x88;
-    t[14] = 0x44;
-    t[15] = 0x88;
-    t
-};
-
-/// What a letter adds to its lower half (`a` is 1): 9, by the upper half.
-pub(super) const LETTER: [u8; 16] = {
-    let mut t = [0u8; 16];
-    t[4] = 9;
-    t[6] = 9;
-    t
-};
+/// The `\u` escapes the steps take are those serializers write for symbols: `\u002B` (`+`)
+/// and `\u002F` (`/`), in either case. Their last digits differ only in these bits: `0x04`
+/// (`B` or `F`) and `0x20` (the case). Other escapes of symbols (`\u0041` for `A`) stop a
+/// step, for the portable path.
+pub(super) const SYMBOL_AND_CASE: u8 = 0x24;
