@@ -51,6 +51,22 @@ fn all_symbols_vbmi(_token: archmage::X64V4xToken, symbols: &[u8]) -> bool {
     _mm512_movepi8_mask(outside) == 0 && blocks.remainder().iter().all(|&b| is_symbol(b))
 }
 
+/// The bytes of a block of 64 that are not symbols of the alphabet (`=` included), one bit
+/// each: the lookup of [`all_symbols_vbmi`] for one block, as a mask.
+#[cfg(target_arch = "x86_64")]
+#[archmage::arcane(import_intrinsics)]
+pub(crate) fn outside_vbmi(
+    _token: archmage::X64V4xToken,
+    block: core::arch::x86_64::__m512i,
+) -> u64 {
+    let values = _mm512_permutex2var_epi8(
+        _mm512_loadu_si512(&VALUES_BY_BYTE[0]),
+        block,
+        _mm512_loadu_si512(&VALUES_BY_BYTE[1]),
+    );
+    _mm512_movepi8_mask(_mm512_or_si512(values, block))
+}
+
 /// The table of values by byte, bytes 0 to 63 and 64 to 127: a symbol's value (0 to 63), 0x80
 /// for any other byte (the byte permute of two registers reads the low seven bits).
 #[cfg(target_arch = "x86_64")]
@@ -220,6 +236,13 @@ mod tests {
                     let twice: Vec<u8> = [block, block].concat();
                     assert_eq!(all_symbols(&twice), decodes, "{b:#04x} at {at}");
                     assert_eq!(is_symbol(b), decodes, "{b:#04x}");
+                    #[cfg(target_arch = "x86_64")]
+                    if let Some(vbmi) = crate::simd::Vbmi::detect() {
+                        let bytes: [u8; 64] = twice.try_into().unwrap();
+                        let outside = outside_vbmi(vbmi.token(), pulp::bytemuck::cast(bytes));
+                        let expected = if decodes { 0 } else { 1 << at | 1 << (at + 32) };
+                        assert_eq!(outside, expected, "{b:#04x} at {at}");
+                    }
                 }
             }
         }

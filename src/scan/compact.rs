@@ -644,6 +644,8 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
             carry = tally.carry;
             i += S::STEP;
         }
+        // Every symbol made, into the symbols or as checked groups.
+        let made = n - self.n + m;
         if m > 0 {
             let open = (4 - (self.group + self.n + self.checked) % 4) % 4;
             let head = open.min(m);
@@ -655,7 +657,6 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
         }
         // The rest of an escape that the last block ended in.
         i += carry.count_ones() as usize;
-        let made = if text_only { m } else { n - self.n };
         // Each byte taken is a symbol made or a byte of an escape past its first.
         let extra = self.extra + (i - start) - made;
         self.codes |= codes != 0;

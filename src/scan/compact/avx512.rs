@@ -18,7 +18,7 @@ use pulp::x86::V4;
 
 use super::escape_tables::{MARKS, SYMBOL_AND_CASE};
 use super::Tally;
-use crate::alphabet::VALUES_BY_BYTE;
+use crate::alphabet::outside_vbmi;
 use crate::simd::{Avx2, Avx512, Vbmi};
 
 /// Bytes of the block one step takes.
@@ -110,7 +110,7 @@ impl super::Step for Vbmi {
             window.try_into().unwrap_or(&[0; WINDOW]),
         );
         // The marks are outside the alphabet too.
-        let stops = outside_alphabet(self.token(), load(window, 0));
+        let stops = outside_vbmi(self.token(), load(window, 0));
         found::<CODES>(s, window, stops)
     }
 
@@ -142,18 +142,6 @@ impl super::Made for Compressed {
     fn tally(&self) -> Tally {
         self.tally
     }
-}
-
-/// The bytes of `bytes` that are not symbols of the alphabet (`=` included), one bit each: a
-/// byte permute of the table of values, as the alphabet check does.
-#[archmage::arcane(import_intrinsics)]
-fn outside_alphabet(_token: archmage::X64V4xToken, bytes: __m512i) -> u64 {
-    let values = _mm512_permutex2var_epi8(
-        _mm512_loadu_si512(&VALUES_BY_BYTE[0]),
-        bytes,
-        _mm512_loadu_si512(&VALUES_BY_BYTE[1]),
-    );
-    _mm512_movepi8_mask(_mm512_or_si512(values, bytes))
 }
 
 /// The bytes of `bytes` that `keep` keeps, together at the start (VBMI2's byte compress).
