@@ -511,21 +511,28 @@ trait Made {
     fn tally(&self) -> Tally;
 }
 
-/// How many symbols a [`Step`] made of a block, and where; masks have one bit for each byte
+/// What a [`Step`] made of a block, and where it stopped; masks have one bit for each byte
 /// of the block.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy, Debug)]
 struct Tally {
-    /// Symbols made.
-    made: usize,
+    /// The bytes kept as symbols, past the stop too (nothing there is taken).
+    kept: u64,
     /// Where something stands that the step does not take: the lowest bit set (0 for
     /// nothing).
     stop: u64,
     /// The bytes at the start of the next block that belong to an escape taken here (0 to
     /// 5), when nothing stops the step.
     carry: u64,
-    /// Where `\u` escapes were taken.
-    codes: u64,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Tally {
+    /// Symbols made: those kept below the stop.
+    #[inline(always)]
+    fn made(&self) -> usize {
+        (self.kept & self.stop.wrapping_sub(1) & !self.stop).count_ones() as usize
+    }
 }
 
 /// Where [`Compactor::compact`] is, and what it has made.
@@ -617,33 +624,52 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
         // only (`m` of them), as checked whole groups; but for those that close the open
         // group and those of a last group not whole, copied into the symbols after the loop.
         let text_only = TEXT && S::CHECKS;
-        let (mut carry, mut codes, mut at_mark, mut m) = (0, 0, false, 0);
+        let (mut carry, mut at_mark, mut m) = (0, false, 0);
+        // With the buffers' lengths known, the loop's stores need no checks.
+        let (Some(fixed_symbols), Some(fixed_text)) = (
+            symbols.get_mut(..SYMBOLS_CAP + SLACK),
+            text.get_mut(..if TEXT { TEXT_CAP + SLACK } else { 0 }),
+        ) else {
+            return Fast::Short;
+        };
+        let mut rest = &input[i..];
         while n + m < SYMBOLS_CAP && t < TEXT_CAP {
-            let Some(window) = input.get(i..i + S::WINDOW) else {
+            let Some(window) = rest.get(..S::WINDOW) else {
                 break;
             };
-            prefetch(Some(simd.avx2()), input, i);
+            prefetch(Some(simd.avx2()), rest, 0);
             let step = simd.unescape::<CODES, TEXT>(window, carry);
             let tally = step.tally();
-            if text_only {
-                m += tally.made;
-            } else {
-                step.place(symbols, n);
-                n += tally.made;
+            if !text_only {
+                step.place(fixed_symbols, n);
             }
             if TEXT {
-                step.place(text, t);
-                t += tally.made;
+                step.place(fixed_text, t);
             }
-            codes |= tally.codes;
-            if tally.stop != 0 {
-                i += tally.stop.trailing_zeros() as usize;
+            let stop = tally.stop != 0;
+            // Without a stop, all the block's kept bytes are symbols made.
+            let made = if stop {
+                tally.made()
+            } else {
+                tally.kept.count_ones() as usize
+            };
+            if text_only {
+                m += made;
+            } else {
+                n += made;
+            }
+            if TEXT {
+                t += made;
+            }
+            if stop {
+                rest = &rest[tally.stop.trailing_zeros() as usize..];
                 (carry, at_mark) = (0, true);
                 break;
             }
             carry = tally.carry;
-            i += S::STEP;
+            rest = &rest[S::STEP..];
         }
+        i = input.len() - rest.len();
         // Every symbol made, into the symbols or as checked groups.
         let made = n - self.n + m;
         if m > 0 {
@@ -659,7 +685,6 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
         i += carry.count_ones() as usize;
         // Each byte taken is a symbol made or a byte of an escape past its first.
         let extra = self.extra + (i - start) - made;
-        self.codes |= codes != 0;
         self.unchecked |= n > self.n && !text_only;
         self.took(i, n, t, extra, made);
         Fast::after(at_mark, i > start)
@@ -1198,7 +1223,7 @@ mod tests {
     pub(super) fn made_symbols<M: Made>(step: &M) -> Vec<u8> {
         let mut out = vec![0; 2 * 64 + 16];
         step.place(&mut out, 0);
-        out.truncate(step.tally().made);
+        out.truncate(step.tally().made());
         out
     }
 
@@ -1246,7 +1271,6 @@ mod tests {
                 match code {
                     Some(symbol) => {
                         assert_eq!(step.tally().stop, 0, "{context}");
-                        assert_eq!(step.tally().codes, 1 << at, "{context}");
                         let mut expected = vec![b'A'; at];
                         expected.push(symbol);
                         expected.resize(S::STEP - 5.min(S::STEP - at - 1), b'A');
@@ -1256,7 +1280,6 @@ mod tests {
                     }
                     None => {
                         assert_eq!(step.tally().stop.trailing_zeros() as usize, at, "{context}");
-                        assert_eq!(step.tally().codes, 0, "{context}");
                         assert_eq!(made, vec![b'A'; at], "{context}");
                     }
                 }

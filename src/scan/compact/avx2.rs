@@ -30,16 +30,14 @@ pub(super) struct Unescaped {
     words: [u64; 4],
     /// Where each word goes among the symbols made (at most 24).
     starts: [usize; 4],
-    /// Symbols made.
-    made: usize,
+    /// The bytes kept, past the stop too.
+    kept: u32,
     /// Where something stands that the step does not take: the lowest bit set (0 for
     /// nothing).
     stop: u32,
     /// The bytes at the start of the next block that belong to an escape taken here (0 to
     /// 5, one bit each), when nothing stops the step.
     carry: u32,
-    /// Where `\u` escapes were taken.
-    codes: u32,
 }
 
 impl super::Step for Avx2 {
@@ -82,10 +80,9 @@ impl super::Made for Unescaped {
     #[inline(always)]
     fn tally(&self) -> Tally {
         Tally {
-            made: self.made,
+            kept: u64::from(self.kept),
             stop: u64::from(self.stop),
             carry: u64::from(self.carry),
-            codes: u64::from(self.codes),
         }
     }
 }
@@ -179,10 +176,9 @@ fn unescape(simd: Avx2, found: Found, carry: u32) -> Unescaped {
     Unescaped {
         words,
         starts: [0, below(0xFF), below(0xFFFF), below(0xFF_FFFF)],
-        made: keep.count_ones() as usize,
+        kept,
         stop,
         carry: (escaped >> 32) as u32,
-        codes: found.codes & head,
     }
 }
 
@@ -263,7 +259,6 @@ mod tests {
         let step = simd.unescape::<true, false>(&window, 0);
         assert_eq!(step.stop, 0);
         assert_eq!(made_symbols(&step), b"/+x+//yz//");
-        assert_eq!(step.codes, 1 << 2 | 1 << 9 | 1 << 21 | 1 << 27);
         assert_eq!(step.carry, 0b1);
         // A block after one that ended in a backslash: the rest of its escape is left out.
         let mut window = [b'B'; WINDOW];

@@ -16,7 +16,7 @@ use core::arch::x86_64::__m512i;
 use pulp::bytemuck::cast;
 use pulp::x86::V4;
 
-use super::escape_tables::{MARKS, SYMBOL_AND_CASE};
+use super::escape_tables::{CODED_SYMBOLS, MARKS, SYMBOL_AND_CASE};
 use super::Tally;
 use crate::alphabet::outside_vbmi;
 use crate::simd::{Avx2, Avx512, Vbmi};
@@ -174,8 +174,6 @@ struct Kept {
     stop: u64,
     /// The bytes at the start of the next block that belong to an escape taken here.
     carry: u64,
-    /// Where `\u` escapes were taken.
-    codes: u64,
 }
 
 impl Found {
@@ -186,7 +184,8 @@ impl Found {
         // `\u` escapes do not overlap: the products add shifted copies without carries. The
         // rest of one that the block ends in (from its top six bits) starts the next block.
         // The bytes at the start that the last block's escape took are left out too.
-        let dropped = self.codes.wrapping_mul(0b11_1110) | self.slashes | carry;
+        let escaped = u128::from(self.codes) * 0b11_1110;
+        let dropped = escaped as u64 | self.slashes | carry;
         // The bytes of the last block's escape are none of the ends.
         let stop = self.ends & !carry;
         // Below the stop (all for none).
@@ -195,8 +194,7 @@ impl Found {
             keep: !dropped & head,
             kept: !dropped,
             stop,
-            carry: (self.codes >> 58).wrapping_mul(0b11_1110) >> 6,
-            codes: self.codes & head,
+            carry: (escaped >> 64) as u64,
         }
     }
 }
@@ -206,10 +204,9 @@ impl Kept {
     #[inline(always)]
     fn tally(&self) -> Tally {
         Tally {
-            made: self.keep.count_ones() as usize,
+            kept: self.kept,
             stop: self.stop,
             carry: self.carry,
-            codes: self.codes,
         }
     }
 }
@@ -268,9 +265,14 @@ fn found<const CODES: bool>(s: V4, window: &[u8; WINDOW], stops: u64) -> Found {
             b'B' & !SYMBOL_AND_CASE,
         );
         let codes = bw._mm512_mask_testn_epi8_mask(backslash, differs, differs);
-        // `B` and `b` make `+` (2B), `F` and `f` make `/` (2F).
-        let symbol = f._mm512_ternarylogic_epi64::<0xEA>(last, splat(0x04), splat(b'+'));
-        (bw._mm512_mask_blend_epi8(codes, x, symbol), codes)
+        // `B` and `b` make `+` (2B), `F` and `f` make `/` (2F): looked up by the lower half.
+        let symbols = bw._mm512_mask_shuffle_epi8(
+            x,
+            codes,
+            f._mm512_broadcast_i32x4(cast(CODED_SYMBOLS)),
+            last,
+        );
+        (symbols, codes)
     } else {
         (x, 0)
     };

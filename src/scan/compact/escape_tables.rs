@@ -23,3 +23,11 @@ pub(super) const MARKS: [u8; 16] = {
 /// (`B` or `F`) and `0x20` (the case). Other escapes of symbols (`\u0041` for `A`) stop a
 /// step, for the portable path.
 pub(super) const SYMBOL_AND_CASE: u8 = 0x24;
+
+/// The symbol of a `\u` escape the steps take, by the lower half of its last digit.
+pub(super) const CODED_SYMBOLS: [u8; 16] = {
+    let mut t = [0u8; 16];
+    t[b'B' as usize & 15] = b'+';
+    t[b'F' as usize & 15] = b'/';
+    t
+};
