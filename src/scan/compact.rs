@@ -617,7 +617,7 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
     #[inline(always)]
     fn unescape_as<S: Step, const CODES: bool>(&mut self, simd: S, input: &[u8]) -> Fast {
         // Locals: the stores of symbols could otherwise be writing to the cursor.
-        let (start, mut i, mut n, mut t) = (self.i, self.i, self.n, self.t);
+        let (start, mut n, mut t) = (self.i, self.n, self.t);
         let symbols = &mut *self.symbols;
         let text = &mut *self.text;
         // In text mode, a step that checks the symbols it makes writes them into the text
@@ -632,7 +632,7 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
         ) else {
             return Fast::Short;
         };
-        let mut rest = &input[i..];
+        let mut rest = &input[start..];
         while n + m < SYMBOLS_CAP && t < TEXT_CAP {
             let Some(window) = rest.get(..S::WINDOW) else {
                 break;
@@ -669,7 +669,7 @@ impl<const TEXT: bool> Cursor<'_, TEXT> {
             carry = tally.carry;
             rest = &rest[S::STEP..];
         }
-        i = input.len() - rest.len();
+        let mut i = input.len() - rest.len();
         // Every symbol made, into the symbols or as checked groups.
         let made = n - self.n + m;
         if m > 0 {
