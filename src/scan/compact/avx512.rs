@@ -181,8 +181,8 @@ impl Found {
     /// (one bit each).
     #[inline(always)]
     fn kept(&self, carry: u64) -> Kept {
-        // `\u` escapes do not overlap: the products add shifted copies without carries. The
-        // rest of one that the block ends in (from its top six bits) starts the next block.
+        // `\u` escapes do not overlap: the product adds shifted copies without carries. Its
+        // upper half is the rest of one that the block ends in, which starts the next block.
         // The bytes at the start that the last block's escape took are left out too.
         let escaped = u128::from(self.codes) * 0b11_1110;
         let dropped = escaped as u64 | self.slashes | carry;
