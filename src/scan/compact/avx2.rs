@@ -13,7 +13,7 @@ use core::arch::x86_64::__m256i;
 use pulp::bytemuck::cast;
 use pulp::x86::V3;
 
-use super::escape_tables::{MARKS, SYMBOL_AND_CASE};
+use super::escape_tables::{CODED_SYMBOLS, MARKS, SYMBOL_AND_CASE};
 use super::Tally;
 use crate::simd::Avx2;
 
@@ -128,9 +128,8 @@ fn found<const CODES: bool>(simd: Avx2, window: &[u8; WINDOW]) -> Found {
                 eq(s, last_bits, b'B' & !SYMBOL_AND_CASE),
             ),
         );
-        // `B` and `b` make `+` (2B), `F` and `f` make `/` (2F).
-        let symbol =
-            avx2._mm256_or_si256(avx2._mm256_and_si256(last, splat(s, 0x04)), splat(s, b'+'));
+        // `B` and `b` make `+` (2B), `F` and `f` make `/` (2F): looked up by the lower half.
+        let symbol = avx2._mm256_shuffle_epi8(table(s, CODED_SYMBOLS), last);
         (avx2._mm256_blendv_epi8(x, symbol, codes), bits(codes))
     } else {
         (x, 0)
